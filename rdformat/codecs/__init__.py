@@ -1,0 +1,57 @@
+"""Codec registry: stable codec ids -> codec classes.
+
+A codec turns one tensor into independently decodable chunk payloads and back (the
+"array -> bytes" stage). Built-in codecs are registered here; third-party codecs are found
+through the ``rdformat.codecs`` entry-point group, so a new codec plugs in by adding a module.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from ..errors import UnsupportedFeatureError
+from .base import Codec
+
+_REGISTRY: dict[str, type[Codec]] = {}
+
+
+def register_codec(cls: type[Codec]) -> type[Codec]:
+    """Register a codec class under its ``codec_id`` (usable as a class decorator)."""
+    existing = _REGISTRY.get(cls.codec_id)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"codec id {cls.codec_id!r} is already registered by {existing.__qualname__}")
+    _REGISTRY[cls.codec_id] = cls
+    return cls
+
+
+def get_codec_class(codec_id: str) -> type[Codec]:
+    """The class registered for ``codec_id``; looks at entry points before giving up."""
+    cls = _REGISTRY.get(codec_id)
+    if cls is None:
+        for ep in entry_points(group="rdformat.codecs"):
+            if ep.name == codec_id:
+                register_codec(ep.load())
+                cls = _REGISTRY.get(codec_id)
+                break
+    if cls is None:
+        raise UnsupportedFeatureError(
+            f"unknown codec {codec_id!r}; known: {', '.join(sorted(_REGISTRY))} "
+            "(a newer rdformat or a codec plug-in may be needed)"
+        )
+    return cls
+
+
+def codec_from_config(codec_id: str, config: dict) -> Codec:
+    """Instantiate the codec a tensor header names, with its stored configuration."""
+    return get_codec_class(codec_id).from_config(config)
+
+
+def registered_codecs() -> list[str]:
+    """Ids of the codecs registered so far."""
+    return sorted(_REGISTRY)
+
+
+from . import raw as _raw  # noqa: E402  (registration side effect)
+from . import bytesplit as _bytesplit  # noqa: E402
+
+__all__ = ["Codec", "register_codec", "get_codec_class", "codec_from_config", "registered_codecs"]

@@ -1,0 +1,53 @@
+"""The codec interface shared by every codec."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ..dtypes import DtypeInfo
+
+
+class Codec:
+    """Base class of tensor codecs.
+
+    A codec instance holds the per-tensor configuration that is stored in the tensor header
+    (``get_config``) and is rebuilt from it on read (``from_config``). Encoding happens chunk by
+    chunk on flat little-endian element arrays; each chunk decodes on its own.
+    """
+
+    codec_id: ClassVar[str] = ""
+    #: True when decoding returns exactly the encoded elements.
+    lossless: ClassVar[bool] = True
+
+    def get_config(self) -> dict:
+        """JSON-able parameters a decoder needs (stored in the tensor header)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Codec":
+        """Rebuild a codec from its stored configuration (raise CorruptDataError if invalid)."""
+        return cls(**config)
+
+    def for_tensor(self, array: np.ndarray, dtype: DtypeInfo) -> "Codec":
+        """The codec configured for one tensor (hook for codecs that adapt to the data)."""
+        return self
+
+    def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
+        """Encode a flat, contiguous little-endian chunk of elements."""
+        raise NotImplementedError
+
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+        """Decode one chunk into a flat array of ``count`` elements of ``dtype``."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((self.codec_id, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_config().items()))
+        return f"{type(self).__name__}({args})"

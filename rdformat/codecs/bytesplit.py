@@ -1,0 +1,145 @@
+"""``bytesplit``: lossless, bit-exact for every dtype.
+
+Floats are first rotated left by one bit so the exponent fills the top byte and the sign drops to
+the lowest bit. The elements are then split into byte planes (byte k of every element), and each
+plane is stored raw, as a constant, or ANS-coded with its own frequency table, whichever is
+smallest. Trained weights have few distinct exponents, so the exponent plane shrinks to about a
+third while mantissa planes stay raw (they are close to uniform and would cost time for nothing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import DtypeInfo
+from ..entropy import FrequencyTable, ans
+from ..errors import CorruptDataError, RdcError
+from . import register_codec
+from .base import Codec
+
+PLANE_RAW = 0
+PLANE_CONSTANT = 1
+PLANE_ANS = 2
+TRANSFORMS = ("none", "rotl1")
+_UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def _rotate(words: np.ndarray, bits: int, left: bool) -> np.ndarray:
+    one = words.dtype.type(1)
+    back = words.dtype.type(bits - 1)
+    if left:
+        return (words << one) | (words >> back)
+    return (words >> one) | (words << back)
+
+
+@register_codec
+class ByteSplitCodec(Codec):
+    """Byte-plane split + per-plane ANS (see module docstring).
+
+    Args:
+        transform: ``"rotl1"`` (floats) or ``"none"``; ``None`` picks by dtype at encode time.
+        precision: frequency-table precision in bits (encoder choice; tables record their own).
+        min_gain: a plane is entropy-coded only if that saves at least this fraction of its bytes
+            (encoder choice: trades a little size for decode speed).
+    """
+
+    codec_id = "bytesplit"
+
+    def __init__(self, transform: str | None = None, *, precision: int = 14, min_gain: float = 0.03) -> None:
+        if transform is not None and transform not in TRANSFORMS:
+            raise CorruptDataError(f"bytesplit: unknown transform {transform!r}")
+        self.transform = transform
+        self.precision = precision
+        self.min_gain = min_gain
+
+    def get_config(self) -> dict:
+        """Only the transform is needed to decode."""
+        return {} if self.transform is None else {"transform": self.transform}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ByteSplitCodec":
+        """Rebuild from a tensor header."""
+        if set(config) - {"transform"} or not isinstance(config.get("transform", "none"), str):
+            raise CorruptDataError(f"bytesplit: bad configuration {config!r}")
+        return cls(config.get("transform", "none"))
+
+    def for_tensor(self, array: np.ndarray, dtype: DtypeInfo) -> "ByteSplitCodec":
+        """Fix the transform from the dtype."""
+        transform = self.transform or ("rotl1" if dtype.kind == "float" else "none")
+        return ByteSplitCodec(transform, precision=self.precision, min_gain=self.min_gain)
+
+    def _words(self, elements: np.ndarray, dtype: DtypeInfo) -> np.ndarray:
+        words = elements.view(_UINT[dtype.itemsize])
+        if self.transform == "rotl1":
+            words = _rotate(words, 8 * dtype.itemsize, left=True)
+        return words
+
+    def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
+        """Encode each byte plane with the cheapest of raw / constant / ANS."""
+        w = dtype.itemsize
+        planes = self._words(elements, dtype).view(np.uint8).reshape(-1, w)
+        out = []
+        for k in range(w):
+            plane = np.ascontiguousarray(planes[:, k])
+            out.append(self._encode_plane(plane))
+        return b"".join(out)
+
+    def _encode_plane(self, plane: np.ndarray) -> bytes:
+        n = plane.size
+        counts = np.bincount(plane, minlength=256)
+        present = np.flatnonzero(counts)
+        if present.size == 1:
+            return bytes([PLANE_CONSTANT, int(present[0])])
+        table = FrequencyTable.from_counts(present, counts[present], precision=self.precision)
+        estimate = table.cost_bits(counts[present]) / 8 + 64 + 12 * max(1, n // 2048)
+        if estimate <= n * (1.0 - self.min_gain):
+            block = ans.encode(plane, table)
+            coded = table.to_bytes()
+            if len(block) + len(coded) + 8 < n:
+                return b"".join([bytes([PLANE_ANS]), coded, len(block).to_bytes(8, "little"), block])
+        return bytes([PLANE_RAW]) + plane.tobytes()
+
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+        """Rebuild the planes, interleave them and undo the transform."""
+        w = dtype.itemsize
+        buf = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
+        planes = np.empty((count, w), dtype=np.uint8)
+        pos = 0
+        for k in range(w):
+            if pos >= len(buf):
+                raise CorruptDataError(f"bytesplit chunk ends before plane {k}", offset=pos)
+            mode = buf[pos]
+            pos += 1
+            if mode == PLANE_RAW:
+                if pos + count > len(buf):
+                    raise CorruptDataError(f"bytesplit raw plane {k} is truncated", offset=pos)
+                planes[:, k] = np.frombuffer(buf, np.uint8, count, pos)
+                pos += count
+            elif mode == PLANE_CONSTANT:
+                if pos + 1 > len(buf):
+                    raise CorruptDataError(f"bytesplit constant plane {k} is truncated", offset=pos)
+                planes[:, k] = buf[pos]
+                pos += 1
+            elif mode == PLANE_ANS:
+                try:
+                    table, pos = FrequencyTable.from_bytes(buf, pos)
+                except RdcError as exc:
+                    raise exc.with_context(record="chunk")
+                if pos + 8 > len(buf):
+                    raise CorruptDataError(f"bytesplit plane {k} block length is truncated", offset=pos)
+                n = int.from_bytes(buf[pos : pos + 8], "little")
+                pos += 8
+                if n > len(buf) - pos:
+                    raise CorruptDataError(f"bytesplit plane {k} block runs past the chunk", offset=pos)
+                if table.symbols[-1] > 255:
+                    raise CorruptDataError(f"bytesplit plane {k} table has symbols above 255", offset=pos)
+                planes[:, k] = ans.decode(memoryview(buf)[pos : pos + n], count, table, out_dtype=np.uint8)
+                pos += n
+            else:
+                raise CorruptDataError(f"bytesplit plane {k} has unknown mode {mode}", offset=pos - 1)
+        if pos != len(buf):
+            raise CorruptDataError(f"{len(buf) - pos} trailing bytes after the bytesplit planes", offset=pos)
+        words = planes.view(_UINT[w]).reshape(count)
+        if self.transform == "rotl1":
+            words = _rotate(words, 8 * w, left=False)
+        return words.view(dtype.numpy.newbyteorder("<"))

@@ -1,0 +1,557 @@
+"""Byte layout of the .rdc container: file header, record framing, checksums and record payloads.
+
+This module knows bytes and records only; it knows nothing of codecs or frameworks. Every function
+that parses untrusted bytes checks each length against the bytes actually present before using it,
+and raises an :class:`~rdformat.errors.RdcError` subclass naming the record and byte offset.
+The layout is specified in ``spec/rdc-v1.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .errors import (
+    ChecksumError,
+    CorruptDataError,
+    LimitExceededError,
+    NotRdcError,
+    TruncatedError,
+    UnsupportedFeatureError,
+    UnsupportedVersionError,
+)
+
+MAGIC = b"\x89RDC\r\n\x1a\n"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+FILE_HEADER_SIZE = 16
+RECORD_HEADER_SIZE = 16
+RECORD_TRAILER_SIZE = 4
+RECORD_OVERHEAD = RECORD_HEADER_SIZE + RECORD_TRAILER_SIZE
+END_PAYLOAD_SIZE = 16
+END_RECORD_SIZE = RECORD_OVERHEAD + END_PAYLOAD_SIZE
+CHUNK_ALIGNMENT = 64
+
+# Record types (spec: "Record types").
+REC_META = 1
+REC_GRAPH = 2
+REC_TENSOR = 3
+REC_CHUNK = 4
+REC_ALIAS = 5
+REC_INDEX = 6
+REC_END = 7
+RECORD_NAMES = {
+    REC_META: "meta",
+    REC_GRAPH: "graph",
+    REC_TENSOR: "tensor",
+    REC_CHUNK: "chunk",
+    REC_ALIAS: "alias",
+    REC_INDEX: "index",
+    REC_END: "end",
+}
+FLAG_REQUIRED = 0x0001
+
+# Index entry kinds.
+ENTRY_TENSOR = 1
+ENTRY_ALIAS = 2
+ENTRY_META = 3
+ENTRY_GRAPH = 4
+
+# Tensor flags.
+TENSOR_STRUCTURAL = 0x01
+
+# Hard limits of the format (spec: "Limits"). A file that exceeds one is invalid.
+MAX_NAME_BYTES = 1024
+MAX_RANK = 64
+MAX_CODEC_ID_BYTES = 64
+MAX_GRAPH_FORMAT_BYTES = 64
+MAX_TENSOR_HEADER_BYTES = 1 << 20
+MAX_META_BYTES = 64 << 20
+MAX_GRAPH_BYTES = 1 << 31
+MAX_INDEX_BYTES = 1 << 30
+MAX_CHUNK_PAYLOAD_BYTES = 1 << 28
+MAX_CHUNK_DECODED_BYTES = 1 << 28
+MAX_UNKNOWN_RECORD_BYTES = 1 << 30
+MAX_DIM = (1 << 63) - 1
+
+PAYLOAD_LIMITS = {
+    REC_META: MAX_META_BYTES,
+    REC_GRAPH: MAX_GRAPH_BYTES,
+    REC_TENSOR: MAX_TENSOR_HEADER_BYTES,
+    REC_CHUNK: MAX_CHUNK_PAYLOAD_BYTES,
+    REC_ALIAS: 2 * (MAX_NAME_BYTES + 2),
+    REC_INDEX: MAX_INDEX_BYTES,
+    REC_END: END_PAYLOAD_SIZE,
+}
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_REC_HEAD = struct.Struct("<HHQ")
+_FILE_HEAD = struct.Struct("<8sHH")
+
+
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC-32 (ISO-HDLC polynomial 0x04C11DB7 reflected, as in PNG, gzip and zip)."""
+    return zlib.crc32(data, value) & 0xFFFFFFFF
+
+
+def record_name(rtype: int) -> str:
+    """Human name of a record type, for messages."""
+    return RECORD_NAMES.get(rtype, f"unknown type {rtype}")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def file_header() -> bytes:
+    """The 16-byte file header: magic, version, CRC of both."""
+    head = _FILE_HEAD.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR)
+    return head + _U32.pack(crc32(head))
+
+
+def record_head(rtype: int, length: int, flags: int = 0) -> bytes:
+    """The 16-byte record header for a payload of ``length`` bytes."""
+    head = _REC_HEAD.pack(rtype, flags, length)
+    return head + _U32.pack(crc32(head))
+
+
+def frame(rtype: int, payload: bytes, flags: int = 0) -> bytes:
+    """A whole record: header, payload and payload CRC."""
+    return record_head(rtype, len(payload), flags) + payload + _U32.pack(crc32(payload))
+
+
+def pack_str(text: str, width: struct.Struct = _U16) -> bytes:
+    """Length-prefixed UTF-8 string."""
+    raw = text.encode("utf-8")
+    return width.pack(len(raw)) + raw
+
+
+@dataclass
+class TensorHeader:
+    """Decoded payload of a TENSOR record."""
+
+    name: str
+    dtype_code: int
+    shape: tuple[int, ...]
+    flags: int
+    chunk_elements: int
+    chunk_count: int
+    codec_id: str
+    codec_config: dict = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        """Number of elements (product of the shape; 1 for a 0-d tensor)."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def structural(self) -> bool:
+        """Whether an adapter marked the tensor as steering shapes/control flow (never lossy)."""
+        return bool(self.flags & TENSOR_STRUCTURAL)
+
+    def to_bytes(self) -> bytes:
+        """Serialise as a TENSOR record payload."""
+        parts = [
+            pack_str(self.name),
+            struct.pack("<HBB", self.dtype_code, len(self.shape), self.flags),
+            b"".join(_U64.pack(d) for d in self.shape),
+            _U64.pack(self.chunk_elements),
+            _U64.pack(self.chunk_count),
+            pack_str(self.codec_id),
+            pack_str(json.dumps(self.codec_config, sort_keys=True, separators=(",", ":")), _U32),
+        ]
+        return b"".join(parts)
+
+
+def chunk_payload_prefix(index: int, data_offset_in_file: int) -> bytes:
+    """CHUNK payload bytes before the codec data: index, pad length and zero padding.
+
+    ``data_offset_in_file`` is where the payload would start; padding makes the codec data start
+    at a multiple of CHUNK_ALIGNMENT so stored bytes can be memory-mapped in place.
+    """
+    unpadded = data_offset_in_file + 9
+    pad = (-unpadded) % CHUNK_ALIGNMENT
+    return _U64.pack(index) + bytes([pad]) + bytes(pad)
+
+
+def index_payload(entries: list[tuple[int, str, int, int]]) -> bytes:
+    """INDEX payload from (kind, name, record offset, stored length) entries."""
+    parts = [_U64.pack(len(entries))]
+    for kind, name, offset, length in entries:
+        parts.append(bytes([kind]) + pack_str(name) + _U64.pack(offset) + _U64.pack(length))
+    return b"".join(parts)
+
+
+def end_payload(index_offset: int, file_length: int) -> bytes:
+    """END payload: where the index record starts and the total file length."""
+    return _U64.pack(index_offset) + _U64.pack(file_length)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class Source:
+    """A binary stream with an absolute byte position, for seekable and non-seekable input alike.
+
+    Reads are done in bounded pieces so a forged length never makes us allocate more than the
+    bytes that actually arrive.
+    """
+
+    PIECE = 1 << 20
+
+    def __init__(self, stream: BinaryIO, *, start: int = 0) -> None:
+        self.stream = stream
+        self.pos = start
+        self.size: int | None = None
+        try:
+            if stream.seekable():
+                here = stream.tell()
+                self.size = stream.seek(0, 2)
+                stream.seek(here)
+                self.pos = here
+        except (AttributeError, OSError, ValueError):
+            self.size = None
+
+    @property
+    def seekable(self) -> bool:
+        """True when random access (the index) is possible."""
+        return self.size is not None
+
+    def remaining(self) -> int | None:
+        """Bytes left after the current position, when known."""
+        return None if self.size is None else self.size - self.pos
+
+    def seek(self, offset: int) -> None:
+        """Move to an absolute offset (seekable sources only)."""
+        self.stream.seek(offset)
+        self.pos = offset
+
+    def read_exact(self, n: int, *, what: str, record: str | None = None, tensor: str | None = None) -> bytes:
+        """Read exactly ``n`` bytes or raise TruncatedError naming ``what``."""
+        start = self.pos
+        rem = self.remaining()
+        if rem is not None and n > rem:
+            raise TruncatedError(
+                f"file ends inside {what}: needs {n} bytes, {rem} remain",
+                offset=start, record=record, tensor=tensor,
+            )
+        if n <= self.PIECE:
+            data = self.stream.read(n)
+            got = len(data) if data else 0
+            if got < n:
+                more = [data or b""]
+                while got < n:  # pipes/sockets may return short reads
+                    piece = self.stream.read(n - got)
+                    if not piece:
+                        break
+                    more.append(piece)
+                    got += len(piece)
+                data = b"".join(more)
+        else:
+            buf = bytearray()
+            while len(buf) < n:
+                piece = self.stream.read(min(self.PIECE, n - len(buf)))
+                if not piece:
+                    break
+                buf += piece
+            data = bytes(buf)
+            got = len(data)
+        self.pos += got
+        if got < n:
+            raise TruncatedError(
+                f"file ends inside {what}: needs {n} bytes, got {got}",
+                offset=start, record=record, tensor=tensor,
+            )
+        return data
+
+    def skip(self, n: int, *, what: str) -> None:
+        """Skip ``n`` bytes (seek when possible, read and drop otherwise)."""
+        if self.seekable:
+            rem = self.remaining()
+            if n > rem:
+                raise TruncatedError(f"file ends inside {what}", offset=self.pos)
+            self.seek(self.pos + n)
+            return
+        left = n
+        while left:
+            piece = self.stream.read(min(self.PIECE, left))
+            if not piece:
+                raise TruncatedError(f"file ends inside {what}", offset=self.pos)
+            left -= len(piece)
+            self.pos += len(piece)
+
+
+def read_file_header(src: Source) -> tuple[int, int]:
+    """Read and check the file header; returns (major, minor)."""
+    rem = src.remaining()
+    want = FILE_HEADER_SIZE if rem is None else min(FILE_HEADER_SIZE, rem)
+    try:
+        data = src.read_exact(want, what="the file header", record="file header")
+    except TruncatedError:
+        data = b""
+    if len(data) < FILE_HEADER_SIZE:
+        if data and MAGIC.startswith(data[: len(MAGIC)]):
+            raise TruncatedError("file is shorter than the 16-byte .rdc header", offset=0, record="file header")
+        raise NotRdcError("not an .rdc file: magic bytes missing", offset=0)
+    magic, major, minor = _FILE_HEAD.unpack_from(data)
+    if magic != MAGIC:
+        if magic[1:4] == b"RDC":
+            raise NotRdcError(
+                "damaged .rdc magic bytes (file was probably transferred in text mode, which rewrites "
+                "line endings); transfer it in binary mode",
+                offset=0,
+            )
+        raise NotRdcError("not an .rdc file: magic bytes missing", offset=0)
+    if _U32.unpack_from(data, 12)[0] != crc32(data[:12]):
+        raise ChecksumError("file header CRC mismatch", offset=0, record="file header")
+    if major != VERSION_MAJOR:
+        raise UnsupportedVersionError(
+            f"file is .rdc version {major}.{minor}; this reader supports major version {VERSION_MAJOR} "
+            "only: upgrade rdformat",
+            offset=8,
+        )
+    return major, minor
+
+
+@dataclass
+class RecordHead:
+    """A parsed record header."""
+
+    rtype: int
+    flags: int
+    length: int
+    offset: int  # absolute offset of the record's first byte
+
+    @property
+    def name(self) -> str:
+        """Human name of the record type."""
+        return record_name(self.rtype)
+
+    @property
+    def end(self) -> int:
+        """Offset of the byte after the record."""
+        return self.offset + RECORD_OVERHEAD + self.length
+
+
+def read_record_head(src: Source, *, tensor: str | None = None) -> RecordHead:
+    """Read and verify a record header, checking its length against limits and the file size."""
+    offset = src.pos
+    data = src.read_exact(RECORD_HEADER_SIZE, what="a record header", record="record header", tensor=tensor)
+    rtype, flags, length = _REC_HEAD.unpack_from(data)
+    if _U32.unpack_from(data, 12)[0] != crc32(data[:12]):
+        raise ChecksumError("record header CRC mismatch", offset=offset, record="record header", tensor=tensor)
+    head = RecordHead(rtype, flags, length, offset)
+    limit = PAYLOAD_LIMITS.get(rtype, MAX_UNKNOWN_RECORD_BYTES)
+    if length > limit:
+        raise LimitExceededError(
+            f"{head.name} record declares {length} payload bytes, over the format's limit of {limit}",
+            offset=offset, record=head.name, tensor=tensor,
+        )
+    rem = src.remaining()
+    if rem is not None and length + RECORD_TRAILER_SIZE > rem:
+        raise TruncatedError(
+            f"{head.name} record declares {length} payload bytes but only {max(rem - 4, 0)} remain",
+            offset=offset, record=head.name, tensor=tensor,
+        )
+    return head
+
+
+def read_payload(src: Source, head: RecordHead, *, tensor: str | None = None) -> bytes:
+    """Read a record's payload and trailing CRC; verify the CRC."""
+    payload = src.read_exact(head.length, what=f"a {head.name} record", record=head.name, tensor=tensor)
+    trailer = src.read_exact(RECORD_TRAILER_SIZE, what=f"a {head.name} record CRC", record=head.name, tensor=tensor)
+    if _U32.unpack(trailer)[0] != crc32(payload):
+        raise ChecksumError(
+            f"{head.name} record payload CRC mismatch (data is corrupt)",
+            offset=head.offset, record=head.name, tensor=tensor,
+        )
+    return payload
+
+
+def skip_record(src: Source, head: RecordHead) -> None:
+    """Skip an unknown optional record (its CRC is not checked: its content is not used)."""
+    if head.flags & FLAG_REQUIRED:
+        raise UnsupportedFeatureError(
+            f"record of unknown type {head.rtype} is marked required; upgrade rdformat to read this file",
+            offset=head.offset, record=head.name,
+        )
+    src.skip(head.length + RECORD_TRAILER_SIZE, what=f"an unknown record of type {head.rtype}")
+
+
+class PayloadReader:
+    """Bounds-checked cursor over one record payload; every read names the record and offset."""
+
+    def __init__(self, data: bytes, base: int, record: str, tensor: str | None = None) -> None:
+        self.data = data
+        self.pos = 0
+        self.base = base  # absolute offset of data[0]
+        self.record = record
+        self.tensor = tensor
+
+    def fail(self, message: str, cls: type = CorruptDataError) -> Exception:
+        """An exception located at the cursor."""
+        return cls(message, offset=self.base + self.pos, record=self.record, tensor=self.tensor)
+
+    def take(self, n: int, what: str) -> bytes:
+        """The next ``n`` bytes."""
+        if n > len(self.data) - self.pos:
+            raise self.fail(f"{what} runs past the end of the {self.record} record")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self, what: str) -> int:
+        """One unsigned byte."""
+        return self.take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        """Little-endian u16."""
+        return _U16.unpack(self.take(2, what))[0]
+
+    def u32(self, what: str) -> int:
+        """Little-endian u32."""
+        return _U32.unpack(self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        """Little-endian u64."""
+        return _U64.unpack(self.take(8, what))[0]
+
+    def text(self, what: str, limit: int, *, width: int = 2, allow_empty: bool = False) -> str:
+        """A length-prefixed UTF-8 string of at most ``limit`` bytes."""
+        n = self.u16(what) if width == 2 else self.u32(what)
+        if n > limit:
+            raise self.fail(f"{what} is {n} bytes, over the limit of {limit}", LimitExceededError)
+        if n == 0 and not allow_empty:
+            raise self.fail(f"{what} is empty")
+        raw = self.take(n, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not valid UTF-8") from None
+
+    def finish(self) -> None:
+        """Require that the whole payload was consumed."""
+        if self.pos != len(self.data):
+            raise self.fail(f"{len(self.data) - self.pos} unexpected trailing bytes in the {self.record} record")
+
+
+def parse_json_object(data: bytes, what: str, offset: int, tensor: str | None = None) -> dict:
+    """Parse a UTF-8 JSON object (metadata, codec configuration)."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptDataError(f"{what} is not valid JSON: {exc}", offset=offset, tensor=tensor) from None
+    if not isinstance(value, dict):
+        raise CorruptDataError(f"{what} must be a JSON object", offset=offset, tensor=tensor)
+    return value
+
+
+def parse_tensor_header(payload: bytes, base: int) -> TensorHeader:
+    """Parse a TENSOR record payload (``base``: absolute offset of the payload)."""
+    r = PayloadReader(payload, base, "tensor")
+    name = r.text("tensor name", MAX_NAME_BYTES)
+    r.tensor = name
+    dtype_code = r.u16("dtype code")
+    rank = r.u8("rank")
+    flags = r.u8("tensor flags")
+    if rank > MAX_RANK:
+        raise r.fail(f"rank {rank} is over the limit of {MAX_RANK}", LimitExceededError)
+    shape = tuple(r.u64("dimension") for _ in range(rank))
+    if any(d > MAX_DIM for d in shape):
+        raise r.fail("a dimension is over 2**63-1", LimitExceededError)
+    chunk_elements = r.u64("chunk element count")
+    chunk_count = r.u64("chunk count")
+    codec_id = r.text("codec id", MAX_CODEC_ID_BYTES)
+    config_start = r.pos
+    config_raw = r.take(r.u32("codec config length"), "codec config")
+    r.finish()
+    config = parse_json_object(config_raw, "codec configuration", base + config_start, name)
+    header = TensorHeader(name, dtype_code, shape, flags, chunk_elements, chunk_count, codec_id, config)
+    numel = header.numel
+    if numel == 0:
+        if chunk_count != 0:
+            raise r.fail(f"empty tensor declares {chunk_count} chunks")
+    else:
+        if chunk_elements == 0:
+            raise r.fail("chunk element count is 0 for a non-empty tensor")
+        expected = -(-numel // chunk_elements)
+        if chunk_count != expected:
+            raise r.fail(f"chunk count {chunk_count} does not match {numel} elements in chunks of {chunk_elements}")
+    return header
+
+
+def parse_alias(payload: bytes, base: int) -> tuple[str, str]:
+    """Parse an ALIAS record payload -> (alias name, target name)."""
+    r = PayloadReader(payload, base, "alias")
+    name = r.text("alias name", MAX_NAME_BYTES)
+    target = r.text("alias target", MAX_NAME_BYTES)
+    r.finish()
+    return name, target
+
+
+def parse_graph(payload: bytes, base: int) -> tuple[str, bytes]:
+    """Parse a GRAPH record payload -> (format name, blob)."""
+    r = PayloadReader(payload, base, "graph")
+    fmt = r.text("graph format", MAX_GRAPH_FORMAT_BYTES)
+    return fmt, payload[r.pos :]
+
+
+def parse_chunk(payload: bytes, base: int, expected_index: int, tensor: str) -> memoryview:
+    """Parse a CHUNK payload: check its index and padding, return the codec data."""
+    r = PayloadReader(payload, base, "chunk", tensor)
+    index = r.u64("chunk index")
+    if index != expected_index:
+        raise r.fail(f"chunk {index} found where chunk {expected_index} was expected")
+    pad = r.u8("chunk padding length")
+    if pad >= CHUNK_ALIGNMENT:
+        raise r.fail(f"chunk padding {pad} is not below {CHUNK_ALIGNMENT}")
+    if any(r.take(pad, "chunk padding")):
+        raise r.fail("chunk padding bytes are not zero")
+    return memoryview(payload)[r.pos :]
+
+
+@dataclass
+class IndexEntry:
+    """One INDEX entry."""
+
+    kind: int
+    name: str
+    offset: int
+    length: int
+
+
+def parse_index(payload: bytes, base: int, file_size: int | None) -> list[IndexEntry]:
+    """Parse an INDEX payload; offsets are checked against the file size."""
+    r = PayloadReader(payload, base, "index")
+    count = r.u64("index entry count")
+    if count > len(payload) // 19:  # each entry takes at least 19 bytes
+        raise r.fail(f"index declares {count} entries, more than its {len(payload)} bytes can hold")
+    entries = []
+    for _ in range(count):
+        kind = r.u8("index entry kind")
+        if kind not in (ENTRY_TENSOR, ENTRY_ALIAS, ENTRY_META, ENTRY_GRAPH):
+            raise r.fail(f"unknown index entry kind {kind}")
+        name = r.text("index entry name", MAX_NAME_BYTES, allow_empty=kind in (ENTRY_META, ENTRY_GRAPH))
+        offset = r.u64("index entry offset")
+        length = r.u64("index entry length")
+        if offset < FILE_HEADER_SIZE or (file_size is not None and offset + length > file_size):
+            raise r.fail(f"index entry {name!r} points outside the file")
+        entries.append(IndexEntry(kind, name, offset, length))
+    r.finish()
+    return entries
+
+
+def parse_end(payload: bytes, base: int) -> tuple[int, int]:
+    """Parse the END payload -> (index offset, file length)."""
+    if len(payload) != END_PAYLOAD_SIZE:
+        raise CorruptDataError("end record has the wrong size", offset=base, record="end")
+    return _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]

@@ -1,0 +1,266 @@
+"""Streaming .rdc writer: tensors are encoded and written as they are given; the file is atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from . import container as C
+from .codecs import Codec, get_codec_class
+from .codecs.raw import RawCodec
+from .dtypes import by_numpy, little_endian
+from .errors import InvalidInputError
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+#: Codec names accepted by ``save``/``Writer`` besides registered codec ids.
+CODEC_ALIASES = {"lossless": "bytesplit"}
+
+
+def resolve_codec(codec: str | Codec | None) -> Codec:
+    """A codec instance from an id, an alias such as ``"lossless"``, or an instance."""
+    if codec is None:
+        codec = "lossless"
+    if isinstance(codec, Codec):
+        return codec
+    if not isinstance(codec, str):
+        raise InvalidInputError(f"codec must be a codec id or a Codec instance, not {type(codec).__name__}")
+    return get_codec_class(CODEC_ALIASES.get(codec, codec))()
+
+
+def _check_name(name: object, what: str = "tensor name") -> str:
+    if not isinstance(name, str):
+        raise InvalidInputError(f"{what} must be a str, not {type(name).__name__}")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} {name!r} is not encodable as UTF-8 (lone surrogate?)") from None
+    if not raw:
+        raise InvalidInputError(f"{what} must not be empty")
+    if len(raw) > C.MAX_NAME_BYTES:
+        raise InvalidInputError(f"{what} is {len(raw)} UTF-8 bytes; the limit is {C.MAX_NAME_BYTES}")
+    return name
+
+
+class Writer:
+    """Write an .rdc file tensor by tensor without holding the model in memory.
+
+    With a path, bytes go to a temporary file in the same folder that replaces the target only
+    when :meth:`close` succeeds, so an interrupted write never leaves a broken file under the
+    target name. With a binary stream (a pipe, a socket) bytes are written straight through.
+
+    Use as a context manager::
+
+        with rdformat.Writer("model.rdc", metadata={"arch": "mlp"}) as w:
+            w.add("fc.weight", weights)
+            w.add_alias("head.weight", "fc.weight")
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike | BinaryIO,
+        *,
+        metadata: Mapping | None = None,
+        graph: bytes | None = None,
+        graph_format: str = "onnx",
+        codec: str | Codec | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
+            raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
+        self.default_codec = resolve_codec(codec)
+        self.chunk_bytes = chunk_bytes
+        self._entries: list[tuple[int, str, int, int]] = []
+        self._tensors: set[str] = set()
+        self._names: set[str] = set()
+        self._closed = False
+        self._path: Path | None = None
+        self._tmp: str | None = None
+        if isinstance(target, (str, os.PathLike)):
+            self._path = Path(target)
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp", dir=self._path.parent or ".")
+            self._stream: BinaryIO = os.fdopen(fd, "wb")
+        else:
+            if not hasattr(target, "write"):
+                raise InvalidInputError("target must be a path or a binary stream with .write()")
+            self._stream = target
+        self.pos = 0
+        try:
+            self._write(C.file_header())
+            if metadata is not None:
+                try:
+                    meta = json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
+                self._record(C.REC_META, meta.encode("utf-8"), kind=C.ENTRY_META, name="")
+            if graph is not None:
+                fmt = _check_name(graph_format, "graph format")
+                payload = C.pack_str(fmt) + bytes(graph)
+                self._record(C.REC_GRAPH, payload, kind=C.ENTRY_GRAPH, name="")
+        except BaseException:
+            self.abort()
+            raise
+
+    # ------------------------------------------------------------------ low level
+    def _write(self, data: bytes) -> None:
+        self._stream.write(data)
+        self.pos += len(data)
+
+    def _record(self, rtype: int, payload: bytes, *, kind: int | None = None, name: str = "") -> int:
+        offset = self.pos
+        self._write(C.frame(rtype, payload))
+        if kind is not None:
+            self._entries.append((kind, name, offset, self.pos - offset))
+        return offset
+
+    # ------------------------------------------------------------------ public
+    def add(
+        self,
+        name: str,
+        array: np.typing.ArrayLike,
+        *,
+        structural: bool = False,
+        codec: str | Codec | None = None,
+    ) -> None:
+        """Encode ``array`` and append it under ``name`` (the caller's array is never modified)."""
+        self._check_open()
+        name = _check_name(name)
+        if name in self._names:
+            raise InvalidInputError(f"duplicate tensor name {name!r}")
+        arr = np.asarray(array)
+        info = by_numpy(arr.dtype)
+        if arr.ndim > C.MAX_RANK:
+            raise InvalidInputError(f"tensor {name!r} has rank {arr.ndim}; the limit is {C.MAX_RANK}")
+        flat = little_endian(arr).reshape(-1)
+        chosen = resolve_codec(codec) if codec is not None else self.default_codec
+        chosen = chosen.for_tensor(arr, info)
+        if structural and not chosen.lossless:
+            chosen = resolve_codec("lossless").for_tensor(arr, info)
+        chunk_elements = max(1, self.chunk_bytes // info.itemsize)
+        numel = flat.size
+        chunk_count = -(-numel // chunk_elements)
+        payloads = (chosen.encode_chunk(flat[i : i + chunk_elements], info) for i in range(0, numel, chunk_elements))
+        if chunk_count == 1 and chosen.lossless and not isinstance(chosen, RawCodec):
+            # A single chunk can fall back to raw when coding does not pay (tiny tensors).
+            only = next(payloads)
+            if len(only) >= flat.nbytes:
+                chosen, only = RawCodec(), flat.tobytes()
+            payloads = iter([only])
+        header = C.TensorHeader(
+            name=name,
+            dtype_code=info.code,
+            shape=tuple(int(d) for d in arr.shape),
+            flags=C.TENSOR_STRUCTURAL if structural else 0,
+            chunk_elements=chunk_elements,
+            chunk_count=chunk_count,
+            codec_id=chosen.codec_id,
+            codec_config=chosen.get_config(),
+        )
+        start = self._record(C.REC_TENSOR, header.to_bytes())
+        try:
+            for index, data in enumerate(payloads):
+                prefix = C.chunk_payload_prefix(index, self.pos + C.RECORD_HEADER_SIZE)
+                self._record(C.REC_CHUNK, prefix + data)
+        except BaseException:
+            self.abort()
+            raise
+        self._names.add(name)
+        self._tensors.add(name)
+        self._entries.append((C.ENTRY_TENSOR, name, start, self.pos - start))
+
+    def add_alias(self, name: str, target: str) -> None:
+        """Record ``name`` as another name of the already written tensor ``target`` (tied weights)."""
+        self._check_open()
+        name = _check_name(name)
+        if name in self._names:
+            raise InvalidInputError(f"duplicate tensor name {name!r}")
+        if target not in self._tensors:
+            raise InvalidInputError(f"alias {name!r} targets {target!r}, which has not been written as a tensor")
+        payload = C.pack_str(name) + C.pack_str(target)
+        self._record(C.REC_ALIAS, payload, kind=C.ENTRY_ALIAS, name=name)
+        self._names.add(name)
+
+    def close(self) -> None:
+        """Write the index and footer, then publish the file atomically."""
+        if self._closed:
+            return
+        try:
+            index_offset = self.pos
+            self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
+            file_length = self.pos + C.END_RECORD_SIZE
+            self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
+            self._stream.flush()
+            if self._path is not None:
+                os.fsync(self._stream.fileno())
+                self._stream.close()
+                os.replace(self._tmp, self._path)
+                self._tmp = None
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+
+    def abort(self) -> None:
+        """Drop a partial file: the temporary file is deleted and the target is left untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._path is not None:
+            try:
+                self._stream.close()
+            finally:
+                if self._tmp is not None and os.path.exists(self._tmp):
+                    os.unlink(self._tmp)
+                self._tmp = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidInputError("writer is closed")
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def save(
+    tensors: Mapping[str, np.typing.ArrayLike] | Iterable[tuple[str, np.typing.ArrayLike]],
+    target: str | os.PathLike | BinaryIO,
+    *,
+    metadata: Mapping | None = None,
+    graph: bytes | None = None,
+    graph_format: str = "onnx",
+    aliases: Mapping[str, str] | None = None,
+    structural: Iterable[str] = (),
+    codec: str | Codec | None = "lossless",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> None:
+    """Write ``tensors`` (a mapping or ``(name, array)`` pairs, consumed one at a time) to ``target``.
+
+    ``aliases`` maps extra names to tensor names (tied weights, stored once). ``structural`` names
+    tensors that steer shapes or control flow: they are always stored losslessly. Writes to a path
+    are atomic.
+    """
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    structural = set(structural)
+    pending = dict(aliases or {})
+    by_target: dict[str, list[str]] = {}
+    for alias, target_name in pending.items():
+        by_target.setdefault(target_name, []).append(alias)
+    with Writer(target, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec, chunk_bytes=chunk_bytes) as w:
+        for name, array in items:
+            w.add(name, array, structural=name in structural)
+            for alias in by_target.pop(name, ()):
+                w.add_alias(alias, name)
+        if by_target:
+            missing = sorted(by_target)
+            raise InvalidInputError(f"aliases point to tensors that were not given: {missing}")

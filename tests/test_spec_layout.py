@@ -1,0 +1,130 @@
+"""A file assembled by hand from spec/rdc-v1.md (struct + zlib only, not the writer) must read back.
+
+If this test and the writer disagree, one of them no longer follows the spec.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+
+import rdformat
+
+
+def crc(b: bytes) -> int:
+    return zlib.crc32(b) & 0xFFFFFFFF
+
+
+def record(rtype: int, payload: bytes, flags: int = 0) -> bytes:
+    head = struct.pack("<HHQ", rtype, flags, len(payload))
+    return head + struct.pack("<I", crc(head)) + payload + struct.pack("<I", crc(payload))
+
+
+def str16(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def str32(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return struct.pack("<I", len(raw)) + raw
+
+
+def tensor_payload(name, dtype_code, dims, chunk_elements, chunk_count, codec, config, flags=0):
+    return (str16(name) + struct.pack("<HBB", dtype_code, len(dims), flags)
+            + b"".join(struct.pack("<Q", d) for d in dims)
+            + struct.pack("<QQ", chunk_elements, chunk_count) + str16(codec) + str32(config))
+
+
+def chunk_payload(index: int, data_offset: int, data: bytes) -> bytes:
+    pad = (-(data_offset + 9)) % 64
+    return struct.pack("<QB", index, pad) + bytes(pad) + data
+
+
+def build() -> tuple[bytes, dict[str, np.ndarray]]:
+    out = bytearray()
+    head = b"\x89RDC\r\n\x1a\n" + struct.pack("<HH", 1, 0)
+    out += head + struct.pack("<I", crc(head))
+    entries = []
+
+    def add(rtype, payload, kind=None, name=""):
+        offset = len(out)
+        out.extend(record(rtype, payload))
+        if kind is not None:
+            entries.append((kind, name, offset, len(out) - offset))
+        return offset
+
+    add(1, b'{"producer":"hand"}', kind=3)
+    add(2, str16("onnx") + b"GRAPHBYTES", kind=4)
+
+    # "w": float32 2x3 stored raw in two chunks of 4 and 2 elements.
+    w = np.array([[1.5, -2.0, 0.0], [3.25, -0.0, 1e-3]], dtype="<f4")
+    start = len(out)
+    add(3, tensor_payload("w", 12, (2, 3), 4, 2, "raw", "{}"))
+    flat = w.reshape(-1).tobytes()
+    for i, part in enumerate((flat[:16], flat[16:])):
+        add(4, chunk_payload(i, len(out) + 16, part))
+    entries.append((1, "w", start, len(out) - start))
+
+    # "s": int64 scalar, structural, bytesplit with a CONSTANT plane and RAW planes.
+    start = len(out)
+    add(3, tensor_payload("s", 9, (), 1, 1, "bytesplit", '{"transform":"none"}', flags=1))
+    planes = bytes([0, 7]) + b"".join(bytes([1, 0]) for _ in range(7))  # 7 then seven zero bytes
+    add(4, chunk_payload(0, len(out) + 16, planes))
+    entries.append((1, "s", start, len(out) - start))
+
+    # "e": an empty bfloat16 tensor (0 chunks); "t": alias of "w".
+    start = len(out)
+    add(3, tensor_payload("e", 11, (0, 5), 1, 0, "raw", "{}"))
+    entries.append((1, "e", start, len(out) - start))
+    add(5, str16("t") + str16("w"), kind=2, name="t")
+
+    index_offset = len(out)
+    payload = struct.pack("<Q", len(entries)) + b"".join(
+        bytes([k]) + str16(n) + struct.pack("<QQ", o, ln) for k, n, o, ln in entries)
+    out += record(6, payload)
+    out += record(7, struct.pack("<QQ", index_offset, len(out) + 36))
+    return bytes(out), {"w": w, "s": np.array(7, np.int64)}
+
+
+def test_hand_assembled_file_reads():
+    data, expected = build()
+    back = rdformat.load(data)
+    assert list(back) == ["w", "s", "e", "t"]
+    np.testing.assert_array_equal(back["w"], expected["w"])
+    assert back["w"].tobytes() == expected["w"].tobytes()
+    assert back["s"].shape == () and back["s"] == 7 and back["s"].dtype == np.int64
+    assert back["e"].shape == (0, 5) and str(back["e"].dtype) == "bfloat16"
+    assert back["t"] is back["w"]
+    with rdformat.open(io.BytesIO(data)) as f:
+        assert f.metadata == {"producer": "hand"}
+        assert f.graph == b"GRAPHBYTES" and f.graph_format == "onnx"
+        assert f.info("s").structural
+        assert f.aliases == {"t": "w"}
+        np.testing.assert_array_equal(f.get_tensor("t"), expected["w"])
+
+
+def test_writer_output_follows_the_same_layout():
+    """The writer's bytes parse with the hand-written field layout above (header, records, footer)."""
+    buf = io.BytesIO()
+    rdformat.save({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, buf, codec="raw")
+    data = buf.getvalue()
+    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 0)
+    pos, types = 16, []
+    while pos < len(data):
+        rtype, flags, length = struct.unpack_from("<HHQ", data, pos)
+        assert struct.unpack_from("<I", data, pos + 12)[0] == crc(data[pos:pos + 12])
+        payload = data[pos + 16: pos + 16 + length]
+        assert struct.unpack_from("<I", data, pos + 16 + length)[0] == crc(payload)
+        if rtype == 4:  # raw chunk data is 64-byte aligned in the file
+            pad = payload[8]
+            assert (pos + 16 + 9 + pad) % 64 == 0
+            assert np.frombuffer(payload[9 + pad:], "<f4").tolist() == [0, 1, 2, 3, 4, 5]
+        types.append(rtype)
+        pos += 20 + length
+    assert types == [3, 4, 6, 7]
+    index_offset, length = struct.unpack_from("<QQ", data, len(data) - 20)
+    assert length == len(data) and struct.unpack_from("<H", data, index_offset)[0] == 6

@@ -1,0 +1,147 @@
+"""Lossless benchmark: rdformat vs ZipNN vs zstd-3, measured side by side in one run.
+
+Cases: the real MTCNN checkpoints in ../shared/models (float32), and the same weights plus a synthetic
+Laplacian tensor in float32, float16 and bfloat16. For each codec: size ratio (original bytes /
+compressed bytes), encode and decode throughput in MB/s of uncompressed data, single-threaded.
+
+    python tools/bench_lossless.py [--repeat 3] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import rdformat  # noqa: E402
+from rdformat.entropy import ans  # noqa: E402
+
+MODELS = ROOT.parent / "shared" / "models"
+
+
+def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.numpy() for k, v in sd.items()}
+
+
+def cases() -> list[tuple[str, dict[str, np.ndarray]]]:
+    out = []
+    onet = None
+    for name in ("pnet", "rnet", "onet"):
+        path = MODELS / f"{name}.pt"
+        if path.exists():
+            sd = load_checkpoint(path)
+            out.append((f"MTCNN {name} f32", sd))
+            if name == "onet":
+                onet = sd
+    rng = np.random.default_rng(0)
+    lap = {"w": rng.laplace(0, 0.02, size=(2048, 2048)).astype(np.float32)}
+    out.append(("Laplacian 4M f32", lap))
+    if onet is not None:
+        out.append(("MTCNN onet f16", {k: v.astype(np.float16) for k, v in onet.items()}))
+        out.append(("MTCNN onet bf16", {k: v.astype(ml_dtypes.bfloat16) for k, v in onet.items()}))
+    out.append(("Laplacian 4M f16", {"w": lap["w"].astype(np.float16)}))
+    out.append(("Laplacian 4M bf16", {"w": lap["w"].astype(ml_dtypes.bfloat16)}))
+    return out
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def bench_rdformat(tensors, repeat, backend=None):
+    if backend:
+        os.environ["RDFORMAT_ANS_BACKEND"] = backend
+
+    def enc():
+        buf = io.BytesIO()
+        rdformat.save(tensors, buf)
+        return buf.getvalue()
+
+    t_enc, data = timed(enc, repeat)
+    t_dec, back = timed(lambda: rdformat.load(data), repeat)
+    for k, v in tensors.items():
+        assert back[k].tobytes() == v.tobytes(), k
+    os.environ.pop("RDFORMAT_ANS_BACKEND", None)
+    return len(data), t_enc, t_dec
+
+
+def _blob(tensors) -> bytes:
+    return b"".join(v.tobytes() for v in tensors.values())
+
+
+def bench_zstd(tensors, repeat):
+    import zstandard
+
+    raw = _blob(tensors)
+    cctx, dctx = zstandard.ZstdCompressor(level=3, threads=0), zstandard.ZstdDecompressor()
+    t_enc, comp = timed(lambda: cctx.compress(raw), repeat)
+    t_dec, back = timed(lambda: dctx.decompress(comp), repeat)
+    assert back == raw
+    return len(comp), t_enc, t_dec
+
+
+def bench_zipnn(tensors, repeat):
+    from zipnn import ZipNN
+
+    dtype = str(next(iter(tensors.values())).dtype)
+    zdtype = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}[dtype]
+    z = ZipNN(input_format="byte", bytearray_dtype=zdtype, threads=1)
+    raw = _blob(tensors)
+    # ZipNN 0.5.4 rewrites the buffer it is given: hand it a fresh copy every time.
+    t_enc, comp = timed(lambda: z.compress(bytearray(raw)), repeat)
+    t_dec, back = timed(lambda: z.decompress(comp), repeat)
+    assert bytes(back) == raw
+    return len(comp), t_enc, t_dec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = ap.parse_args(argv)
+    rows = []
+    backends = ans.available_backends()
+    print(f"ANS backends available: {backends}", file=sys.stderr)
+    for label, tensors in cases():
+        nbytes = sum(v.nbytes for v in tensors.values())
+        mb = nbytes / 1e6
+        runners = [("rdformat", lambda t: bench_rdformat(t, args.repeat))]
+        if "constriction" in backends:
+            runners.append(("rdformat (numpy decoder)", lambda t: bench_rdformat(t, args.repeat, "numpy")))
+        runners += [("ZipNN 0.5.4", lambda t: bench_zipnn(t, args.repeat)), ("zstd -3", lambda t: bench_zstd(t, args.repeat))]
+        for codec, run in runners:
+            try:
+                size, t_enc, t_dec = run(tensors)
+            except Exception as exc:  # a peer failing is reported, not hidden
+                rows.append((label, codec, f"failed: {type(exc).__name__}: {exc}", "", ""))
+                continue
+            rows.append((label, codec, f"{nbytes / size:.3f}x", f"{mb / t_enc:.0f}", f"{mb / t_dec:.0f}"))
+            print(" | ".join(rows[-1]), file=sys.stderr)
+    header = "| case | codec | ratio | encode MB/s | decode MB/s |\n|---|---|---|---|---|\n"
+    table = header + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
