@@ -94,7 +94,7 @@ class Writer:
             self._write(C.file_header())
             if metadata is not None:
                 try:
-                    meta = json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False, allow_nan=False)
+                    meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
                 except (TypeError, ValueError) as exc:
                     raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
                 self._record(C.REC_META, meta.encode("utf-8"), kind=C.ENTRY_META, name="")

@@ -1,0 +1,509 @@
+"""The ``rdc`` command: compress, decompress, inspect and verify ``.rdc`` files.
+
+    rdc compress model.pt model.rdc            # .pt/.pth, .safetensors, *.safetensors.index.json, .onnx, .npz
+    rdc decompress model.rdc model.safetensors  # output format from the suffix: .safetensors .pt .onnx .npz
+    rdc info model.rdc [--json]
+    rdc verify model.rdc                        # exit 0 when everything decodes, 1 otherwise
+    rdc demo                                    # compress + restore a built-in model, check bit-exactness
+
+Errors are reported as one line on stderr with a non-zero exit code (1: the operation failed,
+2: bad usage); progress bars go to stderr when it is a terminal (``--quiet`` silences everything
+but errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import adapters
+from .errors import RdcError, UnsupportedFeatureError
+
+PROG = "rdc"
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem with the command's arguments found before any work starts (exit code 1)."""
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if not src.exists():
+        raise FileNotFoundError(2, "no such file", os.fspath(src))
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"output folder {parent} does not exist")
+    if dst.is_dir():
+        raise CliError(f"output {dst} is a directory")
+    if dst.exists() and _same_file(src, dst):
+        raise CliError("input and output are the same file")
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output helpers
+
+
+class _Out:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text)
+
+    def progress(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
+        if self.quiet:
+            return iterable
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm is optional
+            return iterable
+        # disable=None: bars only when stderr is a terminal, so logs and pipes stay clean
+        return tqdm(iterable, total=total, desc=desc, unit="tensor", file=sys.stderr, leave=False,
+                    disable=None, dynamic_ncols=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n}"  # pragma: no cover
+
+
+def _ratio(raw: int, stored: int) -> float:
+    return raw / stored if stored else float("inf")
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _input_bytes(path: Path, fmt: str) -> int:
+    """Bytes of the input on disk, including shards and ONNX external data files."""
+    total = path.stat().st_size
+    if fmt == "safetensors-index":
+        from .safetensors import read_index
+
+        _, shards = read_index(path)
+        total += sum(p.stat().st_size for _, p, _ in shards)
+    elif fmt == "onnx":
+        try:
+            import onnx
+
+            model = onnx.load(os.fspath(path), load_external_data=False)
+            from .onnx import _external_entries, _tensor_slots
+
+            locations = {
+                _external_entries(t).get("location")
+                for t, _, _ in _tensor_slots(model)
+                if t.data_location == onnx.TensorProto.EXTERNAL
+            }
+            for loc in locations:
+                if loc:
+                    try:
+                        total += adapters.path_inside(path.parent, loc, what="external data").stat().st_size
+                    except (RdcError, OSError):
+                        pass
+        except Exception:  # pragma: no cover - only a size estimate
+            pass
+    return total
+
+
+def _output_bytes(path: Path, fmt: str) -> int:
+    total = path.stat().st_size if path.exists() else 0
+    if fmt == "onnx":
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            total += data.stat().st_size
+    elif fmt == "safetensors-index":
+        try:
+            doc = json.loads(path.read_text())
+            for fname in set(doc.get("weight_map", {}).values()):
+                total += (path.parent / fname).stat().st_size
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Per-tensor facts of an .rdc file (for ``info`` and the compress summary)."""
+    file_bytes = os.path.getsize(path)
+    with adapters.open_rdc(path) as f:
+        aliases = dict(f.aliases)
+        rows = []
+        raw = stored = 0
+        for name in f.keys():
+            ti = f.info(name)
+            alias_of = ti.alias_of or aliases.get(name)
+            row = {
+                "name": name,
+                "dtype": ti.dtype.name,
+                "shape": list(ti.shape),
+                "codec": ti.codec,
+                "structural": bool(ti.structural),
+                "stored_bytes": 0 if alias_of else int(ti.stored_bytes),
+                "raw_bytes": int(ti.nbytes),
+                "alias_of": alias_of,
+            }
+            row["ratio"] = None if alias_of else round(_ratio(row["raw_bytes"], row["stored_bytes"]), 4)
+            if not alias_of:
+                raw += row["raw_bytes"]
+                stored += row["stored_bytes"]
+            rows.append(row)
+        info = adapters.adapter_info(f.metadata)
+        return {
+            "file": os.fspath(path),
+            "file_bytes": file_bytes,
+            "source_format": info.get("source_format"),
+            "tensor_count": len(rows) - len(aliases),
+            "alias_count": len(aliases),
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "ratio": round(_ratio(raw, file_bytes), 4),
+            "graph": {"format": f.graph_format, "bytes": len(f.graph)} if f.graph is not None else None,
+            "metadata": f.metadata,
+            "tensors": rows,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _codec_from_args(args: argparse.Namespace) -> str:
+    """Hook for the lossy options: today only lossless exists."""
+    asked = [flag for flag, value in (("--bits", args.bits), ("--rel-error", args.rel_error),
+                                      ("--method", args.method)) if value is not None]
+    if asked:
+        raise UnsupportedFeatureError(
+            f"lossy compression ({', '.join(asked)}) is not implemented yet; only lossless is available"
+        )
+    return "lossless"
+
+
+def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
+    src, dst = Path(args.input), Path(args.output)
+    codec = _codec_from_args(args)
+    _check_paths(src, dst)
+    fmt = None if args.format == "auto" else args.format
+    fmt = adapters.compress_file(src, dst, fmt=fmt, codec=codec, progress=out.progress)
+    if not out.quiet:
+        summary = _tensor_summary(dst)
+        in_bytes = _input_bytes(src, fmt)
+        extra = f", {summary['alias_count']} aliases" if summary["alias_count"] else ""
+        out.say(f"{src} ({fmt}) -> {dst}: {summary['tensor_count']} tensors{extra}, {codec}")
+        out.say(f"  input  {in_bytes:>14,} bytes ({_size(in_bytes)})")
+        out.say(f"  output {summary['file_bytes']:>14,} bytes ({_size(summary['file_bytes'])})  "
+                f"ratio {_ratio(in_bytes, summary['file_bytes']):.3f}x "
+                f"(tensor data {summary['raw_bytes']:,} bytes -> {_ratio(summary['raw_bytes'], summary['file_bytes']):.3f}x)")
+    return EXIT_OK
+
+
+def cmd_decompress(args: argparse.Namespace, out: _Out) -> int:
+    src, dst = Path(args.input), Path(args.output)
+    _check_paths(src, dst)
+    fmt = adapters.output_format(dst)
+    options: dict[str, Any] = {}
+    if fmt == "onnx" and args.external_data != "auto":
+        options["external_data"] = args.external_data == "yes"
+    elif args.external_data != "auto":
+        raise adapters.FormatError("--external-data applies to .onnx outputs only")
+    adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, **options)
+    out.say(f"{src} -> {dst} ({fmt}): {_output_bytes(dst, fmt):,} bytes")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace, out: _Out) -> int:
+    summary = _tensor_summary(args.file)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    src = summary["source_format"] or "unknown"
+    print(f"{summary['file']}: {summary['tensor_count']} tensors"
+          + (f" + {summary['alias_count']} aliases" if summary["alias_count"] else "")
+          + f", source {src}"
+          + (f", graph {summary['graph']['format']} {summary['graph']['bytes']:,} bytes" if summary["graph"] else ""))
+    rows = summary["tensors"]
+    if rows:
+        headers = ("name", "dtype", "shape", "codec", "stored", "raw", "ratio", "flags")
+        table = []
+        for r in rows:
+            flags = []
+            if r["structural"]:
+                flags.append("structural")
+            if r["alias_of"]:
+                flags.append(f"alias of {r['alias_of']}")
+            table.append((r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", r["codec"],
+                          f"{r['stored_bytes']:,}", f"{r['raw_bytes']:,}",
+                          "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", ", ".join(flags)))
+        widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+        right = {4, 5, 6}
+        fmt_row = lambda cells: "  ".join(  # noqa: E731
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        print(fmt_row(headers))
+        for t in table:
+            print(fmt_row(t))
+    print(f"total: tensor data {summary['raw_bytes']:,} bytes, file {summary['file_bytes']:,} bytes, "
+          f"ratio {summary['ratio']:.3f}x")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
+    path = args.file
+    with adapters.open_rdc(path) as f:  # the index: what the file claims to hold
+        names = f.keys()
+        aliases = dict(f.aliases)
+    with adapters.open_rdc(path) as f:  # a fresh pass over every record, in file order
+        count = nbytes = 0
+        seen = set()
+        for name, array in out.progress(iter(f), total=len(names), desc="verify"):
+            seen.add(name)
+            if name not in aliases:
+                count += 1
+                nbytes += array.nbytes
+        missing = [n for n in names if n not in seen]
+        if missing:
+            raise RdcError(f"tensors listed in the index were not found while reading: {missing[:5]}")
+        if f.graph is not None and f.graph_format == "onnx":
+            try:
+                from .onnx import _parse_graph, _refs
+
+                model = _parse_graph(f)
+                unknown = [n for _, n, _ in _refs(model) if n not in seen]
+                if unknown:
+                    raise RdcError(f"the ONNX graph references tensors missing from the file: {unknown[:5]}")
+            except adapters.MissingDependencyError:
+                pass
+            except ImportError:  # onnx not installed: the graph stays unchecked
+                pass
+    out.say(f"{path}: OK ({count} tensors"
+            + (f" + {len(aliases)} aliases" if aliases else "")
+            + f", {nbytes:,} bytes decoded, checksums valid)")
+    return EXIT_OK
+
+
+def _demo_tensors():
+    """A small real architecture (MTCNN-style conv net + batch norm + dense head), built with numpy."""
+    import numpy as np
+
+    rng = np.random.default_rng(20240501)
+    tensors: dict[str, np.ndarray] = {}
+
+    def conv(name: str, cin: int, cout: int, k: int) -> None:
+        fan_in = cin * k * k
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / fan_in)
+        tensors[f"{name}.weight"] = w.astype(np.float32)
+        tensors[f"{name}.bias"] = (rng.standard_normal(cout) * 0.01).astype(np.float32)
+
+    def bn(name: str, c: int) -> None:
+        tensors[f"{name}.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+        tensors[f"{name}.bias"] = (0.1 * rng.standard_normal(c)).astype(np.float32)
+        tensors[f"{name}.running_mean"] = (0.1 * rng.standard_normal(c)).astype(np.float32)
+        tensors[f"{name}.running_var"] = (1 + 0.1 * np.abs(rng.standard_normal(c))).astype(np.float32)
+        tensors[f"{name}.num_batches_tracked"] = np.array(60000, dtype=np.int64)
+
+    conv("conv1", 3, 16, 3)
+    bn("bn1", 16)
+    conv("conv2", 16, 32, 3)
+    bn("bn2", 32)
+    conv("conv3", 32, 64, 3)
+    bn("bn3", 64)
+    fc = rng.standard_normal((128, 64 * 4 * 4)) * np.sqrt(2.0 / 1024)
+    tensors["fc.weight"] = fc.astype(np.float32)
+    tensors["fc.bias"] = np.zeros(128, dtype=np.float32)
+    tensors["head.weight"] = (rng.standard_normal((10, 128)) * 0.05).astype(np.float32)
+    tensors["head.bias"] = np.zeros(10, dtype=np.float32)
+    return tensors
+
+
+def _demo_source(workdir: Path) -> tuple[Path, str]:
+    try:
+        from importlib.resources import files
+
+        sample = files("rdformat").joinpath("data", "sample.safetensors")
+        if sample.is_file():
+            target = workdir / "sample.safetensors"
+            with sample.open("rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return target, "shipped sample model (rdformat/data/sample.safetensors)"
+    except (ModuleNotFoundError, OSError, TypeError):
+        pass
+    from .safetensors import write_safetensors
+
+    target = workdir / "demo_model.safetensors"
+    write_safetensors(_demo_tensors(), target, metadata={"format": "pt", "model": "rdc-demo-cnn"})
+    return target, "built-in demo CNN (3 conv + batch norm + 2 dense layers, float32)"
+
+
+def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
+    import numpy as np
+
+    from .safetensors import read_safetensors
+
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rdc-demo-") as tmp:
+        work = keep or Path(tmp)
+        src, what = _demo_source(work)
+        rdc = work / (src.stem + ".rdc")
+        restored = work / (src.stem + ".restored.safetensors")
+        adapters.compress_file(src, rdc, fmt="safetensors", progress=out.progress)
+        adapters.decompress_file(rdc, restored, fmt="safetensors", progress=out.progress)
+        a, meta_a = read_safetensors(src)
+        b, meta_b = read_safetensors(restored)
+        exact = list(a) == list(b) and meta_a == meta_b and all(
+            a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+            and np.array_equal(a[k].reshape(-1).view(np.uint8), b[k].reshape(-1).view(np.uint8)) for k in a)
+        params = sum(int(v.size) for v in a.values())
+        s_src, s_rdc, s_back = (p.stat().st_size for p in (src, rdc, restored))
+        out.say(f"rdc demo: {what}")
+        out.say(f"  {len(a)} tensors, {params:,} parameters")
+        out.say(f"  original   {src.name:<34} {s_src:>10,} bytes")
+        out.say(f"  compressed {rdc.name:<34} {s_rdc:>10,} bytes  ratio {_ratio(s_src, s_rdc):.3f}x (lossless)")
+        out.say(f"  restored   {restored.name:<34} {s_back:>10,} bytes")
+        out.say(f"  bit-exact: {'yes, every tensor identical' if exact else 'NO - tensors differ'}")
+        if keep is not None:
+            out.say(f"  files kept in {keep}")
+    if not exact:
+        print(f"{PROG}: error: demo round trip is not bit-exact", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    parser = _Parser(
+        prog=PROG,
+        description="Compress neural-network weights into compact .rdc files and restore them.",
+        epilog="Run 'rdc COMMAND --help' for the options of a command.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("compress", parents=[common], help="convert a model file into .rdc (lossless)",
+                       description="Convert a .pt/.pth checkpoint, .safetensors file, sharded "
+                                   "*.safetensors.index.json, .onnx model or .npz archive into .rdc. "
+                                   "The input format is detected from the file's content and name.")
+    p.add_argument("input", metavar="IN", help="model file to compress")
+    p.add_argument("output", metavar="OUT", help="the .rdc file to write")
+    p.add_argument("--format", default="auto",
+                   choices=("auto", "pytorch", "safetensors", "safetensors-index", "onnx", "npz"),
+                   help="input format (default: detect)")
+    lossy = p.add_argument_group("lossy options", "reserved for a later release; giving one is an error today")
+    lossy.add_argument("--bits", type=int, default=None, metavar="N", help="bits per weight (not implemented)")
+    lossy.add_argument("--rel-error", type=float, default=None, metavar="E",
+                       help="relative error bound (not implemented)")
+    lossy.add_argument("--method", default=None, metavar="NAME", help="lossy method (not implemented)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", parents=[common], help="restore an .rdc file as .safetensors/.pt/.onnx/.npz",
+                       description="Restore an .rdc file. The output format follows OUT's suffix: "
+                                   ".safetensors, .safetensors.index.json (shards), .pt/.pth, .onnx (needs a "
+                                   "file compressed from ONNX) or .npz.")
+    p.add_argument("input", metavar="IN.rdc", help="the .rdc file")
+    p.add_argument("output", metavar="OUT", help="file to write")
+    p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
+                   help="ONNX only: write large weights to OUT.data (default: as the source model did, "
+                        "or when over 1.8 GB)")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", parents=[common], help="list the tensors of an .rdc file",
+                       description="Show tensors, dtypes, shapes, codecs, sizes and compression ratios.")
+    p.add_argument("file", metavar="FILE", help="the .rdc file")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("verify", parents=[common], help="decode everything and check all checksums",
+                       description="Decode every tensor and check every checksum. Exit code 0 when the "
+                                   "file is intact, 1 otherwise.")
+    p.add_argument("file", metavar="FILE", help="the .rdc file")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", parents=[common], help="compress and restore a built-in model",
+                       description="Compress a small built-in model, restore it, print the sizes and the "
+                                   "ratio and confirm the round trip is bit-exact.")
+    p.add_argument("--keep", metavar="DIR", default=None, help="keep the demo files in DIR")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rdc`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        print(f"{PROG}: error: a command is required: compress, decompress, info, verify or demo "
+              f"(see {PROG} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    out = _Out(args.quiet)
+    try:
+        return args.func(args, out)
+    except (RdcError, CliError) as exc:
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+    except FileNotFoundError as exc:
+        print(f"{PROG} {args.command}: error: {exc.filename or ''}: no such file or directory", file=sys.stderr)
+    except IsADirectoryError as exc:
+        print(f"{PROG} {args.command}: error: {exc.filename or ''}: is a directory", file=sys.stderr)
+    except PermissionError as exc:
+        print(f"{PROG} {args.command}: error: {exc.filename or ''}: permission denied", file=sys.stderr)
+    except BrokenPipeError:  # e.g. "rdc info x | head"
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:  # pragma: no cover
+            pass
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG} {args.command}: error: out of memory", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback
+        print(f"{PROG} {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,666 @@
+"""ONNX adapter: ``.onnx`` models <-> ``.rdc`` containers (graph blob + weight tensors).
+
+Verbs (same as the other adapters; the framework object is an ``onnx.ModelProto``)::
+
+    data = rdformat.onnx.save(model)                  # -> .rdc bytes
+    rdformat.onnx.save_file(model, "model.rdc")
+    model = rdformat.onnx.load(data)                  # -> onnx.ModelProto with inline weights
+    model = rdformat.onnx.load_file("model.rdc")
+
+Files::
+
+    model = rdformat.onnx.read_model("model.onnx")    # external data checked and inlined
+    rdformat.onnx.compress_file("model.onnx", "model.rdc")
+    rdformat.onnx.decompress_file("model.rdc", "model.onnx")              # auto external data
+    rdformat.onnx.decompress_file("model.rdc", "big.onnx", external_data=True)  # + big.onnx.data
+
+How it is stored: every initializer (also in subgraphs) and the ``value`` tensor of every ``Constant``
+node whose dtype .rdc supports becomes a tensor of the container, named after the ONNX value it
+defines. The model itself, with those tensors' data removed, is the container's graph blob
+(``graph_format="onnx"``): each emptied ``TensorProto`` keeps its name, dims and data type and carries
+an external-data reference ``{"location": "*rdc*", "rdc_tensor": <name>}``. Tensors of other dtypes
+(strings, 4-bit, complex...) stay inline in the graph blob. Restoring writes every tensor back as
+``raw_data`` (or into an external data file), bit for bit.
+
+External data of input models is read one tensor at a time straight from its file, so models over
+2 GB work; a location that is absolute, contains ``..``, or resolves (through symlinks) outside the
+model's folder is refused with :class:`~rdformat.adapters.UnsafeInputError`.
+
+Structural tensors (never lossy): every integer/bool tensor, and float tensors that steer shapes or
+control flow (see :data:`STRUCTURAL_INPUTS`), also when they reach such an input through simple
+pass-through ops (Cast, Concat, Unsqueeze...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+
+from .adapters import (
+    FormatError,
+    Progress,
+    adapter_info,
+    atomic_output,
+    make_metadata,
+    no_progress,
+    open_rdc,
+    path_inside,
+    rdc_bytes,
+    write_rdc,
+)
+from .errors import CorruptDataError, InvalidInputError, LimitExceededError
+
+try:
+    import ml_dtypes as _ml
+except ImportError:  # pragma: no cover
+    _ml = None
+
+#: Marker location of emptied tensors in the graph blob.
+RDC_LOCATION = "*rdc*"
+RDC_KEY = "rdc_tensor"
+#: Above this many bytes of weights, restored models use an external data file by default.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Tensors smaller than this stay inline even when an external data file is written.
+EXTERNAL_MIN_BYTES = 1024
+_PROTOBUF_LIMIT = (1 << 31) - 1
+
+# ONNX data type -> numpy dtype name (only the types .rdc can hold; others stay inline in the graph)
+_ONNX_TO_NP = {
+    TensorProto.FLOAT: "float32",
+    TensorProto.UINT8: "uint8",
+    TensorProto.INT8: "int8",
+    TensorProto.UINT16: "uint16",
+    TensorProto.INT16: "int16",
+    TensorProto.INT32: "int32",
+    TensorProto.INT64: "int64",
+    TensorProto.BOOL: "bool",
+    TensorProto.FLOAT16: "float16",
+    TensorProto.DOUBLE: "float64",
+    TensorProto.UINT32: "uint32",
+    TensorProto.UINT64: "uint64",
+    TensorProto.BFLOAT16: "bfloat16",
+    TensorProto.FLOAT8E4M3FN: "float8_e4m3fn",
+    TensorProto.FLOAT8E5M2: "float8_e5m2",
+}
+_NP_TO_ONNX = {v: k for k, v in _ONNX_TO_NP.items()}
+# dtypes whose typed-field storage is int32_data holding bit patterns
+_BITS_IN_INT32 = {"float16": np.uint16, "bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
+
+_FROM1 = "from1"
+_ALL = "all"
+#: op type -> input positions whose values steer shapes or control flow (``"from1"``: inputs 1+).
+STRUCTURAL_INPUTS: dict[str, Any] = {
+    "Reshape": {1},
+    "Resize": _FROM1,
+    "Upsample": _FROM1,
+    "Slice": _FROM1,
+    "Pad": _FROM1,
+    "Expand": {1},
+    "Tile": {1},
+    "ConstantOfShape": _ALL,
+    "TopK": {1},
+    "Range": _ALL,
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Split": {1},
+    "SplitToSequence": {1},
+    "OneHot": {1},
+    "Loop": {0, 1},
+    "If": {0},
+    "Where": {0},
+    "Compress": {1},
+    "NonMaxSuppression": {2, 3, 4},
+    "CenterCropPad": {1},
+    "Col2Im": {1, 2},
+    "DFT": {1, 2},
+    "STFT": {1, 3},
+    "Trilu": {1},
+    "CumSum": {1},
+    "Gather": {1},
+    "GatherElements": {1},
+    "GatherND": {1},
+    "Scatter": {1},
+    "ScatterElements": {1},
+    "ScatterND": {1},
+    "ReverseSequence": {1},
+    "MaxUnpool": {2},
+    "RoiAlign": {2},
+    "AffineGrid": {1},
+    "BlackmanWindow": _ALL,
+    "HannWindow": _ALL,
+    "HammingWindow": _ALL,
+    "MelWeightMatrix": _ALL,
+    "SequenceAt": {1},
+    "SequenceInsert": {2},
+    "SequenceErase": {1},
+    # quantisation parameters: not shapes, but a lossy scale/zero point breaks the whole tensor
+    "QuantizeLinear": {1, 2},
+    "DequantizeLinear": {1, 2},
+    "QLinearConv": {1, 2, 4, 5, 6, 7},
+    "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+    **{op: {1} for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                          "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+}
+#: ops through which a structural output makes the listed inputs structural too (shape arithmetic).
+PASS_THROUGH: dict[str, Any] = {
+    "Identity": _ALL, "Cast": _ALL, "CastLike": {0}, "Concat": _ALL, "Unsqueeze": {0}, "Squeeze": {0},
+    "Reshape": {0}, "Flatten": {0}, "Gather": {0}, "Slice": {0}, "Expand": {0}, "Tile": {0},
+    "Transpose": {0}, "Mul": _ALL, "Add": _ALL, "Sub": _ALL, "Div": _ALL, "Floor": _ALL, "Ceil": _ALL,
+    "Round": _ALL, "Neg": _ALL, "Abs": _ALL, "Max": _ALL, "Min": _ALL, "Sum": _ALL, "Mod": _ALL,
+    "Sqrt": _ALL, "Pow": _ALL, "Sign": _ALL,
+}
+
+
+def _positions(spec: Any, n: int) -> range | set:
+    if spec == _ALL:
+        return range(n)
+    if spec == _FROM1:
+        return range(1, n)
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------
+# Walking the model
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[GraphProto]:
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _all_nodes(model: ModelProto) -> Iterator[onnx.NodeProto]:
+    stack: list = [model.graph.node]
+    stack.extend(f.node for f in model.functions)
+    while stack:
+        for node in stack.pop():
+            yield node
+            stack.extend(g.node for g in _subgraphs(node))
+
+
+def _tensor_slots(model: ModelProto) -> Iterator[tuple[TensorProto, str, bool]]:
+    """Yield ``(tensor, value name, is_main_initializer)`` for every initializer and Constant value."""
+
+    def graph_slots(g: GraphProto, main: bool) -> Iterator[tuple[TensorProto, str, bool]]:
+        for t in g.initializer:
+            yield t, t.name, main
+        yield from node_slots(g.node)
+
+    def node_slots(nodes) -> Iterator[tuple[TensorProto, str, bool]]:
+        for node in nodes:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+                        yield attr.t, (node.output[0] if node.output else node.name), False
+            for g in _subgraphs(node):
+                yield from graph_slots(g, False)
+
+    yield from graph_slots(model.graph, True)
+    for func in model.functions:
+        yield from node_slots(func.node)
+
+
+def structural_values(model: ModelProto) -> set[str]:
+    """Names of values that steer shapes/control flow (directly or through pass-through ops)."""
+    marked: set[str] = set()
+    producers: dict[str, onnx.NodeProto] = {}
+    for node in _all_nodes(model):
+        for out in node.output:
+            if out:
+                producers[out] = node
+        spec = STRUCTURAL_INPUTS.get(node.op_type)
+        if spec is not None and node.domain in ("", "ai.onnx"):
+            for i in _positions(spec, len(node.input)):
+                if i < len(node.input) and node.input[i]:
+                    marked.add(node.input[i])
+    todo = list(marked)
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.domain not in ("", "ai.onnx"):
+            continue
+        spec = PASS_THROUGH.get(node.op_type)
+        if spec is None:
+            continue
+        for i in _positions(spec, len(node.input)):
+            if i < len(node.input) and node.input[i] and node.input[i] not in marked:
+                marked.add(node.input[i])
+                todo.append(node.input[i])
+    return marked
+
+
+# ----------------------------------------------------------------------------------------------------
+# TensorProto <-> numpy
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name in _BITS_IN_INT32 and name != "float16":
+        if _ml is None:  # pragma: no cover
+            raise InvalidInputError(f"dtype {name} needs the ml_dtypes package")
+        return np.dtype(getattr(_ml, name))
+    return np.dtype(name)
+
+
+def _nbytes(t: TensorProto, dtype: np.dtype) -> int:
+    n = dtype.itemsize
+    for d in t.dims:
+        n *= d
+    return n
+
+
+# sizes of the types kept inline (needed to read them from external data): bytes, or bits when packed
+_OTHER_BYTES = {14: 8, 15: 16, 18: 1, 20: 1, 24: 1}
+_OTHER_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2, 27: 6, 28: 6}
+
+
+def _raw_size(t: TensorProto) -> int | None:
+    """Bytes of a tensor's raw data, or None when unknown (strings, future types)."""
+    np_name = _ONNX_TO_NP.get(t.data_type)
+    numel = 1
+    for d in t.dims:
+        numel *= d
+    if np_name is not None:
+        return numel * _np_dtype(np_name).itemsize
+    if t.data_type in _OTHER_BYTES:
+        return numel * _OTHER_BYTES[t.data_type]
+    if t.data_type in _OTHER_BITS:
+        return -(-numel * _OTHER_BITS[t.data_type] // 8)
+    return None
+
+
+def _check_dims(t: TensorProto, name: str) -> tuple[int, ...]:
+    if any(d < 0 for d in t.dims):
+        raise FormatError(f"tensor {name!r} has negative dims {list(t.dims)}")
+    return tuple(int(d) for d in t.dims)
+
+
+def _typed_to_numpy(t: TensorProto, np_name: str, name: str) -> np.ndarray:
+    dtype = _np_dtype(np_name)
+    shape = _check_dims(t, name)
+    if np_name == "float32":
+        arr = np.array(t.float_data, dtype=np.float32)
+    elif np_name == "float64":
+        arr = np.array(t.double_data, dtype=np.float64)
+    elif np_name == "int64":
+        arr = np.array(t.int64_data, dtype=np.int64)
+    elif np_name in ("uint32", "uint64"):
+        arr = np.array(t.uint64_data, dtype=np.uint64).astype(np_name)
+    elif np_name in _BITS_IN_INT32:
+        arr = np.array(t.int32_data, dtype=np.int32).astype(_BITS_IN_INT32[np_name]).view(dtype)
+    else:  # int32 and narrower ints, bool: values in int32_data
+        arr = np.array(t.int32_data, dtype=np.int32).astype(np_name)
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise FormatError(f"tensor {name!r}: {arr.size} values for dims {list(shape)}")
+    return arr.reshape(shape)
+
+
+def _external_entries(t: TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+class _ExternalFiles:
+    """Reads external-data ranges of an input model, refusing paths that leave its folder."""
+
+    MAX_OPEN = 16
+
+    def __init__(self, base_dir: str | os.PathLike | None) -> None:
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self._files: dict[str, BinaryIO] = {}
+
+    def resolve(self, t: TensorProto, name: str) -> Path:
+        """The checked path of a tensor's external data file."""
+        location = _external_entries(t).get("location")
+        if location is None:
+            raise FormatError(f"tensor {name!r} is marked external but has no location")
+        if self.base_dir is None:
+            raise InvalidInputError(
+                f"tensor {name!r} has external data {location!r}; give base_dir (the model's folder)"
+            )
+        return path_inside(self.base_dir, location, what=f"tensor {name!r}: external data")
+
+    def read(self, t: TensorProto, name: str, expected: int | None) -> bytes:
+        entries = _external_entries(t)
+        location = entries.get("location")
+        path = self.resolve(t, name)
+        try:
+            offset = int(entries.get("offset", "0"))
+            length = int(entries["length"]) if "length" in entries else None
+        except ValueError as exc:
+            raise FormatError(f"tensor {name!r}: bad external data offset/length: {exc}") from exc
+        key = os.fspath(path)
+        fh = self._files.pop(key, None)
+        if fh is None:
+            while len(self._files) >= self.MAX_OPEN:  # models with one file per tensor: bounded handles
+                self._files.pop(next(iter(self._files))).close()
+            try:
+                fh = open(path, "rb")
+            except OSError as exc:
+                raise FormatError(f"tensor {name!r}: cannot open external data {location!r}: {exc}") from exc
+        self._files[key] = fh  # most recently used last
+        size = os.fstat(fh.fileno()).st_size
+        if length is None:
+            length = expected if expected is not None else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise FormatError(
+                f"tensor {name!r}: external data range {offset}+{length} is outside {location!r} ({size} bytes)"
+            )
+        if expected is not None and length != expected:
+            raise FormatError(f"tensor {name!r}: external data holds {length} bytes, dims need {expected}")
+        fh.seek(offset)
+        data = fh.read(length)
+        if len(data) != length:
+            raise FormatError(f"tensor {name!r}: external data {location!r} is truncated")
+        return data
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+
+def _clear_data(t: TensorProto) -> None:
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "external_data"):
+        t.ClearField(field)
+    t.ClearField("raw_data")
+    t.ClearField("data_location")
+
+
+def _unique(name: str, used: set[str]) -> str:
+    base = name or "tensor"
+    out, k = base, 1
+    while out in used:
+        k += 1
+        out = f"{base}#{k}"
+    used.add(out)
+    return out
+
+
+def _extract(model: ModelProto, base_dir: str | os.PathLike | None):
+    """Empty ``model``'s weights in place; return (tensor plan, structural rdc names, had_external).
+
+    The plan is a list of ``(rdc name, loader)`` where ``loader()`` returns the array (external data is
+    read only when the loader runs, so tensors stream from disk one at a time).
+    """
+    files = _ExternalFiles(base_dir)
+    steer = structural_values(model)
+    used: set[str] = set()
+    plan: list[tuple[str, Callable[[], np.ndarray]]] = []
+    structural: list[str] = []
+    had_external = False
+    for t, value_name, _main in _tensor_slots(model):
+        np_name = _ONNX_TO_NP.get(t.data_type)
+        external = t.data_location == TensorProto.EXTERNAL
+        if external and RDC_KEY in _external_entries(t):
+            raise FormatError(f"tensor {value_name!r} is an emptied .rdc reference, not a model weight")
+        if np_name is None:
+            if external:  # keep it, but inline (the model's data files do not travel with the .rdc)
+                had_external = True
+                raw = files.read(t, value_name, _raw_size(t))
+                _clear_data(t)
+                t.raw_data = raw
+            continue
+        if t.segment.ByteSize():
+            raise FormatError(f"tensor {value_name!r} is segmented; segmented tensors are not supported")
+        dtype = _np_dtype(np_name).newbyteorder("<")
+        shape = _check_dims(t, value_name)
+        expected = _nbytes(t, dtype)
+        if external:
+            had_external = True
+            snapshot = TensorProto()
+            snapshot.CopyFrom(t)
+
+            def loader(snapshot=snapshot, shape=shape, dtype=dtype, expected=expected, vn=value_name):
+                data = files.read(snapshot, vn, expected)
+                return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+            files.resolve(t, value_name)  # refuse bad paths now, before anything is written
+        elif t.HasField("raw_data"):
+            raw = t.raw_data
+            if len(raw) != expected:
+                raise FormatError(f"tensor {value_name!r}: raw_data holds {len(raw)} bytes, dims need {expected}")
+            arr = np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+            loader = (lambda a=arr: a)
+        else:
+            arr = _typed_to_numpy(t, np_name, value_name)
+            loader = (lambda a=arr: a)
+        rdc_name = _unique(value_name, used)
+        _clear_data(t)
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", RDC_LOCATION), (RDC_KEY, rdc_name)):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        plan.append((rdc_name, loader))
+        if value_name in steer or dtype.kind in "biu":
+            structural.append(rdc_name)
+    return plan, structural, had_external, files
+
+
+def _model_info(model: ModelProto, had_external: bool, source_name: str | None, count: int) -> dict:
+    return {
+        "ir_version": int(model.ir_version),
+        "opset_import": {op.domain or "ai.onnx": int(op.version) for op in model.opset_import},
+        "producer_name": model.producer_name or None,
+        "producer_version": model.producer_version or None,
+        "external_data": had_external,
+        "source_name": source_name,
+        "tensor_count": count,
+    }
+
+
+def _encode(model: ModelProto, target, *, base_dir, metadata, codec, progress: Progress | None,
+            source_name: str | None = None, copy: bool = True) -> bytes | None:
+    if not isinstance(model, ModelProto):
+        raise InvalidInputError(f"expected an onnx.ModelProto, got {type(model).__name__}")
+    if copy:
+        stripped = ModelProto()
+        stripped.CopyFrom(model)
+    else:
+        stripped = model
+    plan, structural, had_external, files = _extract(stripped, base_dir)
+    try:
+        graph = stripped.SerializeToString()
+        meta = make_metadata("onnx", metadata, **_model_info(stripped, had_external, source_name, len(plan)))
+        wrap = progress or no_progress
+        items = ((name, load()) for name, load in wrap(plan, total=len(plan), desc="compress"))
+        kwargs = dict(metadata=meta, graph=graph, graph_format="onnx", structural=structural, codec=codec)
+        if target is None:
+            return rdc_bytes(items, **kwargs)
+        write_rdc(target, items, **kwargs)
+        return None
+    finally:
+        files.close()
+
+
+def _read_onnx(path: str | os.PathLike) -> ModelProto:
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception as exc:  # DecodeError, ValueError... whatever protobuf/onnx raise on bad bytes
+        raise FormatError(f"{path}: not a readable ONNX model: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Restoring
+
+
+def _parse_graph(f) -> ModelProto:
+    if f.graph is None:
+        raise InvalidInputError("this .rdc file has no graph; it cannot become an .onnx model "
+                                "(restore it as .safetensors, .pt or .npz instead)")
+    if f.graph_format not in (None, "onnx"):
+        raise InvalidInputError(f"the graph in this .rdc file is {f.graph_format!r}, not ONNX")
+    model = ModelProto()
+    try:
+        model.ParseFromString(f.graph)
+    except DecodeError as exc:
+        raise CorruptDataError(f"the ONNX graph record does not parse: {exc}", record="graph") from exc
+    return model
+
+
+def _refs(model: ModelProto) -> list[tuple[TensorProto, str, bool]]:
+    out = []
+    for t, _value, main in _tensor_slots(model):
+        if t.data_location == TensorProto.EXTERNAL:
+            entries = _external_entries(t)
+            if entries.get("location") == RDC_LOCATION and RDC_KEY in entries:
+                out.append((t, entries[RDC_KEY], main))
+    return out
+
+
+def _array_for(f, t: TensorProto, name: str) -> np.ndarray:
+    arr = np.asarray(f.get_tensor(name))
+    np_name = _ONNX_TO_NP.get(t.data_type)
+    if np_name is None or arr.dtype != _np_dtype(np_name) or tuple(arr.shape) != tuple(t.dims):
+        raise CorruptDataError(
+            f"tensor {name!r} is {arr.dtype}{list(arr.shape)} in the container but the graph expects "
+            f"{TensorProto.DataType.Name(t.data_type)}{list(t.dims)}", tensor=name)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return np.asarray(arr, order="C")
+
+
+def _fill_inline(f, model: ModelProto, progress: Progress | None = None) -> ModelProto:
+    refs = _refs(model)
+    wrap = progress or no_progress
+    for t, name, _main in wrap(refs, total=len(refs), desc="decompress"):
+        arr = _array_for(f, t, name)
+        _clear_data(t)
+        t.raw_data = arr.tobytes()
+    return model
+
+
+def load(data: bytes | bytearray | memoryview | BinaryIO) -> ModelProto:
+    """Decode .rdc bytes into an ``onnx.ModelProto`` with inline weights (models under 2 GB)."""
+    with open_rdc(data) as f:
+        return _fill_inline(f, _parse_graph(f))
+
+
+def load_file(path: str | os.PathLike) -> ModelProto:
+    """Read an .rdc file into an ``onnx.ModelProto`` with inline weights (models under 2 GB)."""
+    with open_rdc(path) as f:
+        return _fill_inline(f, _parse_graph(f))
+
+
+def save(model: ModelProto, *, base_dir: str | os.PathLike | None = None,
+         metadata: Mapping[str, Any] | None = None, codec: str = "lossless") -> bytes:
+    """Encode an ONNX model as .rdc bytes (``base_dir``: folder of its external data files, if any)."""
+    return _encode(model, None, base_dir=base_dir, metadata=metadata, codec=codec, progress=None)
+
+
+def save_file(model: ModelProto, path: str | os.PathLike | BinaryIO, *,
+              base_dir: str | os.PathLike | None = None, metadata: Mapping[str, Any] | None = None,
+              codec: str = "lossless", progress: Progress | None = None) -> None:
+    """Write an ONNX model to an .rdc file (atomically) or binary stream."""
+    _encode(model, path, base_dir=base_dir, metadata=metadata, codec=codec, progress=progress)
+
+
+def read_model(path: str | os.PathLike) -> ModelProto:
+    """Read an ``.onnx`` file with its external data (paths checked), all weights inline."""
+    path = Path(path)
+    model = _read_onnx(path)
+    files = _ExternalFiles(path.parent)
+    try:
+        for t, name, _main in _tensor_slots(model):
+            if t.data_location == TensorProto.EXTERNAL:
+                raw = files.read(t, name, _raw_size(t))
+                _clear_data(t)
+                t.raw_data = raw
+    finally:
+        files.close()
+    return model
+
+
+def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
+                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+                  progress: Progress | None = None) -> None:
+    """Convert an ``.onnx`` model (with external data files, if any) into an .rdc container."""
+    src = Path(src)
+    model = _read_onnx(src)
+    _encode(model, dst, base_dir=src.parent, metadata=metadata, codec=codec, progress=progress,
+            source_name=src.name, copy=False)
+
+
+def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
+                    external_data: bool | None = None, progress: Progress | None = None,
+                    external_min_bytes: int = EXTERNAL_MIN_BYTES) -> None:
+    """Restore an .rdc container as an ``.onnx`` model.
+
+    ``external_data``: True writes main-graph weights of ``external_min_bytes`` or more into
+    ``<dst>.data`` (tensor by tensor, for models over 2 GB); False keeps everything inline; None (default)
+    chooses external when the source model had external data or the weights exceed
+    :data:`EXTERNAL_DATA_THRESHOLD`.
+    """
+    dst = Path(dst)
+    wrap = progress or no_progress
+    with open_rdc(src) as f:
+        model = _parse_graph(f)
+        refs = _refs(model)
+        total = 0
+        for _t, name, _main in refs:
+            total += f.info(name).nbytes
+        if external_data is None:
+            external_data = bool(adapter_info(f.metadata).get("external_data")) or total > EXTERNAL_DATA_THRESHOLD
+        if not external_data:
+            if total + model.ByteSize() > _PROTOBUF_LIMIT:
+                raise LimitExceededError(
+                    f"the model's weights ({total} bytes) exceed protobuf's 2 GB limit; "
+                    "restore with external data (external_data=True / --external-data yes)")
+            _fill_inline(f, model, wrap)
+            with atomic_output(dst) as fh:
+                fh.write(model.SerializeToString())
+            return
+        # Only main-graph initializers of some size go to the data file. Structural tensors stay inline:
+        # shape inference (onnxruntime's included) must read them without the data file.
+        outside = {id(t) for t, name, main in refs
+                   if main and f.info(name).nbytes >= external_min_bytes and not f.info(name).structural}
+        if not outside:
+            _fill_inline(f, model, wrap)
+        else:
+            data_name = dst.name + ".data"
+            offset = 0
+            with atomic_output(dst.with_name(data_name)) as data:
+                for t, name, _main in wrap(refs, total=len(refs), desc="decompress"):
+                    arr = _array_for(f, t, name)
+                    _clear_data(t)
+                    if id(t) not in outside:
+                        t.raw_data = arr.tobytes()
+                        continue
+                    align = 4096 if arr.nbytes >= 65536 else 64
+                    pad = -offset % align
+                    if pad:
+                        data.write(b"\0" * pad)
+                        offset += pad
+                    data.write(memoryview(arr.reshape(-1).view(np.uint8)))
+                    t.data_location = TensorProto.EXTERNAL
+                    for key, value in (("location", data_name), ("offset", str(offset)),
+                                       ("length", str(arr.nbytes))):
+                        entry = t.external_data.add()
+                        entry.key, entry.value = key, value
+                    offset += arr.nbytes
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            raise LimitExceededError("the model without its large weights still exceeds protobuf's 2 GB limit")
+        with atomic_output(dst) as fh:
+            fh.write(model.SerializeToString())
+
+
+__all__ = [
+    "save",
+    "save_file",
+    "load",
+    "load_file",
+    "read_model",
+    "compress_file",
+    "decompress_file",
+    "structural_values",
+    "STRUCTURAL_INPUTS",
+    "EXTERNAL_DATA_THRESHOLD",
+]

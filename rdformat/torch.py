@@ -1,0 +1,536 @@
+"""PyTorch adapter: state_dicts and ``.pt``/``.pth`` checkpoints <-> ``.rdc`` containers.
+
+Verbs (same as the other adapters)::
+
+    data = rdformat.torch.save(model.state_dict())           # -> .rdc bytes
+    rdformat.torch.save_file(model.state_dict(), "model.rdc")
+    sd = rdformat.torch.load(data)                            # -> OrderedDict[str, torch.Tensor]
+    sd = rdformat.torch.load_file("model.rdc")
+    rdformat.torch.load_into(model, "model.rdc")              # straight into an nn.Module
+
+Checkpoint files::
+
+    sd = rdformat.torch.read_checkpoint("model.pt")          # torch.load(weights_only=True) ONLY
+    rdformat.torch.write_checkpoint(sd, "model.pt")
+    rdformat.torch.compress_file("model.pt", "model.rdc")
+    rdformat.torch.decompress_file("model.rdc", "model.pt")
+
+Guarantees: dtypes, shapes, buffers and non-float tensors are kept bit-exact (bfloat16 and float8
+travel as bit patterns, never through a float conversion). Tensors that are one storage under two
+names (tied weights) are stored once as an alias and restored as one tensor. ``torch.nn.utils.prune``
+reparametrisations (``X_orig`` + ``X_mask``) are folded into a plain ``X`` whose pruned entries are
+exact zeros. Dense non-contiguous layouts (e.g. transposed or channels-last weights) are restored with
+their original strides. The module-version map of a state_dict (``state_dict._metadata``) is kept.
+
+Metadata written under ``metadata["rdformat"]``: ``source_format="pytorch"``, ``checkpoint_key`` (the
+key the state_dict was found under, if any), ``state_dict_metadata``, ``strides``, ``folded_pruning``,
+``extra_entries`` (JSON-able non-tensor state_dict entries such as ``_extra_state``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from .adapters import (
+    FormatError,
+    Progress,
+    UnsafeInputError,
+    adapter_info,
+    atomic_output,
+    make_metadata,
+    no_progress,
+    open_rdc,
+    rdc_bytes,
+    writable,
+    write_rdc,
+)
+from .errors import CorruptDataError, InvalidInputError
+
+try:
+    import ml_dtypes as _ml
+except ImportError:  # pragma: no cover
+    _ml = None
+
+
+class UnsafeCheckpointError(UnsafeInputError):
+    """A checkpoint whose pickle needs more than tensors and plain containers (it could run code)."""
+
+
+#: Keys under which training scripts commonly nest the state_dict, in order of preference.
+STATE_DICT_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "module",
+    "net",
+    "network",
+    "model_state",
+    "weights",
+    "params",
+    "ema",
+    "model_ema",
+    "state",
+)
+
+# torch dtype -> (numpy dtype, torch dtype of the same width used to move bits through numpy or None)
+_BITCAST = {
+    torch.bfloat16: ("bfloat16", torch.int16),
+    torch.float8_e4m3fn: ("float8_e4m3fn", torch.uint8),
+    torch.float8_e5m2: ("float8_e5m2", torch.uint8),
+}
+_DIRECT = {
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+}
+for _name in ("uint16", "uint32", "uint64"):
+    if hasattr(torch, _name):
+        _DIRECT.add(getattr(torch, _name))
+_NP_BITS = {"bfloat16": (np.int16, torch.bfloat16), "float8_e4m3fn": (np.uint8, torch.float8_e4m3fn),
+            "float8_e5m2": (np.uint8, torch.float8_e5m2)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tensor <-> array
+
+
+def to_numpy(tensor: torch.Tensor, name: str | None = None) -> np.ndarray:
+    """A C-contiguous numpy array with the same bits, dtype and shape as ``tensor`` (CPU)."""
+    where = f"tensor {name!r}: " if name else ""
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidInputError(f"{where}expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout != torch.strided:
+        raise InvalidInputError(f"{where}{tensor.layout} tensors are not supported; convert with .to_dense()")
+    if tensor.is_quantized:
+        raise InvalidInputError(f"{where}quantized tensors are not supported; dequantize() first")
+    if tensor.device.type == "meta":
+        raise InvalidInputError(f"{where}is on the 'meta' device and holds no data")
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.resolve_conj().resolve_neg().contiguous()
+    if t.dtype in _BITCAST:
+        np_name, carrier = _BITCAST[t.dtype]
+        if _ml is None:  # pragma: no cover
+            raise InvalidInputError(f"{where}{t.dtype} needs the ml_dtypes package")
+        return t.view(carrier).numpy().view(getattr(_ml, np_name))
+    if t.dtype not in _DIRECT:
+        raise InvalidInputError(f"{where}dtype {t.dtype} cannot be stored in .rdc")
+    return t.numpy()
+
+
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor with the same bits, dtype and shape as ``array`` (a copy if it is read-only)."""
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    array = np.asarray(array, order="C")
+    bits = _NP_BITS.get(array.dtype.name)
+    if bits is not None:
+        carrier, dtype = bits
+        return torch.from_numpy(writable(array.view(carrier))).view(dtype)
+    return torch.from_numpy(writable(array))
+
+
+def _dense_strides(t: torch.Tensor) -> list[int] | None:
+    """The strides of a dense (gap-free, non-overlapping) but non-contiguous tensor, else None."""
+    if t.is_contiguous() or t.numel() <= 1:
+        return None
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return None
+        expected *= size
+    return list(t.stride())
+
+
+def _with_strides(t: torch.Tensor, stride: list[int]) -> torch.Tensor:
+    if len(stride) != t.dim():
+        return t
+    out = torch.empty_strided(tuple(t.shape), tuple(stride), dtype=t.dtype)
+    out.copy_(t)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# State dict <-> container records
+
+
+def _storage_key(t: torch.Tensor):
+    if t.numel() == 0 or t.device.type == "meta" or t.layout != torch.strided:
+        return None
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return (t.device.type, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def fold_pruning(state_dict: Mapping[str, Any]) -> tuple["OrderedDict[str, Any]", list[str]]:
+    """Fold ``torch.nn.utils.prune`` pairs ``X_orig`` + ``X_mask`` into ``X``.
+
+    Pruned entries (mask == 0) become exact ``+0`` (``torch.where``, not a multiplication, so no ``-0``
+    or NaN leaks through). Returns the new state_dict (same order) and the names of folded tensors.
+    """
+    out: OrderedDict[str, Any] = OrderedDict()
+    folded: list[str] = []
+    for name, value in state_dict.items():
+        if name.endswith("_mask") and (name[: -len("_mask")] + "_orig") in state_dict:
+            base = name[: -len("_mask")]
+            if base not in state_dict:
+                continue  # consumed together with its _orig
+        if name.endswith("_orig"):
+            base = name[: -len("_orig")]
+            mask = state_dict.get(base + "_mask")
+            if base not in state_dict and isinstance(value, torch.Tensor) and isinstance(mask, torch.Tensor):
+                if tuple(mask.shape) != tuple(value.shape):
+                    raise InvalidInputError(
+                        f"pruning mask {base + '_mask'!r} has shape {tuple(mask.shape)}, "
+                        f"weight {name!r} has {tuple(value.shape)}"
+                    )
+                zero = torch.zeros((), dtype=value.dtype, device=value.device)
+                out[base] = torch.where(mask.detach() != 0, value.detach(), zero)
+                folded.append(base)
+                continue
+        out[name] = value
+    if hasattr(state_dict, "_metadata"):
+        out._metadata = state_dict._metadata  # type: ignore[attr-defined]
+    return out, folded
+
+
+def _json_able(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _prepare(
+    state_dict: Mapping[str, Any], *, fold: bool = True
+) -> tuple[list[str], dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
+    """Split a state_dict into stored tensors, aliases and metadata fields."""
+    if isinstance(state_dict, torch.nn.Module):
+        state_dict = state_dict.state_dict()
+    if not isinstance(state_dict, Mapping):
+        raise InvalidInputError(f"expected a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    folded: list[str] = []
+    if fold:
+        state_dict, folded = fold_pruning(state_dict)
+    order: list[str] = []
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    extras: dict[str, Any] = {}
+    strides: dict[str, list[int]] = {}
+    seen: dict[Any, str] = {}
+    for name, value in state_dict.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"state_dict key {name!r} is not a non-empty string")
+        if not isinstance(value, torch.Tensor):
+            if _json_able(value):
+                extras[name] = value
+                continue
+            raise InvalidInputError(
+                f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor, and cannot be stored"
+            )
+        key = _storage_key(value)
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        order.append(name)
+        tensors[name] = value
+        st = _dense_strides(value)
+        if st is not None:
+            strides[name] = st
+    fields: dict[str, Any] = {}
+    sd_meta = getattr(state_dict, "_metadata", None)
+    if isinstance(sd_meta, Mapping) and _json_able(dict(sd_meta)):
+        # a list of pairs: the container's JSON metadata does not keep key order
+        fields["state_dict_metadata"] = [[str(k), v] for k, v in sd_meta.items()]
+    if strides:
+        fields["strides"] = strides
+    if folded:
+        fields["folded_pruning"] = folded
+    if extras:
+        fields["extra_entries"] = extras
+    if aliases or extras:  # the container puts aliases right after their target: keep the original order
+        fields["key_order"] = [n for n in state_dict if isinstance(n, str)]
+    return order, tensors, aliases, fields
+
+
+def _write(target, state_dict, *, metadata=None, codec="lossless", progress: Progress | None = None,
+           extra_fields: Mapping[str, Any] | None = None) -> bytes | None:
+    order, tensors, aliases, fields = _prepare(state_dict)
+    if extra_fields:
+        fields.update({k: v for k, v in extra_fields.items() if v is not None})
+    meta = make_metadata("pytorch", metadata, **fields)
+    structural = [n for n in order if not tensors[n].is_floating_point()]
+    wrap = progress or no_progress
+    items = ((n, to_numpy(tensors[n], n)) for n in wrap(order, total=len(order), desc="compress"))
+    kwargs = dict(metadata=meta, aliases=aliases, structural=structural, codec=codec)
+    if target is None:
+        return rdc_bytes(items, **kwargs)
+    write_rdc(target, items, **kwargs)
+    return None
+
+
+def save(state_dict: Mapping[str, Any], *, metadata: Mapping[str, Any] | None = None,
+         codec: str = "lossless") -> bytes:
+    """Encode a state_dict (or an ``nn.Module``'s, or any mapping of names to tensors) as .rdc bytes."""
+    return _write(None, state_dict, metadata=metadata, codec=codec)  # type: ignore[return-value]
+
+
+def save_file(state_dict: Mapping[str, Any], path: str | os.PathLike | BinaryIO, *,
+              metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+              progress: Progress | None = None) -> None:
+    """Write a state_dict to an .rdc file (atomically) or binary stream."""
+    _write(path, state_dict, metadata=metadata, codec=codec, progress=progress)
+
+
+def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
+    info = adapter_info(f.metadata)
+    strides = info.get("strides") if isinstance(info.get("strides"), Mapping) else {}
+    aliases = dict(f.aliases)
+    out: OrderedDict[str, Any] = OrderedDict()
+    wrap = progress or no_progress
+    names = list(f.keys())
+    stored = [n for n in names if n not in aliases]
+    tensors: dict[str, torch.Tensor] = {}
+    for name in wrap(stored, total=len(stored), desc="decompress"):
+        t = from_numpy(f.get_tensor(name))
+        st = strides.get(name)
+        if isinstance(st, list) and all(isinstance(s, int) for s in st):
+            t = _with_strides(t, st)
+        tensors[name] = t
+    for name in names:
+        target = name
+        hops = 0
+        while target in aliases:
+            target = aliases[target]
+            hops += 1
+            if hops > len(aliases):
+                raise CorruptDataError(f"alias cycle at {name!r}", tensor=name)
+        if target not in tensors:
+            raise CorruptDataError(f"alias {name!r} points to missing tensor {target!r}", tensor=name)
+        out[name] = tensors[target]
+    extras = info.get("extra_entries")
+    if isinstance(extras, Mapping):
+        for name, value in extras.items():
+            out.setdefault(name, value)
+    key_order = info.get("key_order")
+    if isinstance(key_order, list) and sorted(map(str, key_order)) == sorted(out):
+        out = OrderedDict((k, out[k]) for k in key_order)
+    sd_meta = info.get("state_dict_metadata")
+    if isinstance(sd_meta, list) and all(isinstance(p, list) and len(p) == 2 for p in sd_meta):
+        out._metadata = OrderedDict((str(k), v) for k, v in sd_meta)  # type: ignore[attr-defined]
+    elif isinstance(sd_meta, Mapping):
+        out._metadata = OrderedDict(sd_meta)  # type: ignore[attr-defined]
+    return out
+
+
+def load(data: bytes | bytearray | memoryview | BinaryIO) -> "OrderedDict[str, torch.Tensor]":
+    """Decode .rdc bytes (or a binary stream) into a state_dict of CPU tensors."""
+    with open_rdc(data) as f:
+        return _restore(f)
+
+
+def load_file(path: str | os.PathLike, *, progress: Progress | None = None) -> "OrderedDict[str, torch.Tensor]":
+    """Read an .rdc file into a state_dict of CPU tensors (tied names share one tensor)."""
+    with open_rdc(path) as f:
+        return _restore(f, progress)
+
+
+def load_into(module: "torch.nn.Module", path: str | os.PathLike | bytes, *, strict: bool = True,
+              check_dtypes: bool = True):
+    """Load an .rdc file (path or bytes) straight into ``module``; returns ``load_state_dict``'s result.
+
+    With ``check_dtypes`` (default) a tensor whose dtype differs from the module's is an error instead
+    of a silent cast, so what the file holds is exactly what the module gets.
+    """
+    state_dict = load(path) if isinstance(path, (bytes, bytearray, memoryview)) else load_file(path)
+    if check_dtypes:
+        own = module.state_dict()
+        for name, value in state_dict.items():
+            mine = own.get(name)
+            if isinstance(mine, torch.Tensor) and isinstance(value, torch.Tensor) and mine.dtype != value.dtype:
+                raise InvalidInputError(
+                    f"tensor {name!r} is {value.dtype} in the file but {mine.dtype} in the module; "
+                    "convert the module (e.g. module.to(dtype)) or pass check_dtypes=False"
+                )
+    try:
+        return module.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"state_dict does not fit the module: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def _unsafe_reason(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if "GLOBAL" in line or line.lower().startswith("unsupported"):
+            return line
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """Names -> tensors; plain scalars/strings (and ``*_extra_state`` entries) may sit in between."""
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
+        and all(
+            isinstance(v, (torch.Tensor, str, int, float, bool, type(None))) or k.endswith("_extra_state")
+            for k, v in obj.items()
+        )
+    )
+
+
+def find_state_dict(obj: Any, *, key: str | None = None) -> tuple[Mapping[str, Any], str | None]:
+    """Pick the state_dict out of a loaded checkpoint: the object itself, or a common nesting key."""
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise FormatError(f"checkpoint has no key {key!r}")
+        if not _is_state_dict(obj[key]):
+            raise FormatError(f"checkpoint entry {key!r} is not a state_dict")
+        return obj[key], key
+    if _is_state_dict(obj):
+        return obj, None
+    if isinstance(obj, Mapping):
+        for k in STATE_DICT_KEYS:
+            if k in obj and _is_state_dict(obj[k]):
+                return obj[k], k
+        candidates = [k for k, v in obj.items() if _is_state_dict(v)]
+        if len(candidates) == 1:
+            return obj[candidates[0]], candidates[0]
+        keys = ", ".join(repr(k) for k in list(obj)[:12])
+        raise FormatError(
+            "no state_dict found in the checkpoint (expected a mapping of names to tensors, or one under "
+            f"a key such as 'state_dict' or 'model'); top-level keys: {keys}"
+            + ("; several candidates: " + ", ".join(map(repr, candidates)) if candidates else "")
+        )
+    if isinstance(obj, torch.Tensor):
+        raise FormatError("the checkpoint is a single tensor, not a state_dict")
+    raise FormatError(f"the checkpoint holds a {type(obj).__name__}, not a state_dict")
+
+
+def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = None, fold: bool = True,
+                    return_key: bool = False):
+    """Read a ``.pt``/``.pth`` checkpoint with ``torch.load(weights_only=True)`` and return its state_dict.
+
+    Only the safe unpickler is ever used: a checkpoint whose pickle references anything beyond
+    tensors and plain containers (a whole pickled ``nn.Module``, custom classes, code) is refused with
+    :class:`UnsafeCheckpointError`, and none of its code runs. ``key`` forces the nesting key; with
+    ``fold`` pruning reparametrisations are folded (see :func:`fold_pruning`).
+    """
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<stream>"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{name}: refused: this checkpoint needs arbitrary unpickling, which could run code "
+            f"({_unsafe_reason(exc)}); only weights-only checkpoints (state_dicts of tensors) are read. "
+            "Re-save it from trusted code with torch.save(model.state_dict(), path)"
+        ) from exc
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError,
+            KeyError, TypeError, IndexError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "TorchScript" in str(exc) or "torch.jit" in str(exc):
+            raise UnsafeCheckpointError(f"{name}: refused: TorchScript archives are programs, not weights") from exc
+        raise FormatError(f"{name}: not a readable PyTorch checkpoint: {msg}") from exc
+    state_dict, found = find_state_dict(obj, key=key)
+    if fold:
+        state_dict, _ = fold_pruning(state_dict)
+    return (state_dict, found) if return_key else state_dict
+
+
+def write_checkpoint(state_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write a state_dict as a ``.pt`` file (atomically); tied tensors stay one storage."""
+    if not isinstance(state_dict, OrderedDict):
+        meta = getattr(state_dict, "_metadata", None)
+        state_dict = OrderedDict(state_dict)
+        if meta is not None:
+            state_dict._metadata = meta  # type: ignore[attr-defined]
+    with atomic_output(path) as fh:
+        torch.save(state_dict, fh)
+
+
+def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *, key: str | None = None,
+                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+                  progress: Progress | None = None) -> None:
+    """Convert a ``.pt``/``.pth`` checkpoint into an .rdc container (lossless by default)."""
+    state_dict, found = read_checkpoint(src, key=key, fold=False, return_key=True)
+    _write(dst, state_dict, metadata=metadata, codec=codec, progress=progress,
+           extra_fields={"checkpoint_key": found, "source_name": Path(os.fspath(src)).name})
+
+
+def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
+                    progress: Progress | None = None) -> None:
+    """Restore an .rdc container (from any source format) as a ``.pt`` state_dict checkpoint."""
+    source = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    with open_rdc(source) as f:
+        state_dict = _restore(f, progress)
+    write_checkpoint(state_dict, dst)
+
+
+def tensors_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Bit-exact equality of two state_dicts: same names, dtypes, shapes and bytes."""
+    if list(a) != list(b):
+        return False
+    for name in a:
+        x, y = a[name], b[name]
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if not isinstance(x, torch.Tensor):
+            if x != y:
+                return False
+            continue
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return False
+        if not np.array_equal(to_numpy(x).reshape(-1).view(np.uint8), to_numpy(y).reshape(-1).view(np.uint8)):
+            return False
+    return True
+
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "save",
+    "save_file",
+    "load",
+    "load_file",
+    "load_into",
+    "read_checkpoint",
+    "write_checkpoint",
+    "compress_file",
+    "decompress_file",
+    "fold_pruning",
+    "find_state_dict",
+    "to_numpy",
+    "from_numpy",
+    "tensors_equal",
+]
