@@ -56,7 +56,7 @@ def _ranks(values: np.ndarray, table: FrequencyTable) -> np.ndarray:
     """Rank (index in ``table.symbols``) of every value; InvalidInputError if a value is absent.
 
     The result is an unsigned integer array (``values`` itself when the table symbols are exactly
-    ``0..m-1`` and ``values`` is unsigned, else ``uint16``: ranks are < 2**16 since Q <= 16).
+    ``0..m-1`` and ``values`` is uint8/16/32, else ``uint16``: ranks are < 2**16 since Q <= 16).
     """
     v = values
     if v.size == 0:
@@ -70,7 +70,7 @@ def _ranks(values: np.ndarray, table: FrequencyTable) -> np.ndarray:
     if lo < int(sym[0]) or hi > top:
         bad_msg = "symbol value outside the table"
     elif top == m - 1:  # table symbols are exactly 0..m-1: a value is its rank
-        ranks = v if v.dtype.kind == "u" else v.astype(np.uint16)
+        ranks = v if v.dtype.kind == "u" and v.dtype.itemsize < 8 else v.astype(np.uint16)
     elif top < max(1 << 20, 4 * v.size):
         lut = np.full(top + 1, m, dtype=np.uint32)
         lut[sym] = np.arange(m, dtype=np.uint32)
