@@ -12,7 +12,7 @@ from typing import BinaryIO
 import numpy as np
 
 from . import container as C
-from .codecs import Codec, get_codec_class
+from .codecs import Codec, Prepared, get_codec_class
 from .codecs.raw import RawCodec
 from .dtypes import by_numpy, little_endian
 from .errors import InvalidInputError
@@ -132,15 +132,27 @@ class Writer:
         name = _check_name(name)
         if name in self._names:
             raise InvalidInputError(f"duplicate tensor name {name!r}")
-        arr = np.asarray(array)
-        info = by_numpy(arr.dtype)
-        if arr.ndim > C.MAX_RANK:
-            raise InvalidInputError(f"tensor {name!r} has rank {arr.ndim}; the limit is {C.MAX_RANK}")
-        flat = little_endian(arr).reshape(-1)
-        chosen = resolve_codec(codec) if codec is not None else self.default_codec
-        chosen = chosen.for_tensor(arr, info)
-        if structural and not chosen.lossless:
-            chosen = resolve_codec("lossless").for_tensor(arr, info)
+        if isinstance(array, Prepared):
+            # Already produced (quantized levels...): declare the decoded dtype, store the elements.
+            info = by_numpy(array.dtype)
+            shape = tuple(int(d) for d in array.shape)
+            flat = little_endian(np.asarray(array.elements)).reshape(-1)
+            if flat.size != int(np.prod(shape, dtype=object)):
+                raise InvalidInputError(f"tensor {name!r}: {flat.size} prepared elements for shape {shape}")
+            chosen = array.codec
+            if structural and not chosen.lossless:
+                raise InvalidInputError(f"tensor {name!r} is structural and must not be stored lossy")
+        else:
+            arr = np.asarray(array)
+            info = by_numpy(arr.dtype)
+            shape = tuple(int(d) for d in arr.shape)
+            flat = little_endian(arr).reshape(-1)
+            chosen = resolve_codec(codec) if codec is not None else self.default_codec
+            if structural and not chosen.lossless:
+                chosen = resolve_codec("lossless")
+            chosen = chosen.for_tensor(arr, info)
+        if len(shape) > C.MAX_RANK:
+            raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
         chunk_elements = max(1, self.chunk_bytes // info.itemsize)
         numel = flat.size
         chunk_count = -(-numel // chunk_elements)
@@ -154,7 +166,7 @@ class Writer:
         header = C.TensorHeader(
             name=name,
             dtype_code=info.code,
-            shape=tuple(int(d) for d in arr.shape),
+            shape=shape,
             flags=C.TENSOR_STRUCTURAL if structural else 0,
             chunk_elements=chunk_elements,
             chunk_count=chunk_count,
@@ -243,15 +255,40 @@ def save(
     structural: Iterable[str] = (),
     codec: str | Codec | None = "lossless",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> None:
+    bits: float | None = None,
+    rel_error: float | None = None,
+    size: int | None = None,
+    sensitivity: Mapping[str, float] | None = None,
+    lossy: Iterable[str] | None = None,
+) -> dict:
     """Write ``tensors`` (a mapping or ``(name, array)`` pairs, consumed one at a time) to ``target``.
+
+    Lossless unless one of ``bits`` (bits per weight of the quantized tensors), ``rel_error``
+    (relative L2 error of the whole model) or ``size`` (file bytes) is given: then float tensors of
+    two or more dimensions (or those named in ``lossy``) are quantized by the ``sq`` codec with
+    steps from one model-wide rate-distortion slope (:mod:`rdformat.ratecontrol`), optionally
+    weighted by per-tensor ``sensitivity``; everything else stays lossless. Lossy saving needs a
+    mapping (two passes: statistics, then encoding).
 
     ``aliases`` maps extra names to tensor names (tied weights, stored once). ``structural`` names
     tensors that steer shapes or control flow: they are always stored losslessly. Writes to a path
-    are atomic.
+    are atomic. Returns a summary dict (bytes written; for lossy files the plan's figures).
     """
-    items = tensors.items() if isinstance(tensors, Mapping) else tensors
     structural = set(structural)
+    lossy_mode = any(t is not None for t in (bits, rel_error, size))
+    if lossy_mode:
+        if not isinstance(tensors, Mapping):
+            raise InvalidInputError("lossy saving needs a mapping of tensors (rate control reads them twice)")
+        from .ratecontrol import save_lossy  # producers sit above the container layer
+
+        return save_lossy(
+            tensors, target, metadata=metadata, graph=graph, graph_format=graph_format, aliases=aliases,
+            structural=structural, chunk_bytes=chunk_bytes, bits=bits, rel_error=rel_error, size=size,
+            sensitivity=sensitivity, lossy=lossy,
+        )
+    if codec is not None and not isinstance(codec, Codec) and CODEC_ALIASES.get(codec, codec) == "sq":
+        raise InvalidInputError("the sq codec needs a target: pass bits=, rel_error= or size=")
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
     pending = dict(aliases or {})
     by_target: dict[str, list[str]] = {}
     for alias, target_name in pending.items():
@@ -264,3 +301,4 @@ def save(
         if by_target:
             missing = sorted(by_target)
             raise InvalidInputError(f"aliases point to tensors that were not given: {missing}")
+    return {"bytes": w.pos}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from ..errors import UnsupportedFeatureError
-from .base import Codec
+from .base import Codec, Prepared
 
 _REGISTRY: dict[str, type[Codec]] = {}
 
@@ -53,5 +53,6 @@ def registered_codecs() -> list[str]:
 
 from . import raw as _raw  # noqa: E402  (registration side effect)
 from . import bytesplit as _bytesplit  # noqa: E402
+from . import sq as _sq  # noqa: E402
 
-__all__ = ["Codec", "register_codec", "get_codec_class", "codec_from_config", "registered_codecs"]
+__all__ = ["Codec", "Prepared", "register_codec", "get_codec_class", "codec_from_config", "registered_codecs"]

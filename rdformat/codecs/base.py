@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -51,3 +52,17 @@ class Codec:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_config().items()))
         return f"{type(self).__name__}({args})"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A tensor already turned into what its codec stores (e.g. quantized levels).
+
+    Producers (quantizers, SuRP) return this; :meth:`rdformat.Writer.add` accepts it in place of
+    an array and writes ``elements`` through ``codec`` while declaring ``dtype`` and ``shape``.
+    """
+
+    codec: Codec
+    elements: np.ndarray  # what encode_chunk consumes, numel elements in C order
+    dtype: np.dtype  # the dtype the decoder returns
+    shape: tuple[int, ...]

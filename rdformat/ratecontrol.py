@@ -1,0 +1,248 @@
+"""Rate control across a whole model: one Lagrangian slope shared by every lossy tensor.
+
+With an MSE criterion and entropy-coded uniform quantization, the bit allocation that minimises the
+total (sensitivity-weighted) squared error for a given total rate gives every tensor the same slope
+``dD/dR``; at moderate and high rates that means the same quantization step in absolute units,
+divided by ``sqrt(sensitivity)`` for tensors whose errors cost more (e.g. a detector's output head).
+So the whole model is steered by one number, the global step, found by bisection on a
+deterministic sample of the weights until the target (bits per weight, relative L2 error, or
+file size) is met; the full tensors are then quantized with their steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .quantize import DEFAULT_LAMBDA, quantize_rdo
+from .codecs.sq import zigzag
+
+#: Tensors with fewer elements, or fewer than two dimensions (biases, norms), stay lossless.
+DEFAULT_MIN_ELEMENTS = 256
+#: Approximate per-tensor container cost in bytes (records, CRCs, header, index entry).
+TENSOR_OVERHEAD_BYTES = 140
+
+
+def is_lossy_candidate(array: np.ndarray, *, structural: bool = False, min_elements: int = DEFAULT_MIN_ELEMENTS) -> bool:
+    """Whether the default policy quantizes this tensor (float, >= 2-D, large enough, finite)."""
+    arr = np.asarray(array)
+    if structural or arr.ndim < 2 or arr.size < min_elements:
+        return False
+    if arr.dtype.kind != "f" and str(arr.dtype) != "bfloat16":
+        return False
+    return bool(np.all(np.isfinite(arr.astype(np.float32, copy=False))))
+
+
+@dataclass
+class RatePlan:
+    """Steps chosen for the lossy tensors and what the sample predicted."""
+
+    steps: dict[str, float]
+    global_step: float
+    predicted_bits_per_weight: float
+    predicted_rel_error: float
+    lossy_weights: int
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def _entropy_bits(levels: np.ndarray) -> float:
+    sym = zigzag(levels.reshape(-1))
+    counts = np.bincount(sym)
+    counts = counts[counts > 0].astype(np.float64)
+    n = counts.sum()
+    return float(-(counts * np.log2(counts / n)).sum())
+
+
+class _Sampled:
+    """A deterministic subsample of each lossy tensor, standing in for it during the search."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], names: list[str], budget: int, seed: int) -> None:
+        total = sum(int(np.asarray(tensors[n]).size) for n in names)
+        rng = np.random.default_rng(seed)
+        self.items = []
+        for name in names:
+            flat = np.asarray(tensors[name]).reshape(-1)
+            take = min(flat.size, max(4096, int(budget * flat.size / max(total, 1))))
+            idx = np.sort(rng.choice(flat.size, size=take, replace=False)) if take < flat.size else slice(None)
+            sample = flat[idx].astype(np.float32)
+            self.items.append((name, sample, flat.size / sample.size, flat.size))
+
+    def evaluate(self, global_step: float, weights: dict[str, float], lam: float) -> tuple[float, float]:
+        """(total bits, total squared error) predicted for the full tensors."""
+        bits = err = 0.0
+        for name, sample, scale, _ in self.items:
+            q = quantize_rdo(sample, global_step * weights[name], lam=lam, iterations=2)
+            # entropy of the levels, plus ~1% for ANS lanes and ~300 bytes of table per 1M weights
+            bits += scale * _entropy_bits(q.levels) * 1.01 + 2400 * math.ceil(scale * sample.size / (1 << 20))
+            err += scale * float(np.sum((q.dequantize().astype(np.float64) - sample) ** 2))
+        return bits, err
+
+
+def plan(
+    tensors: Mapping[str, np.ndarray],
+    *,
+    bits: float | None = None,
+    rel_error: float | None = None,
+    size: int | None = None,
+    lossy: list[str] | None = None,
+    sensitivity: Mapping[str, float] | None = None,
+    lossless_bytes: int = 0,
+    lam: float = DEFAULT_LAMBDA,
+    sample: int = 1 << 20,
+    seed: int = 0,
+) -> RatePlan:
+    """Choose per-tensor steps meeting exactly one target.
+
+    Args:
+        tensors: all tensors of the model (lossless ones count in the relative error's norm).
+        bits: target bits per weight over the lossy tensors.
+        rel_error: target ``||w - w_hat|| / ||w||`` over all float tensors of the model.
+        size: target file size in bytes (``lossless_bytes`` and container overhead are subtracted).
+        lossy: names of the tensors to quantize (default: :func:`is_lossy_candidate`).
+        sensitivity: optional per-tensor weight of squared error (e.g. mean Fisher information from
+            a calibration batch); a tensor with sensitivity s gets step ``global_step / sqrt(s)``.
+        lossless_bytes: bytes the lossless tensors will take (for ``size``).
+        lam: Lagrangian slope of the quantizer (steps**2 per bit).
+        sample: number of weights sampled for the search.
+    """
+    targets = [t for t in (bits, rel_error, size) if t is not None]
+    if len(targets) != 1:
+        raise InvalidInputError("give exactly one of bits, rel_error or size")
+    names = list(lossy) if lossy is not None else [n for n, a in tensors.items() if is_lossy_candidate(a)]
+    if not names:
+        raise InvalidInputError("no tensor qualifies for lossy coding (float, >= 2-D, >= "
+                                f"{DEFAULT_MIN_ELEMENTS} elements); store losslessly instead")
+    sens = dict(sensitivity or {})
+    for n, s in sens.items():
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+            raise InvalidInputError(f"sensitivity of {n!r} must be a positive finite number, got {s!r}")
+    mean_sens = float(np.mean([sens.get(n, 1.0) for n in names]))
+    weights = {n: 1.0 / math.sqrt(sens.get(n, 1.0) / mean_sens) for n in names}
+    n_lossy = sum(int(np.asarray(tensors[n]).size) for n in names)
+    norm2 = sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in tensors.values()
+                if np.asarray(a).dtype.kind == "f" or str(np.asarray(a).dtype) == "bfloat16")
+    amax = max(float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)))) for n in names)
+    if amax == 0.0:
+        return RatePlan({n: 1.0 for n in names}, 1.0, 0.0, 0.0, n_lossy, weights)
+
+    if bits is not None:
+        if not (0 < bits <= 16):
+            raise InvalidInputError(f"bits per weight must be in (0, 16], got {bits}")
+        target_bits = bits * n_lossy
+    elif size is not None:
+        overhead = TENSOR_OVERHEAD_BYTES * len(tensors) + 200
+        budget = size - lossless_bytes - overhead
+        if budget <= 0:
+            raise InvalidInputError(f"size {size} bytes is too small: the lossless tensors and container "
+                                    f"alone need about {lossless_bytes + overhead}")
+        target_bits = 8.0 * budget
+    else:
+        if not (0 < rel_error < 1):
+            raise InvalidInputError(f"rel_error must be in (0, 1), got {rel_error}")
+        target_err = (rel_error ** 2) * norm2
+
+    sampled = _Sampled(tensors, names, sample, seed)
+    lo, hi = math.log(amax / 16000.0), math.log(amax * 4.0)  # tiny step: many bits; huge step: ~0 bits
+    result = None
+    for _ in range(26):
+        mid = 0.5 * (lo + hi)
+        b, e = sampled.evaluate(math.exp(mid), weights, lam)
+        result = (mid, b, e)
+        too_coarse = (e > target_err) if rel_error is not None else (b < target_bits)
+        if too_coarse:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 0.004:
+            break
+    mid, b, e = result
+    step = math.exp(mid)
+    return RatePlan({n: step * weights[n] for n in names}, step, b / n_lossy, math.sqrt(e / norm2) if norm2 else 0.0,
+                    n_lossy, weights)
+
+
+def save_lossy(
+    tensors: Mapping[str, np.ndarray],
+    target,
+    *,
+    metadata=None,
+    graph=None,
+    graph_format: str = "onnx",
+    aliases=None,
+    structural=frozenset(),
+    chunk_bytes: int | None = None,
+    bits: float | None = None,
+    rel_error: float | None = None,
+    size: int | None = None,
+    sensitivity: Mapping[str, float] | None = None,
+    lossy=None,
+    lam: float = DEFAULT_LAMBDA,
+) -> dict:
+    """Plan steps for the whole model, then stream it out: lossy tensors quantized, the rest lossless."""
+    import io
+
+    from .writer import DEFAULT_CHUNK_BYTES, Writer
+
+    chunk_bytes = chunk_bytes or DEFAULT_CHUNK_BYTES
+    structural = set(structural)
+    if lossy is None:
+        names = [n for n, a in tensors.items() if n not in structural and is_lossy_candidate(a)]
+    else:
+        names = list(lossy)
+        for n in names:
+            if n not in tensors:
+                raise InvalidInputError(f"lossy tensor {n!r} is not in the model")
+            if n in structural:
+                raise InvalidInputError(f"tensor {n!r} is structural and is never stored lossy")
+    lossless_bytes = 0
+    if size is not None:
+        buf = io.BytesIO()
+        with Writer(buf) as w:
+            for n, a in tensors.items():
+                if n not in names:
+                    w.add(n, a)
+        lossless_bytes = buf.tell()
+    by_target: dict[str, list[str]] = {}
+    for alias, tname in (aliases or {}).items():
+        by_target.setdefault(tname, []).append(alias)
+    goal_size = size
+    for attempt in range(4):
+        rp = plan(tensors, bits=bits, rel_error=rel_error, size=goal_size, lossy=names, sensitivity=sensitivity,
+                  lossless_bytes=lossless_bytes, lam=lam)
+        with Writer(target, metadata=metadata, graph=graph, graph_format=graph_format,
+                    chunk_bytes=chunk_bytes) as w:
+            err2 = 0.0
+            for n, a in tensors.items():
+                if n in rp.steps:
+                    q = quantize_rdo(a, rp.steps[n], lam=lam)
+                    diff = q.dequantize().astype(np.float64) - np.asarray(a, dtype=np.float64)
+                    e2 = float(np.sum(diff * diff))
+                    err2 += e2
+                    norm = float(np.sum(np.asarray(a, dtype=np.float64) ** 2))
+                    stats = {"rel_l2_error": math.sqrt(e2 / norm) if norm else 0.0, "sparsity": q.sparsity}
+                    w.add(n, q.prepared(stats))
+                else:
+                    w.add(n, a, structural=n in structural)
+                for alias in by_target.get(n, ()):
+                    w.add_alias(alias, n)
+        written = w.pos
+        # A size target is a ceiling: if the sample underestimated, aim lower and write again.
+        if size is None or written <= size:
+            break
+        goal_size = int(goal_size - (written - size) * 1.1) - 64
+        if goal_size <= lossless_bytes:
+            break
+    norm2 = sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in tensors.values()
+                if np.asarray(a).dtype.kind == "f" or str(np.asarray(a).dtype) == "bfloat16")
+    return {
+        "bytes": written,
+        "lossy_tensors": len(rp.steps),
+        "lossy_weights": rp.lossy_weights,
+        "global_step": rp.global_step,
+        "rel_l2_error": math.sqrt(err2 / norm2) if norm2 else 0.0,
+        "bits_per_weight": 8.0 * (written - lossless_bytes) / max(rp.lossy_weights, 1) if size is not None else None,
+    }

@@ -1,0 +1,239 @@
+"""Lossy codec (sq), quantizers and model-wide rate control."""
+
+from __future__ import annotations
+
+import io
+
+import hypothesis.extra.numpy as hnp
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rdformat
+from rdformat.codecs.sq import MAX_LEVEL, SQCodec, unzigzag, zigzag
+from rdformat.dtypes import by_numpy
+from rdformat.errors import CorruptDataError, InvalidInputError
+from rdformat.quantize import magnitude_prune, quantize_rdo, quantize_uniform
+from rdformat.ratecontrol import plan
+
+from helpers import SHARED_MODELS
+
+
+def _store(q, chunk_bytes=1 << 22):
+    buf = io.BytesIO()
+    with rdformat.Writer(buf, chunk_bytes=chunk_bytes) as w:
+        w.add("t", q.prepared())
+    return buf.getvalue()
+
+
+def _levels_from_file(data: bytes) -> np.ndarray:
+    """Decode the stored levels chunk by chunk through the codec (not through dequantization)."""
+    from rdformat import container as C
+
+    src = C.Source(io.BytesIO(data))
+    C.read_file_header(src)
+    head = C.read_record_head(src)
+    header = C.parse_tensor_header(C.read_payload(src, head), head.offset + 16)
+    codec = SQCodec.from_config(header.codec_config)
+    out = []
+    for i in range(header.chunk_count):
+        chead = C.read_record_head(src)
+        chunk = C.parse_chunk(C.read_payload(src, chead), chead.offset + 16, i, header.name)
+        count = min(header.chunk_elements, header.numel - i * header.chunk_elements)
+        out.append(codec.decode_levels(chunk, count))
+    return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+
+def test_zigzag_roundtrip():
+    q = np.array([0, -1, 1, -2, 2, MAX_LEVEL, -MAX_LEVEL], np.int32)
+    assert zigzag(q).tolist()[:5] == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(unzigzag(zigzag(q)), q)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=60),
+    st.floats(0.0, 1.0),
+    st.floats(1e-3, 10.0),
+    st.sampled_from([np.float32, np.float16, np.float64, ml_dtypes.bfloat16]),
+    st.integers(0, 2**31),
+    st.sampled_from([64, 1000, 1 << 20]),
+)
+def test_decoded_levels_are_exactly_the_encoder_choice(shape, sparsity, step, dtype, seed, chunk_bytes):
+    rng = np.random.default_rng(seed)
+    x = rng.laplace(0, 1.0, size=shape).astype(dtype)
+    x = magnitude_prune(x, sparsity)
+    before = x.copy()
+    q = quantize_rdo(x, step)
+    data = _store(q, chunk_bytes)
+    np.testing.assert_array_equal(_levels_from_file(data), q.levels.reshape(-1))
+    back = rdformat.load(data)["t"]
+    assert back.dtype == np.dtype(dtype) and back.shape == x.shape
+    assert back.tobytes() == q.dequantize().tobytes()
+    assert x.tobytes() == before.tobytes()  # the caller's array is untouched
+    # zeros stay zero; the reconstruction error is bounded by one step
+    assert np.all(back[x == 0] == 0)
+    # RDO may zero a lone large value when its level would cost many bits: bounded by ~1.6 steps
+    assert np.max(np.abs(back.astype(np.float64) - x.astype(np.float64)), initial=0) <= q.step * 2 + 1e-2
+
+
+@pytest.mark.parametrize("x", [np.zeros((30, 40), np.float32), np.full((30, 40), 0.75, np.float32),
+                               np.zeros((0, 5), np.float32)])
+def test_all_zero_constant_and_empty(x):
+    q = quantize_rdo(x, 0.1)
+    data = _store(q)
+    back = rdformat.load(data)["t"]
+    assert back.tobytes() == q.dequantize().tobytes()
+    if x.size:
+        assert np.allclose(back, x, atol=0.1)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_refused(bad):
+    x = np.ones((10, 10), np.float32)
+    x[3, 4] = bad
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
+        quantize_rdo(x, 0.1)
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
+        quantize_uniform(x, 0.1)
+
+
+def test_non_finite_tensor_stays_lossless_in_model_save():
+    x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    y = x.copy()
+    y[0, 0] = np.nan
+    buf = io.BytesIO()
+    rdformat.save({"x": x, "y": y}, buf, bits=3)
+    with rdformat.open(io.BytesIO(buf.getvalue())) as f:
+        assert f.info("x").codec == "sq"
+        assert f.info("y").codec == "bytesplit"
+        assert f.get_tensor("y").tobytes() == y.tobytes()
+
+
+def test_codec_config_roundtrip_and_validation():
+    c = SQCodec(0.125, 0.2, 0.1)
+    assert SQCodec.from_config(c.get_config()) == c
+    assert "0.125" in repr(c)
+    for bad in ({"step": -1.0}, {"step": float("nan")}, {"step": 1.0, "offset1": 1.5}, {"step": 1.0, "x": 1}, {}):
+        with pytest.raises(CorruptDataError):
+            SQCodec.from_config(bad)
+
+
+def test_integer_levels_required():
+    with pytest.raises(InvalidInputError):
+        SQCodec(1.0).encode_chunk(np.ones(4, np.float32), by_numpy(np.dtype(np.float32)))
+    with pytest.raises(InvalidInputError):
+        SQCodec(1.0).encode_chunk(np.array([MAX_LEVEL + 1], np.int32), by_numpy(np.dtype(np.float32)))
+
+
+def test_rdo_beats_plain_rounding_in_rate_distortion():
+    x = np.random.default_rng(1).laplace(0, 1, (300, 300)).astype(np.float32)
+
+    def point(q):
+        data = _store(q)
+        back = rdformat.load(data)["t"]
+        return 8 * len(data) / x.size, float(np.mean((back - x) ** 2))
+
+    r_rdo, d_rdo = point(quantize_rdo(x, 1.0))
+    # find the uniform step with the same rate, compare distortion
+    best = min((abs(point(quantize_uniform(x, s))[0] - r_rdo), s) for s in np.geomspace(0.5, 4, 25))[1]
+    r_u, d_u = point(quantize_uniform(x, best))
+    assert abs(r_u - r_rdo) < 0.15
+    assert d_rdo < d_u
+
+
+def test_magnitude_prune_exact_sparsity():
+    x = np.random.default_rng(2).standard_normal(1000)
+    y = magnitude_prune(x, 0.9)
+    assert np.count_nonzero(y == 0) == 900
+    assert np.all(np.abs(y[y != 0]) >= np.abs(x[y == 0]).max())
+    assert np.count_nonzero(x == 0) == 0  # input untouched
+
+
+def _model(seed=3):
+    rng = np.random.default_rng(seed)
+    return {
+        "fc1.weight": rng.laplace(0, 0.05, (256, 128)).astype(np.float32),
+        "fc1.bias": rng.standard_normal(256).astype(np.float32),
+        "fc2.weight": rng.laplace(0, 0.02, (64, 256)).astype(np.float32),
+        "head.weight": rng.laplace(0, 0.1, (10, 64)).astype(np.float32),
+        "steps": np.array([3], np.int64),
+    }
+
+
+def _rel_error(model, back):
+    num = sum(float(np.sum((back[k].astype(np.float64) - v) ** 2)) for k, v in model.items() if v.dtype.kind == "f")
+    den = sum(float(np.sum(v.astype(np.float64) ** 2)) for k, v in model.items() if v.dtype.kind == "f")
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("bits", [1.0, 3.0, 6.0])
+def test_rate_control_bits_target(bits):
+    model = _model()
+    buf = io.BytesIO()
+    rdformat.save(model, buf, bits=bits)
+    back = rdformat.load(buf.getvalue())
+    with rdformat.open(io.BytesIO(buf.getvalue())) as f:
+        lossy = [n for n in f.keys() if f.info(n).codec == "sq"]
+        stored = sum(f.info(n).stored_bytes for n in lossy)
+        n = sum(model[k].size for k in lossy)
+    assert sorted(lossy) == ["fc1.weight", "fc2.weight", "head.weight"]
+    assert abs(8 * stored / n - bits) / bits < 0.08
+    assert back["fc1.bias"].tobytes() == model["fc1.bias"].tobytes()  # 1-D stays lossless
+    assert back["steps"].tobytes() == model["steps"].tobytes()
+
+
+@pytest.mark.parametrize("target", [0.005, 0.03, 0.2])
+def test_rate_control_rel_error_target(target):
+    model = _model()
+    buf = io.BytesIO()
+    summary = rdformat.save(model, buf, rel_error=target)
+    got = _rel_error(model, rdformat.load(buf.getvalue()))
+    assert abs(got - target) / target < 0.08
+    assert abs(summary["rel_l2_error"] - got) < 1e-9
+
+
+def test_rate_control_size_target_is_a_ceiling(tmp_path):
+    model = _model()
+    path = tmp_path / "m.rdc"
+    rdformat.save(model, path, size=30_000)
+    assert 25_000 < path.stat().st_size <= 30_000
+
+
+def test_sensitivity_shifts_error_to_insensitive_tensors():
+    model = _model()
+    plain = plan(model, bits=3)
+    weighted = plan(model, bits=3, sensitivity={"head.weight": 100.0, "fc1.weight": 1.0, "fc2.weight": 1.0})
+    assert weighted.steps["head.weight"] < plain.steps["head.weight"]
+    assert weighted.steps["fc1.weight"] > plain.steps["fc1.weight"]
+    assert weighted.steps["head.weight"] == pytest.approx(weighted.steps["fc1.weight"] / 10, rel=1e-6)
+
+
+def test_structural_never_lossy_and_lossy_needs_mapping():
+    model = _model()
+    buf = io.BytesIO()
+    rdformat.save(model, buf, bits=2, structural=["head.weight"])
+    with rdformat.open(io.BytesIO(buf.getvalue())) as f:
+        assert f.info("head.weight").codec == "bytesplit" and f.info("head.weight").structural
+    with pytest.raises(InvalidInputError, match="mapping"):
+        rdformat.save(iter(model.items()), io.BytesIO(), bits=2)
+    with pytest.raises(InvalidInputError, match="structural"):
+        rdformat.save(model, io.BytesIO(), bits=2, structural=["fc1.weight"], lossy=["fc1.weight"])
+    with pytest.raises(InvalidInputError):
+        rdformat.save(model, io.BytesIO(), bits=2, rel_error=0.1)
+    with pytest.raises(InvalidInputError, match="target"):
+        rdformat.save(model, io.BytesIO(), codec="sq")
+
+
+@pytest.mark.skipif(not (SHARED_MODELS / "onet.pt").exists(), reason="MTCNN checkpoints not available")
+def test_real_checkpoint_lossy_rate_and_error():
+    torch = pytest.importorskip("torch")
+    sd = {k: v.numpy() for k, v in torch.load(SHARED_MODELS / "onet.pt", weights_only=True).items()}
+    buf = io.BytesIO()
+    rdformat.save(sd, buf, rel_error=0.02)
+    back = rdformat.load(buf.getvalue())
+    assert abs(_rel_error(sd, back) - 0.02) < 0.002
+    raw = sum(v.nbytes for v in sd.values())
+    assert len(buf.getvalue()) < raw / 5  # float32 -> well under 6.4 bits/weight at 2% error
