@@ -143,8 +143,18 @@ def write_rdc(
     structural: Iterable[str] = (),
     codec: str = "lossless",
 ) -> None:
-    """Write tensors (an iterable, consumed one at a time) to an .rdc path or binary stream."""
-    kwargs: dict[str, Any] = {"metadata": metadata, "codec": codec}
+    """Write tensors (an iterable, consumed one at a time) to an .rdc path or binary stream.
+
+    ``codec`` is a codec name (``"lossless"``) or a mapping of lossy targets for
+    :func:`rdformat.save` (``{"bits": 4}``, ``{"rel_error": 0.01}``, ``{"size": 10_000_000}``); a lossy
+    target needs the whole model in memory (rate control reads every tensor before writing).
+    """
+    kwargs: dict[str, Any] = {"metadata": metadata}
+    if isinstance(codec, Mapping):
+        items = dict(items)
+        kwargs.update(codec)
+    else:
+        kwargs["codec"] = codec
     if graph is not None:
         kwargs["graph"] = graph
         kwargs["graph_format"] = graph_format

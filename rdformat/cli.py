@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import adapters
-from .errors import RdcError, UnsupportedFeatureError
+from .errors import InvalidInputError, RdcError, UnsupportedFeatureError
 
 PROG = "rdc"
 EXIT_OK = 0
@@ -175,6 +175,14 @@ def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
                 "alias_of": alias_of,
             }
             row["ratio"] = None if alias_of else round(_ratio(row["raw_bytes"], row["stored_bytes"]), 4)
+            numel = int(ti.nbytes // max(ti.dtype.itemsize, 1))
+            row["bits_per_weight"] = None if alias_of or not numel else round(8 * row["stored_bytes"] / numel, 4)
+            stats = ti.codec_config.get("stats") if isinstance(ti.codec_config, dict) else None
+            stats = stats if isinstance(stats, dict) else {}
+            row["sparsity"] = stats.get("sparsity")
+            row["rel_error"] = stats.get("rel_l2_error")
+            if row["rel_error"] is None and ti.codec in ("raw", "bytesplit"):
+                row["rel_error"] = 0.0  # lossless codecs
             if not alias_of:
                 raw += row["raw_bytes"]
                 stored += row["stored_bytes"]
@@ -199,15 +207,24 @@ def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
 # Commands
 
 
-def _codec_from_args(args: argparse.Namespace) -> str:
-    """Hook for the lossy options: today only lossless exists."""
-    asked = [flag for flag, value in (("--bits", args.bits), ("--rel-error", args.rel_error),
-                                      ("--method", args.method)) if value is not None]
-    if asked:
-        raise UnsupportedFeatureError(
-            f"lossy compression ({', '.join(asked)}) is not implemented yet; only lossless is available"
-        )
-    return "lossless"
+def _codec_from_args(args: argparse.Namespace) -> str | dict:
+    """Lossless unless a lossy target is asked for explicitly (nobody degrades a model by accident)."""
+    targets = {key: value for key, value in (("bits", args.bits), ("rel_error", args.rel_error),
+                                             ("size", args.size)) if value is not None}
+    if len(targets) > 1:
+        raise InvalidInputError("give only one of --bits, --rel-error and --size")
+    if args.method not in (None, "sq"):
+        raise UnsupportedFeatureError(f"lossy method {args.method!r} is not available; known: sq")
+    if args.method is not None and not targets:
+        raise InvalidInputError("--method needs a target: --bits, --rel-error or --size")
+    return targets or "lossless"
+
+
+def _codec_label(codec: str | dict) -> str:
+    if isinstance(codec, str):
+        return codec
+    key, value = next(iter(codec.items()))
+    return f"lossy sq, target {key.replace('_', '-')} {value}"
 
 
 def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
@@ -220,7 +237,7 @@ def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
         summary = _tensor_summary(dst)
         in_bytes = _input_bytes(src, fmt)
         extra = f", {summary['alias_count']} aliases" if summary["alias_count"] else ""
-        out.say(f"{src} ({fmt}) -> {dst}: {summary['tensor_count']} tensors{extra}, {codec}")
+        out.say(f"{src} ({fmt}) -> {dst}: {summary['tensor_count']} tensors{extra}, {_codec_label(codec)}")
         out.say(f"  input  {in_bytes:>14,} bytes ({_size(in_bytes)})")
         out.say(f"  output {summary['file_bytes']:>14,} bytes ({_size(summary['file_bytes'])})  "
                 f"ratio {_ratio(in_bytes, summary['file_bytes']):.3f}x "
@@ -254,7 +271,8 @@ def cmd_info(args: argparse.Namespace, out: _Out) -> int:
           + (f", graph {summary['graph']['format']} {summary['graph']['bytes']:,} bytes" if summary["graph"] else ""))
     rows = summary["tensors"]
     if rows:
-        headers = ("name", "dtype", "shape", "codec", "stored", "raw", "ratio", "flags")
+        headers = ("name", "dtype", "shape", "codec", "stored", "raw", "ratio", "bits/w", "sparsity", "rel.err",
+                   "flags")
         table = []
         for r in rows:
             flags = []
@@ -264,9 +282,13 @@ def cmd_info(args: argparse.Namespace, out: _Out) -> int:
                 flags.append(f"alias of {r['alias_of']}")
             table.append((r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", r["codec"],
                           f"{r['stored_bytes']:,}", f"{r['raw_bytes']:,}",
-                          "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", ", ".join(flags)))
+                          "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+                          "-" if r["bits_per_weight"] is None else f"{r['bits_per_weight']:.2f}",
+                          "-" if r["sparsity"] is None else f"{100 * r['sparsity']:.1f}%",
+                          "-" if r["rel_error"] is None else ("0" if r["rel_error"] == 0 else f"{r['rel_error']:.2e}"),
+                          ", ".join(flags)))
         widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-        right = {4, 5, 6}
+        right = {4, 5, 6, 7, 8, 9}
         fmt_row = lambda cells: "  ".join(  # noqa: E731
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
         print(fmt_row(headers))
@@ -404,6 +426,30 @@ def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
 # Parser
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _byte_size(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+             "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+    t = text.strip().lower()
+    num = t.rstrip("kmgib")
+    try:
+        value = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 250000, 300k, 1.5M)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -417,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("compress", parents=[common], help="convert a model file into .rdc (lossless)",
+    p = sub.add_parser("compress", parents=[common], help="convert a model file into .rdc (lossless unless --bits/--rel-error/--size)",
                        description="Convert a .pt/.pth checkpoint, .safetensors file, sharded "
                                    "*.safetensors.index.json, .onnx model or .npz archive into .rdc. "
                                    "The input format is detected from the file's content and name.")
@@ -426,11 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto",
                    choices=("auto", "pytorch", "safetensors", "safetensors-index", "onnx", "npz"),
                    help="input format (default: detect)")
-    lossy = p.add_argument_group("lossy options", "reserved for a later release; giving one is an error today")
-    lossy.add_argument("--bits", type=int, default=None, metavar="N", help="bits per weight (not implemented)")
-    lossy.add_argument("--rel-error", type=float, default=None, metavar="E",
-                       help="relative error bound (not implemented)")
-    lossy.add_argument("--method", default=None, metavar="NAME", help="lossy method (not implemented)")
+    lossy = p.add_argument_group(
+        "lossy options", "without one of these the file is lossless; with one, float tensors of 2+ dimensions "
+        "are quantized (codec sq) and everything else stays lossless")
+    lossy.add_argument("--bits", type=_positive_float, default=None, metavar="B",
+                       help="target bits per weight of the quantized tensors, e.g. 4")
+    lossy.add_argument("--rel-error", type=_positive_float, default=None, metavar="E",
+                       help="target relative L2 error of the whole model, e.g. 0.01")
+    lossy.add_argument("--size", type=_byte_size, default=None, metavar="S",
+                       help="target file size (bytes, or with k/M/G suffix), an upper bound")
+    lossy.add_argument("--method", default=None, metavar="NAME", help="lossy method (default: sq)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", parents=[common], help="restore an .rdc file as .safetensors/.pt/.onnx/.npz",
