@@ -198,7 +198,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path``; on success rename it over ``path``, else delete it."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    from .writer import create_temp_beside
+
+    fd, tmp = create_temp_beside(Path(parent) / path.name)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

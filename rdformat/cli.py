@@ -413,6 +413,15 @@ def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
         out.say(f"  original   {src.name:<34} {s_src:>10,} bytes")
         out.say(f"  compressed {rdc.name:<34} {s_rdc:>10,} bytes  ratio {_ratio(s_src, s_rdc):.3f}x (lossless)")
         out.say(f"  restored   {restored.name:<34} {s_back:>10,} bytes")
+        lossy = work / (src.stem + ".4bit.rdc")
+        adapters.compress_file(src, lossy, fmt="safetensors", codec={"bits": 4}, progress=out.progress)
+        with adapters.open_rdc(lossy) as f:
+            c = dict(iter(f))
+        num = sum(float(np.sum((c[k].astype(np.float64) - a[k].astype(np.float64)) ** 2)) for k in a)
+        den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
+        s_lossy = lossy.stat().st_size
+        out.say(f"  lossy      {lossy.name:<34} {s_lossy:>10,} bytes  ratio {_ratio(s_src, s_lossy):.3f}x "
+                f"(--bits 4: relative L2 error {(num / den) ** 0.5:.4f}; 1-D tensors kept exact)")
         out.say(f"  bit-exact: {'yes, every tensor identical' if exact else 'NO - tensors differ'}")
         if keep is not None:
             out.say(f"  files kept in {keep}")

@@ -171,14 +171,15 @@ class TensorHeader:
         return b"".join(parts)
 
 
-def chunk_payload_prefix(index: int, data_offset_in_file: int) -> bytes:
+def chunk_payload_prefix(index: int, data_offset_in_file: int, *, align: bool = True) -> bytes:
     """CHUNK payload bytes before the codec data: index, pad length and zero padding.
 
-    ``data_offset_in_file`` is where the payload would start; padding makes the codec data start
-    at a multiple of CHUNK_ALIGNMENT so stored bytes can be memory-mapped in place.
+    ``data_offset_in_file`` is where the payload would start. With ``align`` the padding makes the
+    codec data start at a multiple of CHUNK_ALIGNMENT so stored bytes can be memory-mapped in place
+    (the writer aligns raw chunks; entropy-coded chunks are never mapped, so they skip the padding).
     """
     unpadded = data_offset_in_file + 9
-    pad = (-unpadded) % CHUNK_ALIGNMENT
+    pad = (-unpadded) % CHUNK_ALIGNMENT if align else 0
     return _U64.pack(index) + bytes([pad]) + bytes(pad)
 
 
@@ -273,6 +274,18 @@ class Source:
             )
         return data
 
+    def read_upto(self, n: int) -> bytes:
+        """Read ``n`` bytes, or fewer only when the data ends first (n must be small)."""
+        parts, got = [], 0
+        while got < n:
+            piece = self.stream.read(n - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        self.pos += got
+        return b"".join(parts)
+
     def skip(self, n: int, *, what: str) -> None:
         """Skip ``n`` bytes (seek when possible, read and drop otherwise)."""
         if self.seekable:
@@ -292,12 +305,7 @@ class Source:
 
 def read_file_header(src: Source) -> tuple[int, int]:
     """Read and check the file header; returns (major, minor)."""
-    rem = src.remaining()
-    want = FILE_HEADER_SIZE if rem is None else min(FILE_HEADER_SIZE, rem)
-    try:
-        data = src.read_exact(want, what="the file header", record="file header")
-    except TruncatedError:
-        data = b""
+    data = src.read_upto(FILE_HEADER_SIZE)
     if len(data) < FILE_HEADER_SIZE:
         if data and MAGIC.startswith(data[: len(MAGIC)]):
             raise TruncatedError("file is shorter than the 16-byte .rdc header", offset=0, record="file header")

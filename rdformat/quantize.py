@@ -104,15 +104,15 @@ def _rates(levels_abs: np.ndarray, nonzero_sign_bits: float = 1.0) -> np.ndarray
 
 def _fit_offsets(a: np.ndarray, k: np.ndarray, distortion: str) -> tuple[float, float]:
     """Reconstruction offsets (in steps) minimising the error of the chosen levels."""
-    out = []
-    for sel in (k == 1, k >= 2):
-        if not sel.any():
-            out.append(0.0)
-            continue
-        gap = k[sel] - a[sel]
-        d = float(np.median(gap)) if distortion == "mae" else float(gap.mean())
-        out.append(min(max(d, 0.0), 0.5))
-    return out[0], out[1]
+    if distortion == "mse":
+        # Mean of (k - a) over |q| == 1 and over |q| >= 2, in one pass with bincount.
+        cls = np.minimum(k, 2)
+        sums = np.bincount(cls, weights=k - a, minlength=3)
+        counts = np.bincount(cls, minlength=3)
+        means = [sums[i] / counts[i] if counts[i] else 0.0 for i in (1, 2)]
+    else:
+        means = [float(np.median(k[sel] - a[sel])) if sel.any() else 0.0 for sel in (k == 1, k >= 2)]
+    return tuple(min(max(float(m), 0.0), 0.5) for m in means)
 
 
 def quantize_rdo(
@@ -150,27 +150,31 @@ def quantize_rdo(
     base = floor.astype(np.int32)
     frac = a - floor
     # Start from a dead-zone quantizer (rounding offset 1/3 below the midpoint), then refine.
-    k = np.where(frac >= 0.5 + 1.0 / 6.0, base + 1, base).astype(np.int32)
+    k = base + (frac >= np.float32(0.5 + 1.0 / 6.0))
     off1, off2 = _fit_offsets(a, k, distortion)
     power = 2 if distortion == "mse" else 1
+    lam32 = np.float32(lam)
+    zero_cost = (a * a if power == 2 else a) + lam32 * np.float32(0.0)
     for _ in range(iterations):
         bits = _rates(k)
         top = int(base.max(initial=0)) + 2
         if bits.size < top + 1:
             bits = np.concatenate([bits, np.full(top + 1 - bits.size, bits[-1] + 1.0)])
-        bits = bits.astype(np.float32)
+        # Per-level lookup tables: reconstruction (in steps) and rate penalty.
+        levels_axis = np.arange(bits.size, dtype=np.float32)
+        recon = np.where(levels_axis == 1, np.float32(1.0 - off1), levels_axis - np.float32(off2)).astype(np.float32)
+        recon[0] = 0.0
+        penalty = (lam32 * bits).astype(np.float32)
 
         def cost(level: np.ndarray) -> np.ndarray:
-            recon = np.where(level == 1, np.float32(1.0 - off1), level.astype(np.float32) - np.float32(off2))
-            recon = np.where(level == 0, np.float32(0.0), recon)
-            err = np.abs(a - recon)
-            return (err * err if power == 2 else err) + np.float32(lam) * bits[level]
+            err = a - recon[level]
+            return (err * err if power == 2 else np.abs(err)) + penalty[level]
 
         c_lo = cost(base)
         c_hi = cost(base + 1)
-        c_zero = np.float32(lam) * bits[0] + (a * a if power == 2 else a)
-        k = np.where(c_hi < c_lo, base + 1, base).astype(np.int32)
-        k = np.where(c_zero <= np.minimum(c_lo, c_hi), 0, k).astype(np.int32)
+        k = base + (c_hi < c_lo)
+        np.minimum(c_lo, c_hi, out=c_lo)
+        k[zero_cost + penalty[0] <= c_lo] = 0
         off1, off2 = _fit_offsets(a, k, distortion)
     levels = np.where(flat < 0, -k, k).astype(np.int32).reshape(np.shape(x))
     return QuantizedTensor(levels, step, off1, off2, np.asarray(x).dtype)

@@ -92,7 +92,7 @@ def plan(
     sensitivity: Mapping[str, float] | None = None,
     lossless_bytes: int = 0,
     lam: float = DEFAULT_LAMBDA,
-    sample: int = 1 << 20,
+    sample: int = 1 << 19,
     seed: int = 0,
 ) -> RatePlan:
     """Choose per-tensor steps meeting exactly one target.
@@ -223,7 +223,8 @@ def save_lossy(
                     e2 = float(np.sum(diff * diff))
                     err2 += e2
                     norm = float(np.sum(np.asarray(a, dtype=np.float64) ** 2))
-                    stats = {"rel_l2_error": math.sqrt(e2 / norm) if norm else 0.0, "sparsity": q.sparsity}
+                    stats = {"rel_l2_error": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.4g}"),
+                             "sparsity": float(f"{q.sparsity:.4g}")}
                     w.add(n, q.prepared(stats))
                 else:
                     w.add(n, a, structural=n in structural)

@@ -17,6 +17,7 @@ from . import container as C
 from .codecs import codec_from_config
 from .dtypes import by_code
 from .errors import (
+    ChecksumError,
     CorruptDataError,
     LimitExceededError,
     RdcError,
@@ -24,6 +25,12 @@ from .errors import (
     TruncatedError,
     UnsupportedFeatureError,
 )
+
+
+#: On a stream of unknown length, a tensor output larger than this is grown as its chunks arrive
+#: instead of being allocated up front, so memory follows the data that actually arrived.
+STREAM_PREALLOC_BYTES = 64 << 20
+_MAX_INTP = np.iinfo(np.intp).max
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class RdcReader:
         self._aliases: dict[str, str] | None = None
         self._iterated = False
         self._pending: C.RecordHead | None = None
+        self._leading: list[tuple[int, int, int]] = []  # (kind, offset, length) of META/GRAPH records
         self.metadata: dict = {}
         self.graph: bytes | None = None
         self.graph_format: str | None = None
@@ -103,10 +111,16 @@ class RdcReader:
     # ------------------------------------------------------------------ leading records
     def _read_leading_records(self) -> None:
         """Read META/GRAPH records at the start; keep the first other record head for iteration."""
+        self._leading = []
         while True:
             head = C.read_record_head(self._src)
             if head.rtype in (C.REC_META, C.REC_GRAPH):
+                kind = C.ENTRY_META if head.rtype == C.REC_META else C.ENTRY_GRAPH
+                if any(k >= kind for k, _, _ in self._leading):  # at most one of each, META first
+                    raise CorruptDataError(f"unexpected {head.name} record (at most one META, then one GRAPH)",
+                                           offset=head.offset, record=head.name)
                 self._consume_leading(head)
+                self._leading.append((kind, head.offset - self._start, head.end - head.offset))
             elif head.rtype in C.RECORD_NAMES:
                 self._pending = head
                 return
@@ -138,6 +152,11 @@ class RdcReader:
             self._iterated = True
             head, self._pending = self._pending, None
         recent: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+        # What the index must list (kind, name, offset, stored length), and the names in use.
+        entries = [(kind, "", offset, length) for kind, offset, length in self._leading]
+        names: set[str] = set()
+        tensors: set[str] = set()
+        index_at: int | None = None
         # Where this iteration continues: by-name reads from other threads may move the file.
         pos = head.offset + C.RECORD_HEADER_SIZE if head is not None else self._src.pos
         while True:
@@ -146,13 +165,29 @@ class RdcReader:
                     self._src.seek(pos)  # by-name reads in between moved the file position
                 if head is None:
                     head = C.read_record_head(self._src)
+                if index_at is not None and head.rtype != C.REC_END:
+                    raise CorruptDataError(f"{head.name} record after the index record (only the end record may "
+                                           "follow it)", offset=head.offset, record=head.name)
+                rel = head.offset - self._start
                 if head.rtype == C.REC_TENSOR:
                     payload = C.read_payload(self._src, head)
                     header = C.parse_tensor_header(payload, head.offset + C.RECORD_HEADER_SIZE)
+                    if header.name in names:
+                        raise CorruptDataError(f"duplicate name {header.name!r}", offset=head.offset,
+                                               record="tensor", tensor=header.name)
                     array = self._read_chunks(header, head)
+                    names.add(header.name)
+                    tensors.add(header.name)
+                    entries.append((C.ENTRY_TENSOR, header.name, rel, self._src.pos - head.offset))
                 elif head.rtype == C.REC_ALIAS:
                     payload = C.read_payload(self._src, head)
                     alias, target = C.parse_alias(payload, head.offset + C.RECORD_HEADER_SIZE)
+                    if alias in names:
+                        raise CorruptDataError(f"duplicate name {alias!r}", offset=head.offset, record="alias",
+                                               tensor=alias)
+                    if target not in tensors:
+                        raise CorruptDataError(f"alias {alias!r} refers to {target!r}, which is not a tensor "
+                                               "written before it", offset=head.offset, record="alias", tensor=alias)
                     array = recent.get(target)
                     if array is None:
                         if not self._src.seekable:
@@ -164,17 +199,32 @@ class RdcReader:
                         here = self._src.pos
                         array = self._get_by_name(target, follow_alias=False)
                         self._src.seek(here)
+                    names.add(alias)
+                    entries.append((C.ENTRY_ALIAS, alias, rel, head.end - head.offset))
                     header = None
                 elif head.rtype == C.REC_INDEX:
-                    C.read_payload(self._src, head)
+                    payload = C.read_payload(self._src, head)
+                    listed = C.parse_index(payload, head.offset + C.RECORD_HEADER_SIZE, None)
+                    if [(e.kind, e.name, e.offset, e.length) for e in listed] != entries:
+                        raise CorruptDataError("the index does not list the records of the file",
+                                               offset=head.offset, record="index")
+                    index_at = rel
                     head = None
                     pos = self._src.pos
                     continue
                 elif head.rtype == C.REC_END:
+                    if index_at is None:
+                        raise CorruptDataError("end record without an index record", offset=head.offset, record="end")
                     payload = C.read_payload(self._src, head)
-                    _, length = C.parse_end(payload, head.offset + C.RECORD_HEADER_SIZE)
+                    index_offset, length = C.parse_end(payload, head.offset + C.RECORD_HEADER_SIZE)
                     if length != head.end - self._start:
                         raise CorruptDataError("end record states a different file length", offset=head.offset, record="end")
+                    if index_offset != index_at:
+                        raise CorruptDataError("end record does not point to the index record", offset=head.offset,
+                                               record="end")
+                    rem = self._src.remaining()
+                    if rem:
+                        raise CorruptDataError(f"{rem} bytes after the end record", offset=self._src.pos, record="end")
                     return
                 elif head.rtype in (C.REC_META, C.REC_GRAPH, C.REC_CHUNK):
                     raise CorruptDataError(f"unexpected {head.name} record", offset=head.offset, record=head.name)
@@ -210,12 +260,12 @@ class RdcReader:
                 f"chunks of {header.chunk_elements} elements exceed the format's decoded chunk limit",
                 offset=head.offset, record="tensor", tensor=name,
             )
-        rem = self._src.remaining()
-        if rem is not None and header.chunk_count * (C.RECORD_OVERHEAD + 9) > rem:
-            raise TruncatedError(
-                f"tensor declares {header.chunk_count} chunks, more than the {rem} remaining bytes can hold",
-                offset=head.offset, record="tensor", tensor=name,
-            )
+        span = info.itemsize  # numpy must be able to represent the shape, even with a 0 dimension
+        for d in header.shape:
+            span *= d or 1
+        if span > _MAX_INTP:
+            raise LimitExceededError(f"shape {header.shape} is too large to represent",
+                                     offset=head.offset, record="tensor", tensor=name)
         try:
             codec = codec_from_config(header.codec_id, header.codec_config)
         except RdcError as exc:
@@ -223,8 +273,25 @@ class RdcReader:
         except (TypeError, ValueError) as exc:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
+        rem = self._src.remaining()
+        if rem is not None and header.chunk_count:
+            # Every chunk record takes 29 bytes plus what its codec needs at least: refuse a file that
+            # cannot hold the declared chunks before allocating the output (decompression bombs).
+            need = header.chunk_count * (C.RECORD_OVERHEAD + 9)
+            min_data = getattr(codec, "min_data_bytes", None)
+            if min_data is not None:
+                last = numel - (header.chunk_count - 1) * header.chunk_elements
+                need += (header.chunk_count - 1) * min_data(header.chunk_elements, info) + min_data(last, info)
+            if need > rem:
+                raise TruncatedError(
+                    f"tensor declares {header.chunk_count} {header.codec_id} chunks, which need at least {need} "
+                    f"bytes; {rem} remain",
+                    offset=head.offset, record="tensor", tensor=name,
+                )
         dtype = info.numpy.newbyteorder("<")
-        out = np.empty(numel, dtype=dtype)
+        # On a stream of unknown length a large output grows as chunks arrive (memory follows data).
+        grow = rem is None and nbytes > STREAM_PREALLOC_BYTES
+        out = self._allocate(min(numel, header.chunk_elements) if grow else numel, dtype, nbytes, head, name)
         for index in range(header.chunk_count):
             chead = C.read_record_head(self._src, tensor=name)
             if chead.rtype != C.REC_CHUNK:
@@ -249,11 +316,28 @@ class RdcReader:
             if decoded.shape != (count,):
                 raise CorruptDataError(f"chunk {index} decoded to {decoded.size} elements, expected {count}",
                                        offset=chead.offset, record="chunk", tensor=name)
+            if start + count > out.size:  # growing output (streams): realloc, usually without copying
+                try:
+                    out.resize(min(numel, max(start + count, 2 * out.size)), refcheck=False)
+                except (MemoryError, ValueError) as exc:
+                    raise LimitExceededError(f"cannot allocate memory for the tensor ({exc})", offset=chead.offset,
+                                             record="chunk", tensor=name) from None
             out[start : start + count] = decoded
         if info.kind == "bool" and numel and out.view(np.uint8).max() > 1:
             raise CorruptDataError("bool tensor holds values other than 0 and 1",
                                    offset=head.offset, record="tensor", tensor=name)
         return out.reshape(header.shape)
+
+    def _allocate(self, numel: int, dtype: np.dtype, nbytes: int, head: C.RecordHead, name: str) -> np.ndarray:
+        """The output array; an allocation the machine refuses is a LimitExceededError, not a crash."""
+        try:
+            return np.empty(numel, dtype=dtype)
+        except (MemoryError, ValueError) as exc:
+            raise LimitExceededError(
+                f"cannot allocate {nbytes} bytes for the tensor ({type(exc).__name__}); lower "
+                "Limits.max_tensor_bytes to refuse such files early",
+                offset=head.offset, record="tensor", tensor=name,
+            ) from None
 
     # ------------------------------------------------------------------ by name
     def _load_index(self) -> dict[str, C.IndexEntry]:
@@ -268,10 +352,14 @@ class RdcReader:
         if end_at < self._start + C.FILE_HEADER_SIZE:
             raise TruncatedError("file is too short to hold an end record", offset=size)
         self._src.seek(end_at)
-        head = C.read_record_head(self._src)
-        if head.rtype != C.REC_END or head.length != C.END_PAYLOAD_SIZE:
-            raise TruncatedError("no end record at the end of the file (truncated or not closed)",
-                                 offset=end_at, record="end")
+        raw = self._src.read_exact(C.RECORD_HEADER_SIZE, what="the end record", record="end")
+        rtype, _, length = C._REC_HEAD.unpack_from(raw)
+        if rtype != C.REC_END or length != C.END_PAYLOAD_SIZE:
+            raise TruncatedError("no end record at the end of the file (truncated, not closed, or followed by "
+                                 "other bytes)", offset=end_at, record="end")
+        if C._U32.unpack_from(raw, 12)[0] != C.crc32(raw[:12]):
+            raise ChecksumError("record header CRC mismatch", offset=end_at, record="end")
+        head = C.RecordHead(C.REC_END, 0, C.END_PAYLOAD_SIZE, end_at)
         index_offset, length = C.parse_end(C.read_payload(self._src, head), end_at + C.RECORD_HEADER_SIZE)
         if length != size - self._start:
             raise CorruptDataError(f"end record states a file length of {length}, the file has {size - self._start}",
@@ -284,6 +372,19 @@ class RdcReader:
         if ihead.rtype != C.REC_INDEX or ihead.end != end_at:
             raise CorruptDataError("end record does not point to the index record", offset=index_at, record="index")
         entries = C.parse_index(C.read_payload(self._src, ihead), index_at + C.RECORD_HEADER_SIZE, end_at - self._start)
+        # The index must describe a well-formed file: entries in file order without overlap, ending
+        # before the index; its META/GRAPH entries are exactly the leading records read at open.
+        prev_end = C.FILE_HEADER_SIZE
+        for entry in entries:
+            if entry.offset < prev_end or entry.length < C.RECORD_OVERHEAD:
+                raise CorruptDataError(f"index entry {entry.name!r} overlaps another or is out of file order",
+                                       offset=ihead.offset, record="index")
+            prev_end = entry.offset + entry.length
+        if prev_end > index_offset:
+            raise CorruptDataError("an index entry runs into the index record", offset=ihead.offset, record="index")
+        if [(e.kind, e.offset, e.length) for e in entries if e.kind in (C.ENTRY_META, C.ENTRY_GRAPH)] != self._leading:
+            raise CorruptDataError("index META/GRAPH entries do not match the records at the start of the file",
+                                   offset=ihead.offset, record="index")
         index: dict[str, C.IndexEntry] = {}
         order: list[str] = []
         aliases: dict[str, str] = {}
@@ -294,22 +395,23 @@ class RdcReader:
                     raise CorruptDataError(f"index lists {entry.name!r} twice", offset=ihead.offset, record="index")
                 index[entry.name] = entry
                 order.append(entry.name)
-        self._index, self._order = index, order
         for name in order:
             if index[name].kind == C.ENTRY_ALIAS:
-                aliases[name] = self._read_alias(index[name])
-        self._aliases = aliases
+                aliases[name] = self._read_alias(index[name], index)
+        # Published only once complete: a failed load leaves the reader without a half-built index.
+        self._index, self._order, self._aliases = index, order, aliases
         return index
 
-    def _read_alias(self, entry: C.IndexEntry) -> str:
+    def _read_alias(self, entry: C.IndexEntry, index: dict[str, C.IndexEntry]) -> str:
         self._src.seek(entry.offset)
         head = C.read_record_head(self._src, tensor=entry.name)
         if head.rtype != C.REC_ALIAS:
             raise CorruptDataError(f"index entry {entry.name!r} does not point to an alias record",
                                    offset=entry.offset, record=head.name, tensor=entry.name)
         name, target = C.parse_alias(C.read_payload(self._src, head, tensor=entry.name), entry.offset + C.RECORD_HEADER_SIZE)
-        target_entry = self._index.get(target)
-        if name != entry.name or target_entry is None or target_entry.kind != C.ENTRY_TENSOR:
+        target_entry = index.get(target)
+        if (name != entry.name or head.end - head.offset != entry.length or target_entry is None
+                or target_entry.kind != C.ENTRY_TENSOR or target_entry.offset > entry.offset):
             raise CorruptDataError(f"alias {entry.name!r} is inconsistent with the index",
                                    offset=entry.offset, record="alias", tensor=entry.name)
         return target
@@ -338,7 +440,11 @@ class RdcReader:
         if entry.kind == C.ENTRY_ALIAS:
             entry = self._entry(self._aliases[name])
         header, head = self._tensor_header(entry)
-        return self._read_chunks(header, head)
+        array = self._read_chunks(header, head)
+        if self._src.pos != entry.offset + entry.length:
+            raise CorruptDataError(f"index entry {entry.name!r} does not match the length of its records",
+                                   offset=entry.offset, record="tensor", tensor=entry.name)
+        return array
 
     def get_tensor(self, name: str) -> np.ndarray:
         """Decode one tensor by name (seekable files), reading only its own records."""

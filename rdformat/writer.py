@@ -33,6 +33,22 @@ def resolve_codec(codec: str | Codec | None) -> Codec:
     return get_codec_class(CODEC_ALIASES.get(codec, codec))()
 
 
+def create_temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` (same filesystem, so ``os.replace`` is atomic).
+
+    mkstemp creates files readable by the owner only; a finished model file gets the usual
+    permissions (0666 minus the umask), as if it had been opened normally.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)
+    except (AttributeError, OSError):  # pragma: no cover - platforms without fchmod
+        pass
+    return fd, tmp
+
+
 def _check_name(name: object, what: str = "tensor name") -> str:
     if not isinstance(name, str):
         raise InvalidInputError(f"{what} must be a str, not {type(name).__name__}")
@@ -83,7 +99,7 @@ class Writer:
         self._tmp: str | None = None
         if isinstance(target, (str, os.PathLike)):
             self._path = Path(target)
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp", dir=self._path.parent or ".")
+            fd, self._tmp = create_temp_beside(self._path)
             self._stream: BinaryIO = os.fdopen(fd, "wb")
         else:
             if not hasattr(target, "write"):
@@ -176,7 +192,8 @@ class Writer:
         start = self._record(C.REC_TENSOR, header.to_bytes())
         try:
             for index, data in enumerate(payloads):
-                prefix = C.chunk_payload_prefix(index, self.pos + C.RECORD_HEADER_SIZE)
+                prefix = C.chunk_payload_prefix(index, self.pos + C.RECORD_HEADER_SIZE,
+                                                align=isinstance(chosen, RawCodec))
                 self._record(C.REC_CHUNK, prefix + data)
         except BaseException:
             self.abort()

@@ -20,6 +20,7 @@ from .base import Codec
 PLANE_RAW = 0
 PLANE_CONSTANT = 1
 PLANE_ANS = 2
+PLANE_ANS_PAIRS = 3
 TRANSFORMS = ("none", "rotl1")
 _UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
@@ -92,12 +93,25 @@ class ByteSplitCodec(Codec):
             return bytes([PLANE_CONSTANT, int(present[0])])
         table = FrequencyTable.from_counts(present, counts[present], precision=self.precision)
         estimate = table.cost_bits(counts[present]) / 8 + 64 + 12 * max(1, n // 2048)
-        if estimate <= n * (1.0 - self.min_gain):
-            block = ans.encode(plane, table)
-            coded = table.to_bytes()
-            if len(block) + len(coded) + 8 < n:
-                return b"".join([bytes([PLANE_ANS]), coded, len(block).to_bytes(8, "little"), block])
-        return bytes([PLANE_RAW]) + plane.tobytes()
+        if estimate > n * (1.0 - self.min_gain):
+            return bytes([PLANE_RAW]) + plane.tobytes()
+        best = (estimate, PLANE_ANS, plane, table)
+        if n >= 4096:
+            # Coding byte pairs halves the symbols to decode; worth it while the bigger table stays small.
+            pairs = _pairs(plane)
+            pcounts = np.bincount(pairs, minlength=1)
+            ppresent = np.flatnonzero(pcounts)
+            if ppresent.size <= 4096:
+                ptable = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=16)
+                pest = ptable.cost_bits(pcounts[ppresent]) / 8 + 3 * ppresent.size + 12 * max(1, n // 4096)
+                if pest <= estimate * 1.005:
+                    best = (pest, PLANE_ANS_PAIRS, pairs, ptable)
+        _, mode, symbols, table = best
+        block = ans.encode(symbols, table)
+        coded = table.to_bytes()
+        if len(block) + len(coded) + 9 >= n:
+            return bytes([PLANE_RAW]) + plane.tobytes()
+        return b"".join([bytes([mode]), coded, len(block).to_bytes(8, "little"), block])
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
         """Rebuild the planes, interleave them and undo the transform."""
@@ -120,7 +134,7 @@ class ByteSplitCodec(Codec):
                     raise CorruptDataError(f"bytesplit constant plane {k} is truncated", offset=pos)
                 planes[:, k] = buf[pos]
                 pos += 1
-            elif mode == PLANE_ANS:
+            elif mode in (PLANE_ANS, PLANE_ANS_PAIRS):
                 try:
                     table, pos = FrequencyTable.from_bytes(buf, pos)
                 except RdcError as exc:
@@ -131,9 +145,18 @@ class ByteSplitCodec(Codec):
                 pos += 8
                 if n > len(buf) - pos:
                     raise CorruptDataError(f"bytesplit plane {k} block runs past the chunk", offset=pos)
-                if table.symbols[-1] > 255:
-                    raise CorruptDataError(f"bytesplit plane {k} table has symbols above 255", offset=pos)
-                planes[:, k] = ans.decode(memoryview(buf)[pos : pos + n], count, table, out_dtype=np.uint8)
+                limit = 255 if mode == PLANE_ANS else 65535
+                if table.symbols[-1] > limit:
+                    raise CorruptDataError(f"bytesplit plane {k} table has symbols above {limit}", offset=pos)
+                block = memoryview(buf)[pos : pos + n]
+                if mode == PLANE_ANS:
+                    planes[:, k] = ans.decode(block, count, table, out_dtype=np.uint8)
+                else:
+                    pairs = ans.decode(block, -(-count // 2), table, out_dtype=np.uint16)
+                    as_bytes = pairs.astype("<u2").view(np.uint8)
+                    if count % 2 and as_bytes[-1]:
+                        raise CorruptDataError(f"bytesplit plane {k}: nonzero padding byte", offset=pos)
+                    planes[:, k] = as_bytes[:count]
                 pos += n
             else:
                 raise CorruptDataError(f"bytesplit plane {k} has unknown mode {mode}", offset=pos - 1)
@@ -143,3 +166,10 @@ class ByteSplitCodec(Codec):
         if self.transform == "rotl1":
             words = _rotate(words, 8 * w, left=False)
         return words.view(dtype.numpy.newbyteorder("<"))
+
+
+def _pairs(plane: np.ndarray) -> np.ndarray:
+    """Byte pairs as symbols ``b[2i] + 256 * b[2i+1]`` (an odd plane is padded with a zero byte)."""
+    if plane.size % 2:
+        plane = np.concatenate([plane, np.zeros(1, np.uint8)])
+    return plane.view("<u2").astype(np.uint32)

@@ -27,6 +27,10 @@ class RawCodec(Codec):
         """The chunk's bytes as they are."""
         return elements.tobytes()
 
+    def min_data_bytes(self, count: int, dtype: DtypeInfo) -> int:
+        """Smallest chunk data that can hold ``count`` elements (the reader's bomb check)."""
+        return count * dtype.itemsize
+
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
         """View the bytes as elements (no copy)."""
         if len(data) != count * dtype.itemsize:

@@ -112,13 +112,16 @@ class SQCodec(Codec):
             groups = _group(z, k, radix)
             counts = np.bincount(groups)
             present = np.flatnonzero(counts)
-            table = FrequencyTable.from_counts(present, counts[present], precision=TABLE_PRECISION)
-            table_bytes = table.to_bytes()
-            # ideal payload + table + ~8 bytes per ANS lane (one lane per ~1024 symbols at most)
-            cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + 8 * max(1, groups.size // 1024)
-            # Larger groups decode proportionally faster: take them unless they cost over 1% more.
-            if best is None or cost <= best[0] * 1.01:
-                best = (min(cost, best[0]) if best else cost, k, groups, table, table_bytes)
+            # Coarser tables cost fewer bytes to store: small chunks pick a lower precision.
+            lowest = max(8, int(present.size - 1).bit_length() + 1)
+            for precision in sorted({min(max(p, lowest), TABLE_PRECISION) for p in (10, 12, 14, 16)}):
+                table = FrequencyTable.from_counts(present, counts[present], precision=precision)
+                table_bytes = table.to_bytes()
+                # ideal payload + table + ~8 bytes per ANS lane (one lane per ~1024 symbols at most)
+                cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + 8 * max(1, groups.size // 1024)
+                # Larger groups decode proportionally faster: take them unless they cost over 1% more.
+                if best is None or cost <= best[0] * (1.01 if k > best[1] else 1.0):
+                    best = (min(cost, best[0]) if best else cost, k, groups, table, table_bytes)
         _, k, groups, table, table_bytes = best
         head = bytes([MODE_TABLE, k]) + radix.to_bytes(4, "little")
         return head + table_bytes + ans.encode(groups, table)
@@ -171,9 +174,13 @@ class SQCodec(Codec):
         # Reconstruct each present group once, then gather: decoding is one lookup per group.
         present = table.symbols.astype(np.int64)
         values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2, out_dtype)
-        lut = np.zeros((radix ** k, k), dtype=out_dtype)
-        lut[present] = values.reshape(-1, k)
-        return lut[symbols].reshape(-1)[:count]
+        values = values.reshape(-1, k)
+        if radix ** k <= 4 * symbols.size:
+            lut = np.zeros((radix ** k, k), dtype=out_dtype)
+            lut[present] = values
+            return lut[symbols].reshape(-1)[:count]
+        # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
+        return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
 
 
 MAX_GROUP = 8
