@@ -68,7 +68,8 @@ def _check_step(step: float, amax: float) -> float:
     if not np.isfinite(step) or step <= 0:
         raise InvalidInputError(f"step must be a positive finite number, got {step}")
     # Keep every level within the codec's range (a smaller step would be lossless territory anyway).
-    return max(step, amax / (MAX_LEVEL - 1)) if amax > 0 else step
+    step = max(step, amax / (MAX_LEVEL - 1)) if amax > 0 else step
+    return float(f"{step:.6g}")  # stored in the header as JSON: a short exact decimal
 
 
 def quantize_uniform(x: np.ndarray, step: float) -> QuantizedTensor:
@@ -112,7 +113,8 @@ def _fit_offsets(a: np.ndarray, k: np.ndarray, distortion: str) -> tuple[float, 
         means = [sums[i] / counts[i] if counts[i] else 0.0 for i in (1, 2)]
     else:
         means = [float(np.median(k[sel] - a[sel])) if sel.any() else 0.0 for sel in (k == 1, k >= 2)]
-    return tuple(min(max(float(m), 0.0), 0.5) for m in means)
+    # Four significant digits are plenty and keep the tensor header short.
+    return tuple(float(f"{min(max(float(m), 0.0), 0.5):.4g}") for m in means)
 
 
 def quantize_rdo(

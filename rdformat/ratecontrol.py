@@ -22,7 +22,7 @@ from .quantize import DEFAULT_LAMBDA, quantize_rdo
 from .codecs.sq import zigzag
 
 #: Tensors with fewer elements, or fewer than two dimensions (biases, norms), stay lossless.
-DEFAULT_MIN_ELEMENTS = 256
+DEFAULT_MIN_ELEMENTS = 16
 #: Approximate per-tensor container cost in bytes (records, CRCs, header, index entry).
 TENSOR_OVERHEAD_BYTES = 140
 
@@ -223,8 +223,8 @@ def save_lossy(
                     e2 = float(np.sum(diff * diff))
                     err2 += e2
                     norm = float(np.sum(np.asarray(a, dtype=np.float64) ** 2))
-                    stats = {"rel_l2_error": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.4g}"),
-                             "sparsity": float(f"{q.sparsity:.4g}")}
+                    stats = {"rel_l2_error": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.3g}"),
+                             "sparsity": float(f"{q.sparsity:.3g}")}
                     w.add(n, q.prepared(stats))
                 else:
                     w.add(n, a, structural=n in structural)

@@ -192,8 +192,9 @@ class Writer:
         start = self._record(C.REC_TENSOR, header.to_bytes())
         try:
             for index, data in enumerate(payloads):
+                # Raw chunks big enough to be worth mapping are 64-byte aligned; others skip the padding.
                 prefix = C.chunk_payload_prefix(index, self.pos + C.RECORD_HEADER_SIZE,
-                                                align=isinstance(chosen, RawCodec))
+                                                align=isinstance(chosen, RawCodec) and len(data) >= 4096)
                 self._record(C.REC_CHUNK, prefix + data)
         except BaseException:
             self.abort()

@@ -15,6 +15,7 @@ The codec stores levels; producing them (choosing ``step`` and levels) is the jo
 from __future__ import annotations
 
 import math
+import struct
 import numpy as np
 
 from ..dtypes import DtypeInfo
@@ -25,6 +26,7 @@ from .base import Codec
 
 MODE_ZERO = 0
 MODE_TABLE = 1
+MODE_PARAMETRIC = 2
 #: Largest |level| the codec stores (zigzag symbols stay below 2**16, one table holds them all).
 MAX_LEVEL = (1 << 15) - 1
 #: Table precision: 16 bits keeps the model cost of rare large levels close to ideal.
@@ -96,7 +98,7 @@ class SQCodec(Codec):
                    stats if isinstance(stats, dict) else None)
 
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
-        """Encode a chunk of integer levels as ANS-coded groups of ``k`` zigzag symbols."""
+        """Encode a chunk of integer levels with the cheapest model: explicit table or parametric."""
         if elements.dtype.kind not in "iu":
             raise InvalidInputError("the sq codec stores integer levels; quantize with rdformat.quantize first")
         if elements.size and int(np.abs(elements.astype(np.int64)).max()) > MAX_LEVEL:
@@ -105,6 +107,8 @@ class SQCodec(Codec):
             return bytes([MODE_ZERO])
         z = zigzag(elements)
         radix = int(z.max()) + 1
+        lanes_bytes = 8 * max(1, z.size // 1024)
+        # (estimated bytes, mode, group size k, symbols, table, model bytes)
         best = None
         for k in range(1, MAX_GROUP + 1):
             if radix ** k > MAX_GROUP_SYMBOLS or (k > 1 and k > z.size):
@@ -117,14 +121,21 @@ class SQCodec(Codec):
             for precision in sorted({min(max(p, lowest), TABLE_PRECISION) for p in (10, 12, 14, 16)}):
                 table = FrequencyTable.from_counts(present, counts[present], precision=precision)
                 table_bytes = table.to_bytes()
-                # ideal payload + table + ~8 bytes per ANS lane (one lane per ~1024 symbols at most)
-                cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + 8 * max(1, groups.size // 1024)
+                cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + lanes_bytes
                 # Larger groups decode proportionally faster: take them unless they cost over 1% more.
-                if best is None or cost <= best[0] * (1.01 if k > best[1] else 1.0):
-                    best = (min(cost, best[0]) if best else cost, k, groups, table, table_bytes)
-        _, k, groups, table, table_bytes = best
-        head = bytes([MODE_TABLE, k]) + radix.to_bytes(4, "little")
-        return head + table_bytes + ans.encode(groups, table)
+                if best is None or cost <= best[0] * (1.01 if k > best[2] else 1.0):
+                    best = (min(cost, best[0]) if best else cost, MODE_TABLE, k, groups, table, table_bytes)
+        if radix <= MAX_PARAMETRIC_RADIX:
+            # Small chunks: a two-parameter model costs 5 bytes where an explicit table costs hundreds.
+            counts = np.bincount(z, minlength=radix)
+            for precision, p0, theta in _parametric_candidates(counts):
+                table = parametric_table(radix, precision, p0, theta)
+                cost = table.cost_bits(counts) / 8 + 5 + lanes_bytes
+                if cost < best[0]:
+                    best = (cost, MODE_PARAMETRIC, 1, z, table, struct.pack("<BHH", precision, p0, theta))
+        _, mode, k, groups, table, model_bytes = best
+        head = bytes([mode, k]) + radix.to_bytes(4, "little")
+        return head + model_bytes + ans.encode(groups, table)
 
     def decode_levels(self, data: memoryview, count: int) -> np.ndarray:
         """The stored integer levels of one chunk."""
@@ -141,17 +152,24 @@ class SQCodec(Codec):
             if len(buf) != 1:
                 raise CorruptDataError("sq all-zero chunk has trailing bytes", offset=1)
             return 0, 0, None, None
-        if buf[0] != MODE_TABLE:
+        if buf[0] not in (MODE_TABLE, MODE_PARAMETRIC):
             raise CorruptDataError(f"sq chunk has unknown mode {buf[0]}", offset=0)
         if len(buf) < 6:
             raise CorruptDataError("sq chunk header is truncated", offset=len(buf))
         k, radix = buf[1], int.from_bytes(buf[2:6], "little")
         if not 1 <= k <= MAX_GROUP or not 1 <= radix <= 2 * MAX_LEVEL + 1 or radix ** k > MAX_GROUP_SYMBOLS:
             raise CorruptDataError(f"sq chunk has an invalid group size {k} or radix {radix}", offset=1)
-        try:
-            table, pos = FrequencyTable.from_bytes(buf, 6)
-        except RdcError as exc:
-            raise exc.with_context(record="chunk")
+        if buf[0] == MODE_PARAMETRIC:
+            if k != 1 or radix > MAX_PARAMETRIC_RADIX or len(buf) < 11:
+                raise CorruptDataError("sq parametric chunk has a bad header", offset=1)
+            precision, p0, theta = struct.unpack_from("<BHH", buf, 6)
+            table = parametric_table(radix, precision, p0, theta)  # validates the parameters
+            pos = 11
+        else:
+            try:
+                table, pos = FrequencyTable.from_bytes(buf, 6)
+            except RdcError as exc:
+                raise exc.with_context(record="chunk")
         if int(table.symbols[-1]) >= radix ** k:
             raise CorruptDataError("sq table holds a symbol beyond radix**k", offset=6)
         ngroups = -(-count // k)
@@ -201,3 +219,57 @@ def _ungroup(symbols: np.ndarray, k: int, radix: int) -> np.ndarray:
     """Inverse of :func:`_group` (without removing the padding)."""
     s = symbols.astype(np.int64).reshape(-1, 1)
     return ((s // (radix ** np.arange(k, dtype=np.int64))) % radix).reshape(-1)
+
+
+#: The parametric model lists every symbol below the radix, so it is only offered for small alphabets.
+MAX_PARAMETRIC_RADIX = 1024
+
+
+def parametric_table(radix: int, precision: int, p0: int, theta: int) -> FrequencyTable:
+    """The normative two-parameter model of spec section 5.3 (integer arithmetic only).
+
+    Zigzag symbol 0 (level 0) gets about ``p0 / 2**16`` of the mass; a symbol of magnitude m >= 1
+    gets a weight ``w(m)`` with ``w(1) = 2**24`` and ``w(m+1) = (w(m) * theta) >> 16`` (a discrete
+    Laplacian). Every symbol below ``radix`` gets a frequency of at least 1.
+    """
+    if not (2 <= radix <= MAX_PARAMETRIC_RADIX and 8 <= precision <= 16 and 1 <= p0 <= 65535 and 1 <= theta <= 65535):
+        raise CorruptDataError(f"sq parametric model out of range (radix {radix}, precision {precision}, "
+                               f"p0 {p0}, theta {theta})")
+    total = 1 << precision
+    if radix > total:
+        raise CorruptDataError(f"sq parametric model: {radix} symbols do not fit precision {precision}")
+    nonzero = radix - 1
+    f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
+    rest = total - f0 - nonzero
+    mags = (np.arange(1, radix, dtype=np.int64) + 1) >> 1  # magnitude of each zigzag symbol >= 1
+    w = np.empty(int(mags.max()) + 1, dtype=np.int64)
+    w[0] = 0
+    value = 1 << 24
+    for m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
+        w[m] = value
+        value = (value * theta) >> 16
+    weights = w[mags]
+    wsum = int(weights.sum())
+    freqs = np.ones(radix, dtype=np.int64)
+    if wsum:
+        freqs[1:] += (rest * weights) // wsum
+    freqs[0] = total - int(freqs[1:].sum())
+    return FrequencyTable(precision, np.arange(radix, dtype=np.uint32), freqs.astype(np.uint32))
+
+
+def _parametric_candidates(counts: np.ndarray):
+    """A few (precision, p0, theta) settings around the maximum-likelihood fit of the counts."""
+    n = int(counts.sum())
+    c0 = int(counts[0])
+    mags = (np.arange(counts.size) + 1) >> 1
+    nz = n - c0
+    mean_mag = float((counts[1:] * mags[1:]).sum()) / nz if nz else 1.0
+    theta0 = min(max(1.0 - 1.0 / max(mean_mag, 1.0 + 1e-9), 1 / 65536), 65535 / 65536)
+    p00 = min(max(c0 / n, 1 / 65536), 65535 / 65536)
+    lowest = max(8, int(counts.size - 1).bit_length() + 1)
+    for precision in sorted({min(max(p, lowest), 16) for p in (12, 16)}):
+        for dp in (0.85, 1.0, 1.15):
+            for dt in (0.9, 1.0, 1.1):
+                p0 = int(min(max(round(p00 * dp * 65536), 1), 65535))
+                theta = int(min(max(round(theta0 ** dt * 65536), 1), 65535))
+                yield precision, p0, theta
