@@ -35,7 +35,7 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -517,7 +517,52 @@ def tensors_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return True
 
 
+def estimate_sensitivity(
+    module: "torch.nn.Module",
+    batches: Iterable[Any],
+    loss_fn: Callable[["torch.nn.Module", Any], "torch.Tensor"],
+) -> dict[str, float]:
+    """Per-tensor sensitivity for lossy rate control, from a calibration set.
+
+    Returns the mean squared gradient of the loss (the diagonal empirical Fisher information,
+    averaged over each parameter tensor and over the batches). To second order, a weight error
+    ``e`` raises the loss by about ``0.5 * sum(F * e**2)``, so passing the result as
+    ``rdformat.save(..., sensitivity=...)`` gives each tensor the step that equalises its marginal
+    loss per bit: tensors whose errors hurt the task get finer steps.
+
+    Args:
+        module: the model (its parameters' ``requires_grad`` state is restored afterwards).
+        batches: calibration batches, passed one at a time to ``loss_fn``.
+        loss_fn: ``loss_fn(module, batch) -> scalar loss tensor``.
+    """
+    params = {name: p for name, p in module.named_parameters()}
+    sums = {name: 0.0 for name in params}
+    count = 0
+    was_training = module.training
+    module.eval()
+    try:
+        for batch in batches:
+            module.zero_grad(set_to_none=True)
+            loss = loss_fn(module, batch)
+            loss.backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    sums[name] += float(p.grad.detach().double().pow(2).mean())
+            count += 1
+    finally:
+        module.zero_grad(set_to_none=True)
+        module.train(was_training)
+    if count == 0:
+        raise InvalidInputError("estimate_sensitivity needs at least one calibration batch")
+    # A floor keeps tensors with (near) zero gradient from getting an unbounded step.
+    values = {name: total / count for name, total in sums.items()}
+    positive = [v for v in values.values() if v > 0]
+    floor = (min(positive) if positive else 1.0) * 1e-3
+    return {name: max(v, floor) for name, v in values.items()}
+
+
 __all__ = [
+    "estimate_sensitivity",
     "UnsafeCheckpointError",
     "save",
     "save_file",
