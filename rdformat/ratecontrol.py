@@ -198,6 +198,16 @@ def save_lossy(
                 raise InvalidInputError(f"lossy tensor {n!r} is not in the model")
             if n in structural:
                 raise InvalidInputError(f"tensor {n!r} is structural and is never stored lossy")
+    if not names:
+        # Nothing qualifies for quantization (e.g. only biases): the file is simply lossless.
+        from .writer import save as save_lossless
+
+        summary = save_lossless(tensors, target, metadata=metadata, graph=graph, graph_format=graph_format,
+                                aliases=aliases, structural=structural, chunk_bytes=chunk_bytes)
+        if size is not None and summary["bytes"] > size:
+            raise InvalidInputError(f"size {size} bytes cannot be met: no tensor can be quantized and the "
+                                    f"lossless file takes {summary['bytes']} bytes")
+        return {**summary, "lossy_tensors": 0, "lossy_weights": 0, "rel_l2_error": 0.0}
     lossless_bytes = 0
     if size is not None:
         buf = io.BytesIO()
