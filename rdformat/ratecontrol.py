@@ -202,11 +202,14 @@ def save_lossy(
         # Nothing qualifies for quantization (e.g. only biases): the file is simply lossless.
         from .writer import save as save_lossless
 
-        summary = save_lossless(tensors, target, metadata=metadata, graph=graph, graph_format=graph_format,
-                                aliases=aliases, structural=structural, chunk_bytes=chunk_bytes)
-        if size is not None and summary["bytes"] > size:
-            raise InvalidInputError(f"size {size} bytes cannot be met: no tensor can be quantized and the "
-                                    f"lossless file takes {summary['bytes']} bytes")
+        options = dict(metadata=metadata, graph=graph, graph_format=graph_format, aliases=aliases,
+                       structural=structural, chunk_bytes=chunk_bytes)
+        if size is not None:  # check the ceiling before touching the target
+            probe = save_lossless(tensors, io.BytesIO(), **options)
+            if probe["bytes"] > size:
+                raise InvalidInputError(f"size {size} bytes cannot be met: no tensor can be quantized and "
+                                        f"the lossless file takes {probe['bytes']} bytes")
+        summary = save_lossless(tensors, target, **options)
         return {**summary, "lossy_tensors": 0, "lossy_weights": 0, "rel_l2_error": 0.0}
     lossless_bytes = 0
     if size is not None:

@@ -202,8 +202,10 @@ def test_errors_are_one_line(tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"\x00\x01 not a model")
     cases.append(("compress", tmp_path / "junk.bin", tmp_path / "o.rdc"))
     np.savez(tmp_path / "a.npz", a=np.ones(3))
-    cases.append(("compress", "--bits", "4", tmp_path / "a.npz", tmp_path / "o.rdc"))
-    cases.append(("compress", "--rel-error", "0.01", tmp_path / "a.npz", tmp_path / "o.rdc"))
+    cases.append(("compress", "--bits", "4", "--rel-error", "0.01", tmp_path / "a.npz", tmp_path / "o.rdc"))
+    cases.append(("compress", "--bits", "-1", tmp_path / "a.npz", tmp_path / "o.rdc"))
+    cases.append(("compress", "--size", "10", tmp_path / "a.npz", tmp_path / "o.rdc"))
+    cases.append(("compress", "--method", "magic", "--bits", "3", tmp_path / "a.npz", tmp_path / "o.rdc"))
     rdc("compress", tmp_path / "a.npz", tmp_path / "a.rdc")
     cases.append(("decompress", tmp_path / "a.rdc", tmp_path / "o.unknown"))
     cases.append(("decompress", tmp_path / "a.rdc", tmp_path / "o.onnx"))
@@ -219,3 +221,17 @@ def test_demo():
     proc = rdc("demo")
     assert "bit-exact: yes" in proc.stdout
     assert "ratio" in proc.stdout and "bytes" in proc.stdout
+
+
+def test_lossy_compress_through_the_cli(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "m.npz", w=rng.laplace(0, 0.05, (64, 64)).astype(np.float32), b=np.ones(64, np.float32))
+    out = rdc("compress", "--bits", "3", tmp_path / "m.npz", tmp_path / "m.rdc")
+    assert "lossy sq" in out.stdout
+    info = json.loads(rdc("info", "--json", tmp_path / "m.rdc").stdout)
+    rows = {r["name"]: r for r in info["tensors"]}
+    assert rows["w"]["codec"] == "sq" and 2.5 < rows["w"]["bits_per_weight"] < 4.5
+    assert 0 < rows["w"]["rel_error"] < 0.3 and rows["b"]["codec"] in ("raw", "bytesplit")
+    rdc("decompress", tmp_path / "m.rdc", tmp_path / "back.npz")
+    back = np.load(tmp_path / "back.npz")
+    assert np.array_equal(back["b"], np.ones(64, np.float32))
