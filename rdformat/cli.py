@@ -180,7 +180,7 @@ def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
             stats = ti.codec_config.get("stats") if isinstance(ti.codec_config, dict) else None
             stats = stats if isinstance(stats, dict) else {}
             row["sparsity"] = stats.get("sparsity")
-            row["rel_error"] = stats.get("rel_l2_error")
+            row["rel_error"] = stats.get("err")
             if row["rel_error"] is None and ti.codec in ("raw", "bytesplit"):
                 row["rel_error"] = 0.0  # lossless codecs
             if not alias_of:

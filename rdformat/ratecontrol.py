@@ -236,7 +236,8 @@ def save_lossy(
                     e2 = float(np.sum(diff * diff))
                     err2 += e2
                     norm = float(np.sum(np.asarray(a, dtype=np.float64) ** 2))
-                    stats = {"rel_l2_error": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.3g}"),
+                    # Informational (shown by `rdc info`): relative L2 error and sparsity of this tensor.
+                    stats = {"err": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.3g}"),
                              "sparsity": float(f"{q.sparsity:.3g}")}
                     w.add(n, q.prepared(stats))
                 else:

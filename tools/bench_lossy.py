@@ -167,7 +167,7 @@ def part_laplacian(quick: bool, report: list, plots: dict) -> None:
         rows.append(("rdformat sq (RDO, MAE)", f"step {step}", f"{bits:.3f}", f"{D:.4f}", f"{math.log2(b / D):.3f}",
                      f"{bits - math.log2(b / D):.3f}", f"{np.mean((y - x) ** 2):.5f}",
                      f"{x.size / t_enc / 1e6:.1f}", f"{x.size / t_dec / 1e6:.1f}"))
-    res, why = nncodec({"x": x}, [-20, -26, -32, -38, -44] if not quick else [-26, -38])
+    res, why = nncodec({"x": x}, [8, 4, 0, -4, -8, -12] if not quick else [4, -8])
     if res is None:
         rows.append(("NNCodec 2.1.3", why, "", "", "", "", "", "", ""))
     else:
@@ -216,7 +216,7 @@ def part_mtcnn(quick: bool, report: list, plots: dict) -> None:
         for k in (8, 4):
             size, back = intk_zstd(sd, k)
             rows.append((f"int{k} per-channel + zstd-3", "", f"{8 * size / n:.3f}", f"{rel_l2(sd, back):.4f}", "", ""))
-        res, why = nncodec(sd, [-22, -28, -34, -40] if not quick else [-28])
+        res, why = nncodec(sd, [-16, -22, -28, -34, -40] if not quick else [-28])
         if res is None:
             rows.append(("NNCodec 2.1.3", why, "", "", "", ""))
         else:

@@ -82,7 +82,12 @@ class SQCodec(Codec):
 
     def get_config(self) -> dict:
         """Step and offsets (exact float64 values round-trip through JSON)."""
-        config = {"step": self.step, "offset1": self.offset1, "offset2": self.offset2}
+        config = {"step": self.step}
+        # Zero offsets are the default: leaving them out keeps small tensors' headers short.
+        if self.offset1:
+            config["offset1"] = self.offset1
+        if self.offset2:
+            config["offset2"] = self.offset2
         if self.stats:
             config["stats"] = self.stats
         return config
