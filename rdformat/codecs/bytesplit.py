@@ -113,6 +113,10 @@ class ByteSplitCodec(Codec):
             return bytes([PLANE_RAW]) + plane.tobytes()
         return b"".join([bytes([mode]), coded, len(block).to_bytes(8, "little"), block])
 
+    def min_data_bytes(self, count: int, dtype: DtypeInfo) -> int:
+        """Smallest chunk data for ``count`` elements: every plane takes at least 2 bytes (reader's bomb check)."""
+        return 2 * dtype.itemsize
+
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
         """Rebuild the planes, interleave them and undo the transform."""
         w = dtype.itemsize

@@ -1,0 +1,92 @@
+"""Bounded fuzz smoke (no atheris): every fuzz harness's one-input function over its seed corpus
+(the conformance vectors) plus a few thousand deterministic structure-aware mutations.
+
+Only :class:`rdformat.RdcError` may escape the library; an oracle violation (a file that one reading
+path accepts and another rejects or decodes differently, a non-canonical ANS block accepted...) is a
+failure too. Long runs use atheris: see fuzz/README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
+sys.path.insert(0, str(FUZZ))
+
+import harnesses as H  # noqa: E402
+import rdcfuzz as F  # noqa: E402
+
+# Mutated inputs per harness (the seeds run in addition). ~25 s in total on one core.
+RUNS = {
+    "load_bytes": 2500,
+    "load_stream": 2500,
+    "by_name": 2500,
+    "codec_raw": 3000,
+    "codec_bytesplit": 4000,
+    "ans_decode": 3000,
+    "table_from_bytes": 3000,
+}
+#: Wall-clock bound per input. The fuzzing timeout is 1 s; this leaves room for a loaded CI machine.
+HANG_SECONDS = 5.0
+
+
+def test_every_harness_is_smoked():
+    assert set(RUNS) == set(H.HARNESSES)
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_harness_smoke(name, tmp_path):
+    harness = H.HARNESSES[name]
+    seeds = harness.seeds()
+    assert seeds, f"no seeds for {name}: are spec/vectors/ generated?"
+    pool = [F.RdcFile.parse(s) for s in seeds] if harness.fix_crcs else None
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    failures = []
+    slowest = (0.0, b"")
+    for i in range(len(seeds) + RUNS[name]):
+        if i < len(seeds):
+            data = seeds[i]
+        else:
+            data = seeds[int(rng.integers(len(seeds)))]
+            for _ in range(int(rng.integers(1, 4))):  # stacked mutations reach deeper states
+                data = harness.mutate(rng, data, pool)
+        t0 = time.perf_counter()
+        try:
+            harness.one_input(data)
+        except Exception as exc:  # noqa: BLE001 - anything but RdcError is a finding
+            path = tmp_path / f"{name}-{i}.bin"
+            path.write_bytes(data)
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            failures.append(f"input {i} ({path}): {type(exc).__name__}: {exc} "
+                            f"[{Path(where.filename).name}:{where.lineno}]")
+        elapsed = time.perf_counter() - t0
+        if elapsed > slowest[0]:
+            slowest = (elapsed, data)
+    assert not failures, f"{len(failures)} findings in {name}:\n" + "\n".join(failures[:20])
+    assert slowest[0] < HANG_SECONDS, f"{name}: an input of {len(slowest[1])} bytes took {slowest[0]:.1f} s"
+
+
+def test_mutations_are_deterministic():
+    harness = H.HARNESSES["load_bytes"]
+    seeds = harness.seeds()
+    pool = [F.RdcFile.parse(s) for s in seeds]
+
+    def run():
+        rng = np.random.default_rng(123)
+        return [harness.mutate(rng, seeds[i % len(seeds)], pool) for i in range(200)]
+
+    assert run() == run()
+
+
+def test_fixup_keeps_valid_files_valid():
+    """Parsing and re-serialising with fix-ups reproduces every valid vector byte for byte."""
+    for data in F.valid_vector_files():
+        assert F.RdcFile.parse(data).to_bytes(fix=True) == data
+        assert F.RdcFile.parse(data).to_bytes(fix=False) == data

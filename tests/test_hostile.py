@@ -1,0 +1,355 @@
+"""Hostile inputs: regression tests for what fuzzing and review found in the decoder, and the limits
+that keep a stranger's file from costing more than its size (decompression bombs, forged lengths,
+super-linear work).
+
+Every test builds its file from records with valid CRCs, so the damage reaches the code behind them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import struct
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rdformat
+from rdformat import container as C
+from rdformat import reader as R
+from rdformat.entropy import FrequencyTable, ans
+from rdformat.errors import (
+    ChecksumError,
+    CorruptDataError,
+    LimitExceededError,
+    RdcError,
+    TruncatedError,
+)
+
+from helpers import NonSeekable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gen_vectors():
+    if "gen_vectors" in sys.modules:
+        return sys.modules["gen_vectors"]
+    spec = importlib.util.spec_from_file_location("gen_vectors", ROOT / "tools" / "gen_vectors.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gen_vectors"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+G = _gen_vectors()
+W = np.arange(6, dtype="<f4")
+
+
+def tensor(name: str, dtype_code: int, dims, chunk_elements: int, chunk_count: int, codec: str = "raw",
+           config: str = "{}") -> list:
+    return [C.REC_TENSOR, 0, G.tensor_payload(name, dtype_code, list(dims), chunk_elements, chunk_count, codec, config)]
+
+
+def raw_chunk(index: int, data: bytes) -> list:
+    return G.chunk(index, data)
+
+
+def alias(name: str, target: str) -> list:
+    return [C.REC_ALIAS, 0, C.pack_str(name) + C.pack_str(target)]
+
+
+META = [C.REC_META, 0, b'{"m":1}']
+W_RECS = [tensor("w", 12, [6], 6, 1), raw_chunk(0, W.tobytes())]
+
+
+def modes(data: bytes):
+    """The three reading paths, each a thunk returning {name: array}."""
+
+    def by_name():
+        with rdformat.open(io.BytesIO(data)) as f:
+            return {n: f.get_tensor(n) for n in f.keys()}
+
+    return {"bytes": lambda: rdformat.load(data), "stream": lambda: rdformat.load(NonSeekable(data)),
+            "by_name": by_name}
+
+
+def assert_all_raise(data: bytes, cls: type, only=("bytes", "stream", "by_name")) -> None:
+    for mode, fn in modes(data).items():
+        if mode in only:
+            with pytest.raises(cls):
+                fn()
+
+
+def peak_traced(fn) -> tuple[int, BaseException | None]:
+    """Peak bytes allocated (Python and numpy) while running ``fn``, and the exception it raised."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    err = None
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - returned to the caller
+        err = exc
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak, err
+
+
+# ------------------------------------------------------------------------------------------------
+# findings (each failed before the fix named in its docstring)
+
+
+def test_empty_tensor_with_huge_dimension_is_an_rdc_error():
+    """numpy cannot represent shape (0, 2**62): reshape raised ValueError out of load()."""
+    data = G.assemble([tensor("e", 2, [0, 1 << 62], 1, 0), tensor("f", 12, [1 << 40, 1 << 40, 0], 1, 0)])
+    assert_all_raise(data, LimitExceededError)
+
+
+def test_refused_allocation_is_an_rdc_error(monkeypatch):
+    """An output allocation the machine refuses (MemoryError) escaped load(); now LimitExceededError."""
+
+    class NoMemory:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def empty(*args, **kwargs):
+            raise MemoryError("Unable to allocate 60.0 GiB")
+
+    data = G.assemble([META] + W_RECS)
+    monkeypatch.setattr(R, "np", NoMemory())
+    assert_all_raise(data, LimitExceededError)
+
+
+def test_failed_index_load_leaves_reader_consistent():
+    """After keys() failed on a bad alias, get_tensor() hit a half-built index (TypeError)."""
+    data = G.assemble(W_RECS + [alias("a", "missing")])
+    with rdformat.open(io.BytesIO(data)) as f:
+        for _ in range(2):
+            with pytest.raises(CorruptDataError):
+                f.keys()
+            with pytest.raises(CorruptDataError):
+                f.get_tensor("a")
+            with pytest.raises(CorruptDataError):
+                f.get_tensor("w")
+
+
+def test_duplicate_names_refused_when_streaming():
+    """load() silently kept the second of two tensors named alike (the index check caught it only by name)."""
+    w2 = [tensor("w", 12, [6], 6, 1), raw_chunk(0, (W + 1).tobytes())]
+    assert_all_raise(G.assemble(W_RECS + w2), CorruptDataError)
+    assert_all_raise(G.assemble(W_RECS + [alias("w", "w")]), CorruptDataError)
+
+
+def test_alias_must_follow_an_existing_tensor():
+    """A stream gave a generic RdcError for a missing target; bytes/by-name accepted an alias before its target."""
+    assert_all_raise(G.assemble(W_RECS + [alias("a", "nope")]), CorruptDataError)
+    assert_all_raise(G.assemble([alias("a", "w")] + W_RECS), CorruptDataError)
+    assert_all_raise(G.assemble(W_RECS + [alias("a", "w"), alias("b", "a")]), CorruptDataError)
+
+
+def test_streaming_checks_the_index_against_the_records():
+    """load() never parsed the index: a file whose index disagrees with its records loaded fine."""
+    good = G.assemble([META] + W_RECS + [tensor("x", 2, [3], 3, 1), raw_chunk(0, b"abc")])
+    recs = G.records(good)
+    idx = recs[-2]
+    entries = C.parse_index(idx[2], 0, None)
+    for change in ("drop", "rename", "offset", "length", "kind"):
+        e = [(x.kind, x.name, x.offset, x.length) for x in entries]
+        if change == "drop":
+            e = e[:-1]
+        elif change == "rename":
+            e[-1] = (e[-1][0], "y", e[-1][2], e[-1][3])
+        elif change == "offset":
+            e[-1] = (e[-1][0], e[-1][1], e[-1][2] + 1, e[-1][3])
+        elif change == "length":
+            e[-1] = (e[-1][0], e[-1][1], e[-1][2], e[-1][3] + 1)
+        else:
+            e[-1] = (C.ENTRY_ALIAS, e[-1][1], e[-1][2], e[-1][3])
+        payload = C.index_payload(e)
+        bad = bytearray(good[: len(good) - C.END_RECORD_SIZE - len(idx[2]) - C.RECORD_OVERHEAD])
+        index_at = len(bad)
+        bad += C.frame(C.REC_INDEX, payload)
+        bad += C.frame(C.REC_END, C.end_payload(index_at, len(bad) + C.END_RECORD_SIZE))
+        for mode in ("bytes", "stream"):
+            with pytest.raises(CorruptDataError):
+                modes(bytes(bad))[mode]()
+
+
+def test_layout_rules_enforced_on_every_path():
+    """Two META records, META after GRAPH or after a tensor, END without INDEX, records after INDEX."""
+    graph = [C.REC_GRAPH, 0, C.pack_str("onnx") + b"g"]
+    assert_all_raise(G.assemble([META, META] + W_RECS), CorruptDataError)
+    assert_all_raise(G.assemble([graph, META] + W_RECS), CorruptDataError)
+    assert_all_raise(G.assemble([graph, graph] + W_RECS), CorruptDataError)
+    assert_all_raise(G.assemble(W_RECS + [META]), CorruptDataError)
+    no_index = G.assemble(W_RECS, index=False) + C.frame(C.REC_END, C.end_payload(16, 0))
+    assert_all_raise(no_index, CorruptDataError, only=("bytes", "stream"))
+    good = G.assemble(W_RECS)
+    end = good[-C.END_RECORD_SIZE:]
+    late = good[: -C.END_RECORD_SIZE] + C.frame(99, b"x")
+    late += C.frame(C.REC_END, C.end_payload(C.parse_end(end[16:32], 0)[0], len(late) + C.END_RECORD_SIZE))
+    assert_all_raise(late, CorruptDataError, only=("bytes", "stream"))
+
+
+def test_trailing_bytes_after_end_refused_on_files():
+    """load(bytes) accepted junk after the END record (a stream legitimately stops at END)."""
+    data = G.assemble(W_RECS) + b"junk"
+    with pytest.raises(CorruptDataError):
+        rdformat.load(data)
+    with pytest.raises(TruncatedError):  # by name: the last 36 bytes are not an END record
+        rdformat.open(io.BytesIO(data)).keys()
+    assert list(rdformat.load(NonSeekable(data))) == ["w"]
+
+
+def test_by_name_checks_stored_length_and_leading_records():
+    """get_tensor() ignored an extra CHUNK record; an index listing a META that is not at the start passed."""
+    data = G.assemble(W_RECS + [raw_chunk(1, W.tobytes())])
+    with pytest.raises(CorruptDataError):
+        rdformat.open(io.BytesIO(data)).get_tensor("w")
+    data = G.assemble(W_RECS + [META])
+    with pytest.raises(CorruptDataError):
+        rdformat.open(io.BytesIO(data)).keys()
+
+
+def test_index_entries_in_order_without_overlap():
+    good = G.assemble(W_RECS + [tensor("x", 2, [3], 3, 1), raw_chunk(0, b"abc")])
+    recs = G.records(good)
+    entries = [(e.kind, e.name, e.offset, e.length) for e in C.parse_index(recs[-2][2], 0, None)]
+    for bad_entries in (entries[::-1], [entries[0], (entries[1][0], "x", entries[0][2] + 4, entries[1][3])],
+                        [(entries[0][0], "w", entries[0][2], 4)] + entries[1:]):
+        recs2 = [list(r) for r in recs]
+        recs2[-2][2] = C.index_payload(bad_entries)
+        data = G.assemble(recs2, index=False)
+        with pytest.raises(CorruptDataError):
+            rdformat.open(io.BytesIO(data)).keys()
+
+
+def test_truncated_file_by_name_is_truncated_not_checksum():
+    """By name, a cut file reported a CRC mismatch (it read a record header inside the data)."""
+    data = G.assemble([META] + W_RECS)
+    for cut in (len(data) - 1, len(data) - 20, len(data) // 2):
+        with pytest.raises(TruncatedError):
+            rdformat.open(io.BytesIO(data[:cut])).keys()
+    damaged = bytearray(data)
+    damaged[len(data) - C.END_RECORD_SIZE + 12] ^= 1  # the END header's own CRC
+    with pytest.raises(ChecksumError):
+        rdformat.open(io.BytesIO(bytes(damaged))).keys()
+
+
+def test_short_stream_header_is_truncated_like_a_short_file():
+    """A 10-byte stream said "not an .rdc file" where the same bytes as a file said "truncated"."""
+    head = C.file_header()[:10]
+    assert_all_raise(head, TruncatedError)
+
+
+# ------------------------------------------------------------------------------------------------
+# limits: declared sizes are checked before anything is allocated
+
+
+def test_bomb_in_a_tiny_seekable_file_allocates_nothing():
+    """A tensor declaring 4 GiB in 16 chunks in a 1 KB file: refused from the file size before the
+    output is allocated. For raw chunks the check counts the element bytes too (it used to count only
+    29 bytes per chunk, so this file allocated 4 GiB before failing); bytesplit planes need >= 2 bytes."""
+    for codec, cfg, pad in (("raw", "{}", 700), ("bytesplit", '{"transform":"none"}', 0)):
+        recs = [tensor("bomb", 2, [1 << 32], 1 << 28, 16, codec, cfg), raw_chunk(0, b"\x01\x00" + bytes(pad))]
+        data = G.assemble(recs)
+        for load in (rdformat.load, lambda d: rdformat.open(io.BytesIO(d)).get_tensor("bomb")):
+            peak, err = peak_traced(lambda: load(data))
+            assert isinstance(err, TruncatedError), err
+            assert peak < 8 << 20, peak
+
+
+def test_bomb_on_a_stream_allocates_only_what_arrives():
+    """On a stream the size is unknown: the output grows with the chunks that actually arrive."""
+    recs = [tensor("bomb", 2, [1 << 31], 1 << 20, 1 << 11), raw_chunk(0, bytes(1 << 20)), raw_chunk(1, bytes(1 << 20))]
+    data = G.assemble(recs, index=False)
+    peak, err = peak_traced(lambda: rdformat.load(NonSeekable(data, max_read=1 << 16)))
+    assert isinstance(err, TruncatedError), err
+    assert peak < 48 << 20, peak  # a few MiB of chunks, not 2 GiB
+
+
+def test_tensor_over_the_reader_cap_refused_first():
+    data = G.assemble([tensor("big", 13, [1 << 20], 1 << 15, 32), raw_chunk(0, bytes(8 << 15))])
+    with pytest.raises(LimitExceededError):
+        rdformat.load(data, limits=rdformat.Limits(max_tensor_bytes=1 << 20))
+    with pytest.raises(LimitExceededError):  # also the format's 256 MiB decoded-chunk limit
+        rdformat.load(G.assemble([tensor("c", 13, [1 << 26], 1 << 26, 1)]))
+
+
+def test_forged_record_length_allocates_nothing():
+    """A META record declaring 60 MB: refused from the file size; a stream reads it in 1 MiB pieces."""
+    head = C.file_header() + C.record_head(C.REC_META, 60 << 20) + b"{}" * 100
+    peak, err = peak_traced(lambda: rdformat.load(head))
+    assert isinstance(err, TruncatedError) and peak < 2 << 20, (err, peak)
+    peak, err = peak_traced(lambda: rdformat.load(NonSeekable(head)))
+    assert isinstance(err, TruncatedError) and peak < 4 << 20, (err, peak)
+    with pytest.raises(LimitExceededError):
+        rdformat.load(G.assemble([[C.REC_META, 0, b'{"a":"' + b"x" * 200 + b'"}']] + W_RECS),
+                      limits=rdformat.Limits(max_meta_bytes=100))
+    with pytest.raises(LimitExceededError):  # over the format's hard limit for the record type
+        rdformat.load(NonSeekable(C.file_header() + C.record_head(C.REC_TENSOR, 2 << 20)))
+
+
+def test_forged_lane_and_table_counts_allocate_nothing():
+    """An ANS block declaring 2**31 lanes, a table declaring 65536 symbols: checked against the bytes."""
+    table = FrequencyTable(12, [0, 1], [4000, 96])
+    ans.decode(ans.encode(np.array([0, 1, 0]), table), 3, table)  # warm up (backend self-check)
+    block = struct.pack("<I", (1 << 31)) + bytes(16)
+    peak, err = peak_traced(lambda: ans.decode(block, 1 << 31, table, out_dtype=np.uint8))
+    assert isinstance(err, TruncatedError) and peak < 1 << 20, (err, peak)
+    raw = bytes([16]) + bytes([0x80, 0x80, 0x04]) + bytes(40)  # Q=16, m=65536
+    peak, err = peak_traced(lambda: FrequencyTable.from_bytes(raw))
+    assert isinstance(err, TruncatedError) and peak < 1 << 20, (err, peak)
+
+
+def test_index_count_checked_against_its_bytes():
+    data = G.assemble(W_RECS)
+    recs = G.records(data)
+    recs[-2][2] = struct.pack("<Q", 1 << 60) + recs[-2][2][8:]
+    bad = G.assemble(recs, index=False)
+    peak, err = peak_traced(lambda: rdformat.open(io.BytesIO(bad)).keys())
+    assert isinstance(err, CorruptDataError) and peak < 1 << 20, (err, peak)
+
+
+# ------------------------------------------------------------------------------------------------
+# decoding time is linear in the file and output sizes
+
+
+def _best_time(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _many_records(n: int) -> bytes:
+    recs = []
+    for i in range(n):
+        recs += [tensor(f"t{i}", 2, [2], 1, 2), raw_chunk(0, b"a"), raw_chunk(1, b"b")]
+        recs.append(alias(f"a{i}", f"t{i}"))
+    return G.assemble(recs)
+
+
+@pytest.mark.parametrize("path", ["bytes", "stream", "by_name"])
+def test_time_is_linear_in_records(path):
+    small, big = _many_records(300), _many_records(2400)  # 8x the records
+    t_small = _best_time(modes(small)[path])
+    t_big = _best_time(modes(big)[path])
+    assert t_big < 24 * t_small + 0.05, (t_small, t_big)  # linear: ~8x; quadratic would be ~64x
+
+
+def test_time_is_linear_in_chunks():
+    def one_tensor(chunks: int) -> bytes:
+        return G.assemble([tensor("t", 4, [chunks], 1, chunks, "bytesplit", '{"transform":"none"}')]
+                          + [raw_chunk(i, b"\x01\x07\x01\x00") for i in range(chunks)])
+
+    small, big = one_tensor(500), one_tensor(4000)
+    t_small = _best_time(lambda: rdformat.load(small))
+    t_big = _best_time(lambda: rdformat.load(big))
+    assert t_big < 24 * t_small + 0.05, (t_small, t_big)

@@ -1,0 +1,606 @@
+"""Generate the .rdc conformance vectors in spec/vectors/ (deterministic: same bytes on every run).
+
+    python tools/gen_vectors.py            # check: exit 1 if the files on disk differ from a fresh build
+    python tools/gen_vectors.py --write    # (re)write spec/vectors/ (only when the change is intended)
+
+Valid vectors are written with rdformat's own Writer (so a change in what the writer emits shows up as
+drift) plus a few hand-assembled records; invalid vectors are valid files damaged in one precise way,
+with every CRC recomputed unless the CRC itself is the damage. Element values come from a fixed integer
+generator, never from numpy's random distributions (whose streams may change between numpy versions).
+
+Outputs (see spec/vectors/README.md): ``valid/*.rdc`` with their expected content in ``valid/*.npz``
+(plain ``.npy`` members, no pickle), ``invalid/*.rdc``, and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import struct
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import rdformat  # noqa: E402
+from rdformat import container as C  # noqa: E402
+from rdformat.codecs.bytesplit import PLANE_ANS, PLANE_ANS_PAIRS, ByteSplitCodec  # noqa: E402
+from rdformat.dtypes import DTYPES  # noqa: E402
+from rdformat.entropy import FrequencyTable, ans  # noqa: E402
+
+VECTORS = ROOT / "spec" / "vectors"
+MANIFEST_VERSION = 1
+
+# dtypes whose npz member stores the raw bit pattern (numpy's .npy format has no code for them)
+BITS_DTYPES = {"bfloat16": "<u2", "float8_e4m3fn": "u1", "float8_e5m2": "u1"}
+
+
+# ------------------------------------------------------------------------------------------------
+# deterministic data
+
+
+def lcg_bytes(seed: int, n: int) -> bytes:
+    """``n`` pseudo-random bytes from a 64-bit LCG (Knuth MMIX constants), high byte of each state."""
+    out = bytearray(n)
+    s = (seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF
+    for i in range(n):
+        s = (s * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+        out[i] = s >> 56
+    return bytes(out)
+
+
+def lcg_ints(seed: int, n: int, lo: int, hi: int) -> list[int]:
+    """``n`` integers in ``lo..hi`` (inclusive)."""
+    raw = lcg_bytes(seed, 4 * n)
+    span = hi - lo + 1
+    return [lo + int.from_bytes(raw[4 * i : 4 * i + 4], "little") % span for i in range(n)]
+
+
+def skewed_bytes(seed: int, n: int) -> np.ndarray:
+    """Bytes mostly 0 with a few small values: an ANS-friendly plane."""
+    vals = lcg_ints(seed, n, 0, 99)
+    return np.array([0 if v < 80 else (1 if v < 92 else (2 + v % 5)) for v in vals], dtype=np.uint8)
+
+
+def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
+    """``n`` elements of dtype ``name``: typical values plus the special bit patterns of the dtype."""
+    info = next(i for i in DTYPES.values() if i.name == name)
+    dt = info.numpy.newbyteorder("<")
+    if name == "bool":
+        return np.array([v & 1 for v in lcg_bytes(seed, n)], dtype=np.bool_)
+    if info.kind in ("int", "uint"):
+        ii = np.iinfo(dt)
+        small = lcg_ints(seed, n, -50 if info.kind == "int" else 0, 200)
+        arr = np.array(small, dtype=np.int64)
+        arr = np.clip(arr, ii.min, ii.max).astype(dt)
+        arr[0], arr[1] = ii.min, ii.max
+        return arr
+    # floats: a smooth body in [-2, 2] plus NaN, +-inf (where the format has them), -0.0, denormals
+    body = np.array([(v - 500) / 250.0 for v in lcg_ints(seed, n, 0, 1000)], dtype=np.float64)
+    arr = body.astype(dt)
+    bits = arr.view(BITS_DTYPES.get(name, f"<u{info.itemsize}")).copy()
+    w = 8 * info.itemsize
+    specials = {
+        "float16": [0x7E00, 0xFC00, 0x7C00, 0x8000, 0x0001, 0x7D01],
+        "bfloat16": [0x7FC0, 0xFF80, 0x7F80, 0x8000, 0x0001, 0x7F81],
+        "float32": [0x7FC00000, 0xFF800000, 0x7F800000, 0x80000000, 0x00000001, 0x7F800123],
+        "float64": [0x7FF8000000000000, 0xFFF0000000000000, 0x7FF0000000000000, 1 << 63, 1,
+                    0x7FF0000000000ABC],
+        "float8_e4m3fn": [0x7F, 0xFF, 0x7E, 0x80, 0x01, 0xFE],
+        "float8_e5m2": [0x7E, 0xFC, 0x7C, 0x80, 0x01, 0x7D],
+    }[name]
+    assert all(s < (1 << w) for s in specials)
+    bits[: len(specials)] = specials
+    return bits.view(dt)
+
+
+# ------------------------------------------------------------------------------------------------
+# writing helpers
+
+
+def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
+          codec="lossless", per_tensor_codec=None, aliases=(), structural=()) -> bytes:
+    """A file written by rdformat.Writer (tensors: list of (name, array))."""
+    buf = io.BytesIO()
+    with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
+                         chunk_bytes=chunk_bytes) as w:
+        for name, arr in tensors:
+            w.add(name, arr, structural=name in structural,
+                  codec=(per_tensor_codec or {}).get(name))
+            for alias, target in aliases:
+                if target == name:
+                    w.add_alias(alias, target)
+    return buf.getvalue()
+
+
+def crc(b: bytes) -> int:
+    return zlib.crc32(b) & 0xFFFFFFFF
+
+
+def records(data: bytes) -> list[list]:
+    """Split a well-formed file into ``[type, flags, payload]`` records (file header excluded)."""
+    out, pos = [], C.FILE_HEADER_SIZE
+    while pos < len(data):
+        rtype, flags, length = struct.unpack_from("<HHQ", data, pos)
+        out.append([rtype, flags, data[pos + 16 : pos + 16 + length]])
+        pos += 20 + length
+    assert pos == len(data)
+    return out
+
+
+def assemble(recs: list[list], *, header: bytes | None = None, index: bool = True) -> bytes:
+    """Frame ``recs`` (INDEX/END are dropped and rebuilt with correct offsets unless ``index=False``).
+
+    Chunk padding is recomputed: chunk data of ``raw`` tensors starts at a multiple of 64 bytes (the
+    writer does that only for chunks of 4096 bytes or more; readers accept any pad below 64), other codecs
+    use no padding. With ``index=False`` records are framed exactly as given.
+    """
+    out = bytearray(header if header is not None else C.file_header())
+    entries: list[tuple[int, str, int, int]] = []
+    current = None  # [name, start] of the tensor whose chunks follow
+    codec = None
+    for rtype, flags, payload in recs:
+        if rtype in (C.REC_INDEX, C.REC_END) and index:
+            continue
+        if rtype == C.REC_CHUNK and index:
+            idx, pad = struct.unpack_from("<QB", payload)
+            data = payload[9 + pad :]
+            payload = C.chunk_payload_prefix(idx, len(out) + 16, align=codec == "raw") + data
+        elif current is not None:
+            entries.append((C.ENTRY_TENSOR, current[0], current[1], len(out) - current[1]))
+            current = None
+        start = len(out)
+        out += C.frame(rtype, payload, flags)
+        if rtype == C.REC_TENSOR:
+            current = [payload[2 : 2 + struct.unpack_from("<H", payload)[0]].decode(), start]
+            codec = codec_of(payload)
+        elif rtype == C.REC_ALIAS:
+            entries.append((C.ENTRY_ALIAS, C.parse_alias(payload, 0)[0], start, len(out) - start))
+        elif rtype == C.REC_META:
+            entries.append((C.ENTRY_META, "", start, len(out) - start))
+        elif rtype == C.REC_GRAPH:
+            entries.append((C.ENTRY_GRAPH, "", start, len(out) - start))
+    if current is not None:
+        entries.append((C.ENTRY_TENSOR, current[0], current[1], len(out) - current[1]))
+    if index:
+        index_offset = len(out)
+        out += C.frame(C.REC_INDEX, C.index_payload(entries))
+        out += C.frame(C.REC_END, C.end_payload(index_offset, len(out) + C.END_RECORD_SIZE))
+    return bytes(out)
+
+
+def codec_of(tensor_payload: bytes) -> str:
+    """The codec id of a TENSOR payload (no validation)."""
+    n = struct.unpack_from("<H", tensor_payload)[0]
+    rank = tensor_payload[2 + n + 2]
+    pos = 2 + n + 4 + 8 * rank + 16
+    m = struct.unpack_from("<H", tensor_payload, pos)[0]
+    return tensor_payload[pos + 2 : pos + 2 + m].decode("utf-8", "replace")
+
+
+def tensor_payload(name: str, dtype_code: int, dims, chunk_elements: int, chunk_count: int, codec: str,
+                   config: str, flags: int = 0) -> bytes:
+    """A TENSOR payload with every field given explicitly (config as raw JSON text)."""
+    raw_cfg = config.encode()
+    return (C.pack_str(name) + struct.pack("<HBB", dtype_code, len(dims), flags)
+            + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<QQ", chunk_elements, chunk_count)
+            + C.pack_str(codec) + struct.pack("<I", len(raw_cfg)) + raw_cfg)
+
+
+def chunk(index: int, data: bytes) -> list:
+    """A CHUNK record (padding is fixed by :func:`assemble`)."""
+    return [C.REC_CHUNK, 0, struct.pack("<QB", index, 0) + data]
+
+
+def set_tensor_field(payload: bytes, **changes) -> bytes:
+    """Re-serialise a TENSOR payload with some fields replaced (raw, no validation)."""
+    r = C.PayloadReader(payload, 0, "tensor")
+    name = r.take(r.u16("n"), "n").decode()
+    dtype, rank, flags = r.u16("d"), r.u8("r"), r.u8("f")
+    dims = [r.u64("d") for _ in range(rank)]
+    ce, cc = r.u64("ce"), r.u64("cc")
+    codec = r.take(r.u16("c"), "c").decode()
+    cfg = r.take(r.u32("g"), "g").decode()
+    f = dict(name=name, dtype_code=dtype, dims=dims, chunk_elements=ce, chunk_count=cc, codec=codec,
+             config=cfg, flags=flags)
+    f.update(changes)
+    return tensor_payload(**f)
+
+
+class LanesCodec(ByteSplitCodec):
+    """bytesplit that codes every plane with ANS in a fixed number of lanes (valid, unusual files).
+
+    ``lossless = False`` only stops the writer from replacing a single chunk by raw bytes when raw
+    would be smaller; the data is stored losslessly.
+    """
+
+    lossless = False
+
+    def __init__(self, lanes: int, transform: str = "none") -> None:
+        super().__init__(transform)
+        self.lanes = lanes
+
+    def for_tensor(self, array, dtype):
+        return self
+
+    def _encode_plane(self, plane: np.ndarray) -> bytes:
+        counts = np.bincount(plane, minlength=256)
+        present = np.flatnonzero(counts)
+        table = FrequencyTable.from_counts(present, counts[present], precision=12)
+        block = ans.encode(plane, table, lanes=min(self.lanes, plane.size))
+        return b"".join([bytes([PLANE_ANS]), table.to_bytes(), len(block).to_bytes(8, "little"), block])
+
+
+class PairsCodec(LanesCodec):
+    """bytesplit whose planes are ANS-coded byte pairs (mode 3), in a fixed number of lanes."""
+
+    def _encode_plane(self, plane: np.ndarray) -> bytes:
+        padded = np.concatenate([plane, np.zeros(plane.size % 2, np.uint8)])
+        pairs = padded.view("<u2").astype(np.uint32)
+        counts = np.bincount(pairs)
+        present = np.flatnonzero(counts)
+        table = FrequencyTable.from_counts(present, counts[present], precision=12)
+        block = ans.encode(pairs, table, lanes=min(self.lanes, pairs.size))
+        return b"".join([bytes([PLANE_ANS_PAIRS]), table.to_bytes(), len(block).to_bytes(8, "little"), block])
+
+
+# ------------------------------------------------------------------------------------------------
+# expected content: deterministic .npz (fixed zip timestamps) and manifest entries
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A .npz archive (stored, fixed timestamps) of ``arrays``: byte-identical on every run."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.array(arrays[key], order="C"), version=(1, 0),
+                                      allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def npz_key(i: int) -> str:
+    return f"t{i}"
+
+
+class Builder:
+    """Collects the generated files and the manifest."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.manifest: dict[str, dict] = {}
+
+    def valid(self, name: str, data: bytes, description: str) -> None:
+        """Register a valid vector; its expected content is read back with rdformat and cross-checked."""
+        rel = f"valid/{name}.rdc"
+        self.files[rel] = data
+        with rdformat.open(io.BytesIO(data)) as f:
+            names = f.keys()
+            aliases = f.aliases
+            meta, graph, graph_format = f.metadata, f.graph, f.graph_format
+            infos = {n: f.info(n) for n in names}
+            arrays = {n: f.get_tensor(n) for n in names if n not in aliases}
+        streamed = rdformat.load(data)
+        assert list(streamed) == names, (name, list(streamed), names)
+        tensors, npz = {}, {}
+        for i, n in enumerate(x for x in names if x not in aliases):
+            arr = arrays[n]
+            assert streamed[n].tobytes() == arr.tobytes()
+            dname = str(arr.dtype)
+            stored = arr.view(BITS_DTYPES[dname]) if dname in BITS_DTYPES else arr
+            npz[npz_key(i)] = stored
+            info = infos[n]
+            tensors[n] = {
+                "npz": npz_key(i),
+                "dtype": dname,
+                "shape": list(arr.shape),
+                "codec": info.codec,
+                "structural": info.structural,
+            }
+            if dname in BITS_DTYPES:
+                tensors[n]["npz_holds_bits_as"] = np.dtype(BITS_DTYPES[dname]).name
+        entry = {
+            "valid": True,
+            "description": description,
+            "expected": f"valid/{name}.npz",
+            "names": names,
+            "tensors": tensors,
+            "aliases": aliases,
+            "metadata": meta,
+        }
+        if graph is not None:
+            entry["graph_format"] = graph_format
+            entry["graph_hex"] = graph.hex()
+        self.files[f"valid/{name}.npz"] = npz_bytes(npz)
+        self.manifest[rel] = entry
+
+    def invalid(self, name: str, data: bytes, error: str, description: str, **per_mode: str | None) -> None:
+        """Register an invalid vector; ``per_mode`` overrides the error for ``stream`` / ``by_name``."""
+        rel = f"invalid/{name}.rdc"
+        self.files[rel] = data
+        entry = {"valid": False, "description": description, "error": error}
+        if per_mode:
+            entry["error_by_mode"] = per_mode
+        self.manifest[rel] = entry
+
+
+# ------------------------------------------------------------------------------------------------
+# the vectors
+
+
+def build() -> dict[str, bytes]:
+    b = Builder()
+    dtype_names = [DTYPES[c].name for c in sorted(DTYPES)]
+
+    # -- one file per dtype: a raw and a bytesplit tensor, two chunks each --------------------------
+    for code in sorted(DTYPES):
+        info = DTYPES[code]
+        arr = dtype_sample(info.name, 24, seed=code).reshape(4, 6)
+        data = write([("raw", arr), ("bytesplit", arr[::-1].copy())], chunk_bytes=16 * info.itemsize,
+                     per_tensor_codec={"raw": "raw", "bytesplit": "bytesplit"})
+        b.valid(f"dtype_{code:02d}_{info.name}", data,
+                f"dtype code {code} ({info.name}): a 4x6 tensor stored with codec raw and one with bytesplit "
+                "(16 elements per chunk, so two chunks each); special values (NaN payloads, inf, -0.0, "
+                "denormals, integer min/max) included")
+
+    # -- bytesplit plane modes -------------------------------------------------------------------------
+    n = 300
+    low = np.frombuffer(lcg_bytes(101, n), np.uint8).astype(np.uint32)
+    mid = skewed_bytes(102, n).astype(np.uint32)
+    i32 = (low | (mid << 8)).astype("<i4")  # planes: RAW, ANS, CONSTANT 0, CONSTANT 0
+    k = np.arange(256, dtype=np.float64)
+    bf = ((k % 17 - 8) / 16.0 * (1 + (k % 5))).astype(np.dtype("bfloat16"))  # few exponents: ANS plane
+    data = write([("int32_raw_ans_const", i32), ("bfloat16_rotl1", bf)], codec="bytesplit")
+    b.valid("bytesplit_plane_modes", data,
+            "bytesplit with every plane mode: int32 whose planes are RAW, ANS, CONSTANT, CONSTANT "
+            "(transform none), and bfloat16 with transform rotl1 whose exponent plane is ANS")
+
+    skew = skewed_bytes(103, 100)
+    lanes3 = write([("u8_ans_3_lanes", skew), ("u16_ans_7_lanes", (skewed_bytes(104, 50).astype("<u2") << 4))],
+                   codec=LanesCodec(3), per_tensor_codec={"u16_ans_7_lanes": LanesCodec(7)})
+    b.valid("bytesplit_ans_lanes", lanes3,
+            "bytesplit ANS planes with 3 and 7 lanes (lane lengths differ by one symbol), precision 12")
+
+    pairs = write([("u8_pairs_odd", skewed_bytes(106, 101)), ("i16_pairs", (skewed_bytes(107, 40).astype("<i2") - 2))],
+                  codec=PairsCodec(2))
+    b.valid("bytesplit_ans_pairs", pairs,
+            "bytesplit planes in mode 3 (ANS over byte pairs b[2i] + 256*b[2i+1], 16-bit symbols, an odd plane "
+            "padded with a zero byte), 2 lanes; see the note in spec/vectors/README.md")
+
+    f32 = np.array([((i * 37) % 101 - 50) / 64.0 for i in range(60)], dtype="<f4").reshape(3, 4, 5)
+    data = write([("w", f32)], codec="bytesplit", chunk_bytes=7 * 4)
+    b.valid("bytesplit_multichunk", data,
+            "float32 3x4x5 in 9 bytesplit chunks of 7 elements (the last holds 4)")
+
+    # -- record types ---------------------------------------------------------------------------------
+    w = np.arange(12, dtype="<f4").reshape(3, 4) / 8
+    data = write([("w", w), ("b", np.array([1, -2, 3], "<i8"))], codec="raw",
+                 metadata={"producer": "gen_vectors", "nested": {"list": [1, 2.5, None, True]}, "ü": "ß"},
+                 graph=b"\x00\x01graph bytes\xff", graph_format="onnx")
+    b.valid("records_meta_graph", data, "META (unicode JSON) and GRAPH (format onnx, binary blob) records")
+
+    data = write([("emb", w), ("other", np.array([7], "<u2"))], codec="raw",
+                 aliases=[("lm_head", "emb"), ("emb_tied", "emb")])
+    b.valid("records_alias", data, "two ALIAS records naming tensor emb (tied weights)")
+
+    data = write([("shape", np.array([1, -1, 64], "<i8")), ("w", w)], codec="raw", structural=["shape"])
+    b.valid("records_structural", data, "the STRUCTURAL tensor flag (an ONNX Reshape shape)")
+
+    data = write([("empty_1d", np.zeros(0, "<f4")), ("empty_3d", np.zeros((3, 0, 2), "<i2")),
+                  ("empty_bf16", np.zeros((0, 5), np.dtype("bfloat16")))],
+                 per_tensor_codec={"empty_1d": "raw", "empty_3d": "bytesplit"})
+    b.valid("records_empty_tensors", data, "empty tensors (a 0 dimension, chunk_count 0, no CHUNK records)")
+
+    data = write([("scalar_f64", np.array(-1.5, "<f8")), ("scalar_bool", np.array(True)),
+                  ("scalar_i8", np.array(-128, "i1"))], per_tensor_codec={"scalar_f64": "raw"})
+    b.valid("records_scalar", data, "0-d tensors (rank 0, numel 1)")
+
+    data = write([("scalar_u16", np.array(0x1234, "<u2")), ("zeros_u8", np.zeros(5, "u1"))], codec=LanesCodec(3))
+    b.valid("bytesplit_ans_single_symbol", data,
+            "bytesplit ANS planes whose table has a single symbol (L = 0, a 4-byte block): a 0-d uint16 and "
+            "five zero bytes")
+
+    data = write([("w", w)], codec="raw", chunk_bytes=20)
+    b.valid("records_multichunk_raw", data, "float32 3x4 in 3 raw chunks of 5, 5 and 2 elements")
+
+    padded = assemble(records(write([("w", w), ("b", np.arange(5, dtype="<u2"))], codec="raw", chunk_bytes=24)))
+    assert any(r[0] == C.REC_CHUNK and r[2][8] for r in records(padded))
+    b.valid("records_padded_chunks", padded,
+            "raw chunks whose data is padded to a 64-byte file offset (pad 1..63 zero bytes), as writers do for "
+            "raw chunks of 4096 bytes or more; readers accept any pad below 64")
+
+    data = write([], metadata={"empty": True})
+    b.valid("records_no_tensors", data, "a file with metadata and no tensors")
+
+    base = write([("w", w)], codec="raw", metadata={"m": 1})
+    recs = records(base)
+    with_unknown = assemble(recs[:1] + [[99, 0, b"a future optional record"]] + recs[1:]
+                            + [[100, 0x0FFE, b""]])
+    b.valid("records_unknown_optional", with_unknown,
+            "unknown record types 99 and 100 without the REQUIRED flag (other flag bits set): skipped")
+
+    head = struct.pack("<8sHH", C.MAGIC, 1, 9)
+    minor = assemble(records(base), header=head + struct.pack("<I", crc(head)))
+    b.valid("version_minor_9", minor, "file header minor version 9 (a newer minor version is read)")
+
+    # -- invalid files (all CRCs valid unless the CRC is the damage) ----------------------------------
+    small = write([("w", w[:1]), ("b", np.array([1, 2, 3], "<u1"))], codec="raw", metadata={"m": 1})
+    srecs = records(small)  # META, TENSOR w, CHUNK, TENSOR b, CHUNK, INDEX, END
+
+    b.invalid("empty_file", b"", "NotRdcError", "zero bytes")
+    b.invalid("not_rdc", b"PK\x03\x04" + bytes(60), "NotRdcError", "a zip header")
+    b.invalid("bad_magic", b"\x89RDX" + small[4:], "NotRdcError", "magic byte 3 changed")
+    b.invalid("text_mode_crlf_to_lf", small.replace(b"\r\n", b"\n", 1), "NotRdcError",
+              "the magic's CR LF became LF (text-mode transfer)")
+    b.invalid("text_mode_lf_to_crlf", small[:5] + small[5:8].replace(b"\n", b"\r\n") + small[8:], "NotRdcError",
+              "every LF of the magic became CR LF (text-mode transfer)")
+    b.invalid("truncated_header", small[:10], "TruncatedError", "the first 10 bytes of a valid file")
+    head = struct.pack("<8sHH", C.MAGIC, 2, 0)
+    b.invalid("newer_major", head + struct.pack("<I", crc(head)) + small[16:], "UnsupportedVersionError",
+              "major version 2")
+    b.invalid("bad_file_header_crc", small[:12] + bytes([small[12] ^ 1]) + small[13:], "ChecksumError",
+              "file header CRC off by one bit")
+    meta_at = 16
+    b.invalid("bad_record_header_crc", small[: meta_at + 12] + bytes([small[meta_at + 12] ^ 0x80])
+              + small[meta_at + 13 :], "ChecksumError", "META record header CRC damaged")
+    # a byte inside the first tensor's chunk data
+    tw_chunk_at = small.index(struct.pack("<f", 0.125))
+    b.invalid("bad_payload_crc", small[:tw_chunk_at] + bytes([small[tw_chunk_at] ^ 0x10]) + small[tw_chunk_at + 1 :],
+              "ChecksumError", "a bit of chunk data flipped (payload CRC mismatch)")
+    b.invalid("truncated_last_byte", small[:-1], "TruncatedError", "a valid file without its last byte")
+    b.invalid("truncated_no_end", small[: -C.END_RECORD_SIZE], "TruncatedError",
+              "a valid file without its END record")
+    b.invalid("truncated_in_chunk", small[: tw_chunk_at + 2], "TruncatedError",
+              "a valid file cut in the middle of a chunk's data")
+    b.invalid("trailing_garbage", small + b"\x00garbage", "CorruptDataError",
+              "8 bytes after the END record",
+              stream=None, by_name="TruncatedError")
+
+    meta, tw, cw, tb, cb = srecs[:5]
+    b.invalid("unknown_required_record", assemble([[77, C.FLAG_REQUIRED, b"needs a newer reader"]] + srecs[:5]),
+              "UnsupportedFeatureError", "record type 77 with the REQUIRED flag right after the file header")
+    b.invalid("unknown_codec", assemble([meta, [3, 0, set_tensor_field(tw[2], codec="zstd-magic")], cw, tb, cb]),
+              "UnsupportedFeatureError", "tensor w names codec 'zstd-magic'")
+    b.invalid("unknown_dtype", assemble([meta, [3, 0, set_tensor_field(tw[2], dtype_code=99)], cw, tb, cb]),
+              "UnsupportedFeatureError", "tensor w has dtype code 99")
+    b.invalid("bad_codec_config", assemble([meta, [3, 0, set_tensor_field(tw[2], config='{"level":3}')], cw, tb,
+                                            cb]), "CorruptDataError", "raw codec with a parameter")
+    b.invalid("codec_config_not_json", assemble([meta, [3, 0, set_tensor_field(tw[2], config='{"a":')], cw, tb,
+                                                 cb]), "CorruptDataError", "codec configuration is not JSON")
+    b.invalid("metadata_not_object", assemble([[1, 0, b"[1, 2]"]] + srecs[1:5]), "CorruptDataError",
+              "META payload is a JSON array")
+    b.invalid("chunk_count_mismatch", assemble([meta, [3, 0, set_tensor_field(tw[2], chunk_count=2)], cw, tb, cb]),
+              "CorruptDataError", "tensor w declares 2 chunks where 4 elements in chunks of 262144 need 1")
+    b.invalid("missing_chunk", assemble([meta, tw, tb, cb]), "CorruptDataError",
+              "tensor w's only CHUNK record is missing (the next record is a TENSOR)")
+    b.invalid("extra_chunk", assemble([meta, tw, cw, cw, tb, cb]), "CorruptDataError",
+              "tensor w's CHUNK record appears twice")
+    wrong_idx = [4, 0, struct.pack("<QB", 1, 0) + cw[2][9 + cw[2][8]:]]
+    b.invalid("chunk_index_wrong", assemble([meta, tw, wrong_idx, tb, cb]), "CorruptDataError",
+              "the first chunk says index 1")
+    short = [4, 0, cw[2][:-1]]
+    b.invalid("chunk_data_short", assemble([meta, tw, short, tb, cb]), "CorruptDataError",
+              "a raw chunk one byte shorter than its elements")
+    bad_bool = assemble([meta, [3, 0, set_tensor_field(tb[2], dtype_code=1)], [4, 0, cb[2][:-1] + b"\x02"]])
+    b.invalid("bool_not_0_or_1", bad_bool, "CorruptDataError", "a bool tensor holding the byte 2")
+    b.invalid("bomb_over_limit", assemble([meta, [3, 0, tensor_payload("bomb", 12, [1 << 40], 1 << 26, 1 << 14,
+                                                                        "raw", "{}")], cw]),
+              "LimitExceededError", "a tensor declaring 2**40 float32 elements (4 TiB), over the default 64 GiB cap")
+    b.invalid("bomb_truncated",
+              C.file_header() + C.frame(C.REC_TENSOR, tensor_payload("bomb", 2, [1 << 31], 1 << 20, 1 << 11,
+                                                                     "raw", "{}")),
+              "TruncatedError",
+              "an 81-byte file whose tensor declares 2 GiB in 2048 chunks: refused before allocating the output")
+    b.invalid("chunk_too_large", assemble([meta, [3, 0, tensor_payload("big", 12, [1 << 27], 1 << 27, 1, "raw",
+                                                                        "{}")], cw]),
+              "LimitExceededError", "chunks of 2**27 float32 elements (512 MiB), over the 256 MiB chunk limit")
+    b.invalid("rank_over_limit", assemble([meta, [3, 0, tensor_payload("r", 2, [1] * 65, 1, 1, "raw", "{}")],
+                                           [4, 0, struct.pack("<QB", 0, 0) + b"\x01"]]),
+              "LimitExceededError", "rank 65")
+    b.invalid("alias_missing_target", assemble([meta, tw, cw, [5, 0, C.pack_str("a") + C.pack_str("nope")]]),
+              "CorruptDataError", "ALIAS a names tensor 'nope', which does not exist")
+    b.invalid("alias_before_target", assemble([meta, [5, 0, C.pack_str("a") + C.pack_str("w")], tw, cw]),
+              "CorruptDataError", "ALIAS a names tensor w, which is written after it")
+    b.invalid("duplicate_name", assemble([meta, tw, cw, tw, cw]), "CorruptDataError", "two tensors named w")
+    b.invalid("meta_after_tensor", assemble([tw, cw, meta]), "CorruptDataError", "META record after a TENSOR")
+    b.invalid("two_meta", assemble([meta, meta, tw, cw]), "CorruptDataError", "two META records")
+    idx_off = struct.unpack_from("<Q", small, len(small) - 20)[0]
+    end_payload = struct.pack("<QQ", idx_off, len(small) + 1)
+    b.invalid("end_length_wrong", small[:-20] + end_payload + struct.pack("<I", crc(end_payload)),
+              "CorruptDataError", "END states a file length one byte too long")
+    end_payload = struct.pack("<QQ", idx_off - 1, len(small))
+    b.invalid("end_index_offset_wrong", small[:-20] + end_payload + struct.pack("<I", crc(end_payload)),
+              "CorruptDataError", "END points one byte before the INDEX record", by_name="ChecksumError")
+    ihead = C.RecordHead(*struct.unpack_from("<HHQ", small, idx_off), idx_off)
+    entries = C.parse_index(small[idx_off + 16 : idx_off + 16 + ihead.length], 0, None)
+    moved = [(e.kind, e.name, e.offset + (20 if e.name == "b" else 0), e.length) for e in entries]
+    new_index = C.frame(C.REC_INDEX, C.index_payload(moved))
+    b.invalid("index_entry_offset_wrong", small[:idx_off] + new_index + small[idx_off + len(new_index):],
+              "CorruptDataError", "the INDEX entry of tensor b points 20 bytes past its TENSOR record")
+    padded = assemble([meta, tw, cw, tb, cb])
+    prec = records(padded)
+    assert prec[2][0] == C.REC_CHUNK and prec[2][2][8] > 0
+    prec[2][2] = prec[2][2][:9] + b"\x01" + prec[2][2][10:]
+    b.invalid("pad_not_zero", assemble(prec, index=False), "CorruptDataError", "a chunk padding byte is 1")
+    # bytesplit: an ANS plane whose lane does not end in state 0; and an unknown plane mode
+    bs = write([("x", skewed_bytes(105, 400))], codec="bytesplit")
+    brecs = records(bs)
+    t_x, c_x = brecs[0], brecs[1]
+    pad = c_x[2][8]
+    cdata = bytearray(c_x[2][9 + pad :])
+    assert cdata[0] == PLANE_ANS
+    bad_ans = bytes(cdata[:-4]) + bytes([cdata[-4] ^ 1]) + bytes(cdata[-3:])
+    b.invalid("bytesplit_ans_corrupt", assemble([t_x, chunk(0, bad_ans)]), "CorruptDataError",
+              "bytesplit ANS plane with one bit of the last word flipped (CRCs recomputed)")
+    b.invalid("bytesplit_bad_mode", assemble([t_x, chunk(0, b"\x04" + bytes(cdata[1:]))]), "CorruptDataError",
+              "bytesplit plane mode 4")
+    b.invalid("bytesplit_trailing_bytes", assemble([t_x, chunk(0, bytes(cdata) + b"\x00")]), "CorruptDataError",
+              "a byte after the last bytesplit plane")
+    table_end = 1 + len(FrequencyTable.from_bytes(bytes(cdata), 1)[0].to_bytes())
+    bad_sum = bytes(cdata[:table_end - 1]) + bytes([cdata[table_end - 1] ^ 1]) + bytes(cdata[table_end:])
+    b.invalid("bytesplit_table_sum", assemble([t_x, chunk(0, bad_sum)]), "CorruptDataError",
+              "a frequency table whose frequencies do not sum to 2**Q")
+    b.invalid("bytesplit_bad_transform", assemble([[3, 0, set_tensor_field(t_x[2], config='{"transform":"rotl2"}')],
+                                                   c_x]), "CorruptDataError", "bytesplit transform rotl2")
+
+    manifest = {
+        "format": "rdc-v1 conformance vectors",
+        "manifest_version": MANIFEST_VERSION,
+        "generator": "tools/gen_vectors.py",
+        "dtypes": dtype_names,
+        "vectors": dict(sorted(b.manifest.items())),
+    }
+    b.files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n").encode()
+    return b.files
+
+
+def managed_files(folder: Path) -> dict[str, Path]:
+    """The files this generator owns in ``folder``: manifest.json, valid/* and invalid/* (README.md and
+    any other folder, e.g. golden/, belong to someone else and are never touched)."""
+    out = {}
+    if (folder / "manifest.json").exists():
+        out["manifest.json"] = folder / "manifest.json"
+    for sub in ("valid", "invalid"):
+        if (folder / sub).is_dir():
+            out.update({p.relative_to(folder).as_posix(): p for p in (folder / sub).rglob("*") if p.is_file()})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="write the vectors (default: only compare)")
+    parser.add_argument("--out", type=Path, default=VECTORS, help="output folder (default spec/vectors)")
+    args = parser.parse_args(argv)
+    files = build()
+    on_disk = managed_files(args.out)
+    drift = sorted(rel for rel, data in files.items() if rel not in on_disk or on_disk[rel].read_bytes() != data)
+    stale = sorted(rel for rel in on_disk if rel not in files)
+    if not args.write:
+        for rel in drift:
+            print(f"differs: {rel}")
+        for rel in stale:
+            print(f"not generated: {rel}")
+        print(f"{len(files)} files generated, {len(drift)} differ, {len(stale)} extra")
+        return 1 if drift or stale else 0
+    for rel in stale:
+        on_disk[rel].unlink()
+    for rel, data in files.items():
+        path = args.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    print(f"wrote {len(files)} files to {args.out} ({len(drift)} changed, {len(stale)} removed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
