@@ -3,7 +3,7 @@
 See ``spec/entropy.md`` for the byte formats.
 """
 
-from .ans import available_backends, decode, default_lanes, encode
+from .ans import available_backends, decode, decode_many, default_lanes, encode, set_backend, use_backend
 from .models import DEFAULT_PRECISION, MAX_PRECISION, FrequencyTable
 
 __all__ = [
@@ -12,6 +12,9 @@ __all__ = [
     "MAX_PRECISION",
     "encode",
     "decode",
+    "decode_many",
+    "set_backend",
+    "use_backend",
     "available_backends",
     "default_lanes",
 ]

@@ -7,7 +7,8 @@ Two interchangeable backends produce identical bytes and identical decoded array
 * ``"constriction"`` - the Rust library, used when importable and when a once-per-process
   self-check shows that it reproduces our integer model exactly;
 * ``"numpy"`` - our own implementation, vectorised *across lanes* (one numpy operation advances
-  every lane by one symbol), so files decode where constriction has no wheel.
+  every lane by one symbol), so files decode where constriction has no wheel. :func:`decode_many`
+  advances the lanes of several blocks together, which is what makes it fast on small blocks.
 
 A block of ``n`` symbols is split into ``L`` independent ANS streams ("lanes"): symbol ``i`` goes
 to lane ``i % L``. Block byte format (normative text: ``spec/entropy.md``, section 6.2)::
@@ -16,32 +17,44 @@ to lane ``i % L``. Block byte format (normative text: ``spec/entropy.md``, secti
     L x u32    word count of each lane
     words      every lane's 32-bit words (little-endian), lane 0 first
 
-Set the environment variable ``RDFORMAT_NO_CONSTRICTION=1`` to force the numpy backend.
+Set the environment variable ``RDFORMAT_NO_CONSTRICTION=1`` to force the numpy backend (or call
+:func:`set_backend` / :func:`use_backend`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
+from bisect import bisect_right
 from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptDataError, InvalidInputError, LimitExceededError, TruncatedError
+from ..errors import CorruptDataError, InvalidInputError, LimitExceededError, RdcError, TruncatedError
 from .models import FrequencyTable
 
-__all__ = ["encode", "decode", "available_backends", "default_lanes", "CODER_PRECISION", "MAX_DEFAULT_LANES"]
+__all__ = [
+    "encode", "decode", "decode_many", "available_backends", "set_backend", "use_backend", "default_lanes",
+    "CODER_PRECISION", "MAX_DEFAULT_LANES",
+]
 
 #: Precision (bits) of the ANS coder; table frequencies are scaled up to it.
 CODER_PRECISION = 24
-#: Upper bound of the lane count :func:`encode` picks by itself (``lanes=`` may ask for more).
-MAX_DEFAULT_LANES = 1024
-#: :func:`encode` gives each lane at least this many symbols by default (numpy decode speed).
-MIN_DEFAULT_SYMBOLS_PER_LANE = 1024
-#: Default lane count keeps the lane overhead (~8 bytes per lane) near 1% of the ideal size.
-_LANE_OVERHEAD_BITS = 64 * 100
+#: Upper bound of the lane count :func:`default_lanes` picks (``lanes=`` may ask for more).
+MAX_DEFAULT_LANES = 4096
+#: :func:`default_lanes` gives each lane at least this many symbols.
+MIN_DEFAULT_SYMBOLS_PER_LANE = 256
+#: Cost of one lane in bits, rounded up: its u32 word count plus 4-5 bytes of final state (measured
+#: 8.0-9.0 bytes, more for fewer bits per symbol).
+LANE_COST_BITS = 72
+#: Default share of the coded size that :func:`default_lanes` may spend on lanes.
+DEFAULT_LANE_OVERHEAD = 0.005
 
 _U64 = np.uint64
+#: Byte offset of bits 8..23 inside a native uint64 (the numpy decoder reads them as a uint16 view).
+_SLOT16_OFFSET = 1 if sys.byteorder == "little" else 5
 _MASK24 = (1 << CODER_PRECISION) - 1
 _ENV_DISABLE = "RDFORMAT_NO_CONSTRICTION"
 _BACKEND_NAMES = ("auto", "constriction", "numpy")
@@ -109,17 +122,6 @@ def _enc_arrays(table: FrequencyTable) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return table._derived("enc", build)
 
 
-def _dec_arrays(table: FrequencyTable) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot (q >> (24-Q)): k - 2**24 (wrapping) and c, both uint64, length 2**Q."""
-    def build() -> tuple[np.ndarray, np.ndarray]:
-        k, c, _ = _enc_arrays(table)
-        freqs = table.freqs.astype(np.intp)
-        km = np.repeat(k - _U64(1 << CODER_PRECISION), freqs)  # wraps modulo 2**64 on purpose
-        cs = np.repeat(c, freqs)
-        return km, cs
-    return table._derived("dec", build)
-
-
 def _constriction_model(cs: Any, table: FrequencyTable) -> Any:
     """A constriction ``Categorical`` whose fixed-point cdf at precision 24 is exactly ours.
 
@@ -138,8 +140,11 @@ def _constriction_model(cs: Any, table: FrequencyTable) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+#: Up to this many active lanes the numpy decoder refills states with full-width arithmetic (fewer numpy
+#: calls); above it, on the selected lanes only (less work per lane).
+_BRANCHLESS_REFILL_MAX_LANES = 512
 #: With this many lanes or fewer the numpy backend runs a plain Python loop per lane: a lockstep step
-#: costs ~10 us of numpy call overhead, a scalar symbol ~0.5 us.
+#: costs ~13 us of numpy call overhead, a scalar symbol ~0.6 us.
 _SCALAR_MAX_LANES = 16
 
 
@@ -165,44 +170,6 @@ def _encode_scalar(ranks: np.ndarray, table: FrequencyTable, lanes: int) -> tupl
         counts.append(len(out))
         words += out
     return np.array(counts, dtype=np.int64), np.array(words, dtype=np.uint32)
-
-
-def _decode_scalar(words: np.ndarray, starts: np.ndarray, counts: np.ndarray, n: int,
-                   table: FrequencyTable, out_dtype: np.dtype, word_base: int) -> np.ndarray:
-    """Python-int version of :func:`_decode_numpy` (fast for few lanes)."""
-    lanes = counts.size
-    sh = CODER_PRECISION - table.precision
-    k_tab, c_tab, _ = _enc_arrays(table)
-    kl, cl = k_tab.tolist(), c_tab.tolist()
-    slot_rank = np.repeat(np.arange(table.num_symbols), table.freqs.astype(np.intp)).tolist()
-    lut = table.symbols.astype(out_dtype)
-    out = np.empty(n, dtype=out_dtype)
-    for j in range(lanes):
-        a = int(starts[j])
-        w = words[a:a + int(counts[j])].tolist()
-        p = len(w)
-        state = 0
-        if p:
-            p -= 1
-            state = w[p]  # nonzero: checked by the caller
-            if p:
-                p -= 1
-                state = (state << 32) | w[p]
-        ranks = []
-        add = ranks.append
-        for _ in range(j, n, lanes):
-            q = state & _MASK24
-            r = slot_rank[q >> sh]
-            add(r)
-            state = (state >> 24) * kl[r] + (q - cl[r])
-            if state < 0x100000000 and p:
-                p -= 1
-                state = (state << 32) | w[p]
-        if state or p:
-            raise CorruptDataError(f"ANS block: lane {j} does not decode to its initial state "
-                                   f"(corrupt data or wrong table/count)", offset=word_base + 4 * a)
-        out[j::lanes] = lut[ranks]
-    return out
 
 
 def _encode_numpy(ranks: np.ndarray, table: FrequencyTable, lanes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -250,85 +217,295 @@ def _encode_numpy(ranks: np.ndarray, table: FrequencyTable, lanes: int) -> tuple
     return counts, words
 
 
-def _decode_numpy(words: np.ndarray, starts: np.ndarray, counts: np.ndarray, n: int,
-                  table: FrequencyTable, out_dtype: np.dtype, word_base: int) -> np.ndarray:
-    """Decode ``n`` symbols from ``L = counts.size`` lanes, all lanes advanced in lockstep."""
-    lanes = counts.size
-    if lanes <= _SCALAR_MAX_LANES:
-        return _decode_scalar(words, starts, counts, n, table, out_dtype, word_base)
-    q = table.precision
-    km_tab, c_tab = _dec_arrays(table)
-    take_k, take_c = km_tab.take, c_tab.take
-    flat = words.astype(_U64)
-    ends = starts + counts
-    pos = ends.copy()  # next word to pop is flat[pos - 1]
-    state = np.zeros(lanes, dtype=_U64)
-    # initial state: pop the last word (nonzero, checked by the caller), then one more if any
-    has = counts > 0
-    state[has] = flat[ends[has] - 1]
+class _Block:
+    """A validated ANS block (reader checks 1-5 of spec section 6.2 passed), ready to decode."""
+
+    __slots__ = ("index", "n", "table", "odt", "lanes", "words", "starts", "counts", "word_base")
+
+    def __init__(self, index: int, n: int, table: FrequencyTable, odt: np.dtype, words: np.ndarray,
+                 starts: np.ndarray, counts: np.ndarray, word_base: int) -> None:
+        self.index = index  # position in the caller's list (for error reports)
+        self.n = n
+        self.table = table
+        self.odt = odt
+        self.lanes = int(counts.size)
+        self.words = words  # uint32, every lane's words, lane-major
+        self.starts = starts  # int64, first word of each lane
+        self.counts = counts  # int64, words of each lane
+        self.word_base = word_base  # byte offset of words[0] in the caller's buffer
+
+
+def _lane_error(block: _Block, j: int) -> CorruptDataError:
+    return CorruptDataError(f"ANS block: lane {j} does not decode to its initial state "
+                            f"(corrupt data or wrong table/count)", offset=block.word_base + 4 * int(block.starts[j]))
+
+
+def _scalar_arrays(table: FrequencyTable) -> tuple[list[int], list[int]]:
+    """k and c per rank as Python lists (for the scalar loop; c doubles as the bisect key)."""
+    def build() -> tuple[list[int], list[int]]:
+        k, c, _ = _enc_arrays(table)
+        return k.tolist(), c.tolist()
+    return table._derived("scalar", build)
+
+
+class _Tables:
+    """The coder arrays of the distinct tables of a batch, concatenated.
+
+    With ``P`` the largest precision of the batch, ``slot_rank`` maps the ``P``-bit slot
+    ``(S & (2**24-1)) >> (24-P)`` of a state, plus ``i << P`` for table ``i``, to the symbol's rank in its
+    table (a table of precision ``Q < P`` has each of its slots repeated ``2**(P-Q)`` times). Per global
+    rank ``rbase[i] + rank``: ``km = k - 2**24`` (wrapping) and ``c``. The slot table is the only large
+    one, so it holds local ranks, uint8 when every table has at most 256 symbols: random lookups into it
+    are what a step costs most once several tables are in play.
+    """
+
+    def __init__(self, tabs: list[FrequencyTable]) -> None:
+        self.tabs = tabs
+        m = np.array([t.num_symbols for t in tabs], dtype=np.int64)
+        self.rbase = np.zeros(len(tabs), dtype=np.int64)
+        np.cumsum(m[:-1], out=self.rbase[1:])
+        self.bits = max(t.precision for t in tabs)
+        self.rank_dtype = np.dtype(np.uint8 if int(m.max()) <= 1 << 8 else np.uint16)  # m <= 2**16
+
+    def slot_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """(slot -> rank in its table, ``[km, c]`` per global rank)."""
+        rt = self.rank_dtype
+        parts = [np.repeat(np.arange(t.num_symbols, dtype=rt), t.freqs.astype(np.intp) << (self.bits - t.precision))
+                 for t in self.tabs]
+        slot_rank = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        encs = [_enc_arrays(t) for t in self.tabs]
+        k = encs[0][0] if len(encs) == 1 else np.concatenate([e[0] for e in encs])
+        c = encs[0][1] if len(encs) == 1 else np.concatenate([e[1] for e in encs])
+        kc = np.empty((k.size, 2), dtype=_U64)
+        kc[:, 0] = k - _U64(1 << CODER_PRECISION)  # wraps modulo 2**64 on purpose
+        kc[:, 1] = c
+        return slot_rank, kc
+
+
+
+def _decode_lockstep(blocks: list[_Block]) -> list[np.ndarray]:
+    """Decode every lane of every block at once: one numpy operation advances all active lanes by one symbol.
+
+    Lanes are sorted by their symbol count (descending), so the lanes still running at step ``t`` are a
+    prefix of the lane arrays; the rank (in its block's table) decoded by each lane at each step is stored
+    in ``rows``, step after step (step ``t`` holds one entry per active lane). When few lanes are left
+    (``<= _SCALAR_MAX_LANES``, where numpy's per-call overhead dominates) they are finished one by one in
+    Python. Lanes without words (every symbol has rank 0) never change state and are not stepped at all.
+    """
+    nb = len(blocks)
+    # -- per-lane arrays, in block order ---------------------------------------------------------
+    lanes_b = np.fromiter((b.lanes for b in blocks), dtype=np.int64, count=nb)
+    lane_off = np.zeros(nb + 1, dtype=np.int64)
+    np.cumsum(lanes_b, out=lane_off[1:])
+    total = int(lane_off[-1])
+    tab_of: dict[int, int] = {}
+    for b in blocks:
+        tab_of.setdefault(id(b.table), len(tab_of))
+    tix = np.fromiter((tab_of[id(b.table)] for b in blocks), dtype=np.int64, count=nb)
+    tabs = _Tables(list({id(b.table): b.table for b in blocks}.values()))
+    if nb == 1:
+        b = blocks[0]
+        flat = b.words.astype(_U64)
+        lo, cnt = b.starts, b.counts
+        full, rest = divmod(b.n, b.lanes)
+        nsym = np.full(total, full, dtype=np.int64)
+        nsym[:rest] += 1
+    else:
+        wsize = np.fromiter((b.words.size for b in blocks), dtype=np.int64, count=nb)
+        wbase = np.zeros(nb, dtype=np.int64)
+        np.cumsum(wsize[:-1], out=wbase[1:])
+        flat = np.concatenate([b.words for b in blocks]).astype(_U64)
+        lo = np.concatenate([b.starts + wb for b, wb in zip(blocks, wbase.tolist())])
+        cnt = np.concatenate([b.counts for b in blocks])
+        nsym = np.empty(total, dtype=np.int64)
+        for b, a in zip(blocks, lane_off.tolist()):
+            full, rest = divmod(b.n, b.lanes)
+            nsym[a:a + b.lanes] = full
+            nsym[a:a + rest] += 1
+    lane_tab = np.repeat(tix, lanes_b)
+    # -- initial states: pop the last word (nonzero, checked by the parser), then one more if any ---
+    end = lo + cnt
+    pos = end.copy()  # the next word to pop is flat[pos - 1]
+    state = np.zeros(total, dtype=_U64)
+    has = cnt > 0
+    state[has] = flat[end[has] - 1]
     pos[has] -= 1
-    more = pos > starts
+    more = pos > lo
     state[more] = (state[more] << _U64(32)) | flat[pos[more] - 1]
     pos[more] -= 1
-
-    full, rest = divmod(n, lanes)
-    slots = np.empty((full + (1 if rest else 0), lanes), dtype=np.uint16)
-    tmp = np.empty(lanes, dtype=_U64)
-    hi = np.empty(lanes, dtype=_U64)
-    need = np.empty(lanes, dtype=np.bool_)
-    s_slot = _U64(CODER_PRECISION - q)
-    mask_q = _U64((1 << q) - 1)
-    s24 = _U64(CODER_PRECISION)
-    s32 = _U64(32)
-    lim = _U64(1 << 32)
-    rshift, band, less = np.right_shift, np.bitwise_and, np.less
-
-    def step(st: np.ndarray, row: np.ndarray, tm: np.ndarray, h: np.ndarray, nd: np.ndarray,
-             ps: np.ndarray, lo: np.ndarray, check: bool) -> None:
-        # slot = (state & (2**24-1)) >> (24-Q) identifies the symbol
-        rshift(st, s_slot, out=tm)
-        band(tm, mask_q, out=tm)
-        row[...] = tm
-        idx = tm.view(np.int64)
-        # state = (state >> 24) * k + (state & (2**24-1)) - c  ==  state + (state >> 24) * (k - 2**24) - c
-        kk = take_k(idx)
-        cc = take_c(idx)
-        rshift(st, s24, out=h)
-        h *= kk
-        st += h
-        st -= cc
-        # refill lanes whose state fell below 2**32 and that still have words
-        less(st, lim, out=nd)
-        sel = nd.nonzero()[0]
-        if sel.size:
-            p = ps[sel]
-            if check:
-                ok = p > lo[sel]
-                if not ok.all():
-                    sel = sel[ok]
-                    p = p[ok]
-            p -= 1
-            ps[sel] = p
-            st[sel] = (st[sel] << s32) | flat[p]
-
-    # A lane pops at most one word per step, so no lane can run dry for min(words left) steps:
-    # the "has words left" test is only needed near the end.
-    unchecked_until = 0
-    for t in range(full):
-        if t >= unchecked_until:
-            unchecked_until = t + int((pos - starts).min())
-        step(state, slots[t], tmp, hi, need, pos, starts, t >= unchecked_until)
-    if rest:
-        step(state[:rest], slots[full, :rest], tmp[:rest], hi[:rest], need[:rest], pos[:rest], starts[:rest],
-             True)
-
-    bad = np.flatnonzero((state != 0) | (pos != starts))
+    # -- order lanes by the number of steps they run ---------------------------------------------
+    neff = np.where(has, nsym, 0)
+    order = np.argsort(-neff, kind="stable")
+    identity = bool(np.all(order[1:] > order[:-1])) if total > 1 else True
+    if not identity:
+        neff_s, state, pos, lo_s, lane_tab_s = neff[order], state[order], pos[order], lo[order], lane_tab[order]
+    else:
+        neff_s, lo_s, lane_tab_s = neff, lo, lane_tab
+    steps = int(neff_s[0]) if total else 0
+    # active[t] = lanes with neff > t; offs[t] = start of step t's entries in rows
+    ends_at = np.bincount(neff_s, minlength=steps + 1)
+    active = total - np.cumsum(ends_at)[:steps]
+    offs = np.zeros(steps + 1, dtype=np.int64)
+    np.cumsum(active, out=offs[1:])
+    rows = np.zeros(int(offs[-1]) or 1, dtype=tabs.rank_dtype) if offs[-1] < 2 else np.empty(
+        int(offs[-1]), dtype=tabs.rank_dtype)  # ranks in their tables (never empty: see outputs)
+    longest = max(-(-b.n // b.lanes) for b in blocks)
+    if offs.size <= longest:  # blocks whose lanes have no words are not stepped; index past them
+        offs = np.concatenate([offs, np.full(longest + 1 - offs.size, offs[-1], dtype=np.int64)])
+    t_switch = int(np.searchsorted(-active, -_SCALAR_MAX_LANES, side="left")) if steps else 0
+    if t_switch:
+        _lockstep_steps(tabs, lane_tab_s, flat, state, pos, lo_s, rows, offs, active, t_switch)
+    # -- stragglers: lanes still running at t_switch, one at a time in Python ---------------------
+    n_left = int(active[t_switch]) if t_switch < steps else 0
+    for s in range(n_left):
+        ti = int(lane_tab_s[s])
+        kl, cl = _scalar_arrays(tabs.tabs[ti])
+        st, p, a = int(state[s]), int(pos[s]), int(lo_s[s])
+        w = flat[a:p].tolist()
+        p -= a
+        got: list[int] = []
+        add = got.append
+        for _ in range(int(neff_s[s]) - t_switch):
+            q = st & _MASK24
+            r = bisect_right(cl, q) - 1
+            add(r)
+            st = (st >> 24) * kl[r] + (q - cl[r])
+            if st < 0x100000000 and p:
+                p -= 1
+                st = (st << 32) | w[p]
+        state[s] = st
+        pos[s] = p + a
+        if got:
+            rows[offs[t_switch:t_switch + len(got)] + s] = got
+    # -- every lane must end in state 0 with all its words consumed --------------------------------
+    bad = np.flatnonzero((state != 0) | (pos != lo_s))
     if bad.size:
-        j = int(bad[0])
-        raise CorruptDataError(f"ANS block: lane {j} does not decode to its initial state "
-                               f"(corrupt data or wrong table/count)", offset=word_base + 4 * int(starts[j]))
-    lut = np.repeat(table.symbols.astype(out_dtype), table.freqs.astype(np.intp))
-    return lut[slots.reshape(-1)[:n]]
+        lane = int(order[bad].min())
+        bi = int(np.searchsorted(lane_off, lane, side="right")) - 1
+        err = _lane_error(blocks[bi], lane - int(lane_off[bi]))
+        err.block_index = blocks[bi].index  # type: ignore[attr-defined]
+        raise err
+    # -- outputs: the symbols of the ranks, gathered in block order -------------------------------
+    results = []
+    if not identity:
+        col = np.empty(total, dtype=np.int64)
+        col[order] = np.arange(total, dtype=np.int64)
+    for bi, b in enumerate(blocks):
+        lut = b.table.symbols.astype(b.odt)
+        if nb == 1 and identity and rows.size == b.n:  # rows are already in block order
+            results.append(lut.take(rows, mode="clip"))
+            continue
+        a, L, n = int(lane_off[bi]), b.lanes, b.n
+        full, rest = divmod(n, L)
+        cols = col[a:a + L] if not identity else np.arange(a, a + L, dtype=np.int64)
+        idx = np.empty((full + (1 if rest else 0), L), dtype=np.int64)
+        np.add(offs[:idx.shape[0], None], cols[None, :], out=idx)
+        out = lut.take(rows.take(idx.reshape(-1)[:n], mode="clip"), mode="clip")
+        empty = np.flatnonzero(cnt[a:a + L] == 0)
+        if empty.size:  # lanes without words decode to rank 0 only
+            out[:full * L].reshape(full, L)[:, empty] = lut[0]
+            out[full * L:][empty[empty < rest]] = lut[0]
+        results.append(out)
+    return results
+
+
+def _lockstep_steps(tabs: _Tables, lane_tab: np.ndarray, flat: np.ndarray, state: np.ndarray, pos: np.ndarray,
+                    lo: np.ndarray, rows: np.ndarray, offs: np.ndarray, active: np.ndarray, t_end: int) -> None:
+    """Steps ``0..t_end-1`` of :func:`_decode_lockstep` for the lanes active at each step (a prefix)."""
+    slot_rank, kc_tab = tabs.slot_rank()
+    multi = len(tabs.tabs) > 1
+    base = (lane_tab << tabs.bits) if multi else None  # each table's slots
+    rbase = tabs.rbase[lane_tab] if multi else None  # each table's first global rank
+    sh = None if tabs.bits == 16 else np.uint16(16 - tabs.bits)
+    lanes = int(active[0])
+    gg = np.empty(lanes, dtype=np.intp)
+    ri = np.empty(lanes, dtype=np.intp)
+    kc = np.empty((lanes, 2), dtype=_U64)
+    hh = np.empty(lanes, dtype=_U64)
+    ww = np.empty(lanes, dtype=_U64)
+    nn = np.empty(lanes, dtype=_U64)
+    ok = np.empty(lanes, dtype=np.bool_)
+    s5 = _U64(5)
+    s32 = _U64(32)
+    s24 = _U64(CODER_PRECISION)
+    lim = _U64(1 << 32)
+    rshift, lshift, mul, add, sub, less, greater, bor, copyto = (
+        np.right_shift, np.left_shift, np.multiply, np.add, np.subtract, np.less, np.greater, np.bitwise_or,
+        np.copyto)
+    take_r, take_kc, take_w = slot_rank.take, kc_tab.take, flat.take
+    pos_u = pos.view(_U64)
+    lo_u = lo.view(_U64)
+    # segments of constant active-lane count
+    cuts = np.flatnonzero(active[1:t_end] != active[:t_end - 1]) + 1
+    bounds = [0] + cuts.tolist() + [t_end]
+    offs_l = offs.tolist()
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        A = int(active[t0])
+        st, ps, pu, lw, lu = state[:A], pos[:A], pos_u[:A], lo[:A], lo_u[:A]
+        # bits 8..23 of every state, read in place (a uint16 view), hold the slot
+        slot16 = np.ndarray((A,), dtype=np.uint16, buffer=state, offset=_SLOT16_OFFSET, strides=(8,))
+        g, r_, h_, w_, n_, ok_ = gg[:A], ri[:A], hh[:A], ww[:A], nn[:A], ok[:A]
+        kc_ = kc[:A]
+        k_, c_ = kc_[:, 0], kc_[:, 1]
+        base_ = None if base is None else base[:A]
+        rbase_ = None if rbase is None else rbase[:A]
+        # No lane pops more than one word per step: none can run dry for min(words left) steps.
+        t = t0
+        while t < t1:
+            safe = min(t1, t + int((ps - lw).min()))
+            check = safe <= t
+            stop = t + 1 if check else safe
+            for u in range(t, stop):
+                row = rows[offs_l[u]:offs_l[u] + A]
+                # the slot identifies the symbol's rank in its table
+                if sh is None and base_ is None:
+                    take_r(slot16, out=row, mode="clip")
+                else:
+                    if sh is None:
+                        add(slot16, base_, out=g)
+                    else:
+                        rshift(slot16, sh, out=g)
+                        if base_ is not None:
+                            add(g, base_, out=g)
+                    take_r(g, out=row, mode="clip")
+                if rbase_ is None:
+                    copyto(r_, row)
+                else:
+                    add(row, rbase_, out=r_)
+                take_kc(r_, axis=0, out=kc_, mode="clip")
+                # S = (S >> 24) * k + (S & (2**24-1)) - c  ==  S + (S >> 24) * (k - 2**24) - c  (mod 2**64)
+                rshift(st, s24, out=h_)
+                mul(h_, k_, out=h_)
+                add(st, h_, out=st)
+                sub(st, c_, out=st)
+                if A <= _BRANCHLESS_REFILL_MAX_LANES:
+                    # refill (S = S << 32 | next word) the lanes whose state fell below 2**32 and that
+                    # have words left, without branches: n = 1 for those lanes, else 0
+                    less(st, lim, out=n_, casting="unsafe")
+                    if check:
+                        greater(pu, lu, out=ok_)
+                        mul(n_, ok_, out=n_, casting="unsafe")
+                    sub(pu, n_, out=pu)
+                    take_w(ps, out=w_, mode="clip")
+                    mul(w_, n_, out=w_)
+                    lshift(n_, s5, out=n_)
+                    lshift(st, n_, out=st)
+                    bor(st, w_, out=st)
+                else:
+                    # the same on the selected lanes only (cheaper when there are many lanes)
+                    less(st, lim, out=ok_)
+                    sel = ok_.nonzero()[0]
+                    if sel.size:
+                        p = ps.take(sel)
+                        if check:
+                            keep = p > lw.take(sel)
+                            if not keep.all():
+                                sel = sel[keep]
+                                p = p[keep]
+                        p -= 1
+                        ps[sel] = p
+                        st[sel] = (st.take(sel) << s32) | take_w(p)
+            t = stop
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,16 +616,49 @@ def available_backends() -> list[str]:
     return ["constriction", "numpy"] if cs is not None else ["numpy"]
 
 
-def _resolve_backend(backend: str) -> Any:
-    """The constriction module to use, or None for numpy."""
+_preferred = "auto"  # what backend="auto" means; see set_backend()
+
+
+def set_backend(name: str) -> str:
+    """Choose what ``backend="auto"`` means in this process; returns the previous choice.
+
+    ``"auto"`` (the default) picks per call the backend expected to be faster, ``"numpy"`` always uses
+    the pure numpy coder, ``"constriction"`` uses constriction whenever it is usable (and numpy otherwise,
+    silently: files must always load). Every backend gives identical results, so this only changes speed;
+    it exists for benchmarks and tests. :func:`use_backend` is the context-manager form.
+    """
+    global _preferred
+    if name not in _BACKEND_NAMES:
+        raise InvalidInputError(f"unknown backend {name!r}; expected one of {', '.join(_BACKEND_NAMES)}")
+    old, _preferred = _preferred, name
+    return old
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Any:
+    """``with use_backend("numpy"): ...`` - :func:`set_backend` for the duration of a block."""
+    old = set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def _resolve_backend(backend: str) -> tuple[Any, bool]:
+    """(constriction module or None for numpy, whether the choice may still go to the faster backend)."""
     if backend not in _BACKEND_NAMES:
         raise InvalidInputError(f"unknown backend {backend!r}; expected one of {', '.join(_BACKEND_NAMES)}")
+    free = backend == "auto"
+    if free:
+        backend, free = _preferred, _preferred == "auto"
+        if backend == "constriction":
+            return _constriction()[0], False
     if backend == "numpy":
-        return None
+        return None, False
     cs, reason = _constriction()
     if cs is None and backend == "constriction":
         raise InvalidInputError(f"backend 'constriction' is not available ({reason})")
-    return cs
+    return cs, free
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,26 +666,42 @@ def _resolve_backend(backend: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _numpy_decode_is_faster(n: int, lanes: int) -> bool:
-    """Rough cost model (measured on x86-64): constriction decodes at ~33 ns/symbol + ~6 us/lane
-    (binary-search model lookup behind a dynamic Python binding); the lockstep numpy decoder costs
-    ~10 us + ~12 ns/lane per step, so it wins for blocks with many lanes (~600 or more)."""
-    if lanes <= _SCALAR_MAX_LANES:
-        return False
-    steps = -(-n // lanes)
-    return steps * (10e-6 + 12e-9 * lanes) < n * 33e-9 + lanes * 6e-6
+#: Cost model of the two decoders (seconds; measured on x86-64, one core). constriction: per symbol
+#: (binary-search model lookup behind a dynamic binding) and per lane (one coder object each). numpy:
+#: per lockstep step (~16 numpy calls), per symbol stepped, per straggler symbol (Python loop), per block.
+_CS_PER_SYMBOL, _CS_PER_LANE = 35e-9, 2.5e-6
+_NP_PER_STEP, _NP_PER_SYMBOL, _NP_PER_SCALAR_SYMBOL, _NP_PER_BLOCK = 13e-6, 9e-9, 0.8e-6, 60e-6
 
 
-def default_lanes(n: int, ideal_bits: float) -> int:
+def _numpy_decode_is_faster(blocks: list[_Block]) -> bool:
+    """Whether the lockstep numpy decoder is expected to beat constriction on these blocks."""
+    n = sum(b.n for b in blocks)
+    lanes = sum(b.lanes for b in blocks)
+    t_cs = n * _CS_PER_SYMBOL + lanes * _CS_PER_LANE
+    # lanes sorted by length; the lockstep runs while more than _SCALAR_MAX_LANES lanes are active
+    per_lane = np.sort(np.concatenate([np.full(b.lanes, -(-b.n // b.lanes), dtype=np.int64) for b in blocks]))
+    steps = int(per_lane[-_SCALAR_MAX_LANES - 1]) if per_lane.size > _SCALAR_MAX_LANES else 0
+    scalar = int(np.maximum(per_lane[-_SCALAR_MAX_LANES:] - steps, 0).sum())
+    t_np = steps * _NP_PER_STEP + n * _NP_PER_SYMBOL + scalar * _NP_PER_SCALAR_SYMBOL + len(blocks) * _NP_PER_BLOCK
+    return t_np < t_cs
+
+
+def default_lanes(n: int, ideal_bits: float, *, size_bits: float | None = None,
+                  overhead: float = DEFAULT_LANE_OVERHEAD) -> int:
     """Lane count :func:`encode` picks for ``n`` symbols whose ideal coded size is ``ideal_bits``.
 
-    Each lane costs about 8 bytes (4 for its word count, ~4 for its final state), so the count is
-    chosen to keep that near 1% of the payload, with at least 1024 symbols per lane and at most
-    1024 lanes: ``max(1, min(1024, n // 1024, floor(ideal_bits / 6400)))``.
+    Lanes make decoding parallel (the numpy decoder advances all lanes of a block, or of several
+    blocks, with each numpy operation: fewer steps, less time) and cost 8-9 bytes each (4 for the
+    word count, 4-5 for the final state). The count spends at most ``overhead`` (default 0.5%) of
+    ``size_bits`` on lanes; ``size_bits`` defaults to ``ideal_bits``, a codec whose block is only part of
+    what it stores (e.g. one byte plane among raw ones) may pass the size of the whole. At most 4096
+    lanes, at least 256 symbols per lane, at least one lane:
+    ``max(1, min(4096, n // 256, floor(overhead * size_bits / 72)))``.
     """
     if n <= 0:
         return 0
-    by_size = int(ideal_bits // _LANE_OVERHEAD_BITS) if ideal_bits > 0 else 0
+    budget = overhead * (ideal_bits if size_bits is None else size_bits)
+    by_size = int(budget // LANE_COST_BITS) if budget > 0 else 0
     return max(1, min(MAX_DEFAULT_LANES, n // MIN_DEFAULT_SYMBOLS_PER_LANE, by_size))
 
 
@@ -499,7 +725,7 @@ def encode(symbols: np.ndarray, table: FrequencyTable, *, lanes: int | None = No
     """
     if not isinstance(table, FrequencyTable):
         raise InvalidInputError(f"table must be a FrequencyTable, got {type(table).__name__}")
-    cs = _resolve_backend(backend)
+    cs, _ = _resolve_backend(backend)
     arr = np.asarray(symbols)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         if not (arr.size == 0 and arr.dtype.kind == "f"):
@@ -534,27 +760,9 @@ def encode(symbols: np.ndarray, table: FrequencyTable, *, lanes: int | None = No
     return header.tobytes() + words.astype("<u4", copy=False).tobytes()
 
 
-def decode(buf: Any, count: int, table: FrequencyTable, *, backend: str = "auto",
-           out_dtype: Any = np.uint32) -> np.ndarray:
-    """Decode an ANS block of exactly ``count`` symbols; the block must fill ``buf`` exactly.
 
-    Args:
-        buf: the block (bytes-like). Not modified.
-        count: number of symbols (from the tensor header); the output has this many elements.
-        table: the block's entropy model.
-        backend: ``"auto"``, ``"constriction"`` or ``"numpy"``; every backend returns the same array.
-            ``"auto"`` picks the one expected to be faster (numpy wins for blocks with many lanes).
-        out_dtype: integer dtype of the result; every table symbol must fit it.
 
-    Returns:
-        1-D array of ``count`` symbol values.
-
-    Raises:
-        TruncatedError: ``buf`` ends before the block does.
-        CorruptDataError: bad lane count, extra bytes, a lane that does not decode cleanly, or a
-            table symbol that ``out_dtype`` cannot hold. Error offsets are positions in ``buf``.
-        InvalidInputError: bad ``count``, ``table``, ``backend`` or ``out_dtype``.
-    """
+def _check_decode_args(count: Any, table: Any, out_dtype: Any) -> tuple[int, np.dtype]:
     if not isinstance(table, FrequencyTable):
         raise InvalidInputError(f"table must be a FrequencyTable, got {type(table).__name__}")
     try:
@@ -571,7 +779,11 @@ def decode(buf: Any, count: int, table: FrequencyTable, *, backend: str = "auto"
         raise InvalidInputError(f"bad out_dtype {out_dtype!r}") from None
     if odt == np.bool_ or odt.kind not in "iu":
         raise InvalidInputError(f"out_dtype must be an integer dtype, got {odt}")
-    cs = _resolve_backend(backend)
+    return n, odt.newbyteorder("=")
+
+
+def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: int) -> np.ndarray | _Block:
+    """Apply the reader checks of spec section 6.2; a trivial block's output, or the block to decode."""
     try:
         data = np.frombuffer(buf, dtype=np.uint8)
     except (TypeError, ValueError, BufferError) as exc:
@@ -615,6 +827,91 @@ def decode(buf: Any, count: int, table: FrequencyTable, *, backend: str = "auto"
         j = int(nonempty[zero_last[0]])
         raise CorruptDataError(f"ANS block: lane {j} ends in a zero word",
                                offset=header_end + 4 * int(last[zero_last[0]]))
-    if cs is not None and not (backend == "auto" and _numpy_decode_is_faster(n, lanes)):
-        return _decode_constriction(cs, words, starts, counts, n, table, odt, header_end)
-    return _decode_numpy(words, starts, counts, n, table, odt, header_end)
+    return _Block(index, n, table, odt, words, starts, counts, header_end)
+
+
+def _decode_parsed(blocks: list[_Block], cs: Any, free: bool) -> list[np.ndarray]:
+    if not blocks:
+        return []
+    if cs is not None and not (free and _numpy_decode_is_faster(blocks)):
+        out = []
+        for b in blocks:
+            try:
+                out.append(_decode_constriction(cs, b.words, b.starts, b.counts, b.n, b.table, b.odt,
+                                                b.word_base))
+            except CorruptDataError as exc:
+                exc.block_index = b.index  # type: ignore[attr-defined]
+                raise
+        return out
+    return _decode_lockstep(blocks)
+
+
+def decode(buf: Any, count: int, table: FrequencyTable, *, backend: str = "auto",
+           out_dtype: Any = np.uint32) -> np.ndarray:
+    """Decode an ANS block of exactly ``count`` symbols; the block must fill ``buf`` exactly.
+
+    Args:
+        buf: the block (bytes-like). Not modified.
+        count: number of symbols (from the tensor header); the output has this many elements.
+        table: the block's entropy model.
+        backend: ``"auto"``, ``"constriction"`` or ``"numpy"``; every backend returns the same array.
+            ``"auto"`` picks the one expected to be faster (numpy wins for blocks with many lanes),
+            unless :func:`set_backend` fixed a choice.
+        out_dtype: integer dtype of the result; every table symbol must fit it.
+
+    Returns:
+        1-D array of ``count`` symbol values.
+
+    Raises:
+        TruncatedError: ``buf`` ends before the block does.
+        CorruptDataError: bad lane count, extra bytes, a lane that does not decode cleanly, or a
+            table symbol that ``out_dtype`` cannot hold. Error offsets are positions in ``buf``.
+        InvalidInputError: bad ``count``, ``table``, ``backend`` or ``out_dtype``.
+    """
+    n, odt = _check_decode_args(count, table, out_dtype)
+    cs, free = _resolve_backend(backend)
+    parsed = _parse_block(buf, n, table, odt, 0)
+    if isinstance(parsed, np.ndarray):
+        return parsed
+    return _decode_parsed([parsed], cs, free)[0]
+
+
+def decode_many(blocks: Any, *, backend: str = "auto", out_dtype: Any = np.uint32) -> list[np.ndarray]:
+    """Decode several ANS blocks at once; same results as :func:`decode` on each, usually much faster.
+
+    The numpy backend advances the lanes of *all* blocks together, one numpy operation per step for
+    every lane of every block, so many small blocks (byte planes of a chunk, chunks of a tensor, small
+    tensors) cost about as many steps as the longest one instead of the sum.
+
+    Args:
+        blocks: iterable of ``(buf, count, table)`` or ``(buf, count, table, out_dtype)`` tuples,
+            with the meaning of :func:`decode`'s arguments (each block fills its ``buf`` exactly).
+        backend: as for :func:`decode`.
+        out_dtype: default integer dtype of the results (a 4-tuple overrides it for its block).
+
+    Returns:
+        One 1-D array per block, in order.
+
+    Raises:
+        The errors of :func:`decode`. Every block is checked before any is decoded; the error concerns
+        the first failing block, whose position in ``blocks`` is the exception's ``block_index``
+        attribute (error offsets are positions in that block's ``buf``).
+    """
+    cs, free = _resolve_backend(backend)
+    results: list[Any] = []
+    pending: list[_Block] = []
+    for i, item in enumerate(blocks):
+        try:
+            if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+                raise InvalidInputError(f"decode_many: block {i} must be (buf, count, table[, out_dtype]), "
+                                        f"got {type(item).__name__}")
+            n, odt = _check_decode_args(item[1], item[2], item[3] if len(item) == 4 else out_dtype)
+            parsed = _parse_block(item[0], n, item[2], odt, i)
+        except RdcError as exc:
+            exc.block_index = i  # type: ignore[attr-defined]
+            raise
+        if isinstance(parsed, _Block):
+            pending.append(parsed)
+        results.append(parsed)
+    decoded = iter(_decode_parsed(pending, cs, free))
+    return [next(decoded) if isinstance(r, _Block) else r for r in results]
