@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import os
 import threading
@@ -16,6 +17,7 @@ import numpy as np
 from . import container as C
 from .codecs import codec_from_config
 from .dtypes import by_code
+from .entropy import ans
 from .errors import (
     ChecksumError,
     CorruptDataError,
@@ -157,6 +159,8 @@ class RdcReader:
         names: set[str] = set()
         tensors: set[str] = set()
         index_at: int | None = None
+        queue: list[_PendingTensor] = []  # tensors read and planned, decoded together (ans.decode_many)
+        queued = 0
         # Where this iteration continues: by-name reads from other threads may move the file.
         pos = head.offset + C.RECORD_HEADER_SIZE if head is not None else self._src.pos
         while True:
@@ -169,16 +173,29 @@ class RdcReader:
                     raise CorruptDataError(f"{head.name} record after the index record (only the end record may "
                                            "follow it)", offset=head.offset, record=head.name)
                 rel = head.offset - self._start
-                if head.rtype == C.REC_TENSOR:
+                ready: list[tuple[str, np.ndarray]] = []
+                if queue and (head.rtype != C.REC_TENSOR or queued >= DECODE_BATCH_BYTES):
+                    # decode what is queued (aliases need their targets; the batch is big enough)
+                    ready = self._finish_tensors(queue)
+                    queue, queued = [], 0
+                    pos = self._src.pos  # just after this record's head, which stays pending
+                if ready:
+                    pass
+                elif head.rtype == C.REC_TENSOR:
                     payload = C.read_payload(self._src, head)
                     header = C.parse_tensor_header(payload, head.offset + C.RECORD_HEADER_SIZE)
                     if header.name in names:
                         raise CorruptDataError(f"duplicate name {header.name!r}", offset=head.offset,
                                                record="tensor", tensor=header.name)
-                    array = self._read_chunks(header, head)
+                    pending = self._plan_tensor(header, head)
+                    queue.append(pending)
+                    queued += pending.nbytes
                     names.add(header.name)
                     tensors.add(header.name)
                     entries.append((C.ENTRY_TENSOR, header.name, rel, self._src.pos - head.offset))
+                    head = None
+                    pos = self._src.pos
+                    continue
                 elif head.rtype == C.REC_ALIAS:
                     payload = C.read_payload(self._src, head)
                     alias, target = C.parse_alias(payload, head.offset + C.RECORD_HEADER_SIZE)
@@ -201,7 +218,6 @@ class RdcReader:
                         self._src.seek(here)
                     names.add(alias)
                     entries.append((C.ENTRY_ALIAS, alias, rel, head.end - head.offset))
-                    header = None
                 elif head.rtype == C.REC_INDEX:
                     payload = C.read_payload(self._src, head)
                     listed = C.parse_index(payload, head.offset + C.RECORD_HEADER_SIZE, None)
@@ -233,15 +249,21 @@ class RdcReader:
                     head = None
                     pos = self._src.pos
                     continue
-                head = None
-                pos = self._src.pos
-            if header is not None:
-                recent[header.name] = array
-                yield header.name, array
+                if not ready:
+                    head = None
+                    pos = self._src.pos
+            if ready:
+                for tname, tarray in ready:
+                    recent[tname] = tarray
+                    yield tname, tarray
             else:
                 yield alias, array
 
     def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead) -> np.ndarray:
+        return self._finish_tensors([self._plan_tensor(header, head)])[0][1]
+
+    def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead) -> "_PendingTensor":
+        """Read a tensor's chunk records and plan their decoding (ANS blocks not decoded yet)."""
         name = header.name
         try:
             info = by_code(header.dtype_code)
@@ -292,6 +314,7 @@ class RdcReader:
         # On a stream of unknown length a large output grows as chunks arrive (memory follows data).
         grow = rem is None and nbytes > STREAM_PREALLOC_BYTES
         out = self._allocate(min(numel, header.chunk_elements) if grow else numel, dtype, nbytes, head, name)
+        pend = _PendingTensor(header, head, info, out)
         for index in range(header.chunk_count):
             chead = C.read_record_head(self._src, tensor=name)
             if chead.rtype != C.REC_CHUNK:
@@ -304,29 +327,61 @@ class RdcReader:
             data = C.parse_chunk(payload, base, index, name)
             start = index * header.chunk_elements
             count = min(header.chunk_elements, numel - start)
-            try:
-                decoded = codec.decode_chunk(data, count, info)
-            except RdcError as exc:
-                raise exc.with_context(offset=chead.offset, record="chunk", tensor=name)
-            except (MemoryError, KeyboardInterrupt):
+            with _chunk_errors(index, chead, name):
+                plan = codec.plan_chunk(data, count, info)
+            pend.chunks.append((index, chead, start, count, plan))
+            pend.nbytes += count * info.itemsize
+            if pend.nbytes >= DECODE_BATCH_BYTES:  # a big tensor: decode what is planned so far
+                self._decode_pending([pend])
+        return pend
+
+    def _decode_pending(self, pending: list["_PendingTensor"]) -> None:
+        """Decode the ANS blocks of the planned chunks of ``pending`` at once; write the chunks out."""
+        blocks, owners = [], []
+        for pend in pending:
+            for chunk in pend.chunks:
+                blocks.extend(chunk[4].blocks)
+                owners.extend([(pend, chunk)] * len(chunk[4].blocks))
+        try:
+            decoded = ans.decode_many(blocks)
+        except RdcError as exc:
+            i = getattr(exc, "block_index", None)
+            if i is None:
                 raise
-            except Exception as exc:  # a codec bug or unforeseen corruption: still an RdcError
-                raise CorruptDataError(f"chunk {index} does not decode: {type(exc).__name__}: {exc}",
-                                       offset=chead.offset, record="chunk", tensor=name) from exc
-            if decoded.shape != (count,):
-                raise CorruptDataError(f"chunk {index} decoded to {decoded.size} elements, expected {count}",
-                                       offset=chead.offset, record="chunk", tensor=name)
-            if start + count > out.size:  # growing output (streams): realloc, usually without copying
-                try:
-                    out.resize(min(numel, max(start + count, 2 * out.size)), refcheck=False)
-                except (MemoryError, ValueError) as exc:
-                    raise LimitExceededError(f"cannot allocate memory for the tensor ({exc})", offset=chead.offset,
-                                             record="chunk", tensor=name) from None
-            out[start : start + count] = decoded
-        if info.kind == "bool" and numel and out.view(np.uint8).max() > 1:
-            raise CorruptDataError("bool tensor holds values other than 0 and 1",
-                                   offset=head.offset, record="tensor", tensor=name)
-        return out.reshape(header.shape)
+            pend, (index, chead, _s, _c, _p) = owners[i]
+            raise exc.with_context(offset=chead.offset, record="chunk", tensor=pend.header.name)
+        at = 0
+        for pend in pending:
+            name, out = pend.header.name, pend.out
+            for index, chead, start, count, plan in pend.chunks:
+                nb = len(plan.blocks)
+                with _chunk_errors(index, chead, name):
+                    elements = plan.finish(decoded[at:at + nb])
+                at += nb
+                if elements.shape != (count,):
+                    raise CorruptDataError(f"chunk {index} decoded to {elements.size} elements, expected {count}",
+                                           offset=chead.offset, record="chunk", tensor=name)
+                if start + count > out.size:  # growing output (streams): realloc, usually without copying
+                    try:
+                        out.resize(min(pend.header.numel, max(start + count, 2 * out.size)), refcheck=False)
+                    except (MemoryError, ValueError) as exc:
+                        raise LimitExceededError(f"cannot allocate memory for the tensor ({exc})",
+                                                 offset=chead.offset, record="chunk", tensor=name) from None
+                out[start : start + count] = elements
+            pend.chunks.clear()
+            pend.nbytes = 0
+
+    def _finish_tensors(self, pending: list["_PendingTensor"]) -> list[tuple[str, np.ndarray]]:
+        """Decode everything still planned in ``pending`` (together), then return the tensors."""
+        self._decode_pending(pending)
+        out_list = []
+        for pend in pending:
+            header, head, info, out = pend.header, pend.head, pend.info, pend.out
+            if info.kind == "bool" and header.numel and out.view(np.uint8).max() > 1:
+                raise CorruptDataError("bool tensor holds values other than 0 and 1",
+                                       offset=head.offset, record="tensor", tensor=header.name)
+            out_list.append((header.name, out.reshape(header.shape)))
+        return out_list
 
     def _allocate(self, numel: int, dtype: np.dtype, nbytes: int, head: C.RecordHead, name: str) -> np.ndarray:
         """The output array; an allocation the machine refuses is a LimitExceededError, not a crash."""
@@ -502,3 +557,32 @@ def load(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None 
     """Decode every tensor into a dict (aliases map to the same array object as their target)."""
     with RdcReader(source, limits=limits) as reader:
         return dict(iter(reader))
+
+
+#: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
+DECODE_BATCH_BYTES = 64 << 20
+
+
+class _PendingTensor:
+    """A tensor whose chunk records are read and planned, waiting for its ANS blocks to be decoded."""
+
+    __slots__ = ("header", "head", "info", "out", "nbytes", "chunks")
+
+    def __init__(self, header, head, info, out: np.ndarray) -> None:
+        self.header, self.head, self.info, self.out = header, head, info, out
+        self.nbytes = 0  # decoded bytes of the planned chunks
+        self.chunks: list = []  # (index, chunk record head, first element, count, ChunkPlan)
+
+
+@contextlib.contextmanager
+def _chunk_errors(index: int, chead, name: str):
+    """Codec errors of a chunk as RdcErrors with the chunk's context."""
+    try:
+        yield
+    except RdcError as exc:
+        raise exc.with_context(offset=chead.offset, record="chunk", tensor=name)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a codec bug or unforeseen corruption: still an RdcError
+        raise CorruptDataError(f"chunk {index} does not decode: {type(exc).__name__}: {exc}",
+                               offset=chead.offset, record="chunk", tensor=name) from exc

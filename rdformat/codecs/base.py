@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -43,6 +43,15 @@ class Codec:
         """Decode one chunk into a flat array of ``count`` elements of ``dtype``."""
         raise NotImplementedError
 
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> "ChunkPlan":
+        """Decoding of one chunk split around its ANS blocks (see :class:`ChunkPlan`).
+
+        Readers decode the blocks of many chunks together (``ans.decode_many`` steps all their lanes
+        at once, much faster with numpy than block by block). The default has no blocks: ``finish``
+        calls :meth:`decode_chunk`.
+        """
+        return ChunkPlan([], lambda _decoded: self.decode_chunk(data, count, dtype))
+
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
 
@@ -66,3 +75,16 @@ class Prepared:
     elements: np.ndarray  # what encode_chunk consumes, numel elements in C order
     dtype: np.dtype  # the dtype the decoder returns
     shape: tuple[int, ...]
+
+
+@dataclass
+class ChunkPlan:
+    """A chunk's ANS blocks and what turns their decoded symbols into the chunk's elements.
+
+    ``blocks``: ``(buf, count, table, out_dtype)`` tuples for :func:`rdformat.entropy.ans.decode_many`
+    (header checks already done); ``finish(decoded)`` gets one array per block, in order, and returns
+    the flat elements. Error offsets raised by either are relative to the chunk data.
+    """
+
+    blocks: list = field(default_factory=list)
+    finish: Callable[[list], np.ndarray] = lambda decoded: np.zeros(0)

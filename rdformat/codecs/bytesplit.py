@@ -15,7 +15,7 @@ from ..dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, RdcError
 from . import register_codec
-from .base import Codec
+from .base import ChunkPlan, Codec
 
 PLANE_RAW = 0
 PLANE_CONSTANT = 1
@@ -117,11 +117,12 @@ class ByteSplitCodec(Codec):
         """Smallest chunk data for ``count`` elements: every plane takes at least 2 bytes (reader's bomb check)."""
         return 2 * dtype.itemsize
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
-        """Rebuild the planes, interleave them and undo the transform."""
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> ChunkPlan:
+        """Raw and constant planes now; ANS planes as blocks; interleave and undo the transform in finish."""
         w = dtype.itemsize
         buf = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
-        planes = np.empty((count, w), dtype=np.uint8)
+        fills = []  # (plane, raw bytes or constant) - the planes are only allocated in finish
+        blocks, coded = [], []  # coded: (plane, mode, offset) of each ANS block
         pos = 0
         for k in range(w):
             if pos >= len(buf):
@@ -131,12 +132,12 @@ class ByteSplitCodec(Codec):
             if mode == PLANE_RAW:
                 if pos + count > len(buf):
                     raise CorruptDataError(f"bytesplit raw plane {k} is truncated", offset=pos)
-                planes[:, k] = np.frombuffer(buf, np.uint8, count, pos)
+                fills.append((k, np.frombuffer(buf, np.uint8, count, pos)))
                 pos += count
             elif mode == PLANE_CONSTANT:
                 if pos + 1 > len(buf):
                     raise CorruptDataError(f"bytesplit constant plane {k} is truncated", offset=pos)
-                planes[:, k] = buf[pos]
+                fills.append((k, buf[pos]))
                 pos += 1
             elif mode in (PLANE_ANS, PLANE_ANS_PAIRS):
                 try:
@@ -154,22 +155,39 @@ class ByteSplitCodec(Codec):
                     raise CorruptDataError(f"bytesplit plane {k} table has symbols above {limit}", offset=pos)
                 block = memoryview(buf)[pos : pos + n]
                 if mode == PLANE_ANS:
-                    planes[:, k] = ans.decode(block, count, table, out_dtype=np.uint8)
+                    blocks.append((block, count, table, np.uint8))
                 else:
-                    pairs = ans.decode(block, -(-count // 2), table, out_dtype=np.uint16)
-                    as_bytes = pairs.astype("<u2").view(np.uint8)
-                    if count % 2 and as_bytes[-1]:
-                        raise CorruptDataError(f"bytesplit plane {k}: nonzero padding byte", offset=pos)
-                    planes[:, k] = as_bytes[:count]
+                    blocks.append((block, -(-count // 2), table, np.uint16))
+                coded.append((k, mode, pos))
                 pos += n
             else:
                 raise CorruptDataError(f"bytesplit plane {k} has unknown mode {mode}", offset=pos - 1)
         if pos != len(buf):
             raise CorruptDataError(f"{len(buf) - pos} trailing bytes after the bytesplit planes", offset=pos)
-        words = planes.view(_UINT[w]).reshape(count)
-        if self.transform == "rotl1":
-            words = _rotate(words, 8 * w, left=False)
-        return words.view(dtype.numpy.newbyteorder("<"))
+
+        def finish(decoded: list) -> np.ndarray:
+            planes = np.empty((count, w), dtype=np.uint8)
+            for k, value in fills:
+                planes[:, k] = value
+            for (k, mode, at), symbols in zip(coded, decoded):
+                if mode == PLANE_ANS:
+                    planes[:, k] = symbols
+                else:
+                    as_bytes = symbols.astype("<u2").view(np.uint8)
+                    if count % 2 and as_bytes[-1]:
+                        raise CorruptDataError(f"bytesplit plane {k}: nonzero padding byte", offset=at)
+                    planes[:, k] = as_bytes[:count]
+            words = planes.view(_UINT[w]).reshape(count)
+            if self.transform == "rotl1":
+                words = _rotate(words, 8 * w, left=False)
+            return words.view(dtype.numpy.newbyteorder("<"))
+
+        return ChunkPlan(blocks, finish)
+
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+        """Rebuild the planes (all ANS planes decoded together), interleave them and undo the transform."""
+        plan = self.plan_chunk(data, count, dtype)
+        return plan.finish(ans.decode_many(plan.blocks))
 
 
 def _pairs(plane: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, InvalidInputError, RdcError
 from . import register_codec
-from .base import Codec
+from .base import ChunkPlan, Codec
 
 MODE_ZERO = 0
 MODE_TABLE = 1
@@ -144,19 +144,22 @@ class SQCodec(Codec):
 
     def decode_levels(self, data: memoryview, count: int) -> np.ndarray:
         """The stored integer levels of one chunk."""
-        k, radix, table, symbols = self._decode_symbols(data, count)
+        k, radix, table, block, pos = self._parse(data, count)
         if k == 0:
             return np.zeros(count, dtype=np.int32)
+        symbols = ans.decode(block, -(-count // k), table, out_dtype=np.uint32)
+        self._check_padding(symbols, k, radix, count, pos)
         return unzigzag(_ungroup(symbols, k, radix)[:count])
 
-    def _decode_symbols(self, data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, np.ndarray | None]:
+    def _parse(self, data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
+        """(k, radix, table, ANS block, its offset) of a chunk; k == 0 for an all-zero chunk."""
         buf = bytes(data)
         if not buf:
             raise CorruptDataError("sq chunk is empty", offset=0)
         if buf[0] == MODE_ZERO:
             if len(buf) != 1:
                 raise CorruptDataError("sq all-zero chunk has trailing bytes", offset=1)
-            return 0, 0, None, None
+            return 0, 0, None, None, 1
         if buf[0] not in (MODE_TABLE, MODE_PARAMETRIC):
             raise CorruptDataError(f"sq chunk has unknown mode {buf[0]}", offset=0)
         if len(buf) < 6:
@@ -177,33 +180,46 @@ class SQCodec(Codec):
                 raise exc.with_context(record="chunk")
         if int(table.symbols[-1]) >= radix ** k:
             raise CorruptDataError("sq table holds a symbol beyond radix**k", offset=6)
-        ngroups = -(-count // k)
-        symbols = ans.decode(memoryview(buf)[pos:], ngroups, table, out_dtype=np.uint32)
+        return k, radix, table, memoryview(buf)[pos:], pos
+
+    @staticmethod
+    def _check_padding(symbols: np.ndarray, k: int, radix: int, count: int, pos: int) -> None:
         if count % k:
             # Padding digits of the last group must be zero (one valid encoding per chunk).
             tail = _ungroup(symbols[-1:], k, radix)[count % k :]
             if tail.any():
                 raise CorruptDataError("sq chunk has nonzero padding in its last group", offset=pos)
-        return k, radix, table, symbols
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
-        """Decode levels and dequantize them to the tensor's dtype (one table lookup per group)."""
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> ChunkPlan:
+        """The chunk's ANS block and the dequantization that follows it (one table lookup per group)."""
         if dtype.kind != "float":
             raise CorruptDataError(f"sq codec cannot produce dtype {dtype.name}")
         out_dtype = dtype.numpy.newbyteorder("<")
-        k, radix, table, symbols = self._decode_symbols(data, count)
+        k, radix, table, block, pos = self._parse(data, count)
         if k == 0:
-            return np.zeros(count, dtype=out_dtype)
-        # Reconstruct each present group once, then gather: decoding is one lookup per group.
-        present = table.symbols.astype(np.int64)
-        values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2, out_dtype)
-        values = values.reshape(-1, k)
-        if radix ** k <= 4 * symbols.size:
-            lut = np.zeros((radix ** k, k), dtype=out_dtype)
-            lut[present] = values
-            return lut[symbols].reshape(-1)[:count]
-        # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
-        return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
+            return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
+
+        def finish(decoded: list) -> np.ndarray:
+            symbols = decoded[0]
+            self._check_padding(symbols, k, radix, count, pos)
+            # Reconstruct each present group once, then gather: decoding is one lookup per group.
+            present = table.symbols.astype(np.int64)
+            values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2,
+                                out_dtype)
+            values = values.reshape(-1, k)
+            if radix ** k <= 4 * symbols.size:
+                lut = np.zeros((radix ** k, k), dtype=out_dtype)
+                lut[present] = values
+                return lut[symbols].reshape(-1)[:count]
+            # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
+            return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
+
+        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish)
+
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+        """Decode levels and dequantize them to the tensor's dtype."""
+        plan = self.plan_chunk(data, count, dtype)
+        return plan.finish(ans.decode_many(plan.blocks))
 
 
 MAX_GROUP = 8
