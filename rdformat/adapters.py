@@ -150,6 +150,17 @@ def write_rdc(
     target needs the whole model in memory (rate control reads every tensor before writing).
     """
     kwargs: dict[str, Any] = {"metadata": metadata}
+    if isinstance(codec, Mapping) and codec.get("method") == "surp":
+        if graph is not None or aliases:
+            raise InvalidInputError("SuRP compression of models with a graph or tied weights is not supported "
+                                    "yet; use --bits/--rel-error (sq) for them")
+        from . import surp
+
+        tensors = dict(items)
+        structural = set(structural)
+        surp.save(tensors, target, sparsity=codec.get("sparsity"), bits_per_weight=codec.get("bits"),
+                  metadata=metadata, select=lambda name, arr: name not in structural and surp.is_prunable(arr))
+        return
     if isinstance(codec, Mapping):
         items = dict(items)
         kwargs.update(codec)

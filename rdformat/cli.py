@@ -210,21 +210,29 @@ def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
 def _codec_from_args(args: argparse.Namespace) -> str | dict:
     """Lossless unless a lossy target is asked for explicitly (nobody degrades a model by accident)."""
     targets = {key: value for key, value in (("bits", args.bits), ("rel_error", args.rel_error),
-                                             ("size", args.size)) if value is not None}
+                                             ("size", args.size), ("sparsity", args.sparsity)) if value is not None}
     if len(targets) > 1:
-        raise InvalidInputError("give only one of --bits, --rel-error and --size")
-    if args.method not in (None, "sq"):
-        raise UnsupportedFeatureError(f"lossy method {args.method!r} is not available; known: sq")
+        raise InvalidInputError("give only one of --bits, --rel-error, --size and --sparsity")
+    method = args.method or ("surp" if "sparsity" in targets else "sq")
+    if method not in ("sq", "surp"):
+        raise UnsupportedFeatureError(f"lossy method {method!r} is not available; known: sq, surp")
     if args.method is not None and not targets:
-        raise InvalidInputError("--method needs a target: --bits, --rel-error or --size")
+        raise InvalidInputError("--method needs a target: --bits, --rel-error, --size or --sparsity")
+    if method == "surp" and set(targets) - {"bits", "sparsity"}:
+        raise InvalidInputError("--method surp takes --sparsity or --bits")
+    if method == "sq" and "sparsity" in targets:
+        raise InvalidInputError("--sparsity needs --method surp")
+    if method == "surp" and targets:
+        return {"method": "surp", **targets}
     return targets or "lossless"
 
 
 def _codec_label(codec: str | dict) -> str:
     if isinstance(codec, str):
         return codec
-    key, value = next(iter(codec.items()))
-    return f"lossy sq, target {key.replace('_', '-')} {value}"
+    targets = {k: v for k, v in codec.items() if k != "method"}
+    key, value = next(iter(targets.items()))
+    return f"lossy {codec.get('method', 'sq')}, target {key.replace('_', '-')} {value}"
 
 
 def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
@@ -254,7 +262,15 @@ def cmd_decompress(args: argparse.Namespace, out: _Out) -> int:
         options["external_data"] = args.external_data == "yes"
     elif args.external_data != "auto":
         raise adapters.FormatError("--external-data applies to .onnx outputs only")
-    adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, **options)
+    if args.max_bytes is not None:
+        # Progressive (SuRP) tensors decode from a prefix of their streams: a coarser model.
+        from .codecs.surp import prefix_fraction
+        from .surp import budget_fraction
+
+        with prefix_fraction(budget_fraction(src, args.max_bytes)):
+            adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, **options)
+    else:
+        adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, **options)
     out.say(f"{src} -> {dst} ({fmt}): {_output_bytes(dst, fmt):,} bytes")
     return EXIT_OK
 
@@ -490,7 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="target relative L2 error of the whole model, e.g. 0.01")
     lossy.add_argument("--size", type=_byte_size, default=None, metavar="S",
                        help="target file size (bytes, or with k/M/G suffix), an upper bound")
-    lossy.add_argument("--method", default=None, metavar="NAME", help="lossy method (default: sq)")
+    lossy.add_argument("--sparsity", type=_positive_float, default=None, metavar="S",
+                       help="SuRP: fraction of pruned weights among 2+-D float tensors, e.g. 0.9")
+    lossy.add_argument("--method", default=None, metavar="NAME", choices=("sq", "surp"),
+                       help="sq (quantization, default) or surp (successive-refinement pruning, progressive)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", parents=[common], help="restore an .rdc file as .safetensors/.pt/.onnx/.npz",
@@ -502,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="ONNX only: write large weights to OUT.data (default: as the source model did, "
                         "or when over 1.8 GB)")
+    p.add_argument("--max-bytes", type=_byte_size, default=None, metavar="N",
+                   help="read budget: progressive (SuRP) tensors decode from a prefix of their streams, "
+                        "the budget shared in proportion to their sizes (a sparser, coarser model)")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", parents=[common], help="list the tensors of an .rdc file",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from contextlib import nullcontext
 import contextlib
 import io
 import os
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import container as C
 from .codecs import codec_from_config
+from .codecs.surp import prefix_fraction
 from .dtypes import by_code
 from .entropy import ans
 from .errors import (
@@ -76,8 +78,17 @@ class RdcReader:
     through the index without touching the others; it is safe to call from several threads.
     """
 
-    def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *, limits: Limits | None = None) -> None:
+    def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *,
+                 limits: Limits | None = None, budget: int | None = None) -> None:
         self.limits = limits or Limits()
+        #: With a byte budget, progressive (SuRP) streams are decoded from a prefix only.
+        self._prefix_fraction: float | None = None
+        if budget is not None:
+            if not isinstance(source, (str, os.PathLike)):
+                raise UnsupportedFeatureError("a read budget needs a file path (it is planned from the index)")
+            from .surp import budget_fraction  # the producer module knows how budgets are shared
+
+            self._prefix_fraction = budget_fraction(source, int(budget))
         self._owns = False
         if isinstance(source, (str, os.PathLike)):
             self._stream: BinaryIO = builtins.open(source, "rb")
@@ -355,7 +366,8 @@ class RdcReader:
             name, out = pend.header.name, pend.out
             for index, chead, start, count, plan in pend.chunks:
                 nb = len(plan.blocks)
-                with _chunk_errors(index, chead, name):
+                budget = prefix_fraction(self._prefix_fraction) if self._prefix_fraction is not None else nullcontext()
+                with _chunk_errors(index, chead, name), budget:
                     elements = plan.finish(decoded[at:at + nb])
                 at += nb
                 if elements.shape != (count,):
@@ -548,9 +560,14 @@ class RdcReader:
         self.close()
 
 
-def open(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None = None) -> RdcReader:  # noqa: A001
-    """Open an .rdc file, bytes, or binary stream (seekable or not) for reading."""
-    return RdcReader(source, limits=limits)
+def open(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None = None,  # noqa: A001
+         budget: int | None = None) -> RdcReader:
+    """Open an .rdc file, bytes, or binary stream (seekable or not) for reading.
+
+    ``budget`` (bytes, file paths only): progressive SuRP tensors decode from a prefix of their streams,
+    the budget shared in proportion to their sizes, giving a coarser model from fewer bytes.
+    """
+    return RdcReader(source, limits=limits, budget=budget)
 
 
 def load(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None = None) -> dict[str, np.ndarray]:

@@ -235,3 +235,22 @@ def test_lossy_compress_through_the_cli(tmp_path):
     rdc("decompress", tmp_path / "m.rdc", tmp_path / "back.npz")
     back = np.load(tmp_path / "back.npz")
     assert np.array_equal(back["b"], np.ones(64, np.float32))
+
+
+def test_surp_compress_and_budgeted_decompress(tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.laplace(0, 0.05, (128, 128)).astype(np.float32)
+    np.savez(tmp_path / "m.npz", w=w, b=np.ones(128, np.float32))
+    out = rdc("compress", "--method", "surp", "--sparsity", "0.9", tmp_path / "m.npz", tmp_path / "m.rdc")
+    assert "lossy surp" in out.stdout
+    rdc("decompress", tmp_path / "m.rdc", tmp_path / "full.npz")
+    size = (tmp_path / "m.rdc").stat().st_size
+    rdc("decompress", "--max-bytes", str(size // 3), tmp_path / "m.rdc", tmp_path / "part.npz")
+    full, part = np.load(tmp_path / "full.npz"), np.load(tmp_path / "part.npz")
+    assert abs(np.mean(full["w"] == 0) - 0.9) < 0.001
+    assert np.mean(part["w"] == 0) > np.mean(full["w"] == 0)  # a prefix is a sparser model
+    assert np.array_equal(part["b"], np.ones(128, np.float32))  # non-progressive tensors are exact
+    import rdformat
+
+    with rdformat.open(tmp_path / "m.rdc", budget=size // 3) as f:
+        assert np.array_equal(dict(iter(f))["w"], part["w"])
