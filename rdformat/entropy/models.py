@@ -209,6 +209,26 @@ def _as_int_array(x: Any, what: str) -> np.ndarray:
     return arr.reshape(-1)
 
 
+def _check_precision_and_symbols(precision: Any, symbols: Any, other: np.ndarray, other_name: str) -> tuple[int, np.ndarray]:
+    """Shared input checks of the table constructors: precision range, symbol count and values."""
+    try:
+        q = int(precision)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"precision must be an integer, got {precision!r}") from None
+    if not 1 <= q <= MAX_PRECISION:
+        raise InvalidInputError(f"precision must be in 1..{MAX_PRECISION}, got {q}")
+    sym = _as_int_array(symbols, "symbols")
+    if sym.size != other.size:
+        raise InvalidInputError(f"symbols and {other_name} differ in length ({sym.size} vs {other.size})")
+    if sym.size == 0:
+        raise InvalidInputError("a frequency table needs at least one symbol")
+    if sym.size > (1 << q):
+        raise InvalidInputError(f"{sym.size} symbols do not fit precision {q} (at most {1 << q})")
+    if int(sym.min()) < 0 or int(sym.max()) >= MAX_SYMBOL:
+        raise InvalidInputError("symbol values must be in 0..2**31-1")
+    return q, sym
+
+
 class FrequencyTable:
     """An immutable integer frequency table (the entropy model of one ANS block).
 
@@ -230,22 +250,8 @@ class FrequencyTable:
 
     def __init__(self, precision: int, symbols: Any, freqs: Any) -> None:
         """Build a table from explicit ``symbols`` and ``freqs`` (validated; arrays are copied)."""
-        try:
-            q = int(precision)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"precision must be an integer, got {precision!r}") from None
-        if not 1 <= q <= MAX_PRECISION:
-            raise InvalidInputError(f"precision must be in 1..{MAX_PRECISION}, got {q}")
-        sym = _as_int_array(symbols, "symbols")
         frq = _as_int_array(freqs, "freqs")
-        if sym.size != frq.size:
-            raise InvalidInputError(f"symbols and freqs differ in length ({sym.size} vs {frq.size})")
-        if sym.size == 0:
-            raise InvalidInputError("a frequency table needs at least one symbol")
-        if sym.size > (1 << q):
-            raise InvalidInputError(f"{sym.size} symbols do not fit precision {q} (at most {1 << q})")
-        if int(sym.min()) < 0 or int(sym.max()) >= MAX_SYMBOL:
-            raise InvalidInputError("symbol values must be in 0..2**31-1")
+        q, sym = _check_precision_and_symbols(precision, symbols, frq, "freqs")
         if sym.size > 1 and not np.all(sym[1:] > sym[:-1]):
             raise InvalidInputError("symbols must be strictly increasing")
         if int(frq.min()) < 1:
@@ -314,24 +320,10 @@ class FrequencyTable:
         Raises:
             InvalidInputError: more symbols than ``2**precision``, duplicates, bad values or counts.
         """
-        try:
-            q = int(precision)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"precision must be an integer, got {precision!r}") from None
-        if not 1 <= q <= MAX_PRECISION:
-            raise InvalidInputError(f"precision must be in 1..{MAX_PRECISION}, got {q}")
-        sym = _as_int_array(symbols, "symbols")
         cnt = np.asarray(counts).reshape(-1)
         if cnt.dtype == np.bool_ or cnt.dtype.kind not in "iuf":
             raise InvalidInputError(f"counts must be numeric, got dtype {cnt.dtype}")
-        if sym.size != cnt.size:
-            raise InvalidInputError(f"symbols and counts differ in length ({sym.size} vs {cnt.size})")
-        if sym.size == 0:
-            raise InvalidInputError("a frequency table needs at least one symbol")
-        if sym.size > (1 << q):
-            raise InvalidInputError(f"{sym.size} symbols do not fit precision {q} (at most {1 << q})")
-        if int(sym.min()) < 0 or int(sym.max()) >= MAX_SYMBOL:
-            raise InvalidInputError("symbol values must be in 0..2**31-1")
+        q, sym = _check_precision_and_symbols(precision, symbols, cnt, "counts")
         cf = cnt.astype(np.float64)
         if not np.all(np.isfinite(cf)) or np.any(cf < 0):
             raise InvalidInputError("counts must be finite and non-negative")
