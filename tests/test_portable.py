@@ -234,3 +234,38 @@ def test_golden_files_decode_to_the_stored_arrays(fname, backend):
             by_name = {k: f.get_tensor(k) for k in f.keys()}
     assert_same(streamed, expected)
     assert_same(by_name, expected)
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "models" / "onet.pt").exists(), reason="MTCNN checkpoints absent")
+def test_real_checkpoint_decodes_without_constriction(tmp_path):
+    """The real MTCNN onet checkpoint, lossless and lossy, decoded where constriction cannot be imported."""
+    torch = pytest.importorskip("torch")
+    sd = {k: v.numpy() for k, v in torch.load(REPO.parent / "shared" / "models" / "onet.pt", weights_only=True).items()}
+    files = {}
+    for name, kwargs in (("lossless", {}), ("sq", {"bits": 4.0})):
+        buf = io.BytesIO()
+        rdformat.save(sd, buf, **kwargs)
+        files[name] = buf.getvalue()
+        (tmp_path / f"{name}.rdc").write_bytes(files[name])
+    code = f"""
+import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import conftest
+import numpy as np, rdformat
+from rdformat.entropy import ans
+assert ans.available_backends() == ['numpy'], ans.available_backends()
+assert 'constriction' not in sys.modules or sys.modules['constriction'] is None
+for name in ('lossless', 'sq'):
+    t = rdformat.load({str(tmp_path)!r} + '/' + name + '.rdc')
+    np.savez({str(tmp_path)!r} + '/' + name + '.npz', **{{k: v.view(np.uint8) for k, v in t.items()}})
+print('OK')
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=subprocess_env(RDFORMAT_BLOCK_CONSTRICTION="1"))
+    assert res.returncode == 0 and res.stdout.strip() == "OK", res.stdout + res.stderr
+    for name, data in files.items():
+        here = decode_with(data, "constriction" if HAVE_CS else "auto")
+        with np.load(tmp_path / f"{name}.npz") as z:
+            for k, v in here.items():
+                assert z[k].tobytes() == v.view(np.uint8).tobytes(), (name, k)
+        if name == "lossless":
+            for k, v in sd.items():
+                assert here[k].tobytes() == v.tobytes(), k
