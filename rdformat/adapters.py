@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path

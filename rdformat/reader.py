@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-from contextlib import nullcontext
 import contextlib
 import io
 import os
@@ -366,7 +365,8 @@ class RdcReader:
             name, out = pend.header.name, pend.out
             for index, chead, start, count, plan in pend.chunks:
                 nb = len(plan.blocks)
-                budget = prefix_fraction(self._prefix_fraction) if self._prefix_fraction is not None else nullcontext()
+                budget = (prefix_fraction(self._prefix_fraction) if self._prefix_fraction is not None
+                          else contextlib.nullcontext())
                 with _chunk_errors(index, chead, name), budget:
                     elements = plan.finish(decoded[at:at + nb])
                 at += nb

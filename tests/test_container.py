@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import threading
 
 import hypothesis.extra.numpy as hnp
@@ -15,12 +14,10 @@ from hypothesis import strategies as st
 import rdformat
 from rdformat import container as C
 from rdformat.errors import (
-    ChecksumError,
     InvalidInputError,
     NotRdcError,
     RdcError,
     TensorNotFoundError,
-    TruncatedError,
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )

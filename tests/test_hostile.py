@@ -26,7 +26,6 @@ from rdformat.errors import (
     ChecksumError,
     CorruptDataError,
     LimitExceededError,
-    RdcError,
     TruncatedError,
 )
 

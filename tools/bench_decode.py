@@ -204,7 +204,6 @@ def main() -> None:
         if args.only and args.only not in model_name:
             continue
         n = sum(a.size for a in tensors.values())
-        out_bytes = sum(a.nbytes for a in tensors.values())
         for mode in ("lossless", f"sq ~{BITS:g} bpw"):
             buf = io.BytesIO()
             t0 = time.perf_counter()
