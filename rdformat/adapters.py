@@ -152,7 +152,7 @@ def write_rdc(
     if isinstance(codec, Mapping) and codec.get("method") == "surp":
         if graph is not None or aliases:
             raise InvalidInputError("SuRP compression of models with a graph or tied weights is not supported "
-                                    "yet; use --bits/--rel-error (sq) for them")
+                                    "yet; use --bits/--rel-error (sq/dq) for them")
         from . import surp
 
         tensors = dict(items)

@@ -213,18 +213,18 @@ def _codec_from_args(args: argparse.Namespace) -> str | dict:
                                              ("size", args.size), ("sparsity", args.sparsity)) if value is not None}
     if len(targets) > 1:
         raise InvalidInputError("give only one of --bits, --rel-error, --size and --sparsity")
-    method = args.method or ("surp" if "sparsity" in targets else "sq")
-    if method not in ("sq", "surp"):
-        raise UnsupportedFeatureError(f"lossy method {method!r} is not available; known: sq, surp")
+    method = args.method or ("surp" if "sparsity" in targets else "auto")
+    if method not in ("sq", "dq", "auto", "surp"):
+        raise UnsupportedFeatureError(f"lossy method {method!r} is not available; known: auto, sq, dq, surp")
     if args.method is not None and not targets:
         raise InvalidInputError("--method needs a target: --bits, --rel-error, --size or --sparsity")
     if method == "surp" and set(targets) - {"bits", "sparsity"}:
         raise InvalidInputError("--method surp takes --sparsity or --bits")
-    if method == "sq" and "sparsity" in targets:
+    if method != "surp" and "sparsity" in targets:
         raise InvalidInputError("--sparsity needs --method surp")
-    if method == "surp" and targets:
-        return {"method": "surp", **targets}
-    return targets or "lossless"
+    if targets:
+        return {"method": method, **targets}
+    return "lossless"
 
 
 def _codec_label(codec: str | dict) -> str:
@@ -232,7 +232,7 @@ def _codec_label(codec: str | dict) -> str:
         return codec
     targets = {k: v for k, v in codec.items() if k != "method"}
     key, value = next(iter(targets.items()))
-    return f"lossy {codec.get('method', 'sq')}, target {key.replace('_', '-')} {value}"
+    return f"lossy {codec.get('method', 'auto')}, target {key.replace('_', '-')} {value}"
 
 
 def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format (default: detect)")
     lossy = p.add_argument_group(
         "lossy options", "without one of these the file is lossless; with one, float tensors of 2+ dimensions "
-        "are quantized (codec sq) and everything else stays lossless")
+        "are quantized (codec sq or dq) and everything else stays lossless")
     lossy.add_argument("--bits", type=_positive_float, default=None, metavar="B",
                        help="target bits per weight of the quantized tensors, e.g. 4")
     lossy.add_argument("--rel-error", type=_positive_float, default=None, metavar="E",
@@ -508,8 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="target file size (bytes, or with k/M/G suffix), an upper bound")
     lossy.add_argument("--sparsity", type=_positive_float, default=None, metavar="S",
                        help="SuRP: fraction of pruned weights among 2+-D float tensors, e.g. 0.9")
-    lossy.add_argument("--method", default=None, metavar="NAME", choices=("sq", "surp"),
-                       help="sq (quantization, default) or surp (successive-refinement pruning, progressive)")
+    lossy.add_argument("--method", default=None, metavar="NAME", choices=("auto", "sq", "dq", "surp"),
+                       help="auto (default: sq or dq, whichever the plan predicts smaller), sq (scalar "
+                            "quantization), dq (trellis-coded quantization) or surp (successive-refinement "
+                            "pruning, progressive)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", parents=[common], help="restore an .rdc file as .safetensors/.pt/.onnx/.npz",

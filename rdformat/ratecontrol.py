@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .quantize import DEFAULT_LAMBDA, quantize_rdo
+from .trellis import quantize_trellis
 from .codecs.sq import zigzag
 
 #: Tensors with fewer elements, or fewer than two dimensions (biases, norms), stay lossless.
@@ -47,6 +48,7 @@ class RatePlan:
     predicted_rel_error: float
     lossy_weights: int
     weights: dict[str, float] = field(default_factory=dict)
+    method: str = "sq"
 
 
 def _entropy_bits(levels: np.ndarray) -> float:
@@ -55,6 +57,16 @@ def _entropy_bits(levels: np.ndarray) -> float:
     counts = counts[counts > 0].astype(np.float64)
     n = counts.sum()
     return float(-(counts * np.log2(counts / n)).sum())
+
+
+METHODS = ("sq", "dq")
+
+
+def quantize(x: np.ndarray, step: float, method: str, lam: float = DEFAULT_LAMBDA, iterations: int = 3):
+    """Levels of ``x`` for ``method``: ``sq`` (RDO scalar, slope ``lam``) or ``dq`` (trellis, its own slope)."""
+    if method == "dq":
+        return quantize_trellis(x, step, iterations=iterations)
+    return quantize_rdo(x, step, lam=lam, iterations=iterations)
 
 
 class _Sampled:
@@ -71,11 +83,11 @@ class _Sampled:
             sample = flat[idx].astype(np.float32)
             self.items.append((name, sample, flat.size / sample.size, flat.size))
 
-    def evaluate(self, global_step: float, weights: dict[str, float], lam: float) -> tuple[float, float]:
+    def evaluate(self, global_step: float, weights: dict[str, float], lam: float, method: str = "sq") -> tuple[float, float]:
         """(total bits, total squared error) predicted for the full tensors."""
         bits = err = 0.0
         for name, sample, scale, _ in self.items:
-            q = quantize_rdo(sample, global_step * weights[name], lam=lam, iterations=2)
+            q = quantize(sample, global_step * weights[name], method, lam, iterations=2)
             # entropy of the levels, plus ~1% for ANS lanes and ~300 bytes of table per 1M weights
             bits += scale * _entropy_bits(q.levels) * 1.01 + 2400 * math.ceil(scale * sample.size / (1 << 20))
             err += scale * float(np.sum((q.dequantize().astype(np.float64) - sample) ** 2))
@@ -94,6 +106,7 @@ def plan(
     lam: float = DEFAULT_LAMBDA,
     sample: int = 1 << 19,
     seed: int = 0,
+    method: str = "auto",
 ) -> RatePlan:
     """Choose per-tensor steps meeting exactly one target.
 
@@ -108,7 +121,12 @@ def plan(
         lossless_bytes: bytes the lossless tensors will take (for ``size``).
         lam: Lagrangian slope of the quantizer (steps**2 per bit).
         sample: number of weights sampled for the search.
+        method: ``"sq"`` (scalar RDO quantization), ``"dq"`` (trellis-coded quantization) or
+            ``"auto"``: both are planned on the sample and the one predicted to meet the target
+            with fewer bits (or less error, for a bits or size target) is kept.
     """
+    if method not in METHODS + ("auto",):
+        raise InvalidInputError(f"unknown lossy method {method!r}; known: sq, dq, auto")
     targets = [t for t in (bits, rel_error, size) if t is not None]
     if len(targets) != 1:
         raise InvalidInputError("give exactly one of bits, rel_error or size")
@@ -127,7 +145,7 @@ def plan(
                 if np.asarray(a).dtype.kind == "f" or str(np.asarray(a).dtype) == "bfloat16")
     amax = max(float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)))) for n in names)
     if amax == 0.0:
-        return RatePlan({n: 1.0 for n in names}, 1.0, 0.0, 0.0, n_lossy, weights)
+        return RatePlan({n: 1.0 for n in names}, 1.0, 0.0, 0.0, n_lossy, weights, "sq")
 
     if bits is not None:
         if not (0 < bits <= 16):
@@ -146,13 +164,34 @@ def plan(
         target_err = (rel_error ** 2) * norm2
 
     sampled = _Sampled(tensors, names, sample, seed)
-    lo, hi = math.log(amax / 16000.0), math.log(amax * 4.0)  # tiny step: many bits; huge step: ~0 bits
+    candidates = []
+    bracket = (math.log(amax / 16000.0), math.log(amax * 4.0))  # tiny step: many bits; huge step: ~0 bits
+    for m in (METHODS if method == "auto" else (method,)):
+        step, b, e = _search(sampled, bracket, weights, lam, m, target_err if rel_error is not None else None,
+                             None if rel_error is not None else target_bits)
+        if method == "auto":
+            # dq's step at equal fidelity is about half of sq's (its two quantizers interleave): a
+            # narrower search saves most of the trellis evaluations.
+            bracket = (math.log(step / 6.0), math.log(step * 1.5))
+        # rel_error: fewest bits wins; bits / size: least error wins (a method that cannot reach the
+        # target at all is ranked by how far it misses).
+        key = (e > target_err * 1.02, b) if rel_error is not None else (b > target_bits * 1.02, e)
+        candidates.append((key, m, step, b, e))
+    _, m, step, b, e = min(candidates)
+    return RatePlan({n: step * weights[n] for n in names}, step, b / n_lossy, math.sqrt(e / norm2) if norm2 else 0.0,
+                    n_lossy, weights, m)
+
+
+def _search(sampled: _Sampled, bracket: tuple[float, float], weights: dict[str, float], lam: float, method: str,
+            target_err: float | None, target_bits: float | None) -> tuple[float, float, float]:
+    """Bisection on the log of the global step: (step, predicted bits, predicted squared error)."""
+    lo, hi = bracket
     result = None
     for _ in range(26):
         mid = 0.5 * (lo + hi)
-        b, e = sampled.evaluate(math.exp(mid), weights, lam)
+        b, e = sampled.evaluate(math.exp(mid), weights, lam, method)
         result = (mid, b, e)
-        too_coarse = (e > target_err) if rel_error is not None else (b < target_bits)
+        too_coarse = (e > target_err) if target_err is not None else (b < target_bits)
         if too_coarse:
             hi = mid
         else:
@@ -160,9 +199,7 @@ def plan(
         if hi - lo < 0.004:
             break
     mid, b, e = result
-    step = math.exp(mid)
-    return RatePlan({n: step * weights[n] for n in names}, step, b / n_lossy, math.sqrt(e / norm2) if norm2 else 0.0,
-                    n_lossy, weights)
+    return math.exp(mid), b, e
 
 
 def save_lossy(
@@ -181,6 +218,7 @@ def save_lossy(
     sensitivity: Mapping[str, float] | None = None,
     lossy=None,
     lam: float = DEFAULT_LAMBDA,
+    method: str = "auto",
 ) -> dict:
     """Plan steps for the whole model, then stream it out: lossy tensors quantized, the rest lossless."""
     import io
@@ -225,13 +263,13 @@ def save_lossy(
     goal_size = size
     for attempt in range(4):
         rp = plan(tensors, bits=bits, rel_error=rel_error, size=goal_size, lossy=names, sensitivity=sensitivity,
-                  lossless_bytes=lossless_bytes, lam=lam)
+                  lossless_bytes=lossless_bytes, lam=lam, method=method)
         with Writer(target, metadata=metadata, graph=graph, graph_format=graph_format,
                     chunk_bytes=chunk_bytes) as w:
             err2 = 0.0
             for n, a in tensors.items():
                 if n in rp.steps:
-                    q = quantize_rdo(a, rp.steps[n], lam=lam)
+                    q = quantize(a, rp.steps[n], rp.method, lam)
                     diff = q.dequantize().astype(np.float64) - np.asarray(a, dtype=np.float64)
                     e2 = float(np.sum(diff * diff))
                     err2 += e2
@@ -258,6 +296,7 @@ def save_lossy(
         "lossy_tensors": len(rp.steps),
         "lossy_weights": rp.lossy_weights,
         "global_step": rp.global_step,
+        "method": rp.method,
         "rel_l2_error": math.sqrt(err2 / norm2) if norm2 else 0.0,
         "bits_per_weight": 8.0 * (written - lossless_bytes) / max(rp.lossy_weights, 1) if size is not None else None,
     }

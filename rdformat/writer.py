@@ -170,6 +170,9 @@ class Writer:
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
         chunk_elements = max(1, self.chunk_bytes // info.itemsize)
+        multiple = getattr(chosen, "chunk_multiple", 1)
+        if multiple > 1:  # e.g. dq: trellis chains must not straddle chunks
+            chunk_elements = max(multiple, chunk_elements // multiple * multiple)
         numel = flat.size
         chunk_count = -(-numel // chunk_elements)
         payloads = (chosen.encode_chunk(flat[i : i + chunk_elements], info) for i in range(0, numel, chunk_elements))
@@ -278,14 +281,17 @@ def save(
     size: int | None = None,
     sensitivity: Mapping[str, float] | None = None,
     lossy: Iterable[str] | None = None,
+    method: str = "auto",
 ) -> dict:
     """Write ``tensors`` (a mapping or ``(name, array)`` pairs, consumed one at a time) to ``target``.
 
     Lossless unless one of ``bits`` (bits per weight of the quantized tensors), ``rel_error``
     (relative L2 error of the whole model) or ``size`` (file bytes) is given: then float tensors of
-    two or more dimensions (or those named in ``lossy``) are quantized by the ``sq`` codec with
-    steps from one model-wide rate-distortion slope (:mod:`rdformat.ratecontrol`), optionally
-    weighted by per-tensor ``sensitivity``; everything else stays lossless. Lossy saving needs a
+    two or more dimensions (or those named in ``lossy``) are quantized with steps from one
+    model-wide rate-distortion slope (:mod:`rdformat.ratecontrol`), optionally weighted by
+    per-tensor ``sensitivity``; everything else stays lossless. ``method`` picks the quantizer and
+    codec: ``"sq"`` (scalar), ``"dq"`` (trellis-coded) or ``"auto"`` (whichever the plan predicts
+    smaller). Lossy saving needs a
     mapping (two passes: statistics, then encoding).
 
     ``aliases`` maps extra names to tensor names (tied weights, stored once). ``structural`` names
@@ -302,10 +308,10 @@ def save(
         return save_lossy(
             tensors, target, metadata=metadata, graph=graph, graph_format=graph_format, aliases=aliases,
             structural=structural, chunk_bytes=chunk_bytes, bits=bits, rel_error=rel_error, size=size,
-            sensitivity=sensitivity, lossy=lossy,
+            sensitivity=sensitivity, lossy=lossy, method=method,
         )
-    if codec is not None and not isinstance(codec, Codec) and CODEC_ALIASES.get(codec, codec) == "sq":
-        raise InvalidInputError("the sq codec needs a target: pass bits=, rel_error= or size=")
+    if codec is not None and not isinstance(codec, Codec) and CODEC_ALIASES.get(codec, codec) in ("sq", "dq"):
+        raise InvalidInputError(f"the {codec} codec needs a target: pass bits=, rel_error= or size=")
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     pending = dict(aliases or {})
     by_target: dict[str, list[str]] = {}

@@ -73,3 +73,11 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001 - pytest hook
     }
     with open(path, "w") as f:
         json.dump(report, f)
+
+# Hypothesis: the same examples on every run (derandomized, no example database), so the suite's
+# time and outcome do not depend on earlier runs; set HYPOTHESIS_PROFILE=explore to search afresh.
+from hypothesis import settings as _hsettings  # noqa: E402
+
+_hsettings.register_profile("repeatable", derandomize=True, database=None)
+_hsettings.register_profile("explore", derandomize=False)
+_hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))

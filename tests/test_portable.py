@@ -84,17 +84,17 @@ def test_bytesplit_decodes_identically_on_every_backend(seed, dtype, shape, chun
        dtype=st.sampled_from([np.float32, ml_dtypes.bfloat16, np.float16]),
        shapes=st.tuples(st.sampled_from([(16, 16), (64, 3, 3, 3), (300, 200), (96, 1000)]),
                         st.lists(st.sampled_from([(16, 16), (64, 3, 3, 3), (300, 200), (50,)]), max_size=3)),
-       chunk_bytes=st.sampled_from([4096, 100_000, 4 << 20]))
-def test_sq_decodes_identically_on_every_backend(seed, bits, dtype, shapes, chunk_bytes):
+       chunk_bytes=st.sampled_from([4096, 100_000, 4 << 20]), method=st.sampled_from(["sq", "dq"]))
+def test_lossy_decodes_identically_on_every_backend(seed, bits, dtype, shapes, chunk_bytes, method):
     rng = np.random.default_rng(seed)
     shapes = [shapes[0], *shapes[1]]  # t0 is >= 2-D: at least one tensor is quantized
     tensors = {f"t{i}": rng.laplace(0, 0.05, size=s).astype(dtype) for i, s in enumerate(shapes)}
     tensors["t0"].reshape(-1)[: tensors["t0"].size // 3] = 0  # a pruned part: lanes without words
     buf = io.BytesIO()
-    rdformat.save(tensors, buf, bits=bits, chunk_bytes=chunk_bytes)
+    rdformat.save(tensors, buf, bits=bits, chunk_bytes=chunk_bytes, method=method)
     data = buf.getvalue()
     with rdformat.open(data) as f:
-        assert any(f.info(k).codec == "sq" for k in f.keys())
+        assert any(f.info(k).codec == method for k in f.keys())
     results = {be: decode_with(data, be) for be in BACKENDS}
     for be in BACKENDS[1:]:
         assert_same(results["numpy"], results[be])
@@ -213,7 +213,7 @@ def _expected(entry: dict) -> dict[str, np.ndarray]:
 
 def test_golden_files_are_unchanged():
     manifest = _manifest()
-    assert set(manifest["files"]) == {"lossless.rdc", "sq4.rdc"}
+    assert set(manifest["files"]) == {"lossless.rdc", "sq4.rdc", "dq4.rdc"}
     for fname, entry in manifest["files"].items():
         data = (GOLDEN / fname).read_bytes()
         assert len(data) == entry["bytes"]

@@ -54,7 +54,7 @@ def test_zigzag_roundtrip():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=60),
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40),
     st.floats(0.0, 1.0),
     st.floats(1e-3, 10.0),
     st.sampled_from([np.float32, np.float16, np.float64, ml_dtypes.bfloat16]),
@@ -105,7 +105,7 @@ def test_non_finite_tensor_stays_lossless_in_model_save():
     y = x.copy()
     y[0, 0] = np.nan
     buf = io.BytesIO()
-    rdformat.save({"x": x, "y": y}, buf, bits=3)
+    rdformat.save({"x": x, "y": y}, buf, bits=3, method="sq")
     with rdformat.open(io.BytesIO(buf.getvalue())) as f:
         assert f.info("x").codec == "sq"
         assert f.info("y").codec == "bytesplit"
@@ -176,7 +176,7 @@ def test_rate_control_bits_target(bits):
     rdformat.save(model, buf, bits=bits)
     back = rdformat.load(buf.getvalue())
     with rdformat.open(io.BytesIO(buf.getvalue())) as f:
-        lossy = [n for n in f.keys() if f.info(n).codec == "sq"]
+        lossy = [n for n in f.keys() if f.info(n).codec in ("sq", "dq")]
         stored = sum(f.info(n).stored_bytes for n in lossy)
         n = sum(model[k].size for k in lossy)
     assert sorted(lossy) == ["fc1.weight", "fc2.weight", "head.weight"]

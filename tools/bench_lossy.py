@@ -1,4 +1,4 @@
-"""Lossy benchmark: rdformat `sq` vs NNCodec 2.1.3 vs int8/int4 per-channel + zstd, in one run.
+"""Lossy benchmark: rdformat `sq` and `dq` vs NNCodec 2.1.3 vs int8/int4 per-channel + zstd, in one run.
 
 Parts (all measured in this run, single-threaded):
   1. i.i.d. Laplacian(b=1) 1000x1000: bits/weight, mean absolute error D, gap to R(D) = log2(b/D), MSE.
@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 import rdformat  # noqa: E402
 from rdformat.quantize import quantize_rdo  # noqa: E402
+from rdformat.trellis import quantize_trellis  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results"
 MODELS = ROOT.parent / "shared" / "models"
@@ -54,9 +55,9 @@ def rdc_decode(data: bytes) -> tuple[dict, float]:
     return out, time.perf_counter() - t
 
 
-def rdc_fixed_step(x: np.ndarray, step: float, distortion: str = "mse") -> tuple[bytes, float]:
+def rdc_fixed_step(x: np.ndarray, step: float, distortion: str = "mse", method: str = "sq") -> tuple[bytes, float]:
     t = time.perf_counter()
-    q = quantize_rdo(x, step, distortion=distortion)
+    q = (quantize_trellis if method == "dq" else quantize_rdo)(x, step, distortion=distortion)
     buf = io.BytesIO()
     with rdformat.Writer(buf) as w:
         w.add("x", q.prepared())
@@ -155,18 +156,21 @@ def part_laplacian(quick: bool, report: list, plots: dict) -> None:
     rng = np.random.default_rng(0)
     x = rng.laplace(0, 1.0, (1000, 1000)).astype(np.float32)
     b = float(np.mean(np.abs(x)))
-    rows, ours, peer = [], [], []
-    steps = [4.0, 2.0, 1.0, 0.5, 0.25, 0.1] if not quick else [2.0, 0.5]
-    for step in steps:
-        data, t_enc = rdc_fixed_step(x, step, distortion="mae")
-        back, t_dec = rdc_decode(data)
-        y = back["x"]
-        bits = 8 * len(data) / x.size
-        D = float(np.mean(np.abs(y - x)))
-        ours.append((bits, D))
-        rows.append(("rdformat sq (RDO, MAE)", f"step {step}", f"{bits:.3f}", f"{D:.4f}", f"{math.log2(b / D):.3f}",
-                     f"{bits - math.log2(b / D):.3f}", f"{np.mean((y - x) ** 2):.5f}",
-                     f"{x.size / t_enc / 1e6:.1f}", f"{x.size / t_dec / 1e6:.1f}"))
+    rows, curves, peer = [], {"sq": [], "dq": []}, []
+    sweeps = {"sq": [4.0, 2.0, 1.0, 0.5, 0.25, 0.1] if not quick else [2.0, 0.5],
+              "dq": [2.0, 1.0, 0.5, 0.25, 0.125, 0.06] if not quick else [1.0, 0.25]}
+    labels = {"sq": "rdformat sq (RDO, MAE)", "dq": "rdformat dq (trellis, MAE)"}
+    for method, steps in sweeps.items():
+        for step in steps:
+            data, t_enc = rdc_fixed_step(x, step, distortion="mae", method=method)
+            back, t_dec = rdc_decode(data)
+            y = back["x"]
+            bits = 8 * len(data) / x.size
+            D = float(np.mean(np.abs(y - x)))
+            curves[method].append((bits, D))
+            rows.append((labels[method], f"step {step}", f"{bits:.3f}", f"{D:.4f}", f"{math.log2(b / D):.3f}",
+                         f"{bits - math.log2(b / D):.3f}", f"{np.mean((y - x) ** 2):.5f}",
+                         f"{x.size / t_enc / 1e6:.1f}", f"{x.size / t_dec / 1e6:.1f}"))
     res, why = nncodec({"x": x}, [8, 4, 0, -4, -8, -12] if not quick else [4, -8])
     if res is None:
         rows.append(("NNCodec 2.1.3", why, "", "", "", "", "", "", ""))
@@ -181,38 +185,45 @@ def part_laplacian(quick: bool, report: list, plots: dict) -> None:
                          f"{x.size / r['encode_s'] / 1e6:.1f}", f"{x.size / r['decode_s'] / 1e6:.1f}"))
     report.append("### Laplacian(b=1), 1000x1000, absolute-error distortion\n\n" + table(
         rows, ("codec", "setting", "bits/weight", "D (MAE)", "R(D)=log2(b/D)", "gap", "MSE", "enc M/s", "dec M/s")))
-    report.append(savings("Laplacian", ours, peer))
-    plots["Laplacian(b=1): bits vs MAE"] = {"rdformat sq": ours, "NNCodec": peer,
+    report.append(savings("Laplacian", curves, peer))
+    plots["Laplacian(b=1): bits vs MAE"] = {"rdformat sq": curves["sq"], "rdformat dq": curves["dq"], "NNCodec": peer,
                                              "R(D)": [(math.log2(b / d), d) for d in np.geomspace(0.02, 0.9, 30)]}
 
 
-def savings(label: str, ours: list, peer: list) -> str:
+def savings(label: str, curves: dict[str, list], peer: list) -> str:
+    """Bits of each of our curves (and of the better one: what method="auto" picks) at NNCodec's points."""
     if not peer:
         return f"{label}: no NNCodec points to compare."
     lines = []
     for bits_p, d in peer:
-        bits_o = interp_bits_at(ours, d)
-        if bits_o is None:
+        at = {name: interp_bits_at(pts, d) for name, pts in curves.items() if pts}
+        known = {k: v for k, v in at.items() if v is not None}
+        if not known:
             lines.append(f"- at distortion {d:.4g}: NNCodec {bits_p:.3f} bits, ours outside the measured range")
-        else:
-            lines.append(f"- at distortion {d:.4g}: NNCodec {bits_p:.3f} bits, rdformat {bits_o:.3f} bits "
-                         f"({100 * (1 - bits_o / bits_p):+.1f}% fewer)")
-    return f"{label}, bits at NNCodec's distortions (interpolated on our curve):\n" + "\n".join(lines)
+            continue
+        best = min(known.values())
+        each = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in at.items())
+        lines.append(f"- at distortion {d:.4g}: NNCodec {bits_p:.3f} bits, rdformat best {best:.3f} bits "
+                     f"({100 * (1 - best / bits_p):+.1f}% fewer; {each})")
+    return f"{label}, bits at NNCodec's distortions (interpolated on our curves):\n" + "\n".join(lines)
 
 
 def part_mtcnn(quick: bool, report: list, plots: dict) -> None:
     models = load_mtcnn()
     for name, sd in models.items():
         n = sum(v.size for v in sd.values())
-        rows, ours, peer = [], [], []
-        for target in ([0.005, 0.01, 0.02, 0.05, 0.1, 0.2] if not quick else [0.01, 0.1]):
-            data, t_enc = rdc_encode(sd, rel_error=target)
-            back, t_dec = rdc_decode(data)
-            err = rel_l2(sd, back)
-            bits = 8 * len(data) / n
-            ours.append((bits, err))
-            rows.append(("rdformat sq", f"rel-error {target}", f"{bits:.3f}", f"{err:.4f}",
-                         f"{n / t_enc / 1e6:.1f}", f"{n / t_dec / 1e6:.1f}"))
+        rows, curves, peer = [], {"sq": [], "auto": []}, []
+        for method in ("sq", "auto"):
+            for target in ([0.005, 0.01, 0.02, 0.05, 0.1, 0.2] if not quick else [0.01, 0.1]):
+                data, t_enc = rdc_encode(sd, rel_error=target, method=method)
+                back, t_dec = rdc_decode(data)
+                err = rel_l2(sd, back)
+                bits = 8 * len(data) / n
+                curves[method].append((bits, err))
+                with rdformat.open(data) as f:
+                    used = sorted({f.info(k).codec for k in f.keys()} - {"raw", "bytesplit"})
+                rows.append((f"rdformat {method} ({'+'.join(used)})", f"rel-error {target}", f"{bits:.3f}",
+                             f"{err:.4f}", f"{n / t_enc / 1e6:.2f}", f"{n / t_dec / 1e6:.1f}"))
         for k in (8, 4):
             size, back = intk_zstd(sd, k)
             rows.append((f"int{k} per-channel + zstd-3", "", f"{8 * size / n:.3f}", f"{rel_l2(sd, back):.4f}", "", ""))
@@ -227,8 +238,9 @@ def part_mtcnn(quick: bool, report: list, plots: dict) -> None:
                              f"{n / r['encode_s'] / 1e6:.1f}", f"{n / r['decode_s'] / 1e6:.1f}"))
         report.append(f"### MTCNN {name} ({n:,} weights): bits/weight (whole file) vs relative L2 error\n\n"
                       + table(rows, ("codec", "setting", "bits/weight", "rel. L2 error", "enc M/s", "dec M/s")))
-        report.append(savings(f"MTCNN {name}", ours, peer))
-        plots[f"MTCNN {name}: bits vs rel. L2 error"] = {"rdformat sq": ours, "NNCodec": peer}
+        report.append(savings(f"MTCNN {name}", curves, peer))
+        plots[f"MTCNN {name}: bits vs rel. L2 error"] = {"rdformat sq": curves["sq"], "rdformat auto": curves["auto"],
+                                                          "NNCodec": peer}
 
 
 def part_digits(quick: bool, report: list, plots: dict) -> None:
@@ -241,7 +253,9 @@ def part_digits(quick: bool, report: list, plots: dict) -> None:
         data, _ = rdc_encode(tensors, bits=bits)
         acc = accuracy(rdformat.load(data))
         ours.append((8 * len(data) / n, acc))
-        rows.append(("rdformat sq", f"bits {bits}", f"{8 * len(data) / n:.3f}", f"{acc:.4f}"))
+        with rdformat.open(data) as f:
+            used = "+".join(sorted({f.info(k).codec for k in f.keys()} - {"raw", "bytesplit"}))
+        rows.append((f"rdformat auto ({used})", f"bits {bits}", f"{8 * len(data) / n:.3f}", f"{acc:.4f}"))
     for k in (8, 4, 3):
         size, back = intk_zstd(tensors, k)
         rows.append((f"int{k} per-channel + zstd-3", "", f"{8 * size / n:.3f}", f"{accuracy(back):.4f}"))
@@ -255,7 +269,7 @@ def part_digits(quick: bool, report: list, plots: dict) -> None:
             rows.append(("NNCodec 2.1.3 (DQ)", f"qp {r['qp']}", f"{r['bits_per_weight']:.3f}", f"{acc:.4f}"))
     report.append(f"### Digits MLP 64-300-100-10 ({n:,} weights): test accuracy vs bits/weight (whole file)\n\n"
                   + table(rows, ("codec", "setting", "bits/weight", "test accuracy")))
-    plots["Digits MLP: accuracy vs bits"] = {"rdformat sq": ours, "NNCodec": peer}
+    plots["Digits MLP: accuracy vs bits"] = {"rdformat auto": ours, "NNCodec": peer}
 
 
 def part_speed(quick: bool, report: list) -> None:
@@ -263,13 +277,17 @@ def part_speed(quick: bool, report: list) -> None:
     shapes = BERT_SMALL if not quick else BERT_SMALL[:4]
     model = {name: rng.laplace(0, 0.02, shape).astype(np.float32) for name, shape in shapes}
     n = sum(v.size for v in model.values())
-    data, t_enc = rdc_encode(model, bits=4)
-    back, t_dec = rdc_decode(data)
-    err = rel_l2(model, back)
+    rows = []
+    for method in ("sq", "auto"):
+        data, t_enc = rdc_encode(model, bits=4, method=method)
+        back, t_dec = rdc_decode(data)
+        err = rel_l2(model, back)
+        with rdformat.open(data) as f:
+            used = "+".join(sorted({f.info(k).codec for k in f.keys()}))
+        rows.append((f"rdformat {method} ({used})", f"{8 * len(data) / n:.3f}", f"{err:.4f}", f"{t_enc:.1f}",
+                     f"{n / t_enc / 1e6:.2f}", f"{t_dec:.2f}", f"{n / t_dec / 1e6:.1f}"))
     report.append(f"### Speed: synthetic BERT-small-like model, {n:,} weights, --bits 4\n\n" + table(
-        [("rdformat sq", f"{8 * len(data) / n:.3f}", f"{err:.4f}", f"{t_enc:.1f}", f"{n / t_enc / 1e6:.2f}",
-          f"{t_dec:.2f}", f"{n / t_dec / 1e6:.1f}")],
-        ("codec", "bits/weight", "rel. L2 error", "encode s", "encode M/s", "decode s", "decode M/s")))
+        rows, ("codec", "bits/weight", "rel. L2 error", "encode s", "encode M/s", "decode s", "decode M/s")))
 
 
 def plot(plots: dict, path: Path) -> None:

@@ -14,8 +14,9 @@ Contents (see spec/vectors/golden/README.md):
 
 * ``lossless.rdc`` - the default lossless codec (``bytesplit``): float32 (with NaN payloads, infinities,
   signed zeros, subnormals), bfloat16 in two chunks, int8, int32, uint8, a scalar and an empty tensor;
-* ``sq4.rdc`` - lossy at ~4 bits per weight (``rdformat.save(bits=4)``: ``sq`` codec; 1-D tensors stay
+* ``sq4.rdc`` - lossy at ~4 bits per weight (``rdformat.save(bits=4, method="sq")``: ``sq`` codec; 1-D tensors stay
   lossless), float32 and bfloat16 weights, several chunks and several ANS lanes per chunk;
+* ``dq4.rdc`` - the same tensors at ~4 bits per weight with trellis-coded quantization (``dq`` codec);
 * ``<file>.<tensor>.npy`` - each tensor's expected decoded array (bfloat16 as its uint16 bit pattern);
 * ``manifest.json`` - SHA-256 of every file, and per tensor its dtype, shape and ``.npy`` file.
 """
@@ -107,8 +108,11 @@ def write_files() -> dict[str, bytes]:
     rdformat.save(lossless_tensors(), buf, chunk_bytes=64 << 10, metadata={"golden": "lossless"})
     out["lossless.rdc"] = buf.getvalue()
     buf = io.BytesIO()
-    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "sq4"})
+    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "sq4"}, method="sq")
     out["sq4.rdc"] = buf.getvalue()
+    buf = io.BytesIO()
+    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "dq4"}, method="dq")
+    out["dq4.rdc"] = buf.getvalue()
     return out
 
 
@@ -179,13 +183,19 @@ def verify(root: Path = GOLDEN) -> list[str]:
 
 
 def write(root: Path = GOLDEN, force: bool = False) -> None:
+    """Add the golden files that do not exist yet (existing ones are kept byte for byte)."""
     files = write_files()
     root.mkdir(parents=True, exist_ok=True)
-    if not force and any((root / f).exists() for f in [*files, "manifest.json"]):
-        raise SystemExit(f"{root} already holds golden files: they must never change (use --force only "
-                         "before they were ever committed)")
+    manifest_path = root / "manifest.json"
     manifest = {"version": 1, "note": "golden files: never regenerate; see tools/gen_golden.py", "files": {}}
+    if manifest_path.exists() and not force:
+        manifest = json.loads(manifest_path.read_text())
     for fname, data in files.items():
+        if fname in manifest["files"]:
+            print(f"{fname}: kept (golden files never change)")
+            continue
+        if (root / fname).exists() and not force:
+            raise SystemExit(f"{root / fname} exists but is not in the manifest: remove it or use --force")
         (root / fname).write_bytes(data)
         with ans.use_backend("numpy"):
             decoded = rdformat.load(data)
@@ -200,12 +210,13 @@ def write(root: Path = GOLDEN, force: bool = False) -> None:
                 t["stored_as"] = stored_as
             tensors[name] = t
         manifest["files"][fname] = {"sha256": sha256(data), "bytes": len(data), "tensors": tensors}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        print(f"{fname}: written")
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--write", action="store_true", help="write the golden files (refuses to replace them)")
+    ap.add_argument("--write", action="store_true", help="add golden files that do not exist yet (never replaces one)")
     ap.add_argument("--force", action="store_true", help="with --write: replace existing files")
     args = ap.parse_args()
     if args.write:

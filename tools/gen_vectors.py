@@ -31,7 +31,10 @@ if str(ROOT) not in sys.path:
 
 import rdformat  # noqa: E402
 from rdformat import container as C  # noqa: E402
+from rdformat.codecs.base import Prepared  # noqa: E402
 from rdformat.codecs.bytesplit import PLANE_ANS, PLANE_ANS_PAIRS, ByteSplitCodec  # noqa: E402
+from rdformat.codecs.dq import DQCodec  # noqa: E402
+from rdformat.codecs.sq import SQCodec  # noqa: E402
 from rdformat.dtypes import DTYPES  # noqa: E402
 from rdformat.entropy import FrequencyTable, ans  # noqa: E402
 
@@ -552,6 +555,46 @@ def build() -> dict[str, bytes]:
               "a frequency table whose frequencies do not sum to 2**Q")
     b.invalid("bytesplit_bad_transform", assemble([[3, 0, set_tensor_field(t_x[2], config='{"transform":"rotl2"}')],
                                                    c_x]), "CorruptDataError", "bytesplit transform rotl2")
+
+    # -- lossy codecs: sq and dq levels (chosen here, not by a quantizer, so they cover every case) ----
+    def levels(seed: int, shape, lo: int, hi: int, zero_every: int = 3) -> np.ndarray:
+        n = int(np.prod(shape))
+        q = np.array(lcg_ints(seed, n, lo, hi), dtype=np.int32)
+        q[::zero_every] = 0
+        return q.reshape(shape)
+
+    def prepared(codec, q, dtype) -> Prepared:
+        return Prepared(codec, q.reshape(-1), np.dtype(dtype), q.shape)
+
+    sq_file = write([
+        ("table_f32", prepared(SQCodec(0.05, 0.1, 0.25), levels(201, (30, 40), -6, 6), "<f4")),
+        ("parametric_bf16", prepared(SQCodec(0.125), levels(202, (4, 5), -2, 2), "bfloat16")),
+        ("zero_f16", prepared(SQCodec(1.5), np.zeros((3, 3), np.int32), "<f2")),
+    ], chunk_bytes=2400)
+    b.valid("sq_levels", sq_file,
+            "codec sq: a float32 tensor in two TABLE chunks with reconstruction offsets, a small bfloat16 "
+            "tensor (PARAMETRIC model), an all-zero float16 tensor (mode ZERO)")
+    dq_file = write([
+        ("chain5_f32", prepared(DQCodec(0.03125, 5), levels(203, (7, 13), -4, 4, zero_every=4), "<f4")),
+        ("chain256_bf16", prepared(DQCodec(0.1, 256), levels(204, (300,), -3, 3), "bfloat16")),
+        ("chain1_f64", prepared(DQCodec(0.7, 1), levels(205, (2, 3, 4), -9, 9), "<f8")),
+    ], chunk_bytes=160)
+    b.valid("dq_levels", dq_file,
+            "codec dq: chains of 5 (float32, chunks of 40 elements), of 256 (bfloat16, one chain per "
+            "20-element chunk, which the chunk shortens) and of 1 (float64: every element in state 0)")
+    dq_recs = records(write([("t", prepared(DQCodec(0.25, 8), levels(206, (4, 8), -5, 5), "<f4"))]))
+    t_dq, c_dq = dq_recs[0], dq_recs[1]
+    for name, cfg, what in (("dq_chain_zero", '{"step":0.25,"chain":0}', "chain 0"),
+                            ("dq_chain_too_long", '{"step":0.25,"chain":1025}', "chain 1025 (limit 1024)"),
+                            ("dq_chain_missing", '{"step":0.25}', "no chain in the configuration"),
+                            ("dq_step_negative", '{"step":-0.25,"chain":8}', "a negative step")):
+        b.invalid(name, assemble([[3, 0, set_tensor_field(t_dq[2], config=cfg)], c_dq]), "CorruptDataError",
+                  f"dq configuration with {what}")
+    b.invalid("dq_integer_dtype", assemble([[3, 0, set_tensor_field(t_dq[2], dtype_code=7)], c_dq]),
+              "CorruptDataError", "dq declared on an int32 tensor (lossy codecs produce floats only)")
+    dq_data = bytes(c_dq[2][9:])
+    b.invalid("dq_bad_mode", assemble([t_dq, chunk(0, b"\x07" + dq_data[1:])]), "CorruptDataError",
+              "dq chunk with level-payload mode 7")
 
     manifest = {
         "format": "rdc-v1 conformance vectors",

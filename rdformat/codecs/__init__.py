@@ -54,6 +54,7 @@ def registered_codecs() -> list[str]:
 from . import raw as _raw  # noqa: E402  (registration side effect)
 from . import bytesplit as _bytesplit  # noqa: E402
 from . import sq as _sq  # noqa: E402
+from . import dq as _dq  # noqa: E402
 from . import surp as _surp  # noqa: E402
 
 __all__ = ["Codec", "Prepared", "register_codec", "get_codec_class", "codec_from_config", "registered_codecs"]

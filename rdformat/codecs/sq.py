@@ -104,43 +104,7 @@ class SQCodec(Codec):
 
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
         """Encode a chunk of integer levels with the cheapest model: explicit table or parametric."""
-        if elements.dtype.kind not in "iu":
-            raise InvalidInputError("the sq codec stores integer levels; quantize with rdformat.quantize first")
-        if elements.size and int(np.abs(elements.astype(np.int64)).max()) > MAX_LEVEL:
-            raise InvalidInputError(f"sq levels must be within +-{MAX_LEVEL}; use a larger step")
-        if not elements.any():
-            return bytes([MODE_ZERO])
-        z = zigzag(elements)
-        radix = int(z.max()) + 1
-        lanes_bytes = 8 * max(1, z.size // 1024)
-        # (estimated bytes, mode, group size k, symbols, table, model bytes)
-        best = None
-        for k in range(1, MAX_GROUP + 1):
-            if radix ** k > MAX_GROUP_SYMBOLS or (k > 1 and k > z.size):
-                break
-            groups = _group(z, k, radix)
-            counts = np.bincount(groups)
-            present = np.flatnonzero(counts)
-            # Coarser tables cost fewer bytes to store: small chunks pick a lower precision.
-            lowest = max(8, int(present.size - 1).bit_length() + 1)
-            for precision in sorted({min(max(p, lowest), TABLE_PRECISION) for p in (10, 12, 14, 16)}):
-                table = FrequencyTable.from_counts(present, counts[present], precision=precision)
-                table_bytes = table.to_bytes()
-                cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + lanes_bytes
-                # Larger groups decode proportionally faster: take them unless they cost over 1% more.
-                if best is None or cost <= best[0] * (1.01 if k > best[2] else 1.0):
-                    best = (min(cost, best[0]) if best else cost, MODE_TABLE, k, groups, table, table_bytes)
-        if radix <= MAX_PARAMETRIC_RADIX:
-            # Small chunks: a two-parameter model costs 5 bytes where an explicit table costs hundreds.
-            counts = np.bincount(z, minlength=radix)
-            for precision, p0, theta in _parametric_candidates(counts):
-                table = parametric_table(radix, precision, p0, theta)
-                cost = table.cost_bits(counts) / 8 + 5 + lanes_bytes
-                if cost < best[0]:
-                    best = (cost, MODE_PARAMETRIC, 1, z, table, struct.pack("<BHH", precision, p0, theta))
-        _, mode, k, groups, table, model_bytes = best
-        head = bytes([mode, k]) + radix.to_bytes(4, "little")
-        return head + model_bytes + ans.encode(groups, table)
+        return encode_levels(elements, "sq")
 
     def decode_levels(self, data: memoryview, count: int) -> np.ndarray:
         """The stored integer levels of one chunk."""
@@ -151,7 +115,8 @@ class SQCodec(Codec):
         self._check_padding(symbols, k, radix, count, pos)
         return unzigzag(_ungroup(symbols, k, radix)[:count])
 
-    def _parse(self, data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
+    @staticmethod
+    def _parse(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
         """(k, radix, table, ANS block, its offset) of a chunk; k == 0 for an all-zero chunk."""
         buf = bytes(data)
         if not buf:
@@ -220,6 +185,47 @@ class SQCodec(Codec):
         """Decode levels and dequantize them to the tensor's dtype."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))
+
+
+def encode_levels(elements: np.ndarray, codec_id: str = "sq") -> bytes:
+    """Level payload of one chunk (spec 5.3, shared by ``sq`` and ``dq``): the cheapest of ZERO, TABLE, PARAMETRIC."""
+    if elements.dtype.kind not in "iu":
+        raise InvalidInputError(f"the {codec_id} codec stores integer levels; quantize with rdformat.quantize first")
+    if elements.size and int(np.abs(elements.astype(np.int64)).max()) > MAX_LEVEL:
+        raise InvalidInputError(f"{codec_id} levels must be within +-{MAX_LEVEL}; use a larger step")
+    if not elements.any():
+        return bytes([MODE_ZERO])
+    z = zigzag(elements)
+    radix = int(z.max()) + 1
+    lanes_bytes = 8 * max(1, z.size // 1024)
+    # (estimated bytes, mode, group size k, symbols, table, model bytes)
+    best = None
+    for k in range(1, MAX_GROUP + 1):
+        if radix ** k > MAX_GROUP_SYMBOLS or (k > 1 and k > z.size):
+            break
+        groups = _group(z, k, radix)
+        counts = np.bincount(groups)
+        present = np.flatnonzero(counts)
+        # Coarser tables cost fewer bytes to store: small chunks pick a lower precision.
+        lowest = max(8, int(present.size - 1).bit_length() + 1)
+        for precision in sorted({min(max(p, lowest), TABLE_PRECISION) for p in (10, 12, 14, 16)}):
+            table = FrequencyTable.from_counts(present, counts[present], precision=precision)
+            table_bytes = table.to_bytes()
+            cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + lanes_bytes
+            # Larger groups decode proportionally faster: take them unless they cost over 1% more.
+            if best is None or cost <= best[0] * (1.01 if k > best[2] else 1.0):
+                best = (min(cost, best[0]) if best else cost, MODE_TABLE, k, groups, table, table_bytes)
+    if radix <= MAX_PARAMETRIC_RADIX:
+        # Small chunks: a two-parameter model costs 5 bytes where an explicit table costs hundreds.
+        counts = np.bincount(z, minlength=radix)
+        for precision, p0, theta in _parametric_candidates(counts):
+            table = parametric_table(radix, precision, p0, theta)
+            cost = table.cost_bits(counts) / 8 + 5 + lanes_bytes
+            if cost < best[0]:
+                best = (cost, MODE_PARAMETRIC, 1, z, table, struct.pack("<BHH", precision, p0, theta))
+    _, mode, k, groups, table, model_bytes = best
+    head = bytes([mode, k]) + radix.to_bytes(4, "little")
+    return head + model_bytes + ans.encode(groups, table)
 
 
 MAX_GROUP = 8
