@@ -50,7 +50,10 @@ class TrellisQuantized:
 
     def prepared(self, stats: dict | None = None) -> Prepared:
         """What :meth:`rdformat.Writer.add` takes to store this tensor."""
-        codec = DQCodec(self.step, self.chain, stats)
+        shape = self.levels.shape
+        # One output channel per row: the natural segment for per-class models.
+        row = self.levels.size // shape[0] if len(shape) >= 2 and shape[0] else None
+        codec = DQCodec(self.step, self.chain, stats, segment_hint=row)
         return Prepared(codec, self.levels.reshape(-1), np.dtype(self.dtype), tuple(self.levels.shape))
 
     @property

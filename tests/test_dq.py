@@ -196,3 +196,53 @@ def test_corrupt_dq_chunk_raises_rdformat_errors():
             rdformat.load(bytes(bad))
         except rdformat.RdcError:
             pass  # a clear rdformat error; anything else (IndexError, ValueError...) fails the test
+
+
+def _row_scaled_levels(rows=64, cols=300, seed=11) -> np.ndarray:
+    """Levels whose scale changes from row to row, like the weights of a real layer."""
+    rng = np.random.default_rng(seed)
+    scale = np.exp(rng.uniform(-2.0, 2.0, size=(rows, 1)))
+    return np.rint(rng.laplace(0, 1.0, (rows, cols)) * scale).astype(np.int32)
+
+
+def test_classes_mode_is_used_for_row_scaled_levels_and_round_trips():
+    from rdformat.codecs.dq import MODE_CLASSES
+    from rdformat.codecs.sq import encode_levels
+    from rdformat.dtypes import by_numpy
+
+    levels = _row_scaled_levels()
+    codec = DQCodec(0.01, 64, segment_hint=levels.shape[1])
+    payload = codec.encode_chunk(levels.reshape(-1), by_numpy(np.dtype(np.float32)))
+    assert payload[0] == MODE_CLASSES
+    assert len(payload) < 0.95 * len(encode_levels(levels.reshape(-1), "dq"))  # classes pay off here
+    np.testing.assert_array_equal(codec.decode_levels(memoryview(payload), levels.size), levels.reshape(-1))
+    got = codec.decode_chunk(memoryview(payload), levels.size, by_numpy(np.dtype(np.float32)))
+    np.testing.assert_array_equal(got, dq_reconstruct(levels, 0.01, 64, np.dtype(np.float32)))
+
+
+def test_classes_mode_damage_raises_rdformat_errors():
+    from rdformat.dtypes import by_numpy
+
+    levels = _row_scaled_levels(rows=24, cols=200)
+    codec = DQCodec(0.01, 64, segment_hint=200)
+    f32 = by_numpy(np.dtype(np.float32))
+    payload = codec.encode_chunk(levels.reshape(-1), f32)
+    assert payload[0] == 3
+    for cut in range(len(payload)):  # every truncation
+        with pytest.raises(rdformat.RdcError):
+            codec.decode_chunk(memoryview(payload[:cut]), levels.size, f32)
+    with pytest.raises(CorruptDataError, match="trailing"):
+        codec.decode_chunk(memoryview(payload + b"\0"), levels.size, f32)
+    for field in (b"\0\0\0\0" + payload[5:6], b"\0\0\0\1" + payload[5:6], payload[1:5] + b"\x09",
+                  payload[1:5] + b"\x01", (7).to_bytes(4, "little") + payload[5:6]):
+        bad = payload[:1] + field + payload[6:]  # bad segment length or class count
+        with pytest.raises(rdformat.RdcError):
+            codec.decode_chunk(memoryview(bad), levels.size, f32)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # random byte damage: decodes or fails cleanly, never anything else
+        bad = bytearray(payload)
+        bad[rng.integers(0, len(bad))] ^= 1 << int(rng.integers(0, 8))
+        try:
+            codec.decode_chunk(memoryview(bytes(bad)), levels.size, f32)
+        except rdformat.RdcError:
+            pass

@@ -582,6 +582,25 @@ def build() -> dict[str, bytes]:
     b.valid("dq_levels", dq_file,
             "codec dq: chains of 5 (float32, chunks of 40 elements), of 256 (bfloat16, one chain per "
             "20-element chunk, which the chunk shortens) and of 1 (float64: every element in state 0)")
+    rows = np.array(lcg_ints(207, 40 * 64, -3, 3), dtype=np.int32).reshape(40, 64)
+    rows *= np.array([1 + 9 * (i % 3 == 0) for i in range(40)], dtype=np.int32)[:, None]  # scale per row
+    classed = DQCodec(0.01, 16, segment_hint=64)
+    from rdformat.dtypes import by_numpy  # noqa: E402
+
+    assert classed.encode_chunk(rows.reshape(-1), by_numpy(np.dtype("<f4")))[0] == 3
+    b.valid("dq_classes", write([("rows_f32", Prepared(classed, rows.reshape(-1), np.dtype("<f4"), rows.shape))]),
+            "codec dq with a CLASSES chunk: rows of 64 levels, every third row ten times larger, sorted "
+            "into classes with one table each (chains of 16)")
+    cpay = records(write([("rows_f32", Prepared(classed, rows.reshape(-1), np.dtype("<f4"), rows.shape))]))
+    t_cl, c_cl = cpay[0], cpay[1]
+    cbytes = bytes(c_cl[2][9:])
+    k_count = cbytes[5]
+    b.invalid("dq_classes_trailing_byte", assemble([t_cl, chunk(0, cbytes + b"\x00")]), "CorruptDataError",
+              "dq CLASSES payload with a byte after the last class part")
+    b.invalid("dq_classes_one_class", assemble([t_cl, chunk(0, cbytes[:5] + b"\x01" + cbytes[6:])]),
+              "CorruptDataError", "dq CLASSES payload declaring 1 class (2..8 allowed)")
+    b.invalid("dq_classes_truncated", assemble([t_cl, chunk(0, cbytes[:-3])]), "CorruptDataError",
+              f"dq CLASSES payload ({k_count} classes) missing the last 3 bytes of its last part")
     dq_recs = records(write([("t", prepared(DQCodec(0.25, 8), levels(206, (4, 8), -5, 5), "<f4"))]))
     t_dq, c_dq = dq_recs[0], dq_recs[1]
     for name, cfg, what in (("dq_chain_zero", '{"step":0.25,"chain":0}', "chain 0"),

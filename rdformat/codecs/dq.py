@@ -21,10 +21,10 @@ import numpy as np
 
 from ..dtypes import DtypeInfo
 from ..entropy import ans
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, RdcError
 from . import register_codec
 from .base import ChunkPlan, Codec
-from .sq import SQCodec, _ungroup, encode_levels, unzigzag
+from .sq import MODE_ZERO, SQCodec, _ungroup, choose_level_model, encode_levels, unzigzag, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -36,7 +36,8 @@ DEFAULT_CHAIN = 256
 def dq_reconstruct(levels: np.ndarray, step: float, chain: int, dtype: np.dtype) -> np.ndarray:
     """The normative reconstruction (spec 5.4) of one chunk's levels, in float64 then rounded to ``dtype``.
 
-    Vectorised across chains: the state machine advances one position of every chain per step.
+    Vectorised across chains, and 16 positions per step: a table maps (state, 16 parity bits) to the
+    16 quantizer choices and the state that follows.
     """
     q = np.asarray(levels).astype(np.int32, copy=False).reshape(-1)
     n = q.size
@@ -44,24 +45,103 @@ def dq_reconstruct(levels: np.ndarray, step: float, chain: int, dtype: np.dtype)
         return np.zeros(0, dtype=dtype)
     chains = -(-n // chain)
     width = min(chain, n)
-    if chains * width != n:
-        padded = np.zeros(chains * width, dtype=np.int32)
-        padded[:n] = q
-        q = padded
-    by_chain = q.reshape(chains, width)  # row c is chain c (natural order: no transposes)
-    parity = (by_chain & 1).astype(np.uint8)  # two's complement: parity of k == parity of |k|
-    quantizer = np.empty((chains, width), dtype=np.uint8)
-    state = np.zeros(chains, dtype=np.uint8)
-    for t in range(width):
-        quantizer[:, t] = state >> 1
-        state = _NEXT_FLAT[(state << 1) | parity[:, t]]
+    words = -(-width // 16)
+    parity = np.zeros((chains, words * 16), dtype=np.uint8)
+    flat_parity = (q & 1).astype(np.uint8)  # two's complement: parity of k == parity of |k|
+    if chains * width == n:
+        parity[:, :width] = flat_parity.reshape(chains, width)
+    else:
+        full = n // width
+        parity[:full, :width] = flat_parity[: full * width].reshape(full, width)
+        parity[full, : n - full * width] = flat_parity[full * width :]
+    packed = np.packbits(parity, axis=1, bitorder="little").view("<u2")  # (chains, words)
+    quantizer_bits = np.empty_like(packed)
+    table_q, table_next = _state_tables()
+    state = np.zeros(chains, dtype=np.uint32)
+    for j in range(words):
+        index = (state << 16) | packed[:, j]
+        quantizer_bits[:, j] = table_q[index]
+        state = table_next[index]
+    quantizer = np.unpackbits(quantizer_bits.view(np.uint8), axis=1, bitorder="little")[:, :width]
+    quantizer = quantizer.reshape(-1)[:n]
     # k != 0: x = sgn(k) * (2|k| - quantizer) * S = (2k - sgn(k) * quantizer) * S, an exact integer times S.
-    ints = 2 * q - np.sign(q) * quantizer.reshape(-1)
-    values = ints.astype(np.float64) * step
-    return values[:n].astype(dtype)
+    ints = 2 * q - np.sign(q) * quantizer
+    return (ints.astype(np.float64) * step).astype(dtype)
+
+
+_TABLES: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _state_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For index ``state << 16 | parity_bits`` (bit i = parity of position i): the quantizer bits of
+    the 16 positions and the state after them (built once, 1.25 MB)."""
+    global _TABLES
+    if _TABLES is None:
+        index = np.arange(4 << 16, dtype=np.uint32)
+        state = (index >> 16).astype(np.uint8)
+        bits = np.zeros(index.size, dtype=np.uint16)
+        for i in range(16):
+            bits |= ((state >> 1).astype(np.uint16) << i)
+            state = _NEXT_FLAT[(state << 1) | ((index >> i) & 1).astype(np.uint8)]
+        _TABLES = (bits, state.astype(np.uint32))
+    return _TABLES
 
 
 _NEXT_FLAT = NEXT_STATE.astype(np.uint8).reshape(-1)
+
+#: Level-payload mode only ``dq`` chunks use: segments sorted into classes, one model per class.
+MODE_CLASSES = 3
+MAX_CLASSES = 8
+MAX_SEGMENT = 1 << 20
+#: Segment lengths the encoder tries (besides a producer's hint such as the row length).
+SEGMENT_CANDIDATES = (256, 1024)
+CLASS_COUNTS = (2, 3, 4)
+
+
+def _entropy_bytes(symbols: np.ndarray) -> float:
+    """Zero-order code length plus a rough table cost: the proxy used to compare class layouts."""
+    counts = np.bincount(symbols)
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum()) / 8 + 2.5 * counts.size + 12
+
+
+def encode_dq_levels(levels: np.ndarray, segment_hint: int | None = None) -> bytes:
+    """One chunk's level payload: a single model (spec 5.3 modes) or CLASSES when that is smaller.
+
+    CLASSES cuts the chunk into segments (e.g. rows), sorts the segments into 2-4 classes by their
+    mean |level| and codes each class with its own model: weights of real layers change scale from row
+    to row, which one static model cannot follow.
+    """
+    single = encode_levels(levels, "dq")
+    n = levels.size
+    if single[0] == MODE_ZERO or n < 2048:
+        return single
+    z = zigzag(levels)
+    mags = np.abs(levels.astype(np.int64))
+    best = (_entropy_bytes(z) * 0.99, None)
+    for seg in dict.fromkeys(([segment_hint] if segment_hint else []) + list(SEGMENT_CANDIDATES)):
+        if not 1 <= seg <= MAX_SEGMENT or n < 8 * seg:
+            continue
+        starts = np.arange(0, n, seg)
+        lengths = np.minimum(seg, n - starts)
+        seg_mean = np.add.reduceat(mags, starts) / lengths
+        for k in CLASS_COUNTS:
+            edges = np.unique(np.quantile(seg_mean, np.arange(1, k) / k))
+            classes = np.searchsorted(edges, seg_mean, side="right")
+            per_element = np.repeat(classes, lengths)
+            cost = 6 + 4 * (edges.size + 2) + classes.size * np.log2(edges.size + 1) / 8
+            cost += sum(_entropy_bytes(z[per_element == c]) for c in range(edges.size + 1))
+            if cost < best[0]:
+                best = (cost, (seg, edges.size + 1, classes, per_element))
+    if best[1] is None:
+        return single
+    seg, count, classes, per_element = best[1]
+    parts = [bytes([MODE_CLASSES]) + seg.to_bytes(4, "little") + bytes([count])]
+    for payload in [encode_levels(classes.astype(np.int32), "dq")] + [
+            encode_levels(levels[per_element == c], "dq") for c in range(count)]:
+        parts.append(len(payload).to_bytes(4, "little") + payload)
+    classed = b"".join(parts)
+    return classed if len(classed) < len(single) else single
 
 
 @register_codec
@@ -77,7 +157,8 @@ class DQCodec(Codec):
     codec_id = "dq"
     lossless = False
 
-    def __init__(self, step: float, chain: int = DEFAULT_CHAIN, stats: dict | None = None) -> None:
+    def __init__(self, step: float, chain: int = DEFAULT_CHAIN, stats: dict | None = None,
+                 segment_hint: int | None = None) -> None:
         if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step) or step <= 0:
             raise CorruptDataError(f"dq: step must be a finite number > 0, got {step!r}")
         if not isinstance(chain, int) or isinstance(chain, bool) or not 1 <= chain <= MAX_CHAIN:
@@ -85,6 +166,8 @@ class DQCodec(Codec):
         self.step = float(step)
         self.chain = chain
         self.stats = dict(stats or {})
+        #: encoder hint, not stored: a natural segment length for CLASSES (the row length)
+        self.segment_hint = segment_hint
 
     @property
     def chunk_multiple(self) -> int:
@@ -107,29 +190,92 @@ class DQCodec(Codec):
         return cls(config["step"], config["chain"], stats if isinstance(stats, dict) else None)
 
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
-        """Store the chunk's levels (the ``sq`` level payload)."""
-        return encode_levels(elements, "dq")
+        """Store the chunk's levels (the ``sq`` level payload, or CLASSES)."""
+        return encode_dq_levels(elements, self.segment_hint)
 
     def decode_levels(self, data: memoryview, count: int) -> np.ndarray:
         """The stored integer levels of one chunk."""
-        return SQCodec(1.0).decode_levels(data, count)
+        blocks, finish = self._plan_levels(data, count)
+        return finish(ans.decode_many(blocks))
+
+    @staticmethod
+    def _plan_levels(data: memoryview, count: int):
+        """(ANS blocks, function of their decoded symbols -> int32 levels) of one chunk."""
+        buf = bytes(data)
+        if not buf or buf[0] != MODE_CLASSES:
+            k, radix, table, block, pos = SQCodec._parse(buf, count)
+            if k == 0:
+                return [], lambda _decoded: np.zeros(count, dtype=np.int32)
+
+            def single(decoded: list) -> np.ndarray:
+                SQCodec._check_padding(decoded[0], k, radix, count, pos)
+                return unzigzag(_ungroup(decoded[0], k, radix)[:count])
+
+            return [(block, -(-count // k), table, np.uint32)], single
+        if len(buf) < 6:
+            raise CorruptDataError("dq CLASSES header is truncated", offset=len(buf))
+        seg, n_classes = int.from_bytes(buf[1:5], "little"), buf[5]
+        if not 1 <= seg <= MAX_SEGMENT or not 2 <= n_classes <= MAX_CLASSES:
+            raise CorruptDataError(f"dq CLASSES has segment length {seg} or {n_classes} classes out of range",
+                                   offset=1)
+        pos = 6
+        segments = -(-count // seg)
+        parts = []
+        for c in range(n_classes + 1):  # the class map, then one payload per class
+            if pos + 4 > len(buf):
+                raise CorruptDataError("dq CLASSES payload is truncated", offset=pos)
+            size = int.from_bytes(buf[pos : pos + 4], "little")
+            if size > len(buf) - pos - 4:
+                raise CorruptDataError(f"dq CLASSES part of {size} bytes overruns the chunk", offset=pos)
+            parts.append((pos + 4, memoryview(buf)[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        if pos != len(buf):
+            raise CorruptDataError("dq CLASSES payload has trailing bytes", offset=pos)
+        try:
+            classes = SQCodec(1.0).decode_levels(parts[0][1], segments)
+        except RdcError as exc:
+            raise CorruptDataError(f"dq class map: {exc.message}", offset=parts[0][0] + (exc.offset or 0)) from None
+        if segments and (int(classes.min()) < 0 or int(classes.max()) >= n_classes):
+            raise CorruptDataError(f"dq class map holds a class outside 0..{n_classes - 1}", offset=parts[0][0])
+        lengths = np.full(segments, seg, dtype=np.int64)
+        if segments:
+            lengths[-1] = count - seg * (segments - 1)
+        per_element = np.repeat(classes, lengths)
+        sizes = np.bincount(per_element, minlength=n_classes)
+        blocks, layouts = [], []
+        for c in range(n_classes):
+            start, part = parts[c + 1]
+            try:
+                k, radix, table, block, sub = SQCodec._parse(part, int(sizes[c]))
+            except RdcError as exc:
+                raise CorruptDataError(f"dq class {c}: {exc.message}", offset=start + (exc.offset or 0)) from None
+            if k:
+                blocks.append((block, -(-int(sizes[c]) // k), table, np.uint32))
+            layouts.append((k, radix, start + sub))
+
+        def classed(decoded: list) -> np.ndarray:
+            levels = np.zeros(count, dtype=np.int32)
+            it = iter(decoded)
+            for c, (k, radix, where) in enumerate(layouts):
+                if k:
+                    symbols = next(it)
+                    SQCodec._check_padding(symbols, k, radix, int(sizes[c]), where)
+                    levels[per_element == c] = unzigzag(_ungroup(symbols, k, radix)[: int(sizes[c])])
+            return levels
+
+        return blocks, classed
 
     def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> ChunkPlan:
         """The chunk's ANS block, then the trellis reconstruction."""
         if dtype.kind != "float":
             raise CorruptDataError(f"dq codec cannot produce dtype {dtype.name}")
         out_dtype = dtype.numpy.newbyteorder("<")
-        k, radix, table, block, pos = SQCodec._parse(data, count)
-        if k == 0:
-            return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
-
-        def finish(decoded: list) -> np.ndarray:
-            symbols = decoded[0]
-            SQCodec._check_padding(symbols, k, radix, count, pos)
-            levels = unzigzag(_ungroup(symbols, k, radix)[:count])
-            return dq_reconstruct(levels, self.step, self.chain, out_dtype)
-
-        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish)
+        blocks, levels_of = self._plan_levels(data, count)
+        if not blocks:
+            levels = levels_of([])
+            if not levels.any():
+                return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
+        return ChunkPlan(blocks, lambda decoded: dq_reconstruct(levels_of(decoded), self.step, self.chain, out_dtype))
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
         """Decode levels and reconstruct them to the tensor's dtype."""

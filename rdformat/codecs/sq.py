@@ -189,12 +189,26 @@ class SQCodec(Codec):
 
 def encode_levels(elements: np.ndarray, codec_id: str = "sq") -> bytes:
     """Level payload of one chunk (spec 5.3, shared by ``sq`` and ``dq``): the cheapest of ZERO, TABLE, PARAMETRIC."""
+    best = choose_level_model(elements, codec_id)
+    if best is None:
+        return bytes([MODE_ZERO])
+    _, mode, k, groups, table, model_bytes, radix = best
+    head = bytes([mode, k]) + radix.to_bytes(4, "little")
+    return head + model_bytes + ans.encode(groups, table)
+
+
+def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
+    """The cheapest level model for ``elements``, without coding them.
+
+    Returns ``None`` for an all-zero chunk, else ``(estimated bytes, mode, k, group symbols, table,
+    model bytes, radix)``; the estimate includes the model and the ANS lanes.
+    """
     if elements.dtype.kind not in "iu":
         raise InvalidInputError(f"the {codec_id} codec stores integer levels; quantize with rdformat.quantize first")
     if elements.size and int(np.abs(elements.astype(np.int64)).max()) > MAX_LEVEL:
         raise InvalidInputError(f"{codec_id} levels must be within +-{MAX_LEVEL}; use a larger step")
     if not elements.any():
-        return bytes([MODE_ZERO])
+        return None
     z = zigzag(elements)
     radix = int(z.max()) + 1
     lanes_bytes = 8 * max(1, z.size // 1024)
@@ -223,9 +237,7 @@ def encode_levels(elements: np.ndarray, codec_id: str = "sq") -> bytes:
             cost = table.cost_bits(counts) / 8 + 5 + lanes_bytes
             if cost < best[0]:
                 best = (cost, MODE_PARAMETRIC, 1, z, table, struct.pack("<BHH", precision, p0, theta))
-    _, mode, k, groups, table, model_bytes = best
-    head = bytes([mode, k]) + radix.to_bytes(4, "little")
-    return head + model_bytes + ans.encode(groups, table)
+    return (*best, radix)
 
 
 MAX_GROUP = 8
