@@ -65,7 +65,7 @@ METHODS = ("sq", "dq")
 def quantize(x: np.ndarray, step: float, method: str, lam: float = DEFAULT_LAMBDA, iterations: int = 3):
     """Levels of ``x`` for ``method``: ``sq`` (RDO scalar, slope ``lam``) or ``dq`` (trellis, its own slope)."""
     if method == "dq":
-        return quantize_trellis(x, step, iterations=iterations)
+        return quantize_trellis(x, step)  # one round is enough for the trellis (see quantize_trellis)
     return quantize_rdo(x, step, lam=lam, iterations=iterations)
 
 

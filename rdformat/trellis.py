@@ -92,44 +92,46 @@ def _candidates(a: np.ndarray, bits: np.ndarray, lam: float, power: int):
     return out
 
 
+#: new state s <- first predecessor FIRST[s] (cost row A[s]) or second SECOND[s] (cost row A[SWAP[s]]), where
+#: the rows of A are (Q0 even, Q1 even, Q0 odd, Q1 odd) and the transitions are those of codecs.dq.NEXT_STATE.
+_FIRST = np.array([0, 2, 0, 2])
+_SECOND = np.array([1, 3, 1, 3])
+_SWAP = np.array([2, 3, 0, 1])
+
+
 def _viterbi(a: np.ndarray, bits: np.ndarray, lam: float, power: int, chain: int) -> np.ndarray:
-    """|levels| for magnitudes ``a`` (flat, a multiple of ``chain`` long, in steps)."""
+    """|levels| for magnitudes ``a`` (flat, a multiple of ``chain`` long, in steps).
+
+    All four states advance together: each position costs a handful of numpy operations on
+    (4, chains) arrays, so the Python overhead is paid per position, not per weight.
+    """
     chains = a.size // chain
     # (position, chain) layout: each step reads contiguous rows.
     by_pos = np.ascontiguousarray(a.reshape(chains, chain).T)
     (e0, me0, o0, mo0), (e1, me1, o1, mo1) = _candidates(by_pos, bits, lam, power)
-    inf = np.float32(np.inf)
-    c = np.full((4, chains), inf, dtype=np.float32)
+    costs = np.stack([e0, e1, o0, o1], axis=1)  # (position, 4, chains)
+    del e0, e1, o0, o1
+    c = np.full((4, chains), np.inf, dtype=np.float32)
     c[0] = 0.0
     # choice[t, s]: True when state s after position t came from its second predecessor.
     choice = np.empty((chain, 4, chains), dtype=bool)
     for t in range(chain):
-        c0, c1, c2, c3 = c
-        # state 0 <- (0, even) | (1, odd);  state 2 <- (0, odd) | (1, even)   [quantizer 0]
-        # state 1 <- (2, even) | (3, odd);  state 3 <- (2, odd) | (3, even)   [quantizer 1]
-        pairs = ((c0 + e0[t], c1 + o0[t]), (c2 + e1[t], c3 + o1[t]), (c0 + o0[t], c1 + e0[t]),
-                 (c2 + o1[t], c3 + e1[t]))
-        new = np.empty_like(c)
-        for s, (first, second) in enumerate(pairs):
-            second_better = second < first
-            choice[t, s] = second_better
-            new[s] = np.where(second_better, second, first)
-        c = new
-    # Backtrack from the best final state of every chain.
+        row = costs[t]
+        first = c[_FIRST] + row
+        second = c[_SECOND] + row[_SWAP]
+        np.less(second, first, out=choice[t])
+        c = np.minimum(first, second)
+    # Backtrack from the best final state of every chain. code = 2 * state + choice selects the
+    # predecessor and the level: (Q0 even | Q0 odd), (Q1 even | Q1 odd), (Q0 odd | Q0 even), (Q1 odd | Q1 even).
+    levels = np.stack([me0, mo0, me1, mo1, mo0, me0, mo1, me1], axis=1).astype(np.int16)  # (position, 8, chains)
+    pred = np.array([0, 1, 2, 3, 0, 1, 2, 3])
     state = np.argmin(c, axis=0)
     cols = np.arange(chains)
-    # predecessor state and (quantizer, parity) of the level, per (state, choice)
-    pred = np.array([[0, 1], [2, 3], [0, 1], [2, 3]])
-    parity = np.array([[0, 1], [0, 1], [1, 0], [1, 0]])
     out = np.empty((chain, chains), dtype=np.int32)
     for t in range(chain - 1, -1, -1):
-        ch = choice[t, state, cols].astype(np.int64)
-        p = parity[state, ch]
-        q = (state == 1) | (state == 3)  # reached from quantizer-1 states (2, 3); 0 and 2 from 0 and 1
-        m0 = np.where(p == 1, mo0[t], me0[t])
-        m1 = np.where(p == 1, mo1[t], me1[t])
-        out[t] = np.where(q, m1, m0)
-        state = pred[state, ch]
+        code = 2 * state + choice[t, state, cols]
+        out[t] = levels[t, code, cols]
+        state = pred[code]
     return out.T.reshape(-1)
 
 
@@ -139,7 +141,7 @@ def quantize_trellis(
     *,
     lam: float | None = None,
     distortion: str = "mse",
-    iterations: int = 3,
+    iterations: int = 1,
     chain: int = DEFAULT_CHAIN,
 ) -> TrellisQuantized:
     """Trellis-coded quantization of ``x`` with step ``step`` (reconstructions at multiples of it).
@@ -150,7 +152,9 @@ def quantize_trellis(
         lam: Lagrangian slope in units of step**2 (mse) or step (mae) per bit
             (default :data:`DEFAULT_TRELLIS_LAMBDA`).
         distortion: ``"mse"`` or ``"mae"``.
-        iterations: rate-model / decision refinement rounds.
+        iterations: rate-model / decision rounds. The first round's model (the histogram of plain
+            rounding) is already close: more rounds changed bits + log2(MSE)/2 by under 0.01 on
+            Laplacian data and MTCNN layers, so one is the default.
         chain: elements per trellis chain (the codec's ``chain``).
     """
     if distortion not in ("mse", "mae"):

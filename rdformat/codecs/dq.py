@@ -36,8 +36,8 @@ DEFAULT_CHAIN = 256
 def dq_reconstruct(levels: np.ndarray, step: float, chain: int, dtype: np.dtype) -> np.ndarray:
     """The normative reconstruction (spec 5.4) of one chunk's levels, in float64 then rounded to ``dtype``.
 
-    Vectorised across chains, and 16 positions per step: a table maps (state, 16 parity bits) to the
-    16 quantizer choices and the state that follows.
+    Vectorised across chains, and 8 positions per step: a table maps (state, 8 parity bits) to the
+    8 quantizer choices and the state that follows.
     """
     q = np.asarray(levels).astype(np.int32, copy=False).reshape(-1)
     n = q.size
@@ -45,8 +45,8 @@ def dq_reconstruct(levels: np.ndarray, step: float, chain: int, dtype: np.dtype)
         return np.zeros(0, dtype=dtype)
     chains = -(-n // chain)
     width = min(chain, n)
-    words = -(-width // 16)
-    parity = np.zeros((chains, words * 16), dtype=np.uint8)
+    words = -(-width // 8)
+    parity = np.zeros((chains, words * 8), dtype=np.uint8)
     flat_parity = (q & 1).astype(np.uint8)  # two's complement: parity of k == parity of |k|
     if chains * width == n:
         parity[:, :width] = flat_parity.reshape(chains, width)
@@ -54,15 +54,15 @@ def dq_reconstruct(levels: np.ndarray, step: float, chain: int, dtype: np.dtype)
         full = n // width
         parity[:full, :width] = flat_parity[: full * width].reshape(full, width)
         parity[full, : n - full * width] = flat_parity[full * width :]
-    packed = np.packbits(parity, axis=1, bitorder="little").view("<u2")  # (chains, words)
+    packed = np.packbits(parity, axis=1, bitorder="little")  # (chains, words): bit i = position 8j + i
     quantizer_bits = np.empty_like(packed)
     table_q, table_next = _state_tables()
-    state = np.zeros(chains, dtype=np.uint32)
+    state = np.zeros(chains, dtype=np.uint16)
     for j in range(words):
-        index = (state << 16) | packed[:, j]
+        index = (state << 8) | packed[:, j]
         quantizer_bits[:, j] = table_q[index]
         state = table_next[index]
-    quantizer = np.unpackbits(quantizer_bits.view(np.uint8), axis=1, bitorder="little")[:, :width]
+    quantizer = np.unpackbits(quantizer_bits, axis=1, bitorder="little")[:, :width]
     quantizer = quantizer.reshape(-1)[:n]
     # k != 0: x = sgn(k) * (2|k| - quantizer) * S = (2k - sgn(k) * quantizer) * S, an exact integer times S.
     ints = 2 * q - np.sign(q) * quantizer
@@ -73,17 +73,17 @@ _TABLES: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _state_tables() -> tuple[np.ndarray, np.ndarray]:
-    """For index ``state << 16 | parity_bits`` (bit i = parity of position i): the quantizer bits of
-    the 16 positions and the state after them (built once, 1.25 MB)."""
+    """For index ``state << 8 | parity_bits`` (bit i = parity of position i): the quantizer bits of
+    the 8 positions and the state after them (built once)."""
     global _TABLES
     if _TABLES is None:
-        index = np.arange(4 << 16, dtype=np.uint32)
-        state = (index >> 16).astype(np.uint8)
-        bits = np.zeros(index.size, dtype=np.uint16)
-        for i in range(16):
-            bits |= ((state >> 1).astype(np.uint16) << i)
+        index = np.arange(4 << 8, dtype=np.uint16)
+        state = (index >> 8).astype(np.uint8)
+        bits = np.zeros(index.size, dtype=np.uint8)
+        for i in range(8):
+            bits |= (state >> 1) << i
             state = _NEXT_FLAT[(state << 1) | ((index >> i) & 1).astype(np.uint8)]
-        _TABLES = (bits, state.astype(np.uint32))
+        _TABLES = (bits, state.astype(np.uint16))
     return _TABLES
 
 
@@ -103,6 +103,17 @@ def _entropy_bytes(symbols: np.ndarray) -> float:
     counts = np.bincount(symbols)
     counts = counts[counts > 0].astype(np.float64)
     return float(-(counts * np.log2(counts / counts.sum())).sum()) / 8 + 2.5 * counts.size + 12
+
+
+def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.ndarray:
+    """Group symbols -> levels (k per symbol) by one gather from the levels of the table's symbols."""
+    present = table.symbols.astype(np.int64)
+    values = unzigzag(_ungroup(present, k, radix)).reshape(-1, k)
+    if radix ** k <= 4 * symbols.size:
+        lut = np.zeros((radix ** k, k), dtype=np.int32)
+        lut[present] = values
+        return lut[symbols].reshape(-1)
+    return values[np.searchsorted(present, symbols)].reshape(-1)
 
 
 def encode_dq_levels(levels: np.ndarray, segment_hint: int | None = None) -> bytes:
@@ -209,7 +220,7 @@ class DQCodec(Codec):
 
             def single(decoded: list) -> np.ndarray:
                 SQCodec._check_padding(decoded[0], k, radix, count, pos)
-                return unzigzag(_ungroup(decoded[0], k, radix)[:count])
+                return _symbols_to_levels(decoded[0], table, k, radix)[:count]
 
             return [(block, -(-count // k), table, np.uint32)], single
         if len(buf) < 6:
@@ -242,7 +253,7 @@ class DQCodec(Codec):
             lengths[-1] = count - seg * (segments - 1)
         per_element = np.repeat(classes, lengths)
         sizes = np.bincount(per_element, minlength=n_classes)
-        blocks, layouts = [], []
+        blocks, layouts, tables = [], [], []
         for c in range(n_classes):
             start, part = parts[c + 1]
             try:
@@ -252,6 +263,7 @@ class DQCodec(Codec):
             if k:
                 blocks.append((block, -(-int(sizes[c]) // k), table, np.uint32))
             layouts.append((k, radix, start + sub))
+            tables.append(table)
 
         def classed(decoded: list) -> np.ndarray:
             levels = np.zeros(count, dtype=np.int32)
@@ -260,7 +272,7 @@ class DQCodec(Codec):
                 if k:
                     symbols = next(it)
                     SQCodec._check_padding(symbols, k, radix, int(sizes[c]), where)
-                    levels[per_element == c] = unzigzag(_ungroup(symbols, k, radix)[: int(sizes[c])])
+                    levels[per_element == c] = _symbols_to_levels(symbols, tables[c], k, radix)[: int(sizes[c])]
             return levels
 
         return blocks, classed
