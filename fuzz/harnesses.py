@@ -265,6 +265,8 @@ HARNESSES: dict[str, Harness] = {
         Harness("codec_raw", codec_one_input("raw"), _codec_mutate("raw"), lambda: F.chunk_seeds("raw"), False),
         Harness("codec_bytesplit", codec_one_input("bytesplit"), _codec_mutate("bytesplit"),
                 lambda: F.chunk_seeds("bytesplit"), False),
+        Harness("codec_sq", codec_one_input("sq"), _codec_mutate("sq"), lambda: F.chunk_seeds("sq"), False),
+        Harness("codec_dq", codec_one_input("dq"), _codec_mutate("dq"), lambda: F.chunk_seeds("dq"), False),
         Harness("ans_decode", ans_decode, lambda rng, data, pool: F.mutate_ans_input(rng, data), F.ans_seeds, False),
         Harness("table_from_bytes", table_from_bytes, _table_mutate, _table_seeds, False),
     ]

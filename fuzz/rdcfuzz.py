@@ -38,7 +38,7 @@ CONFIGS = [b"{}", b'{"transform":"rotl1"}', b'{"transform":"none"}', b'{"transfo
            b'{"transform":"none","transform":"rotl1"}', b'{"bits":4}', b'{"step":0.5,"groups":[]}']
 META_TEXTS = [b"{}", b'{"a":1}', b"[1,2]", b"null", b"{", b"\xff", b"[" * 5000, b'{"x":' + b"9" * 5000 + b"}",
               b'{"a":NaN}', "{\"\u00fc\":\"\u00df\"}".encode(), b""]
-CODEC_IDS = [b"raw", b"bytesplit", b"sq", b"", b"RAW", b"x" * 65, b"bytesplit\x00", b"\xff"]
+CODEC_IDS = [b"raw", b"bytesplit", b"sq", b"dq", b"", b"RAW", b"x" * 65, b"bytesplit\x00", b"\xff"]
 
 
 def crc(data: bytes) -> int:

@@ -141,7 +141,7 @@ def quantize_trellis(
     *,
     lam: float | None = None,
     distortion: str = "mse",
-    iterations: int = 1,
+    iterations: int | None = None,
     chain: int = DEFAULT_CHAIN,
 ) -> TrellisQuantized:
     """Trellis-coded quantization of ``x`` with step ``step`` (reconstructions at multiples of it).
@@ -152,9 +152,10 @@ def quantize_trellis(
         lam: Lagrangian slope in units of step**2 (mse) or step (mae) per bit
             (default :data:`DEFAULT_TRELLIS_LAMBDA`).
         distortion: ``"mse"`` or ``"mae"``.
-        iterations: rate-model / decision rounds. The first round's model (the histogram of plain
-            rounding) is already close: more rounds changed bits + log2(MSE)/2 by under 0.01 on
-            Laplacian data and MTCNN layers, so one is the default.
+        iterations: rate-model / decision rounds; default 1 for ``"mse"`` and 3 for ``"mae"``. The
+            first round's model (the histogram of plain rounding) is already close under squared
+            error (more rounds changed bits + log2(MSE)/2 by under 0.01 on Laplacian data and MTCNN
+            layers) but not under absolute error (3 rounds: 0.03 bit/weight less at 3.6 bits/weight).
         chain: elements per trellis chain (the codec's ``chain``).
     """
     if distortion not in ("mse", "mae"):
@@ -162,6 +163,8 @@ def quantize_trellis(
     if not isinstance(chain, int) or not 1 <= chain <= MAX_CHAIN:
         raise InvalidInputError(f"chain must be an integer in 1..{MAX_CHAIN}, got {chain!r}")
     lam = DEFAULT_TRELLIS_LAMBDA[distortion] if lam is None else float(lam)
+    if iterations is None:
+        iterations = 1 if distortion == "mse" else 3
     src = _check_float(x)
     flat = src.reshape(-1)
     amax = float(np.abs(flat).max(initial=0.0))

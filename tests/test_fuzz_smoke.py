@@ -30,6 +30,8 @@ RUNS = {
     "by_name": 2500,
     "codec_raw": 3000,
     "codec_bytesplit": 4000,
+    "codec_sq": 2000,
+    "codec_dq": 3000,
     "ans_decode": 3000,
     "table_from_bytes": 3000,
 }
