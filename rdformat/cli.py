@@ -222,15 +222,19 @@ def _codec_from_args(args: argparse.Namespace) -> str | dict:
         raise InvalidInputError("--method surp takes --sparsity or --bits")
     if method != "surp" and "sparsity" in targets:
         raise InvalidInputError("--sparsity needs --method surp")
+    lossless_vectors = getattr(args, "lossless_vectors", False)
+    if lossless_vectors and (not targets or method == "surp"):
+        raise InvalidInputError("--lossless-vectors goes with --bits, --rel-error or --size")
     if targets:
-        return {"method": method, **targets}
+        extra = {"fine": False} if lossless_vectors else {}
+        return {"method": method, **targets, **extra}
     return "lossless"
 
 
 def _codec_label(codec: str | dict) -> str:
     if isinstance(codec, str):
         return codec
-    targets = {k: v for k, v in codec.items() if k != "method"}
+    targets = {k: v for k, v in codec.items() if k not in ("method", "fine")}
     key, value = next(iter(targets.items()))
     return f"lossy {codec.get('method', 'auto')}, target {key.replace('_', '-')} {value}"
 
@@ -499,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format (default: detect)")
     lossy = p.add_argument_group(
         "lossy options", "without one of these the file is lossless; with one, float tensors of 2+ dimensions "
-        "are quantized (codec sq or dq) and everything else stays lossless")
+        "are quantized (codec sq or dq), 1-D float tensors of 64+ values finely, and everything else stays "
+        "lossless")
     lossy.add_argument("--bits", type=_positive_float, default=None, metavar="B",
                        help="target bits per weight of the quantized tensors, e.g. 4")
     lossy.add_argument("--rel-error", type=_positive_float, default=None, metavar="E",
@@ -512,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (default: sq or dq, whichever the plan predicts smaller), sq (scalar "
                             "quantization), dq (trellis-coded quantization) or surp (successive-refinement "
                             "pruning, progressive)")
+    lossy.add_argument("--lossless-vectors", action="store_true",
+                       help="keep 1-D tensors (biases, norm gains) lossless; by default those with 64 or more "
+                            "values get a fine step (relative error about 0.1%%)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", parents=[common], help="restore an .rdc file as .safetensors/.pt/.onnx/.npz",

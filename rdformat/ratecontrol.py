@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidInputError
-from .quantize import DEFAULT_LAMBDA, quantize_rdo
+from .quantize import DEFAULT_LAMBDA, quantize_rdo, quantize_uniform
 from .trellis import quantize_trellis
 from .codecs.sq import zigzag
 
@@ -36,6 +36,38 @@ def is_lossy_candidate(array: np.ndarray, *, structural: bool = False, min_eleme
     if arr.dtype.kind != "f" and str(arr.dtype) != "bfloat16":
         return False
     return bool(np.all(np.isfinite(arr.astype(np.float32, copy=False))))
+
+
+#: 1-D float tensors (biases, norm gains) at least this long are quantized finely by default.
+FINE_MIN_ELEMENTS = 64
+#: Their step: at most this fraction of their RMS (relative error about 0.1%, ~10 bits per value)...
+FINE_REL_STEP = 1.0 / 256
+#: ...and at most this fraction of the model's global step...
+FINE_GLOBAL_FRACTION = 0.25
+#: ...unless the largest level would exceed this.
+FINE_MAX_LEVEL = 500
+
+
+def is_fine_candidate(array: np.ndarray, *, structural: bool = False) -> bool:
+    """Whether the default policy stores this tensor with a fine step (1-D float, long enough, finite)."""
+    arr = np.asarray(array)
+    if structural or arr.ndim != 1 or arr.size < FINE_MIN_ELEMENTS:
+        return False
+    if arr.dtype.kind != "f" and str(arr.dtype) != "bfloat16":
+        return False
+    return bool(np.all(np.isfinite(arr.astype(np.float32, copy=False))))
+
+
+def fine_step(array: np.ndarray, global_step: float) -> float | None:
+    """The step of a finely quantized 1-D tensor, or None to keep it lossless (all zero)."""
+    a = np.asarray(array, dtype=np.float64)
+    rms = float(np.sqrt(np.mean(np.square(a))))
+    if rms == 0.0:
+        return None
+    step = min(rms * FINE_REL_STEP, global_step * FINE_GLOBAL_FRACTION)
+    # Levels within +-511 keep the 5-byte parametric model usable (an explicit table of a few hundred
+    # distinct levels would cost more than the values).
+    return max(step, float(np.max(np.abs(a))) / FINE_MAX_LEVEL)
 
 
 @dataclass
@@ -219,8 +251,15 @@ def save_lossy(
     lossy=None,
     lam: float = DEFAULT_LAMBDA,
     method: str = "auto",
+    fine: bool = True,
 ) -> dict:
-    """Plan steps for the whole model, then stream it out: lossy tensors quantized, the rest lossless."""
+    """Plan steps for the whole model, then stream it out: lossy tensors quantized, the rest lossless.
+
+    With ``fine`` (the default when ``lossy`` is not given), 1-D float tensors of at least
+    :data:`FINE_MIN_ELEMENTS` values (biases, norm gains) are quantized with a fine step
+    (:func:`fine_step`: relative error about 0.1%), which stores them in about a third of their
+    float32 size; shorter ones and everything else not quantized stay lossless.
+    """
     import io
 
     from .writer import DEFAULT_CHUNK_BYTES, Writer
@@ -236,6 +275,9 @@ def save_lossy(
                 raise InvalidInputError(f"lossy tensor {n!r} is not in the model")
             if n in structural:
                 raise InvalidInputError(f"tensor {n!r} is structural and is never stored lossy")
+    fine_names = set()
+    if fine and lossy is None:
+        fine_names = {n for n, a in tensors.items() if n not in structural and is_fine_candidate(a)}
     if not names:
         # Nothing qualifies for quantization (e.g. only biases): the file is simply lossless.
         from .writer import save as save_lossless
@@ -268,8 +310,9 @@ def save_lossy(
                     chunk_bytes=chunk_bytes) as w:
             err2 = 0.0
             for n, a in tensors.items():
-                if n in rp.steps:
-                    q = quantize(a, rp.steps[n], rp.method, lam)
+                step = fine_step(a, rp.global_step) if n in fine_names else None
+                if n in rp.steps or step is not None:
+                    q = quantize(a, rp.steps[n], rp.method, lam) if step is None else quantize_uniform(a, step)
                     diff = q.dequantize().astype(np.float64) - np.asarray(a, dtype=np.float64)
                     e2 = float(np.sum(diff * diff))
                     err2 += e2

@@ -282,6 +282,7 @@ def save(
     sensitivity: Mapping[str, float] | None = None,
     lossy: Iterable[str] | None = None,
     method: str = "auto",
+    fine: bool = True,
 ) -> dict:
     """Write ``tensors`` (a mapping or ``(name, array)`` pairs, consumed one at a time) to ``target``.
 
@@ -291,7 +292,8 @@ def save(
     model-wide rate-distortion slope (:mod:`rdformat.ratecontrol`), optionally weighted by
     per-tensor ``sensitivity``; everything else stays lossless. ``method`` picks the quantizer and
     codec: ``"sq"`` (scalar), ``"dq"`` (trellis-coded) or ``"auto"`` (whichever the plan predicts
-    smaller). Lossy saving needs a
+    smaller). With ``fine`` (default), 1-D float tensors of 64 or more values (biases, norm gains)
+    get a fine step (relative error about 0.1%) instead of being stored losslessly. Lossy saving needs a
     mapping (two passes: statistics, then encoding).
 
     ``aliases`` maps extra names to tensor names (tied weights, stored once). ``structural`` names
@@ -308,7 +310,7 @@ def save(
         return save_lossy(
             tensors, target, metadata=metadata, graph=graph, graph_format=graph_format, aliases=aliases,
             structural=structural, chunk_bytes=chunk_bytes, bits=bits, rel_error=rel_error, size=size,
-            sensitivity=sensitivity, lossy=lossy, method=method,
+            sensitivity=sensitivity, lossy=lossy, method=method, fine=fine,
         )
     if codec is not None and not isinstance(codec, Codec) and CODEC_ALIASES.get(codec, codec) in ("sq", "dq"):
         raise InvalidInputError(f"the {codec} codec needs a target: pass bits=, rel_error= or size=")
