@@ -95,7 +95,7 @@ MAX_CLASSES = 8
 MAX_SEGMENT = 1 << 20
 #: Segment lengths the encoder tries (besides a producer's hint such as the row length).
 SEGMENT_CANDIDATES = (256, 1024)
-CLASS_COUNTS = (2, 3, 4)
+CLASS_COUNTS = (2, 3, 4, 6, 8)
 
 
 def _entropy_bytes(symbols: np.ndarray) -> float:
@@ -119,7 +119,7 @@ def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.nda
 def encode_dq_levels(levels: np.ndarray, segment_hint: int | None = None) -> bytes:
     """One chunk's level payload: a single model (spec 5.3 modes) or CLASSES when that is smaller.
 
-    CLASSES cuts the chunk into segments (e.g. rows), sorts the segments into 2-4 classes by their
+    CLASSES cuts the chunk into segments (e.g. rows), sorts the segments into 2-8 classes by their
     mean |level| and codes each class with its own model: weights of real layers change scale from row
     to row, which one static model cannot follow.
     """
