@@ -108,10 +108,12 @@ def write_files() -> dict[str, bytes]:
     rdformat.save(lossless_tensors(), buf, chunk_bytes=64 << 10, metadata={"golden": "lossless"})
     out["lossless.rdc"] = buf.getvalue()
     buf = io.BytesIO()
-    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "sq4"}, method="sq")
+    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "sq4"}, method="sq",
+                  fine=False)
     out["sq4.rdc"] = buf.getvalue()
     buf = io.BytesIO()
-    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "dq4"}, method="dq")
+    rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "dq4"}, method="dq",
+                  fine=False)
     out["dq4.rdc"] = buf.getvalue()
     return out
 
