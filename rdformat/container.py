@@ -26,7 +26,7 @@ from .errors import (
 
 MAGIC = b"\x89RDC\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 FILE_HEADER_SIZE = 16
 RECORD_HEADER_SIZE = 16
 RECORD_TRAILER_SIZE = 4
@@ -43,6 +43,7 @@ REC_CHUNK = 4
 REC_ALIAS = 5
 REC_INDEX = 6
 REC_END = 7
+REC_SMALL = 8  # since 1.1: a tensor header and its one chunk in one record (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -51,6 +52,7 @@ RECORD_NAMES = {
     REC_ALIAS: "alias",
     REC_INDEX: "index",
     REC_END: "end",
+    REC_SMALL: "small tensor",
 }
 FLAG_REQUIRED = 0x0001
 
@@ -85,7 +87,11 @@ PAYLOAD_LIMITS = {
     REC_ALIAS: 2 * (MAX_NAME_BYTES + 2),
     REC_INDEX: MAX_INDEX_BYTES,
     REC_END: END_PAYLOAD_SIZE,
+    REC_SMALL: MAX_TENSOR_HEADER_BYTES,
 }
+#: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
+#: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
+SMALL_DATA_BYTES = 4096
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -157,6 +163,20 @@ class TensorHeader:
         """Whether an adapter marked the tensor as steering shapes/control flow (never lossy)."""
         return bool(self.flags & TENSOR_STRUCTURAL)
 
+    def to_small_bytes(self, data: bytes) -> bytes:
+        """Serialise as a SMALL record payload: the header with varint dimensions, then ``data``."""
+        codec = self.codec_id.encode("ascii")
+        config = json.dumps(self.codec_config, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        parts = [
+            pack_str(self.name),
+            struct.pack("<HBB", self.dtype_code, len(self.shape), self.flags),
+            b"".join(leb128(d) for d in self.shape),
+            bytes([len(codec)]) + codec,
+            leb128(len(config)) + config,
+            data,
+        ]
+        return b"".join(parts)
+
     def to_bytes(self) -> bytes:
         """Serialise as a TENSOR record payload."""
         parts = [
@@ -169,6 +189,19 @@ class TensorHeader:
             pack_str(json.dumps(self.codec_config, sort_keys=True, separators=(",", ":")), _U32),
         ]
         return b"".join(parts)
+
+
+def leb128(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, least significant first, high bit = more bytes follow."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def chunk_payload_prefix(index: int, data_offset_in_file: int, *, align: bool = True) -> bytes:
@@ -433,9 +466,27 @@ class PayloadReader:
         """Little-endian u64."""
         return _U64.unpack(self.take(8, what))[0]
 
+    def varint(self, what: str, limit: int) -> int:
+        """An unsigned LEB128 value of at most ``limit``, in its shortest encoding."""
+        value = shift = 0
+        start = self.pos
+        while True:
+            byte = self.u8(what)
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+            if shift >= 70:
+                raise self.fail(f"{what} varint is longer than 10 bytes")
+        if byte == 0 and self.pos - start > 1:
+            raise self.fail(f"{what} varint is not in its shortest form")
+        if value > limit:
+            raise self.fail(f"{what} {value} is over the limit of {limit}", LimitExceededError)
+        return value
+
     def text(self, what: str, limit: int, *, width: int = 2, allow_empty: bool = False) -> str:
         """A length-prefixed UTF-8 string of at most ``limit`` bytes."""
-        n = self.u16(what) if width == 2 else self.u32(what)
+        n = {1: self.u8, 2: self.u16, 4: self.u32}[width](what)
         if n > limit:
             raise self.fail(f"{what} is {n} bytes, over the limit of {limit}", LimitExceededError)
         if n == 0 and not allow_empty:
@@ -495,6 +546,31 @@ def parse_tensor_header(payload: bytes, base: int) -> TensorHeader:
         if chunk_count != expected:
             raise r.fail(f"chunk count {chunk_count} does not match {numel} elements in chunks of {chunk_elements}")
     return header
+
+
+def parse_small(payload: bytes, base: int) -> tuple[TensorHeader, memoryview]:
+    """Parse a SMALL record payload -> (its tensor header, the data of its one chunk)."""
+    r = PayloadReader(payload, base, "small tensor")
+    name = r.text("tensor name", MAX_NAME_BYTES)
+    r.tensor = name
+    dtype_code = r.u16("dtype code")
+    rank = r.u8("rank")
+    flags = r.u8("tensor flags")
+    if rank > MAX_RANK:
+        raise r.fail(f"rank {rank} is over the limit of {MAX_RANK}", LimitExceededError)
+    shape = tuple(r.varint("dimension", MAX_DIM) for _ in range(rank))
+    codec_id = r.text("codec id", MAX_CODEC_ID_BYTES, width=1)
+    config_start = r.pos
+    config_raw = r.take(r.varint("codec config length", MAX_TENSOR_HEADER_BYTES), "codec config")
+    config = parse_json_object(config_raw, "codec configuration", base + config_start, name)
+    data = memoryview(payload)[r.pos :]
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel == 0 and len(data):
+        raise r.fail(f"empty tensor carries {len(data)} bytes of data")
+    header = TensorHeader(name, dtype_code, shape, flags, max(numel, 1), 1 if numel else 0, codec_id, config)
+    return header, data
 
 
 def parse_alias(payload: bytes, base: int) -> tuple[str, str]:

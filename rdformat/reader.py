@@ -184,20 +184,20 @@ class RdcReader:
                                            "follow it)", offset=head.offset, record=head.name)
                 rel = head.offset - self._start
                 ready: list[tuple[str, np.ndarray]] = []
-                if queue and (head.rtype != C.REC_TENSOR or queued >= DECODE_BATCH_BYTES):
+                if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES):
                     # decode what is queued (aliases need their targets; the batch is big enough)
                     ready = self._finish_tensors(queue)
                     queue, queued = [], 0
                     pos = self._src.pos  # just after this record's head, which stays pending
                 if ready:
                     pass
-                elif head.rtype == C.REC_TENSOR:
+                elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
                     payload = C.read_payload(self._src, head)
-                    header = C.parse_tensor_header(payload, head.offset + C.RECORD_HEADER_SIZE)
+                    header, inline = _parse_tensor_record(head, payload)
                     if header.name in names:
                         raise CorruptDataError(f"duplicate name {header.name!r}", offset=head.offset,
-                                               record="tensor", tensor=header.name)
-                    pending = self._plan_tensor(header, head)
+                                               record=head.name, tensor=header.name)
+                    pending = self._plan_tensor(header, head, inline)
                     queue.append(pending)
                     queued += pending.nbytes
                     names.add(header.name)
@@ -269,11 +269,15 @@ class RdcReader:
             else:
                 yield alias, array
 
-    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead) -> np.ndarray:
-        return self._finish_tensors([self._plan_tensor(header, head)])[0][1]
+    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None = None) -> np.ndarray:
+        return self._finish_tensors([self._plan_tensor(header, head, inline)])[0][1]
 
-    def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead) -> "_PendingTensor":
-        """Read a tensor's chunk records and plan their decoding (ANS blocks not decoded yet)."""
+    def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead,
+                     inline: memoryview | None = None) -> "_PendingTensor":
+        """Read a tensor's chunk records and plan their decoding (ANS blocks not decoded yet).
+
+        ``inline``: the data of the one chunk of a SMALL record (no CHUNK records follow it).
+        """
         name = header.name
         try:
             info = by_code(header.dtype_code)
@@ -306,6 +310,15 @@ class RdcReader:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
         rem = self._src.remaining()
+        if inline is not None:
+            dtype = info.numpy.newbyteorder("<")
+            pend = _PendingTensor(header, head, info, self._allocate(numel, dtype, nbytes, head, name))
+            if numel:
+                with _chunk_errors(0, head, name):
+                    plan = codec.plan_chunk(inline, numel, info)
+                pend.chunks.append((0, head, 0, numel, plan))
+                pend.nbytes += nbytes
+            return pend
         if rem is not None and header.chunk_count:
             # Every chunk record takes 29 bytes plus what its codec needs at least: refuse a file that
             # cannot hold the declared chunks before allocating the output (decompression bombs).
@@ -483,17 +496,17 @@ class RdcReader:
                                    offset=entry.offset, record="alias", tensor=entry.name)
         return target
 
-    def _tensor_header(self, entry: C.IndexEntry) -> tuple[C.TensorHeader, C.RecordHead]:
+    def _tensor_header(self, entry: C.IndexEntry) -> tuple[C.TensorHeader, C.RecordHead, memoryview | None]:
         self._src.seek(entry.offset)
         head = C.read_record_head(self._src, tensor=entry.name)
-        if head.rtype != C.REC_TENSOR:
+        if head.rtype not in (C.REC_TENSOR, C.REC_SMALL):
             raise CorruptDataError(f"index entry {entry.name!r} does not point to a tensor record",
                                    offset=entry.offset, record=head.name, tensor=entry.name)
-        header = C.parse_tensor_header(C.read_payload(self._src, head, tensor=entry.name), entry.offset + C.RECORD_HEADER_SIZE)
+        header, inline = _parse_tensor_record(head, C.read_payload(self._src, head, tensor=entry.name))
         if header.name != entry.name:
             raise CorruptDataError(f"index entry {entry.name!r} points to tensor {header.name!r}",
-                                   offset=entry.offset, record="tensor", tensor=entry.name)
-        return header, head
+                                   offset=entry.offset, record=head.name, tensor=entry.name)
+        return header, head, inline
 
     def _entry(self, name: str) -> C.IndexEntry:
         index = self._load_index()
@@ -506,8 +519,8 @@ class RdcReader:
         entry = self._entry(name)
         if entry.kind == C.ENTRY_ALIAS:
             entry = self._entry(self._aliases[name])
-        header, head = self._tensor_header(entry)
-        array = self._read_chunks(header, head)
+        header, head, inline = self._tensor_header(entry)
+        array = self._read_chunks(header, head, inline)
         if self._src.pos != entry.offset + entry.length:
             raise CorruptDataError(f"index entry {entry.name!r} does not match the length of its records",
                                    offset=entry.offset, record="tensor", tensor=entry.name)
@@ -543,7 +556,7 @@ class RdcReader:
             if entry.kind == C.ENTRY_ALIAS:
                 alias_of = self._aliases[name]
                 entry = self._entry(alias_of)
-            header, head = self._tensor_header(entry)
+            header, _head, _inline = self._tensor_header(entry)
             dtype = by_code(header.dtype_code).numpy
             return TensorInfo(name, dtype, header.shape, header.codec_id, header.codec_config,
                               header.structural, entry.length, alias_of)
@@ -589,6 +602,14 @@ class _PendingTensor:
         self.header, self.head, self.info, self.out = header, head, info, out
         self.nbytes = 0  # decoded bytes of the planned chunks
         self.chunks: list = []  # (index, chunk record head, first element, count, ChunkPlan)
+
+
+def _parse_tensor_record(head: C.RecordHead, payload: bytes) -> tuple[C.TensorHeader, memoryview | None]:
+    """A TENSOR record's header (its chunks follow), or a SMALL record's header and inline data."""
+    base = head.offset + C.RECORD_HEADER_SIZE
+    if head.rtype == C.REC_SMALL:
+        return C.parse_small(payload, base)
+    return C.parse_tensor_header(payload, base), None
 
 
 @contextlib.contextmanager

@@ -86,10 +86,14 @@ class Writer:
         graph_format: str = "onnx",
         codec: str | Codec | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        small_records: bool = True,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
         self.default_codec = resolve_codec(codec)
+        #: store single-chunk tensors with under SMALL_DATA_BYTES of data as one SMALL record (format 1.1);
+        #: False writes TENSOR + CHUNK records only, which 1.0 readers can read.
+        self.small_records = small_records
         self.chunk_bytes = chunk_bytes
         self._entries: list[tuple[int, str, int, int]] = []
         self._tensors: set[str] = set()
@@ -127,9 +131,9 @@ class Writer:
         self._stream.write(data)
         self.pos += len(data)
 
-    def _record(self, rtype: int, payload: bytes, *, kind: int | None = None, name: str = "") -> int:
+    def _record(self, rtype: int, payload: bytes, *, kind: int | None = None, name: str = "", flags: int = 0) -> int:
         offset = self.pos
-        self._write(C.frame(rtype, payload))
+        self._write(C.frame(rtype, payload, flags))
         if kind is not None:
             self._entries.append((kind, name, offset, self.pos - offset))
         return offset
@@ -192,6 +196,16 @@ class Writer:
             codec_id=chosen.codec_id,
             codec_config=chosen.get_config(),
         )
+        if chunk_count <= 1 and self.small_records:
+            only = next(payloads, b"")
+            if len(only) < C.SMALL_DATA_BYTES:
+                # One small chunk: header and data share one record (saves ~70 bytes per tensor).
+                start = self._record(C.REC_SMALL, header.to_small_bytes(only), flags=C.FLAG_REQUIRED)
+                self._names.add(name)
+                self._tensors.add(name)
+                self._entries.append((C.ENTRY_TENSOR, name, start, self.pos - start))
+                return
+            payloads = iter([only])
         start = self._record(C.REC_TENSOR, header.to_bytes())
         try:
             for index, data in enumerate(payloads):

@@ -104,3 +104,24 @@ def pipe_reader(data: bytes) -> io.BufferedReader:
 
     threading.Thread(target=feed, daemon=True).start()
     return os.fdopen(r, "rb")
+
+
+def stored_chunks(data: bytes):
+    """(header, [(element count, codec data), ...]) of the first tensor of an .rdc file, read record by
+    record: a TENSOR record and its CHUNK records, or one SMALL record."""
+    from rdformat import container as C
+
+    src = C.Source(io.BytesIO(data))
+    C.read_file_header(src)
+    head = C.read_record_head(src)
+    payload = C.read_payload(src, head)
+    if head.rtype == C.REC_SMALL:
+        header, inline = C.parse_small(payload, head.offset + 16)
+        return header, ([(header.numel, inline)] if header.chunk_count else [])
+    header = C.parse_tensor_header(payload, head.offset + 16)
+    chunks = []
+    for i in range(header.chunk_count):
+        chead = C.read_record_head(src)
+        chunk = C.parse_chunk(C.read_payload(src, chead), chead.offset + 16, i, header.name)
+        chunks.append((min(header.chunk_elements, header.numel - i * header.chunk_elements), chunk))
+    return header, chunks

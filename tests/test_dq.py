@@ -18,31 +18,23 @@ from rdformat.errors import CorruptDataError, InvalidInputError
 from rdformat.quantize import magnitude_prune, quantize_rdo
 from rdformat.trellis import quantize_trellis
 
+from helpers import stored_chunks
 
-def _store(q, chunk_bytes=1 << 22) -> bytes:
+
+def _store(q, chunk_bytes=1 << 22, small_records=True) -> bytes:
     buf = io.BytesIO()
-    with rdformat.Writer(buf, chunk_bytes=chunk_bytes) as w:
+    with rdformat.Writer(buf, chunk_bytes=chunk_bytes, small_records=small_records) as w:
         w.add("t", q.prepared())
     return buf.getvalue()
 
 
 def _stored_levels(data: bytes) -> np.ndarray:
     """The levels as stored, chunk by chunk, through the codec (not through reconstruction)."""
-    from rdformat import container as C
-
-    src = C.Source(io.BytesIO(data))
-    C.read_file_header(src)
-    head = C.read_record_head(src)
-    header = C.parse_tensor_header(C.read_payload(src, head), head.offset + 16)
+    header, chunks = stored_chunks(data)
     assert header.codec_id == "dq"
     codec = DQCodec.from_config(header.codec_config)
     assert header.chunk_elements % codec.chain == 0 or header.chunk_count <= 1
-    out = []
-    for i in range(header.chunk_count):
-        chead = C.read_record_head(src)
-        chunk = C.parse_chunk(C.read_payload(src, chead), chead.offset + 16, i, header.name)
-        count = min(header.chunk_elements, header.numel - i * header.chunk_elements)
-        out.append(codec.decode_levels(chunk, count))
+    out = [codec.decode_levels(chunk, count) for count, chunk in chunks]
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 
 
@@ -179,7 +171,7 @@ def test_model_save_with_each_method():
 
 def test_corrupt_dq_chunk_raises_rdformat_errors():
     x = np.random.default_rng(9).laplace(0, 1, (64, 64)).astype(np.float32)
-    data = bytearray(_store(quantize_trellis(x, 0.2)))
+    data = bytearray(_store(quantize_trellis(x, 0.2), small_records=False))
     # Flip payload bytes but keep the CRCs valid, so the codec itself must notice.
     from rdformat import container as C
 

@@ -113,7 +113,7 @@ def test_writer_output_follows_the_same_layout():
     rdformat.save({"w": np.arange(2048, dtype=np.float32).reshape(2, 1024), "s": np.arange(3, dtype=np.int16)},
                   buf, codec="raw")
     data = buf.getvalue()
-    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 0)
+    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 1)
     pos, types = 16, []
     while pos < len(data):
         rtype, flags, length = struct.unpack_from("<HHQ", data, pos)
@@ -126,10 +126,21 @@ def test_writer_output_follows_the_same_layout():
             if len(chunk) >= 4096:  # big raw chunks are 64-byte aligned in the file
                 assert (pos + 16 + 9 + pad) % 64 == 0
                 assert np.frombuffer(chunk, "<f4").tolist() == list(range(2048))
-            else:
-                assert pad == 0 and np.frombuffer(chunk, "<i2").tolist() == [0, 1, 2]
+        if rtype == 8:  # SMALL: str16 name, u16 dtype, u8 rank, u8 flags, LEB128 dims, str8 codec, LEB128 config
+            assert flags == 1  # REQUIRED
+            n = struct.unpack_from("<H", payload)[0]
+            assert payload[2:2 + n] == b"s"
+            p = 2 + n
+            assert struct.unpack_from("<HBB", payload, p) == (5, 1, 0)  # int16, rank 1
+            p += 4
+            assert payload[p] == 3  # the one dimension, 3, as a one-byte varint
+            p += 1
+            assert payload[p:p + 4] == b"\x03raw"
+            p += 4
+            assert payload[p] == 2 and payload[p + 1:p + 3] == b"{}"
+            assert np.frombuffer(payload[p + 3:], "<i2").tolist() == [0, 1, 2]
         types.append(rtype)
         pos += 20 + length
-    assert types == [3, 4, 3, 4, 6, 7]
+    assert types == [3, 4, 8, 6, 7]
     index_offset, length = struct.unpack_from("<QQ", data, len(data) - 20)
     assert length == len(data) and struct.unpack_from("<H", data, index_offset)[0] == 6

@@ -18,7 +18,7 @@ from rdformat.errors import CorruptDataError, InvalidInputError
 from rdformat.quantize import magnitude_prune, quantize_rdo, quantize_uniform
 from rdformat.ratecontrol import plan
 
-from helpers import SHARED_MODELS
+from helpers import SHARED_MODELS, stored_chunks
 
 
 def _store(q, chunk_bytes=1 << 22):
@@ -30,19 +30,9 @@ def _store(q, chunk_bytes=1 << 22):
 
 def _levels_from_file(data: bytes) -> np.ndarray:
     """Decode the stored levels chunk by chunk through the codec (not through dequantization)."""
-    from rdformat import container as C
-
-    src = C.Source(io.BytesIO(data))
-    C.read_file_header(src)
-    head = C.read_record_head(src)
-    header = C.parse_tensor_header(C.read_payload(src, head), head.offset + 16)
+    header, chunks = stored_chunks(data)
     codec = SQCodec.from_config(header.codec_config)
-    out = []
-    for i in range(header.chunk_count):
-        chead = C.read_record_head(src)
-        chunk = C.parse_chunk(C.read_payload(src, chead), chead.offset + 16, i, header.name)
-        count = min(header.chunk_elements, header.numel - i * header.chunk_elements)
-        out.append(codec.decode_levels(chunk, count))
+    out = [codec.decode_levels(chunk, count) for count, chunk in chunks]
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 
 

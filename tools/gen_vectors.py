@@ -109,11 +109,14 @@ def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
 
 
 def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
-          codec="lossless", per_tensor_codec=None, aliases=(), structural=()) -> bytes:
-    """A file written by rdformat.Writer (tensors: list of (name, array))."""
+          codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False) -> bytes:
+    """A file written by rdformat.Writer (tensors: list of (name, array)).
+
+    Most vectors use TENSOR + CHUNK records only (``small_records=False``), so that they exercise those
+    records; the ``small_*`` vectors cover SMALL records."""
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
-                         chunk_bytes=chunk_bytes) as w:
+                         chunk_bytes=chunk_bytes, small_records=small_records) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
@@ -164,6 +167,9 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
         if rtype == C.REC_TENSOR:
             current = [payload[2 : 2 + struct.unpack_from("<H", payload)[0]].decode(), start]
             codec = codec_of(payload)
+        elif rtype == C.REC_SMALL:
+            name = payload[2 : 2 + struct.unpack_from("<H", payload)[0]].decode()
+            entries.append((C.ENTRY_TENSOR, name, start, len(out) - start))
         elif rtype == C.REC_ALIAS:
             entries.append((C.ENTRY_ALIAS, C.parse_alias(payload, 0)[0], start, len(out) - start))
         elif rtype == C.REC_META:
@@ -601,6 +607,43 @@ def build() -> dict[str, bytes]:
               "CorruptDataError", "dq CLASSES payload declaring 1 class (2..8 allowed)")
     b.invalid("dq_classes_truncated", assemble([t_cl, chunk(0, cbytes[:-3])]), "CorruptDataError",
               f"dq CLASSES payload ({k_count} classes) missing the last 3 bytes of its last part")
+    # -- SMALL records (format 1.1): header and one chunk in one record ------------------------------
+    small = write([
+        ("raw_f32", np.array([1.5, -2.0, 0.0, 3.25], "<f4")),
+        ("bytesplit_i16", (np.arange(600, dtype="<i2") % 7) - 3),
+        ("scalar_f64", np.array(2.5, "<f8")),
+        ("empty_u8", np.zeros((0, 3), np.uint8)),
+        ("sq_f32", prepared(SQCodec(0.1, 0.2, 0.3), levels(208, (6, 7), -3, 3), "<f4")),
+        ("dq_f32", prepared(DQCodec(0.05, 4), levels(209, (5, 9), -4, 4), "<f4")),
+    ], per_tensor_codec={"raw_f32": "raw", "bytesplit_i16": "bytesplit"}, small_records=True)
+    srecs = records(small)
+    assert sum(r[0] == C.REC_SMALL for r in srecs) == 6 and not any(r[0] == C.REC_CHUNK for r in srecs)
+    b.valid("small_records", small,
+            "SMALL records (type 8, REQUIRED flag): a raw float32, a bytesplit int16, a 0-d float64, an empty "
+            "uint8 (no data), an sq and a dq tensor, each header and its one chunk in one record with LEB128 "
+            "dimensions")
+    s_raw = srecs[0]
+    head_len = 2 + len("raw_f32") + 4  # name, dtype, rank, flags
+
+    def small_with(payload: bytes) -> bytes:
+        return assemble([[C.REC_SMALL, C.FLAG_REQUIRED, payload]])
+
+    p = s_raw[2]
+    b.invalid("small_dim_not_shortest", small_with(p[:head_len] + b"\x84\x00" + p[head_len + 1:]),
+              "CorruptDataError", "SMALL record whose dimension 4 is written as the 2-byte varint 84 00")
+    b.invalid("small_dim_varint_too_long", small_with(p[:head_len] + b"\xff" * 11 + p[head_len + 1:]),
+              "CorruptDataError", "SMALL record with an 11-byte dimension varint")
+    b.invalid("small_dim_over_limit", small_with(p[:head_len] + b"\xff" * 8 + b"\x80\x01" + p[head_len + 1:]),
+              "LimitExceededError", "SMALL record with a dimension of 2**63")
+    b.invalid("small_empty_codec_id", small_with(p[:head_len + 1] + b"\x00" + p[head_len + 5:]),
+              "CorruptDataError", "SMALL record with an empty codec id")
+    b.invalid("small_truncated_config", small_with(p[:head_len + 5] + b"\x7f{}"), "CorruptDataError",
+              "SMALL record whose codec config length runs past the record")
+    b.invalid("small_raw_data_short", small_with(p[:-1]), "CorruptDataError",
+              "SMALL raw float32 record missing the last data byte")
+    s_empty = srecs[3]
+    b.invalid("small_empty_with_data", small_with(s_empty[2] + b"\x00"), "CorruptDataError",
+              "SMALL record of an empty tensor that carries a data byte")
     dq_recs = records(write([("t", prepared(DQCodec(0.25, 8), levels(206, (4, 8), -5, 5), "<f4"))]))
     t_dq, c_dq = dq_recs[0], dq_recs[1]
     for name, cfg, what in (("dq_chain_zero", '{"step":0.25,"chain":0}', "chain 0"),
