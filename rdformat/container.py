@@ -514,9 +514,8 @@ def parse_json_object(data: bytes, what: str, offset: int, tensor: str | None = 
     return value
 
 
-def parse_tensor_header(payload: bytes, base: int) -> TensorHeader:
-    """Parse a TENSOR record payload (``base``: absolute offset of the payload)."""
-    r = PayloadReader(payload, base, "tensor")
+def _tensor_prefix(r: PayloadReader) -> tuple[str, int, int, int]:
+    """Name, dtype code, rank and flags: the fields TENSOR and SMALL payloads start with."""
     name = r.text("tensor name", MAX_NAME_BYTES)
     r.tensor = name
     dtype_code = r.u16("dtype code")
@@ -524,6 +523,13 @@ def parse_tensor_header(payload: bytes, base: int) -> TensorHeader:
     flags = r.u8("tensor flags")
     if rank > MAX_RANK:
         raise r.fail(f"rank {rank} is over the limit of {MAX_RANK}", LimitExceededError)
+    return name, dtype_code, rank, flags
+
+
+def parse_tensor_header(payload: bytes, base: int) -> TensorHeader:
+    """Parse a TENSOR record payload (``base``: absolute offset of the payload)."""
+    r = PayloadReader(payload, base, "tensor")
+    name, dtype_code, rank, flags = _tensor_prefix(r)
     shape = tuple(r.u64("dimension") for _ in range(rank))
     if any(d > MAX_DIM for d in shape):
         raise r.fail("a dimension is over 2**63-1", LimitExceededError)
@@ -551,13 +557,7 @@ def parse_tensor_header(payload: bytes, base: int) -> TensorHeader:
 def parse_small(payload: bytes, base: int) -> tuple[TensorHeader, memoryview]:
     """Parse a SMALL record payload -> (its tensor header, the data of its one chunk)."""
     r = PayloadReader(payload, base, "small tensor")
-    name = r.text("tensor name", MAX_NAME_BYTES)
-    r.tensor = name
-    dtype_code = r.u16("dtype code")
-    rank = r.u8("rank")
-    flags = r.u8("tensor flags")
-    if rank > MAX_RANK:
-        raise r.fail(f"rank {rank} is over the limit of {MAX_RANK}", LimitExceededError)
+    name, dtype_code, rank, flags = _tensor_prefix(r)
     shape = tuple(r.varint("dimension", MAX_DIM) for _ in range(rank))
     codec_id = r.text("codec id", MAX_CODEC_ID_BYTES, width=1)
     config_start = r.pos

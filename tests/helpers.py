@@ -125,3 +125,29 @@ def stored_chunks(data: bytes):
         chunk = C.parse_chunk(C.read_payload(src, chead), chead.offset + 16, i, header.name)
         chunks.append((min(header.chunk_elements, header.numel - i * header.chunk_elements), chunk))
     return header, chunks
+
+
+#: Edge-case inputs every lossy quantizer's tests run: all zero, constant, empty and 0-d.
+LOSSY_EDGE_ARRAYS = [np.zeros((30, 40), np.float32), np.full((30, 40), 0.75, np.float32),
+                     np.zeros((0, 5), np.float32), np.float32(3.0).reshape(())]
+
+
+def check_lossy_edge_case(quantized, x: np.ndarray, stored: bytes, atol: float) -> None:
+    """The stored file decodes to the quantizer's own reconstruction, close to ``x``."""
+    back = rdformat.load(stored)["t"]
+    assert back.tobytes() == quantized.dequantize().tobytes()
+    if x.size:
+        assert np.allclose(back, x, atol=atol)
+
+
+def check_refuses_non_finite(quantize) -> None:
+    """``quantize(x, step)`` refuses NaN and infinities with a clear InvalidInputError."""
+    import pytest
+
+    from rdformat.errors import InvalidInputError
+
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones((10, 10), np.float32)
+        x[3, 4] = bad
+        with pytest.raises(InvalidInputError, match="NaN or inf"):
+            quantize(x, 0.1)

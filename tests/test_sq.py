@@ -18,7 +18,8 @@ from rdformat.errors import CorruptDataError, InvalidInputError
 from rdformat.quantize import magnitude_prune, quantize_rdo, quantize_uniform
 from rdformat.ratecontrol import plan
 
-from helpers import SHARED_MODELS, stored_chunks
+from helpers import (LOSSY_EDGE_ARRAYS, SHARED_MODELS, check_lossy_edge_case, check_refuses_non_finite,
+                     stored_chunks)
 
 
 def _store(q, chunk_bytes=1 << 22):
@@ -69,25 +70,15 @@ def test_decoded_levels_are_exactly_the_encoder_choice(shape, sparsity, step, dt
     assert np.max(np.abs(back.astype(np.float64) - x.astype(np.float64)), initial=0) <= q.step * 2 + 1e-2
 
 
-@pytest.mark.parametrize("x", [np.zeros((30, 40), np.float32), np.full((30, 40), 0.75, np.float32),
-                               np.zeros((0, 5), np.float32)])
-def test_all_zero_constant_and_empty(x):
+@pytest.mark.parametrize("x", LOSSY_EDGE_ARRAYS)
+def test_all_zero_constant_empty_and_scalar(x):
     q = quantize_rdo(x, 0.1)
-    data = _store(q)
-    back = rdformat.load(data)["t"]
-    assert back.tobytes() == q.dequantize().tobytes()
-    if x.size:
-        assert np.allclose(back, x, atol=0.1)
+    check_lossy_edge_case(q, x, _store(q), atol=0.1)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_and_inf_refused(bad):
-    x = np.ones((10, 10), np.float32)
-    x[3, 4] = bad
-    with pytest.raises(InvalidInputError, match="NaN or inf"):
-        quantize_rdo(x, 0.1)
-    with pytest.raises(InvalidInputError, match="NaN or inf"):
-        quantize_uniform(x, 0.1)
+def test_nan_and_inf_refused():
+    check_refuses_non_finite(quantize_rdo)
+    check_refuses_non_finite(quantize_uniform)
 
 
 def test_non_finite_tensor_stays_lossless_in_model_save():

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
+from ..container import leb128
 from ..errors import CorruptDataError, InvalidInputError, RdcError, TruncatedError
 from . import register_codec
 from .base import Codec
@@ -140,15 +141,7 @@ def _varint(value: int) -> bytes:
     value = int(value)
     if value < 0 or value >= 1 << 64:
         raise InvalidInputError(f"varint out of range: {value}")
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return leb128(value)
 
 
 def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
