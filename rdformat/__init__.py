@@ -30,7 +30,7 @@ from .codecs import Codec, get_codec_class, register_codec, registered_codecs
 from .reader import Limits, RdcReader, TensorInfo, load, open
 from .writer import Writer, save
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "save",
