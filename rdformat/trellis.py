@@ -74,7 +74,7 @@ def _candidates(a: np.ndarray, bits: np.ndarray, lam: float, power: int):
         np.minimum(lo, top - 1, out=lo)
         hi = lo + 1
 
-        def cost(m: np.ndarray) -> np.ndarray:
+        def cost(m: np.ndarray, quantizer: int = quantizer) -> np.ndarray:
             recon = np.where(m == 0, np.float32(0), (2 * m - quantizer).astype(np.float32))
             err = a - recon
             return (err * err if power == 2 else np.abs(err)) + penalty[m]

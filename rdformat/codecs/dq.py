@@ -24,7 +24,7 @@ from ..entropy import ans
 from ..errors import CorruptDataError, RdcError
 from . import register_codec
 from .base import ChunkPlan, Codec
-from .sq import MODE_ZERO, SQCodec, _ungroup, choose_level_model, encode_levels, unzigzag, zigzag
+from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, unzigzag, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -232,7 +232,7 @@ class DQCodec(Codec):
         pos = 6
         segments = -(-count // seg)
         parts = []
-        for c in range(n_classes + 1):  # the class map, then one payload per class
+        for _part in range(n_classes + 1):  # the class map, then one payload per class
             if pos + 4 > len(buf):
                 raise CorruptDataError("dq CLASSES payload is truncated", offset=pos)
             size = int.from_bytes(buf[pos : pos + 4], "little")
