@@ -21,6 +21,7 @@ from .errors import InvalidInputError
 from .quantize import DEFAULT_LAMBDA, quantize_rdo, quantize_uniform
 from .trellis import quantize_trellis
 from .codecs.sq import zigzag
+from .entropy import entropy_bits
 
 #: Tensors with fewer elements, or fewer than two dimensions (biases, norms), stay lossless.
 DEFAULT_MIN_ELEMENTS = 16
@@ -84,11 +85,7 @@ class RatePlan:
 
 
 def _entropy_bits(levels: np.ndarray) -> float:
-    sym = zigzag(levels.reshape(-1))
-    counts = np.bincount(sym)
-    counts = counts[counts > 0].astype(np.float64)
-    n = counts.sum()
-    return float(-(counts * np.log2(counts / n)).sum())
+    return entropy_bits(zigzag(levels.reshape(-1)))[0]
 
 
 METHODS = ("sq", "dq")

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ..dtypes import DtypeInfo
-from ..entropy import ans
+from ..entropy import ans, entropy_bits
 from ..errors import CorruptDataError, RdcError
 from . import register_codec
 from .base import ChunkPlan, Codec
@@ -100,9 +100,8 @@ CLASS_COUNTS = (2, 3, 4, 6, 8)
 
 def _entropy_bytes(symbols: np.ndarray) -> float:
     """Zero-order code length plus a rough table cost: the proxy used to compare class layouts."""
-    counts = np.bincount(symbols)
-    counts = counts[counts > 0].astype(np.float64)
-    return float(-(counts * np.log2(counts / counts.sum())).sum()) / 8 + 2.5 * counts.size + 12
+    bits, distinct = entropy_bits(symbols)
+    return bits / 8 + 2.5 * distinct + 12
 
 
 def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.ndarray:
@@ -214,12 +213,12 @@ class DQCodec(Codec):
         """(ANS blocks, function of their decoded symbols -> int32 levels) of one chunk."""
         buf = bytes(data)
         if not buf or buf[0] != MODE_CLASSES:
-            k, radix, table, block, pos = SQCodec._parse(buf, count)
+            k, radix, table, block, pos = SQCodec.parse_payload(buf, count)
             if k == 0:
                 return [], lambda _decoded: np.zeros(count, dtype=np.int32)
 
             def single(decoded: list) -> np.ndarray:
-                SQCodec._check_padding(decoded[0], k, radix, count, pos)
+                SQCodec.check_padding(decoded[0], k, radix, count, pos)
                 return _symbols_to_levels(decoded[0], table, k, radix)[:count]
 
             return [(block, -(-count // k), table, np.uint32)], single
@@ -257,7 +256,7 @@ class DQCodec(Codec):
         for c in range(n_classes):
             start, part = parts[c + 1]
             try:
-                k, radix, table, block, sub = SQCodec._parse(part, int(sizes[c]))
+                k, radix, table, block, sub = SQCodec.parse_payload(part, int(sizes[c]))
             except RdcError as exc:
                 raise CorruptDataError(f"dq class {c}: {exc.message}", offset=start + (exc.offset or 0)) from None
             if k:
@@ -271,7 +270,7 @@ class DQCodec(Codec):
             for c, (k, radix, where) in enumerate(layouts):
                 if k:
                     symbols = next(it)
-                    SQCodec._check_padding(symbols, k, radix, int(sizes[c]), where)
+                    SQCodec.check_padding(symbols, k, radix, int(sizes[c]), where)
                     levels[per_element == c] = _symbols_to_levels(symbols, tables[c], k, radix)[: int(sizes[c])]
             return levels
 
@@ -283,10 +282,8 @@ class DQCodec(Codec):
             raise CorruptDataError(f"dq codec cannot produce dtype {dtype.name}")
         out_dtype = dtype.numpy.newbyteorder("<")
         blocks, levels_of = self._plan_levels(data, count)
-        if not blocks:
-            levels = levels_of([])
-            if not levels.any():
-                return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
+        if not blocks:  # every level is zero (mode ZERO, or CLASSES whose parts are all ZERO)
+            return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
         return ChunkPlan(blocks, lambda decoded: dq_reconstruct(levels_of(decoded), self.step, self.chain, out_dtype))
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:

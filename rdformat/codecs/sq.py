@@ -108,16 +108,17 @@ class SQCodec(Codec):
 
     def decode_levels(self, data: memoryview, count: int) -> np.ndarray:
         """The stored integer levels of one chunk."""
-        k, radix, table, block, pos = self._parse(data, count)
+        k, radix, table, block, pos = self.parse_payload(data, count)
         if k == 0:
             return np.zeros(count, dtype=np.int32)
         symbols = ans.decode(block, -(-count // k), table, out_dtype=np.uint32)
-        self._check_padding(symbols, k, radix, count, pos)
+        self.check_padding(symbols, k, radix, count, pos)
         return unzigzag(_ungroup(symbols, k, radix)[:count])
 
     @staticmethod
-    def _parse(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
-        """(k, radix, table, ANS block, its offset) of a chunk; k == 0 for an all-zero chunk."""
+    def parse_payload(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
+        """(k, radix, table, ANS block, its offset) of a level payload (spec 5.3; also used by dq);
+        k == 0 for an all-zero chunk."""
         buf = bytes(data)
         if not buf:
             raise CorruptDataError("sq chunk is empty", offset=0)
@@ -148,7 +149,8 @@ class SQCodec(Codec):
         return k, radix, table, memoryview(buf)[pos:], pos
 
     @staticmethod
-    def _check_padding(symbols: np.ndarray, k: int, radix: int, count: int, pos: int) -> None:
+    def check_padding(symbols: np.ndarray, k: int, radix: int, count: int, pos: int) -> None:
+        """Refuse a last group whose digits past ``count`` are not zero (spec 5.3; also used by dq)."""
         if count % k:
             # Padding digits of the last group must be zero (one valid encoding per chunk).
             tail = _ungroup(symbols[-1:], k, radix)[count % k :]
@@ -160,13 +162,13 @@ class SQCodec(Codec):
         if dtype.kind != "float":
             raise CorruptDataError(f"sq codec cannot produce dtype {dtype.name}")
         out_dtype = dtype.numpy.newbyteorder("<")
-        k, radix, table, block, pos = self._parse(data, count)
+        k, radix, table, block, pos = self.parse_payload(data, count)
         if k == 0:
             return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
 
         def finish(decoded: list) -> np.ndarray:
             symbols = decoded[0]
-            self._check_padding(symbols, k, radix, count, pos)
+            self.check_padding(symbols, k, radix, count, pos)
             # Reconstruct each present group once, then gather: decoding is one lookup per group.
             present = table.symbols.astype(np.int64)
             values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2,

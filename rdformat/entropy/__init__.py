@@ -4,9 +4,10 @@ See ``spec/entropy.md`` for the byte formats.
 """
 
 from .ans import available_backends, decode, decode_many, default_lanes, encode, set_backend, use_backend
-from .models import DEFAULT_PRECISION, MAX_PRECISION, FrequencyTable
+from .models import DEFAULT_PRECISION, MAX_PRECISION, FrequencyTable, entropy_bits
 
 __all__ = [
+    "entropy_bits",
     "FrequencyTable",
     "DEFAULT_PRECISION",
     "MAX_PRECISION",

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, InvalidInputError, TruncatedError
 
-__all__ = ["FrequencyTable", "MAX_PRECISION", "MAX_SYMBOL", "DEFAULT_PRECISION"]
+__all__ = ["FrequencyTable", "MAX_PRECISION", "MAX_SYMBOL", "DEFAULT_PRECISION", "entropy_bits"]
 
 #: Largest table precision Q (bits). The coder works at 24 bits; 16 leaves room for exact scaling.
 MAX_PRECISION = 16
@@ -444,3 +444,11 @@ class FrequencyTable:
 
     def _ideal_bits_per_rank(self) -> np.ndarray:
         return self._derived("bits", lambda: self.precision - np.log2(self.freqs.astype(np.float64)))
+
+
+def entropy_bits(symbols: np.ndarray) -> tuple[float, int]:
+    """Zero-order code length in bits of non-negative integer ``symbols`` under their own histogram,
+    and the number of distinct symbols (what an exact table would list)."""
+    counts = np.bincount(np.asarray(symbols).reshape(-1))
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / counts.sum())).sum()), int(counts.size)
