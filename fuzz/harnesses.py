@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 
 import rdformat
-from rdformat import container as C
+from rdformat.format import records as C
 from rdformat.codecs import codec_from_config
-from rdformat.dtypes import by_code
+from rdformat.format.dtypes import by_code
 from rdformat.entropy import FrequencyTable, ans
 from rdformat.errors import RdcError
 

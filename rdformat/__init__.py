@@ -9,6 +9,11 @@ Core API (numpy in, numpy out; no framework is imported here)::
         w = f.get_tensor("w")
 
 Framework adapters live in ``rdformat.torch``, ``rdformat.safetensors`` and ``rdformat.onnx``.
+
+Layers (each imports only the ones before it; ``tests/test_layers.py`` enforces it): ``errors`` ->
+``format`` (wire primitives, records, dtypes, atomic files) -> ``entropy`` -> ``codecs`` ->
+``file`` (reader, writer) and ``producers`` (quantizers, rate control, SuRP, sensitivity) -> ``api``
+(save/load/open) -> adapters (``torch``, ``safetensors``, ``onnx``, ``surp``, ``contrib``) -> ``cli``.
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .codecs import Codec, get_codec_class, register_codec, registered_codecs
-from .reader import Limits, RdcReader, TensorInfo, load, open
-from .writer import Writer, save
+from .file.reader import Limits, RdcReader, TensorInfo, load, open
+from .file.writer import Writer
+from .api import Lossy, SaveSummary, save
+from ._moved import install as _install_moved_modules
 
-__version__ = "0.2.0"
+_install_moved_modules()
+
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "save",
+    "Lossy",
+    "SaveSummary",
     "load",
     "open",
     "Writer",

@@ -18,10 +18,10 @@ Metadata layout written by the adapters (the container's metadata record is one 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -29,25 +29,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import InvalidInputError, UnsupportedFeatureError
+from . import api
+from .format.atomic import atomic_output
+from .errors import (  # noqa: F401  (re-exported: adapters' errors used to live here)
+    FormatError,
+    InvalidInputError,
+    MissingDependencyError,
+    UnsafeInputError,
+    UnsupportedFeatureError,
+)
 
 ADAPTER_VERSION = 1
 META_KEY = "rdformat"
 
 # ----------------------------------------------------------------------------------------------------
-# Errors
-
-
-class FormatError(InvalidInputError):
-    """An input file in a foreign format (.pt, .safetensors, .onnx, .npz) is malformed or unusable."""
-
-
-class UnsafeInputError(InvalidInputError):
-    """An input was refused for safety: code-running pickles, paths that leave the model's folder..."""
-
-
-class MissingDependencyError(UnsupportedFeatureError):
-    """The optional package needed for this format (torch, onnx...) is not installed."""
+# Optional dependencies
 
 
 def require(module: str, extra: str | None = None):
@@ -117,20 +113,6 @@ def is_structural_dtype(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind in "biu"
 
 
-# ----------------------------------------------------------------------------------------------------
-# Core access (the container API lives in the rdformat package; resolved at call time)
-
-
-def core():
-    """The :mod:`rdformat` package with its container API (``save``, ``open``, ``load``, ``Writer``)."""
-    import rdformat
-
-    for name in ("save", "open"):
-        if not hasattr(rdformat, name):  # pragma: no cover - only while the core is being built
-            raise UnsupportedFeatureError(f"rdformat.{name} is not available in this installation")
-    return rdformat
-
-
 def write_rdc(
     target: str | os.PathLike | BinaryIO,
     items: Iterable[tuple[str, np.ndarray]],
@@ -140,42 +122,32 @@ def write_rdc(
     graph_format: str = "onnx",
     aliases: Mapping[str, str] | None = None,
     structural: Iterable[str] = (),
-    codec: str = "lossless",
-) -> None:
+    codec: Any = "lossless",
+    lossy: Any = None,
+) -> Any:
     """Write tensors (an iterable, consumed one at a time) to an .rdc path or binary stream.
 
-    ``codec`` is a codec name (``"lossless"``) or a mapping of lossy targets for
-    :func:`rdformat.save` (``{"bits": 4}``, ``{"rel_error": 0.01}``, ``{"size": 10_000_000}``); a lossy
-    target needs the whole model in memory (rate control reads every tensor before writing).
+    ``lossy`` is a :class:`rdformat.Lossy` (or a mapping of its fields, e.g. ``{"bits": 4}``); a
+    lossy target needs the whole model in memory (producers read every tensor before writing).
+    ``codec`` names the lossless codec; a mapping there is the deprecated spelling of ``lossy``.
+    Returns the :class:`rdformat.SaveSummary`.
     """
-    kwargs: dict[str, Any] = {"metadata": metadata}
-    if isinstance(codec, Mapping) and codec.get("method") == "surp":
-        if graph is not None or aliases:
-            raise InvalidInputError("SuRP compression of models with a graph or tied weights is not supported "
-                                    "yet; use --bits/--rel-error (sq/dq) for them")
-        from . import surp
-
-        tensors = dict(items)
-        structural = set(structural)
-        surp.save(tensors, target, sparsity=codec.get("sparsity"), bits_per_weight=codec.get("bits"),
-                  metadata=metadata, select=lambda name, arr: name not in structural and surp.is_prunable(arr))
-        return
     if isinstance(codec, Mapping):
-        items = dict(items)
-        kwargs.update(codec)
-    else:
-        kwargs["codec"] = codec
+        warnings.warn("codec={...} is deprecated for lossy targets; use lossy={...} or lossy=rdformat.Lossy(...)",
+                      DeprecationWarning, stacklevel=3)
+        lossy, codec = codec, "lossless"
+    spec = api.Lossy.coerce(lossy)
+    kwargs: dict[str, Any] = {"metadata": metadata, "codec": codec, "aliases": dict(aliases or {}),
+                              "structural": set(structural)}
     if graph is not None:
         kwargs["graph"] = graph
         kwargs["graph_format"] = graph_format
-    if aliases:
-        kwargs["aliases"] = dict(aliases)
-    structural = set(structural)
-    if structural:
-        kwargs["structural"] = structural
-    if isinstance(target, (str, os.PathLike)):
+    if spec is not None:
+        items = dict(items)
+        kwargs["lossy"] = spec
+    if isinstance(target, os.PathLike):
         target = os.fspath(target)
-    core().save(items, target, **kwargs)
+    return api.save(items, target, **kwargs)
 
 
 def rdc_bytes(items: Iterable[tuple[str, np.ndarray]], **kwargs: Any) -> bytes:
@@ -185,13 +157,13 @@ def rdc_bytes(items: Iterable[tuple[str, np.ndarray]], **kwargs: Any) -> bytes:
     return buf.getvalue()
 
 
-def open_rdc(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO):
-    """Open an .rdc container from a path, bytes, or a binary stream."""
+def open_rdc(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *, budget: int | None = None):
+    """Open an .rdc container from a path, bytes, or a binary stream (``budget``: see ``rdformat.open``)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, os.PathLike):
         source = os.fspath(source)
-    return core().open(source)
+    return api.open(source, budget=budget)
 
 
 def writable(array: np.ndarray) -> np.ndarray:
@@ -201,26 +173,6 @@ def writable(array: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------
 # Output files
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file next to ``path``; on success rename it over ``path``, else delete it."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    from .writer import create_temp_beside
-
-    fd, tmp = create_temp_beside(Path(parent) / path.name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def path_inside(base_dir: str | os.PathLike, relative: str, *, what: str) -> Path:
@@ -385,25 +337,29 @@ def compress_file(
     dst: str | os.PathLike,
     *,
     fmt: str | None = None,
-    codec: str = "lossless",
+    codec: Any = "lossless",
+    lossy: Any = None,
     progress: Progress | None = None,
 ) -> str:
-    """Convert a framework file into an .rdc container; returns the detected source format."""
+    """Convert a framework file into an .rdc container; returns the detected source format.
+
+    ``lossy``: a :class:`rdformat.Lossy` or a mapping of its fields (lossless when None).
+    """
     fmt = fmt or detect_format(src)
     if fmt in ("pytorch", "safetensors", "safetensors-index", "onnx"):
         adapter = _adapter(fmt)
     elif fmt == "npz":
-        _compress_npz(src, dst, codec=codec, progress=progress)
+        _compress_npz(src, dst, codec=codec, lossy=lossy, progress=progress)
         return fmt
     elif fmt == "rdc":
         raise InvalidInputError(f"{src} is already an .rdc container")
     else:
         raise InvalidInputError(f"unknown input format {fmt!r}; known: {', '.join(FORMATS[:-1])}")
-    adapter.compress_file(src, dst, codec=codec, progress=progress)
+    adapter.compress_file(src, dst, codec=codec, lossy=lossy, progress=progress)
     return fmt
 
 
-def _compress_npz(src, dst, *, codec: str, progress: Progress | None) -> None:
+def _compress_npz(src, dst, *, codec: Any, lossy: Any, progress: Progress | None) -> None:
     try:
         with zipfile.ZipFile(src) as zf:
             members = [m for m in zf.namelist() if m.endswith(".npy")]
@@ -412,7 +368,7 @@ def _compress_npz(src, dst, *, codec: str, progress: Progress | None) -> None:
         raise FormatError(f"{src}: not a readable .npz archive: {exc}") from exc
     structural = [n for n, dt in dtypes.items() if dt is not None and is_structural_dtype(dt)]
     items = _progress(progress)(iter_npz(src), total=len(dtypes), desc="compress")
-    write_rdc(dst, items, metadata=make_metadata("npz"), structural=structural, codec=codec)
+    write_rdc(dst, items, metadata=make_metadata("npz"), structural=structural, codec=codec, lossy=lossy)
 
 
 def _npy_member_dtype(zf: zipfile.ZipFile, member: str) -> np.dtype | None:
@@ -446,14 +402,19 @@ def decompress_file(
     *,
     fmt: str | None = None,
     progress: Progress | None = None,
+    budget: int | None = None,
     **options: Any,
 ) -> str:
-    """Restore an .rdc container into a framework file chosen by ``dst``'s suffix; returns the format."""
+    """Restore an .rdc container into a framework file chosen by ``dst``'s suffix; returns the format.
+
+    ``budget``: read at most about that many bytes, progressive tensors decoded from a prefix of their
+    streams (a coarser model; see ``rdformat.open``).
+    """
     fmt = fmt or output_format(dst)
     if fmt in ("pytorch", "safetensors", "safetensors-index", "onnx"):
         adapter = _adapter(fmt)
     elif fmt == "npz":
-        with open_rdc(src) as f:
+        with open_rdc(src, budget=budget) as f:
             names = f.keys()
             items = _progress(progress)(((n, f.get_tensor(n)) for n in names), total=len(names),
                                         desc="decompress")
@@ -461,7 +422,7 @@ def decompress_file(
         return fmt
     else:
         raise InvalidInputError(f"unknown output format {fmt!r}")
-    adapter.decompress_file(src, dst, progress=progress, **options)
+    adapter.decompress_file(src, dst, progress=progress, budget=budget, **options)
     return fmt
 
 

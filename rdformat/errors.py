@@ -94,6 +94,22 @@ class InvalidInputError(RdcError, ValueError):
     """Data given to a writer/encoder cannot be stored as asked (bad name, NaN for a lossy codec...)."""
 
 
+class FormatError(InvalidInputError):
+    """An input file in a foreign format (.pt, .safetensors, .onnx, .npz) is malformed or unusable."""
+
+
+class UnsafeInputError(InvalidInputError):
+    """An input was refused for safety: code-running pickles, paths that leave the model's folder..."""
+
+
+class UnsafeCheckpointError(UnsafeInputError):
+    """A checkpoint whose pickle needs more than tensors and plain containers (it could run code)."""
+
+
+class MissingDependencyError(UnsupportedFeatureError):
+    """The optional package needed for this format (torch, onnx...) is not installed."""
+
+
 __all__ = [
     "RdcError",
     "NotRdcError",
@@ -105,4 +121,8 @@ __all__ = [
     "UnsupportedFeatureError",
     "TensorNotFoundError",
     "InvalidInputError",
+    "FormatError",
+    "UnsafeInputError",
+    "UnsafeCheckpointError",
+    "MissingDependencyError",
 ]

@@ -455,7 +455,7 @@ def _model_info(model: ModelProto, had_external: bool, source_name: str | None, 
     }
 
 
-def _encode(model: ModelProto, target, *, base_dir, metadata, codec, progress: Progress | None,
+def _encode(model: ModelProto, target, *, base_dir, metadata, codec, lossy=None, progress: Progress | None,
             source_name: str | None = None, copy: bool = True) -> bytes | None:
     if not isinstance(model, ModelProto):
         raise InvalidInputError(f"expected an onnx.ModelProto, got {type(model).__name__}")
@@ -470,7 +470,7 @@ def _encode(model: ModelProto, target, *, base_dir, metadata, codec, progress: P
         meta = make_metadata("onnx", metadata, **_model_info(stripped, had_external, source_name, len(plan)))
         wrap = progress or no_progress
         items = ((name, load()) for name, load in wrap(plan, total=len(plan), desc="compress"))
-        kwargs = dict(metadata=meta, graph=graph, graph_format="onnx", structural=structural, codec=codec)
+        kwargs = dict(metadata=meta, graph=graph, graph_format="onnx", structural=structural, codec=codec, lossy=lossy)
         if target is None:
             return rdc_bytes(items, **kwargs)
         write_rdc(target, items, **kwargs)
@@ -551,16 +551,16 @@ def load_file(path: str | os.PathLike) -> ModelProto:
 
 
 def save(model: ModelProto, *, base_dir: str | os.PathLike | None = None,
-         metadata: Mapping[str, Any] | None = None, codec: str = "lossless") -> bytes:
+         metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None) -> bytes:
     """Encode an ONNX model as .rdc bytes (``base_dir``: folder of its external data files, if any)."""
-    return _encode(model, None, base_dir=base_dir, metadata=metadata, codec=codec, progress=None)
+    return _encode(model, None, base_dir=base_dir, metadata=metadata, codec=codec, lossy=lossy, progress=None)
 
 
 def save_file(model: ModelProto, path: str | os.PathLike | BinaryIO, *,
               base_dir: str | os.PathLike | None = None, metadata: Mapping[str, Any] | None = None,
-              codec: str = "lossless", progress: Progress | None = None) -> None:
+              codec: str = "lossless", lossy: Any = None, progress: Progress | None = None) -> None:
     """Write an ONNX model to an .rdc file (atomically) or binary stream."""
-    _encode(model, path, base_dir=base_dir, metadata=metadata, codec=codec, progress=progress)
+    _encode(model, path, base_dir=base_dir, metadata=metadata, codec=codec, lossy=lossy, progress=progress)
 
 
 def read_model(path: str | os.PathLike) -> ModelProto:
@@ -580,19 +580,19 @@ def read_model(path: str | os.PathLike) -> ModelProto:
 
 
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
-                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None,
                   progress: Progress | None = None) -> None:
     """Convert an ``.onnx`` model (with external data files, if any) into an .rdc container."""
     src = Path(src)
     model = _read_onnx(src)
-    _encode(model, dst, base_dir=src.parent, metadata=metadata, codec=codec, progress=progress,
+    _encode(model, dst, base_dir=src.parent, metadata=metadata, codec=codec, lossy=lossy, progress=progress,
             source_name=src.name, copy=False)
 
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
                     external_data: bool | None = None, progress: Progress | None = None,
-                    external_min_bytes: int = EXTERNAL_MIN_BYTES) -> None:
-    """Restore an .rdc container as an ``.onnx`` model.
+                    external_min_bytes: int = EXTERNAL_MIN_BYTES, budget: int | None = None) -> None:
+    """Restore an .rdc container as an ``.onnx`` model (``budget``: see ``rdformat.open``).
 
     ``external_data``: True writes main-graph weights of ``external_min_bytes`` or more into
     ``<dst>.data`` (tensor by tensor, for models over 2 GB); False keeps everything inline; None (default)
@@ -601,7 +601,7 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
     """
     dst = Path(dst)
     wrap = progress or no_progress
-    with open_rdc(src) as f:
+    with open_rdc(src, budget=budget) as f:
         model = _parse_graph(f)
         refs = _refs(model)
         total = 0

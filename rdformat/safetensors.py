@@ -291,20 +291,20 @@ def _items_and_structural(tensors) -> tuple[list[tuple[str, np.ndarray]], list[s
 
 
 def save(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], *,
-         metadata: Mapping[str, str] | None = None, codec: str = "lossless") -> bytes:
+         metadata: Mapping[str, str] | None = None, codec: str = "lossless", lossy: Any = None) -> bytes:
     """Encode numpy arrays (+ an optional safetensors-style string map) as .rdc bytes."""
     items, structural = _items_and_structural(tensors)
     meta = make_metadata("safetensors", None, safetensors_metadata=dict(metadata) if metadata else None)
-    return rdc_bytes(items, metadata=meta, structural=structural, codec=codec)
+    return rdc_bytes(items, metadata=meta, structural=structural, codec=codec, lossy=lossy)
 
 
 def save_file(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
               path: str | os.PathLike | BinaryIO, *, metadata: Mapping[str, str] | None = None,
-              codec: str = "lossless") -> None:
+              codec: str = "lossless", lossy: Any = None) -> None:
     """Write numpy arrays to an .rdc file (atomically) or binary stream."""
     items, structural = _items_and_structural(tensors)
     meta = make_metadata("safetensors", None, safetensors_metadata=dict(metadata) if metadata else None)
-    write_rdc(path, items, metadata=meta, structural=structural, codec=codec)
+    write_rdc(path, items, metadata=meta, structural=structural, codec=codec, lossy=lossy)
 
 
 def load(data: bytes | bytearray | memoryview | BinaryIO) -> dict[str, np.ndarray]:
@@ -339,7 +339,7 @@ def _st_metadata(info: Mapping[str, Any]) -> dict[str, str] | None:
 
 
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
-                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None,
                   progress: Progress | None = None) -> None:
     """Convert a ``.safetensors`` file or a sharded ``*.safetensors.index.json`` into .rdc.
 
@@ -379,17 +379,18 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
 
         structural = [e.name for _, entries in plan for e in entries if is_structural_dtype(e.dtype)]
         write_rdc(dst, wrap(items(), total=total, desc="compress"), metadata=meta, structural=structural,
-                  codec=codec)
+                  codec=codec, lossy=lossy)
         return
     entries, smeta = inspect(src)
     meta = make_metadata("safetensors", metadata, safetensors_metadata=smeta, source_name=src.name)
     structural = [e.name for e in entries if is_structural_dtype(e.dtype)]
     write_rdc(dst, wrap(iter_safetensors(src), total=len(entries), desc="compress"), metadata=meta,
-              structural=structural, codec=codec)
+              structural=structural, codec=codec, lossy=lossy)
 
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
-                    progress: Progress | None = None, metadata: Mapping[str, str] | None = None) -> None:
+                    progress: Progress | None = None, metadata: Mapping[str, str] | None = None,
+                    budget: int | None = None) -> None:
     """Restore an .rdc container as ``.safetensors`` (or as shards + index when ``dst`` ends with ``.json``).
 
     Aliases (tied weights) are written as separate copies: safetensors has no shared tensors.
@@ -397,7 +398,7 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
     """
     dst = Path(dst)
     wrap = progress or no_progress
-    with open_rdc(src) as f:
+    with open_rdc(src, budget=budget) as f:
         info = adapter_info(f.metadata)
         names = f.keys()
         specs = []

@@ -45,7 +45,6 @@ import torch
 from .adapters import (
     FormatError,
     Progress,
-    UnsafeInputError,
     adapter_info,
     atomic_output,
     make_metadata,
@@ -55,16 +54,12 @@ from .adapters import (
     writable,
     write_rdc,
 )
-from .errors import CorruptDataError, InvalidInputError
+from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
 
 try:
     import ml_dtypes as _ml
 except ImportError:  # pragma: no cover
     _ml = None
-
-
-class UnsafeCheckpointError(UnsafeInputError):
-    """A checkpoint whose pickle needs more than tensors and plain containers (it could run code)."""
 
 
 #: Keys under which training scripts commonly nest the state_dict, in order of preference.
@@ -278,7 +273,7 @@ def _prepare(
     return order, tensors, aliases, fields
 
 
-def _write(target, state_dict, *, metadata=None, codec="lossless", progress: Progress | None = None,
+def _write(target, state_dict, *, metadata=None, codec="lossless", lossy: Any = None, progress: Progress | None = None,
            extra_fields: Mapping[str, Any] | None = None) -> bytes | None:
     order, tensors, aliases, fields = _prepare(state_dict)
     if extra_fields:
@@ -287,7 +282,7 @@ def _write(target, state_dict, *, metadata=None, codec="lossless", progress: Pro
     structural = [n for n in order if not tensors[n].is_floating_point()]
     wrap = progress or no_progress
     items = ((n, to_numpy(tensors[n], n)) for n in wrap(order, total=len(order), desc="compress"))
-    kwargs = dict(metadata=meta, aliases=aliases, structural=structural, codec=codec)
+    kwargs = dict(metadata=meta, aliases=aliases, structural=structural, codec=codec, lossy=lossy)
     if target is None:
         return rdc_bytes(items, **kwargs)
     write_rdc(target, items, **kwargs)
@@ -295,16 +290,16 @@ def _write(target, state_dict, *, metadata=None, codec="lossless", progress: Pro
 
 
 def save(state_dict: Mapping[str, Any], *, metadata: Mapping[str, Any] | None = None,
-         codec: str = "lossless") -> bytes:
+         codec: str = "lossless", lossy: Any = None) -> bytes:
     """Encode a state_dict (or an ``nn.Module``'s, or any mapping of names to tensors) as .rdc bytes."""
-    return _write(None, state_dict, metadata=metadata, codec=codec)  # type: ignore[return-value]
+    return _write(None, state_dict, metadata=metadata, codec=codec, lossy=lossy)  # type: ignore[return-value]
 
 
 def save_file(state_dict: Mapping[str, Any], path: str | os.PathLike | BinaryIO, *,
-              metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+              metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None,
               progress: Progress | None = None) -> None:
     """Write a state_dict to an .rdc file (atomically) or binary stream."""
-    _write(path, state_dict, metadata=metadata, codec=codec, progress=progress)
+    _write(path, state_dict, metadata=metadata, codec=codec, lossy=lossy, progress=progress)
 
 
 def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
@@ -481,19 +476,20 @@ def write_checkpoint(state_dict: Mapping[str, Any], path: str | os.PathLike) -> 
 
 
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *, key: str | None = None,
-                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless",
+                  metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None,
                   progress: Progress | None = None) -> None:
     """Convert a ``.pt``/``.pth`` checkpoint into an .rdc container (lossless by default)."""
     state_dict, found = read_checkpoint(src, key=key, fold=False, return_key=True)
-    _write(dst, state_dict, metadata=metadata, codec=codec, progress=progress,
+    _write(dst, state_dict, metadata=metadata, codec=codec, lossy=lossy, progress=progress,
            extra_fields={"checkpoint_key": found, "source_name": Path(os.fspath(src)).name})
 
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
-                    progress: Progress | None = None) -> None:
-    """Restore an .rdc container (from any source format) as a ``.pt`` state_dict checkpoint."""
+                    progress: Progress | None = None, budget: int | None = None) -> None:
+    """Restore an .rdc container (from any source format) as a ``.pt`` state_dict checkpoint
+    (``budget``: see ``rdformat.open``)."""
     source = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
-    with open_rdc(source) as f:
+    with open_rdc(source, budget=budget) as f:
         state_dict = _restore(f, progress)
     write_checkpoint(state_dict, dst)
 

@@ -109,7 +109,7 @@ def pipe_reader(data: bytes) -> io.BufferedReader:
 def stored_chunks(data: bytes):
     """(header, [(element count, codec data), ...]) of the first tensor of an .rdc file, read record by
     record: a TENSOR record and its CHUNK records, or one SMALL record."""
-    from rdformat import container as C
+    from rdformat.format import records as C
 
     src = C.Source(io.BytesIO(data))
     C.read_file_header(src)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rdformat
-from rdformat import container as C
+from rdformat.format import records as C
 from rdformat.errors import (
     InvalidInputError,
     NotRdcError,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import rdformat
 from rdformat.codecs.dq import DQCodec, dq_reconstruct
 from rdformat.errors import CorruptDataError, InvalidInputError
-from rdformat.quantize import magnitude_prune, quantize_rdo
-from rdformat.trellis import quantize_trellis
+from rdformat.producers.quantize import magnitude_prune, quantize_rdo
+from rdformat.producers.trellis import quantize_trellis
 
 from helpers import LOSSY_EDGE_ARRAYS, check_lossy_edge_case, check_refuses_non_finite, stored_chunks
 
@@ -165,7 +165,7 @@ def test_corrupt_dq_chunk_raises_rdformat_errors():
     x = np.random.default_rng(9).laplace(0, 1, (64, 64)).astype(np.float32)
     data = bytearray(_store(quantize_trellis(x, 0.2), small_records=False))
     # Flip payload bytes but keep the CRCs valid, so the codec itself must notice.
-    from rdformat import container as C
+    from rdformat.format import records as C
 
     src = C.Source(io.BytesIO(bytes(data)))
     C.read_file_header(src)
@@ -194,7 +194,7 @@ def _row_scaled_levels(rows=64, cols=300, seed=11) -> np.ndarray:
 def test_classes_mode_is_used_for_row_scaled_levels_and_round_trips():
     from rdformat.codecs.dq import MODE_CLASSES
     from rdformat.codecs.sq import encode_levels
-    from rdformat.dtypes import by_numpy
+    from rdformat.format.dtypes import by_numpy
 
     levels = _row_scaled_levels()
     codec = DQCodec(0.01, 64, segment_hint=levels.shape[1])
@@ -207,7 +207,7 @@ def test_classes_mode_is_used_for_row_scaled_levels_and_round_trips():
 
 
 def test_classes_mode_damage_raises_rdformat_errors():
-    from rdformat.dtypes import by_numpy
+    from rdformat.format.dtypes import by_numpy
 
     levels = _row_scaled_levels(rows=24, cols=200)
     codec = DQCodec(0.01, 64, segment_hint=200)

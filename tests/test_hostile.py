@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import rdformat
-from rdformat import container as C
-from rdformat import reader as R
+from rdformat.format import records as C
+from rdformat.file import reader as R
 from rdformat.entropy import FrequencyTable, ans
 from rdformat.errors import (
     ChecksumError,

@@ -12,7 +12,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 import rdformat  # noqa: E402
 import rdformat.torch as rtorch  # noqa: E402
-from rdformat.ratecontrol import plan  # noqa: E402
+from rdformat.producers.ratecontrol import plan  # noqa: E402
 
 
 def _digits_mlp():

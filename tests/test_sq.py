@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 import rdformat
 from rdformat.codecs.sq import MAX_LEVEL, SQCodec, unzigzag, zigzag
-from rdformat.dtypes import by_numpy
+from rdformat.format.dtypes import by_numpy
 from rdformat.errors import CorruptDataError, InvalidInputError
-from rdformat.quantize import magnitude_prune, quantize_rdo, quantize_uniform
-from rdformat.ratecontrol import plan
+from rdformat.producers.quantize import magnitude_prune, quantize_rdo, quantize_uniform
+from rdformat.producers.ratecontrol import plan
 
 from helpers import (LOSSY_EDGE_ARRAYS, SHARED_MODELS, check_lossy_edge_case, check_refuses_non_finite,
                      stored_chunks)
@@ -215,7 +215,7 @@ def test_structural_never_lossy_and_lossy_needs_mapping():
     with pytest.raises(InvalidInputError, match="mapping"):
         rdformat.save(iter(model.items()), io.BytesIO(), bits=2)
     with pytest.raises(InvalidInputError, match="structural"):
-        rdformat.save(model, io.BytesIO(), bits=2, structural=["fc1.weight"], lossy=["fc1.weight"])
+        rdformat.save(model, io.BytesIO(), bits=2, structural=["fc1.weight"], quantize=["fc1.weight"])
     with pytest.raises(InvalidInputError):
         rdformat.save(model, io.BytesIO(), bits=2, rel_error=0.1)
     with pytest.raises(InvalidInputError, match="target"):

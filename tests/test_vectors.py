@@ -67,7 +67,7 @@ def expected_arrays(rel: str) -> dict[str, np.ndarray]:
     with np.load(VECTORS / entry["expected"], allow_pickle=False) as npz:
         for name, t in entry["tensors"].items():
             arr = npz[t["npz"]]
-            dtype = np.dtype(rdformat.dtypes.DTYPES[next(c for c, i in rdformat.dtypes.DTYPES.items()
+            dtype = np.dtype(rdformat.format.dtypes.DTYPES[next(c for c, i in rdformat.format.dtypes.DTYPES.items()
                                                          if i.name == t["dtype"])].numpy)
             if "npz_holds_bits_as" in t:
                 assert arr.dtype == np.dtype(t["npz_holds_bits_as"])

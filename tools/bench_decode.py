@@ -4,7 +4,7 @@ Models: the MTCNN checkpoints in ../shared/models (pnet, rnet, onet; float32 sta
 22.7 M-weight model with the tensor shapes of a 6-layer BERT-small (MiniLM-L6-H384: vocabulary 30522,
 hidden 384, 12 heads, FFN 1536, 512 positions; see ``synthetic_bert()``) filled with Laplacian values.
 Each model is stored twice: lossless (the default ``bytesplit`` codec) and lossy at ~4 bits per weight
-(``rdformat.save(bits=4)``: one model-wide step, levels from ``rdformat.quantize.quantize_rdo``, ``sq``
+(``rdformat.save(bits=4)``: one model-wide step, levels from ``rdformat.producers.quantize.quantize_rdo``, ``sq``
 codec; 1-D tensors stay lossless). Every file is then loaded with ``rdformat.load`` with the ANS backend
 forced to numpy, then to constriction (when installed); the decoded tensors must be bit-identical.
 

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 import rdformat  # noqa: E402
-from rdformat.quantize import quantize_rdo  # noqa: E402
-from rdformat.trellis import quantize_trellis  # noqa: E402
+from rdformat.producers.quantize import quantize_rdo  # noqa: E402
+from rdformat.producers.trellis import quantize_trellis  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results"
 MODELS = ROOT.parent / "shared" / "models"

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import rdformat.surp as S  # noqa: E402
 from rdformat.codecs import surp as C  # noqa: E402
-from rdformat.dtypes import by_numpy  # noqa: E402
+from rdformat.format.dtypes import by_numpy  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -30,12 +30,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import rdformat  # noqa: E402
-from rdformat import container as C  # noqa: E402
+from rdformat.format import records as C  # noqa: E402
 from rdformat.codecs.base import Prepared  # noqa: E402
 from rdformat.codecs.bytesplit import PLANE_ANS, PLANE_ANS_PAIRS, ByteSplitCodec  # noqa: E402
 from rdformat.codecs.dq import DQCodec  # noqa: E402
 from rdformat.codecs.sq import SQCodec  # noqa: E402
-from rdformat.dtypes import DTYPES  # noqa: E402
+from rdformat.format.dtypes import DTYPES  # noqa: E402
 from rdformat.entropy import FrequencyTable, ans  # noqa: E402
 
 VECTORS = ROOT / "spec" / "vectors"
@@ -591,7 +591,7 @@ def build() -> dict[str, bytes]:
     rows = np.array(lcg_ints(207, 40 * 64, -3, 3), dtype=np.int32).reshape(40, 64)
     rows *= np.array([1 + 9 * (i % 3 == 0) for i in range(40)], dtype=np.int32)[:, None]  # scale per row
     classed = DQCodec(0.01, 16, segment_hint=64)
-    from rdformat.dtypes import by_numpy  # noqa: E402
+    from rdformat.format.dtypes import by_numpy  # noqa: E402
 
     assert classed.encode_chunk(rows.reshape(-1), by_numpy(np.dtype("<f4")))[0] == 3
     b.valid("dq_classes", write([("rows_f32", Prepared(classed, rows.reshape(-1), np.dtype("<f4"), rows.shape))]),

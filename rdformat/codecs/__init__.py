@@ -1,60 +1,19 @@
-"""Codec registry: stable codec ids -> codec classes.
+"""Codecs: one tensor <-> independently decodable chunk payloads (the "array -> bytes" stage).
 
-A codec turns one tensor into independently decodable chunk payloads and back (the
-"array -> bytes" stage). Built-in codecs are registered here; third-party codecs are found
-through the ``rdformat.codecs`` entry-point group, so a new codec plugs in by adding a module.
+Each codec is a module with a class that has a stable ``codec_id``, ``get_config``/``from_config``
+and chunk encode/decode; :mod:`.registry` maps ids to classes. Importing this package registers
+the built-in codecs; third-party codecs plug in through the ``rdformat.codecs`` entry-point group.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from .base import ChunkPlan, Codec, Prepared
+from .registry import codec_from_config, get_codec_class, register_codec, registered_codecs
+from . import raw as _raw  # noqa: E402,F401  (each built-in codec registers itself on import)
+from . import bytesplit as _bytesplit  # noqa: E402,F401
+from . import sq as _sq  # noqa: E402,F401
+from . import dq as _dq  # noqa: E402,F401
+from . import surp as _surp  # noqa: E402,F401
 
-from ..errors import UnsupportedFeatureError
-from .base import Codec, Prepared
-
-_REGISTRY: dict[str, type[Codec]] = {}
-
-
-def register_codec(cls: type[Codec]) -> type[Codec]:
-    """Register a codec class under its ``codec_id`` (usable as a class decorator)."""
-    existing = _REGISTRY.get(cls.codec_id)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"codec id {cls.codec_id!r} is already registered by {existing.__qualname__}")
-    _REGISTRY[cls.codec_id] = cls
-    return cls
-
-
-def get_codec_class(codec_id: str) -> type[Codec]:
-    """The class registered for ``codec_id``; looks at entry points before giving up."""
-    cls = _REGISTRY.get(codec_id)
-    if cls is None:
-        for ep in entry_points(group="rdformat.codecs"):
-            if ep.name == codec_id:
-                register_codec(ep.load())
-                cls = _REGISTRY.get(codec_id)
-                break
-    if cls is None:
-        raise UnsupportedFeatureError(
-            f"unknown codec {codec_id!r}; known: {', '.join(sorted(_REGISTRY))} "
-            "(a newer rdformat or a codec plug-in may be needed)"
-        )
-    return cls
-
-
-def codec_from_config(codec_id: str, config: dict) -> Codec:
-    """Instantiate the codec a tensor header names, with its stored configuration."""
-    return get_codec_class(codec_id).from_config(config)
-
-
-def registered_codecs() -> list[str]:
-    """Ids of the codecs registered so far."""
-    return sorted(_REGISTRY)
-
-
-from . import raw as _raw  # noqa: E402  (registration side effect)
-from . import bytesplit as _bytesplit  # noqa: E402
-from . import sq as _sq  # noqa: E402
-from . import dq as _dq  # noqa: E402
-from . import surp as _surp  # noqa: E402
-
-__all__ = ["Codec", "Prepared", "register_codec", "get_codec_class", "codec_from_config", "registered_codecs"]
+__all__ = ["ChunkPlan", "Codec", "Prepared", "register_codec", "get_codec_class", "codec_from_config",
+           "registered_codecs"]

@@ -7,7 +7,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from ..dtypes import DtypeInfo
+from ..format.dtypes import DtypeInfo
 
 
 class Codec:
@@ -21,6 +21,18 @@ class Codec:
     codec_id: ClassVar[str] = ""
     #: True when decoding returns exactly the encoded elements.
     lossless: ClassVar[bool] = True
+    #: True when any whole-segment prefix of a chunk decodes to a coarser tensor (``max_bytes``).
+    progressive: ClassVar[bool] = False
+
+    @property
+    def chunk_multiple(self) -> int:
+        """Chunks must hold a multiple of this many elements (e.g. dq's trellis chains)."""
+        return 1
+
+    def min_data_bytes(self, count: int, dtype: DtypeInfo) -> int:
+        """The fewest bytes a valid chunk of ``count`` elements can take (readers refuse files that
+        cannot hold their declared chunks before allocating outputs)."""
+        return 0
 
     def get_config(self) -> dict:
         """JSON-able parameters a decoder needs (stored in the tensor header)."""
@@ -39,18 +51,24 @@ class Codec:
         """Encode a flat, contiguous little-endian chunk of elements."""
         raise NotImplementedError
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
-        """Decode one chunk into a flat array of ``count`` elements of ``dtype``."""
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                     max_bytes: int | None = None) -> np.ndarray:
+        """Decode one chunk into a flat array of ``count`` elements of ``dtype``.
+
+        ``max_bytes`` (progressive codecs only): decode from the first ``max_bytes`` bytes of the
+        chunk, giving a coarser tensor; other codecs are always given ``None``.
+        """
         raise NotImplementedError
 
-    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> "ChunkPlan":
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                   max_bytes: int | None = None) -> "ChunkPlan":
         """Decoding of one chunk split around its ANS blocks (see :class:`ChunkPlan`).
 
         Readers decode the blocks of many chunks together (``ans.decode_many`` steps all their lanes
         at once, much faster with numpy than block by block). The default has no blocks: ``finish``
         calls :meth:`decode_chunk`.
         """
-        return ChunkPlan([], lambda _decoded: self.decode_chunk(data, count, dtype))
+        return ChunkPlan([], lambda _decoded: self.decode_chunk(data, count, dtype, max_bytes=max_bytes))
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
@@ -65,16 +83,20 @@ class Codec:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A tensor already turned into what its codec stores (e.g. quantized levels).
+    """A tensor already turned into what its codec stores (e.g. quantized levels, or coded chunks).
 
     Producers (quantizers, SuRP) return this; :meth:`rdformat.Writer.add` accepts it in place of
-    an array and writes ``elements`` through ``codec`` while declaring ``dtype`` and ``shape``.
+    an array and declares ``dtype`` and ``shape``. Either ``elements`` (what ``codec.encode_chunk``
+    consumes, ``numel`` elements in C order, chunked by the writer) or ``chunks`` (payloads already
+    coded by the producer, each of ``chunk_elements`` elements but the last) is given.
     """
 
     codec: Codec
-    elements: np.ndarray  # what encode_chunk consumes, numel elements in C order
+    elements: np.ndarray | None  # what encode_chunk consumes, numel elements in C order
     dtype: np.dtype  # the dtype the decoder returns
     shape: tuple[int, ...]
+    chunks: tuple[bytes, ...] | None = None
+    chunk_elements: int | None = None
 
 
 @dataclass

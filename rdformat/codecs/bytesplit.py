@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DtypeInfo
+from ..format.dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, RdcError
-from . import register_codec
+from .registry import register_codec
 from .base import ChunkPlan, Codec
 
 PLANE_RAW = 0
@@ -117,7 +117,8 @@ class ByteSplitCodec(Codec):
         """Smallest chunk data for ``count`` elements: every plane takes at least 2 bytes (reader's bomb check)."""
         return 2 * dtype.itemsize
 
-    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> ChunkPlan:
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                   max_bytes: int | None = None) -> ChunkPlan:
         """Raw and constant planes now; ANS planes as blocks; interleave and undo the transform in finish."""
         w = dtype.itemsize
         buf = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
@@ -184,7 +185,8 @@ class ByteSplitCodec(Codec):
 
         return ChunkPlan(blocks, finish)
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                     max_bytes: int | None = None) -> np.ndarray:
         """Rebuild the planes (all ANS planes decoded together), interleave them and undo the transform."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))

@@ -19,10 +19,10 @@ import math
 
 import numpy as np
 
-from ..dtypes import DtypeInfo
+from ..format.dtypes import DtypeInfo
 from ..entropy import ans, entropy_bits
 from ..errors import CorruptDataError, RdcError
-from . import register_codec
+from .registry import register_codec
 from .base import ChunkPlan, Codec
 from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, unzigzag, zigzag
 
@@ -276,7 +276,8 @@ class DQCodec(Codec):
 
         return blocks, classed
 
-    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> ChunkPlan:
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                   max_bytes: int | None = None) -> ChunkPlan:
         """The chunk's ANS block, then the trellis reconstruction."""
         if dtype.kind != "float":
             raise CorruptDataError(f"dq codec cannot produce dtype {dtype.name}")
@@ -286,7 +287,8 @@ class DQCodec(Codec):
             return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
         return ChunkPlan(blocks, lambda decoded: dq_reconstruct(levels_of(decoded), self.step, self.chain, out_dtype))
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                     max_bytes: int | None = None) -> np.ndarray:
         """Decode levels and reconstruct them to the tensor's dtype."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))

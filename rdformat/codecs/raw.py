@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DtypeInfo
+from ..format.dtypes import DtypeInfo
 from ..errors import CorruptDataError
 from .base import Codec
-from . import register_codec
+from .registry import register_codec
 
 
 @register_codec
@@ -31,7 +31,8 @@ class RawCodec(Codec):
         """Smallest chunk data that can hold ``count`` elements (the reader's bomb check)."""
         return count * dtype.itemsize
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                     max_bytes: int | None = None) -> np.ndarray:
         """View the bytes as elements (no copy)."""
         if len(data) != count * dtype.itemsize:
             raise CorruptDataError(f"raw chunk holds {len(data)} bytes, expected {count * dtype.itemsize}")

@@ -18,10 +18,10 @@ import math
 import struct
 import numpy as np
 
-from ..dtypes import DtypeInfo
+from ..format.dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, InvalidInputError, RdcError
-from . import register_codec
+from .registry import register_codec
 from .base import ChunkPlan, Codec
 
 MODE_ZERO = 0
@@ -157,7 +157,8 @@ class SQCodec(Codec):
             if tail.any():
                 raise CorruptDataError("sq chunk has nonzero padding in its last group", offset=pos)
 
-    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> ChunkPlan:
+    def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                   max_bytes: int | None = None) -> ChunkPlan:
         """The chunk's ANS block and the dequantization that follows it (one table lookup per group)."""
         if dtype.kind != "float":
             raise CorruptDataError(f"sq codec cannot produce dtype {dtype.name}")
@@ -183,7 +184,8 @@ class SQCodec(Codec):
 
         return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish)
 
-    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo) -> np.ndarray:
+    def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
+                     max_bytes: int | None = None) -> np.ndarray:
         """Decode levels and dequantize them to the tensor's dtype."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))

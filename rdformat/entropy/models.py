@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptDataError, InvalidInputError, TruncatedError
+from ..format.wire import read_leb128
 
 __all__ = ["FrequencyTable", "MAX_PRECISION", "MAX_SYMBOL", "DEFAULT_PRECISION", "entropy_bits"]
 
@@ -64,20 +65,11 @@ def _varint_encode_many(values: np.ndarray) -> bytes:
 
 
 def _varint_decode_one(data: np.ndarray, pos: int, what: str) -> tuple[int, int]:
-    """Decode one canonical varint at ``data[pos]``; return (value, position after it)."""
-    value = 0
-    for k in range(_VARINT_MAX_BYTES):
-        if pos + k >= data.size:
-            raise TruncatedError(f"frequency table: {what} varint runs past the end of the data", offset=data.size)
-        b = int(data[pos + k])
-        value |= (b & 0x7F) << (7 * k)
-        if b < 0x80:
-            if k > 0 and b == 0:
-                raise CorruptDataError(f"frequency table: non-canonical {what} varint", offset=pos)
-            if value >= 1 << 32:
-                raise CorruptDataError(f"frequency table: {what} varint exceeds 32 bits", offset=pos)
-            return value, pos + k + 1
-    raise CorruptDataError(f"frequency table: {what} varint longer than {_VARINT_MAX_BYTES} bytes", offset=pos)
+    """Decode one canonical varint (< 2**32) at ``data[pos]``; return (value, position after it)."""
+    value, end = read_leb128(data, pos, data.size, max_bytes=_VARINT_MAX_BYTES, what=f"frequency table: {what}")
+    if value >= 1 << 32:
+        raise CorruptDataError(f"frequency table: {what} varint exceeds 32 bits", offset=pos)
+    return value, end
 
 
 def _varint_decode_many(data: np.ndarray, pos: int, count: int, what: str) -> tuple[np.ndarray, int]:

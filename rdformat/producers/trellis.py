@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs.base import Prepared
-from .codecs.dq import DEFAULT_CHAIN, MAX_CHAIN, DQCodec, dq_reconstruct
-from .codecs.sq import MAX_LEVEL
-from .errors import InvalidInputError
+from ..codecs.base import Prepared
+from ..codecs.dq import DEFAULT_CHAIN, MAX_CHAIN, DQCodec, dq_reconstruct
+from ..codecs.sq import MAX_LEVEL
+from ..errors import InvalidInputError
 from .quantize import _check_float, _check_step, _rates
 
 #: Lagrangian slope in units of step**2 (mse) or step (mae) per bit, swept on Laplacian data.

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import adapters
-from .errors import InvalidInputError, RdcError, UnsupportedFeatureError
+from .. import adapters
+from ..errors import InvalidInputError, RdcError, UnsupportedFeatureError
 
 PROG = "rdc"
 EXIT_OK = 0
@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _version() -> str:
     try:
-        from . import __version__
+        from .._version import __version__
 
         return __version__
     except ImportError:  # pragma: no cover
@@ -111,7 +111,7 @@ def _input_bytes(path: Path, fmt: str) -> int:
     """Bytes of the input on disk, including shards and ONNX external data files."""
     total = path.stat().st_size
     if fmt == "safetensors-index":
-        from .safetensors import read_index
+        from ..safetensors import read_index
 
         _, shards = read_index(path)
         total += sum(p.stat().st_size for _, p, _ in shards)
@@ -120,7 +120,7 @@ def _input_bytes(path: Path, fmt: str) -> int:
             import onnx
 
             model = onnx.load(os.fspath(path), load_external_data=False)
-            from .onnx import _external_entries, _tensor_slots
+            from ..onnx import _external_entries, _tensor_slots
 
             locations = {
                 _external_entries(t).get("location")
@@ -207,7 +207,7 @@ def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
 # Commands
 
 
-def _codec_from_args(args: argparse.Namespace) -> str | dict:
+def _lossy_from_args(args: argparse.Namespace) -> dict | None:
     """Lossless unless a lossy target is asked for explicitly (nobody degrades a model by accident)."""
     targets = {key: value for key, value in (("bits", args.bits), ("rel_error", args.rel_error),
                                              ("size", args.size), ("sparsity", args.sparsity)) if value is not None}
@@ -228,12 +228,12 @@ def _codec_from_args(args: argparse.Namespace) -> str | dict:
     if targets:
         extra = {"fine": False} if lossless_vectors else {}
         return {"method": method, **targets, **extra}
-    return "lossless"
+    return None
 
 
-def _codec_label(codec: str | dict) -> str:
-    if isinstance(codec, str):
-        return codec
+def _codec_label(codec: dict | None) -> str:
+    if codec is None:
+        return "lossless"
     targets = {k: v for k, v in codec.items() if k not in ("method", "fine")}
     key, value = next(iter(targets.items()))
     return f"lossy {codec.get('method', 'auto')}, target {key.replace('_', '-')} {value}"
@@ -241,10 +241,10 @@ def _codec_label(codec: str | dict) -> str:
 
 def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
     src, dst = Path(args.input), Path(args.output)
-    codec = _codec_from_args(args)
+    codec = _lossy_from_args(args)
     _check_paths(src, dst)
     fmt = None if args.format == "auto" else args.format
-    fmt = adapters.compress_file(src, dst, fmt=fmt, codec=codec, progress=out.progress)
+    fmt = adapters.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
     if not out.quiet:
         summary = _tensor_summary(dst)
         in_bytes = _input_bytes(src, fmt)
@@ -266,15 +266,8 @@ def cmd_decompress(args: argparse.Namespace, out: _Out) -> int:
         options["external_data"] = args.external_data == "yes"
     elif args.external_data != "auto":
         raise adapters.FormatError("--external-data applies to .onnx outputs only")
-    if args.max_bytes is not None:
-        # Progressive (SuRP) tensors decode from a prefix of their streams: a coarser model.
-        from .codecs.surp import prefix_fraction
-        from .surp import budget_fraction
-
-        with prefix_fraction(budget_fraction(src, args.max_bytes)):
-            adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, **options)
-    else:
-        adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, **options)
+    # --max-bytes: progressive (SuRP) tensors decode from a prefix of their streams (a coarser model).
+    adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
     out.say(f"{src} -> {dst} ({fmt}): {_output_bytes(dst, fmt):,} bytes")
     return EXIT_OK
 
@@ -337,7 +330,7 @@ def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
             raise RdcError(f"tensors listed in the index were not found while reading: {missing[:5]}")
         if f.graph is not None and f.graph_format == "onnx":
             try:
-                from .onnx import _parse_graph, _refs
+                from ..onnx import _parse_graph, _refs
 
                 model = _parse_graph(f)
                 unknown = [n for _, n, _ in _refs(model) if n not in seen]
@@ -399,7 +392,7 @@ def _demo_source(workdir: Path) -> tuple[Path, str]:
             return target, "shipped sample model (rdformat/data/sample.safetensors)"
     except (ModuleNotFoundError, OSError, TypeError):
         pass
-    from .safetensors import write_safetensors
+    from ..safetensors import write_safetensors
 
     target = workdir / "demo_model.safetensors"
     write_safetensors(_demo_tensors(), target, metadata={"format": "pt", "model": "rdc-demo-cnn"})
@@ -409,7 +402,7 @@ def _demo_source(workdir: Path) -> tuple[Path, str]:
 def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
     import numpy as np
 
-    from .safetensors import read_safetensors
+    from ..safetensors import read_safetensors
 
     keep = Path(args.keep) if args.keep else None
     if keep is not None:

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import json
 import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import (
+from ..errors import (
     ChecksumError,
     CorruptDataError,
     LimitExceededError,
     NotRdcError,
+    RdcError,
     TruncatedError,
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
+from .wire import crc32, leb128, read_leb128
 
 MAGIC = b"\x89RDC\r\n\x1a\n"
 VERSION_MAJOR = 1
@@ -34,6 +35,8 @@ RECORD_OVERHEAD = RECORD_HEADER_SIZE + RECORD_TRAILER_SIZE
 END_PAYLOAD_SIZE = 16
 END_RECORD_SIZE = RECORD_OVERHEAD + END_PAYLOAD_SIZE
 CHUNK_ALIGNMENT = 64
+#: Writers cut tensors into chunks of about this many decoded bytes (each decodes on its own).
+DEFAULT_CHUNK_BYTES = 4 << 20
 
 # Record types (spec: "Record types").
 REC_META = 1
@@ -98,11 +101,6 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _REC_HEAD = struct.Struct("<HHQ")
 _FILE_HEAD = struct.Struct("<8sHH")
-
-
-def crc32(data: bytes | memoryview, value: int = 0) -> int:
-    """CRC-32 (ISO-HDLC polynomial 0x04C11DB7 reflected, as in PNG, gzip and zip)."""
-    return zlib.crc32(data, value) & 0xFFFFFFFF
 
 
 def record_name(rtype: int) -> str:
@@ -189,19 +187,6 @@ class TensorHeader:
             pack_str(json.dumps(self.codec_config, sort_keys=True, separators=(",", ":")), _U32),
         ]
         return b"".join(parts)
-
-
-def leb128(value: int) -> bytes:
-    """Unsigned LEB128: 7 bits per byte, least significant first, high bit = more bytes follow."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def chunk_payload_prefix(index: int, data_offset_in_file: int, *, align: bool = True) -> bytes:
@@ -467,19 +452,11 @@ class PayloadReader:
         return _U64.unpack(self.take(8, what))[0]
 
     def varint(self, what: str, limit: int) -> int:
-        """An unsigned LEB128 value of at most ``limit``, in its shortest encoding."""
-        value = shift = 0
-        start = self.pos
-        while True:
-            byte = self.u8(what)
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-            if shift >= 70:
-                raise self.fail(f"{what} varint is longer than 10 bytes")
-        if byte == 0 and self.pos - start > 1:
-            raise self.fail(f"{what} varint is not in its shortest form")
+        """An unsigned LEB128 value of at most ``limit``, in its shortest encoding (at most 10 bytes)."""
+        try:
+            value, self.pos = read_leb128(self.data, self.pos, len(self.data), max_bytes=10, what=what)
+        except RdcError as exc:  # located in this record; running out of the record is corruption
+            raise self.fail(exc.message) from None
         if value > limit:
             raise self.fail(f"{what} {value} is over the limit of {limit}", LimitExceededError)
         return value

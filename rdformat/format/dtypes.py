@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidInputError, UnsupportedFeatureError
+from ..errors import InvalidInputError, UnsupportedFeatureError
 
 try:  # ml_dtypes gives numpy the bfloat16 and float8 types that ML frameworks use.
     import ml_dtypes as _ml
@@ -86,3 +86,22 @@ def little_endian(array: np.ndarray) -> np.ndarray:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return np.ascontiguousarray(array)
+
+
+def is_float(dtype: object) -> bool:
+    """Whether ``dtype`` is a floating-point type of the table (float16/32/64, bfloat16, float8 ...).
+
+    The one float predicate of the package: lossy producers decide from it (and from the item size)
+    which tensors they may touch.
+    """
+    info = _BY_NAME.get(np.dtype(dtype).name)
+    return info is not None and info.kind == "float"
+
+
+def is_quantizable_float(dtype: object) -> bool:
+    """Floats of two or more bytes: the tensors lossy producers may quantize or prune.
+
+    One-byte floats (float8) are already coarse codes of their own; quantizing them again would
+    rarely pay and would mix two quantizers' errors, so every lossy policy leaves them lossless.
+    """
+    return is_float(dtype) and np.dtype(dtype).itemsize >= 2

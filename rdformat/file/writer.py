@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import BinaryIO
 
 import numpy as np
 
-from . import container as C
-from .codecs import Codec, Prepared, get_codec_class
-from .codecs.raw import RawCodec
-from .dtypes import by_numpy, little_endian
-from .errors import InvalidInputError
+from ..format import records as C
+from ..format.atomic import AtomicFile
+from ..codecs import Codec, Prepared, get_codec_class
+from ..codecs.raw import RawCodec
+from ..format.dtypes import by_numpy, little_endian
+from ..errors import InvalidInputError
 
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = C.DEFAULT_CHUNK_BYTES
 #: Codec names accepted by ``save``/``Writer`` besides registered codec ids.
 CODEC_ALIASES = {"lossless": "bytesplit"}
 
@@ -31,22 +30,6 @@ def resolve_codec(codec: str | Codec | None) -> Codec:
     if not isinstance(codec, str):
         raise InvalidInputError(f"codec must be a codec id or a Codec instance, not {type(codec).__name__}")
     return get_codec_class(CODEC_ALIASES.get(codec, codec))()
-
-
-def create_temp_beside(path: Path) -> tuple[int, str]:
-    """A temporary file next to ``path`` (same filesystem, so ``os.replace`` is atomic).
-
-    mkstemp creates files readable by the owner only; a finished model file gets the usual
-    permissions (0666 minus the umask), as if it had been opened normally.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)
-    except (AttributeError, OSError):  # pragma: no cover - platforms without fchmod
-        pass
-    return fd, tmp
 
 
 def _check_name(name: object, what: str = "tensor name") -> str:
@@ -99,12 +82,10 @@ class Writer:
         self._tensors: set[str] = set()
         self._names: set[str] = set()
         self._closed = False
-        self._path: Path | None = None
-        self._tmp: str | None = None
+        self._file: AtomicFile | None = None
         if isinstance(target, (str, os.PathLike)):
-            self._path = Path(target)
-            fd, self._tmp = create_temp_beside(self._path)
-            self._stream: BinaryIO = os.fdopen(fd, "wb")
+            self._file = AtomicFile(target)
+            self._stream: BinaryIO = self._file.stream
         else:
             if not hasattr(target, "write"):
                 raise InvalidInputError("target must be a path or a binary stream with .write()")
@@ -152,35 +133,51 @@ class Writer:
         name = _check_name(name)
         if name in self._names:
             raise InvalidInputError(f"duplicate tensor name {name!r}")
+        coded: tuple[bytes, ...] | None = None  # chunks a producer coded already
         if isinstance(array, Prepared):
-            # Already produced (quantized levels...): declare the decoded dtype, store the elements.
+            # Already produced (quantized levels, coded chunks...): declare the decoded dtype, store.
             info = by_numpy(array.dtype)
             shape = tuple(int(d) for d in array.shape)
-            flat = little_endian(np.asarray(array.elements)).reshape(-1)
-            if flat.size != int(np.prod(shape, dtype=object)):
-                raise InvalidInputError(f"tensor {name!r}: {flat.size} prepared elements for shape {shape}")
+            numel = int(np.prod(shape, dtype=object))
             chosen = array.codec
             if structural and not chosen.lossless:
                 raise InvalidInputError(f"tensor {name!r} is structural and must not be stored lossy")
+            if array.chunks is not None:
+                coded = tuple(array.chunks)
+                chunk_elements = int(array.chunk_elements or 0)
+                if numel and (chunk_elements < 1 or chunk_elements * info.itemsize > C.MAX_CHUNK_DECODED_BYTES
+                              or len(coded) != -(-numel // chunk_elements)):
+                    raise InvalidInputError(f"tensor {name!r}: {len(coded)} coded chunks of {chunk_elements} "
+                                            f"elements do not fit shape {shape}")
+                flat = None
+            else:
+                flat = little_endian(np.asarray(array.elements)).reshape(-1)
+                if flat.size != numel:
+                    raise InvalidInputError(f"tensor {name!r}: {flat.size} prepared elements for shape {shape}")
         else:
             arr = np.asarray(array)
             info = by_numpy(arr.dtype)
             shape = tuple(int(d) for d in arr.shape)
             flat = little_endian(arr).reshape(-1)
+            numel = flat.size
             chosen = resolve_codec(codec) if codec is not None else self.default_codec
             if structural and not chosen.lossless:
                 chosen = resolve_codec("lossless")
             chosen = chosen.for_tensor(arr, info)
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
-        chunk_elements = max(1, self.chunk_bytes // info.itemsize)
-        multiple = getattr(chosen, "chunk_multiple", 1)
-        if multiple > 1:  # e.g. dq: trellis chains must not straddle chunks
-            chunk_elements = max(multiple, chunk_elements // multiple * multiple)
-        numel = flat.size
+        if coded is None:
+            chunk_elements = max(1, self.chunk_bytes // info.itemsize)
+            multiple = chosen.chunk_multiple
+            if multiple > 1:  # e.g. dq: trellis chains must not straddle chunks
+                chunk_elements = max(multiple, chunk_elements // multiple * multiple)
+            payloads = (chosen.encode_chunk(flat[i : i + chunk_elements], info)
+                        for i in range(0, numel, chunk_elements))
+        else:
+            chunk_elements = max(1, chunk_elements)
+            payloads = iter(coded)
         chunk_count = -(-numel // chunk_elements)
-        payloads = (chosen.encode_chunk(flat[i : i + chunk_elements], info) for i in range(0, numel, chunk_elements))
-        if chunk_count == 1 and chosen.lossless and not isinstance(chosen, RawCodec):
+        if chunk_count == 1 and chosen.lossless and not isinstance(chosen, RawCodec) and flat is not None:
             # A single chunk can fall back to raw when coding does not pay (tiny tensors).
             only = next(payloads)
             if len(only) >= flat.nbytes:
@@ -242,11 +239,8 @@ class Writer:
             file_length = self.pos + C.END_RECORD_SIZE
             self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
             self._stream.flush()
-            if self._path is not None:
-                os.fsync(self._stream.fileno())
-                self._stream.close()
-                os.replace(self._tmp, self._path)
-                self._tmp = None
+            if self._file is not None:
+                self._file.commit()
         except BaseException:
             self.abort()
             raise
@@ -257,13 +251,8 @@ class Writer:
         if self._closed:
             return
         self._closed = True
-        if self._path is not None:
-            try:
-                self._stream.close()
-            finally:
-                if self._tmp is not None and os.path.exists(self._tmp):
-                    os.unlink(self._tmp)
-                self._tmp = None
+        if self._file is not None:
+            self._file.abort()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -277,68 +266,3 @@ class Writer:
             self.close()
         else:
             self.abort()
-
-
-def save(
-    tensors: Mapping[str, np.typing.ArrayLike] | Iterable[tuple[str, np.typing.ArrayLike]],
-    target: str | os.PathLike | BinaryIO,
-    *,
-    metadata: Mapping | None = None,
-    graph: bytes | None = None,
-    graph_format: str = "onnx",
-    aliases: Mapping[str, str] | None = None,
-    structural: Iterable[str] = (),
-    codec: str | Codec | None = "lossless",
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    bits: float | None = None,
-    rel_error: float | None = None,
-    size: int | None = None,
-    sensitivity: Mapping[str, float] | None = None,
-    lossy: Iterable[str] | None = None,
-    method: str = "auto",
-    fine: bool = True,
-) -> dict:
-    """Write ``tensors`` (a mapping or ``(name, array)`` pairs, consumed one at a time) to ``target``.
-
-    Lossless unless one of ``bits`` (bits per weight of the quantized tensors), ``rel_error``
-    (relative L2 error of the whole model) or ``size`` (file bytes) is given: then float tensors of
-    two or more dimensions (or those named in ``lossy``) are quantized with steps from one
-    model-wide rate-distortion slope (:mod:`rdformat.ratecontrol`), optionally weighted by
-    per-tensor ``sensitivity``; everything else stays lossless. ``method`` picks the quantizer and
-    codec: ``"sq"`` (scalar), ``"dq"`` (trellis-coded) or ``"auto"`` (whichever the plan predicts
-    smaller). With ``fine`` (default), 1-D float tensors of 64 or more values (biases, norm gains)
-    get a fine step (relative error about 0.1%) instead of being stored losslessly. Lossy saving needs a
-    mapping (two passes: statistics, then encoding).
-
-    ``aliases`` maps extra names to tensor names (tied weights, stored once). ``structural`` names
-    tensors that steer shapes or control flow: they are always stored losslessly. Writes to a path
-    are atomic. Returns a summary dict (bytes written; for lossy files the plan's figures).
-    """
-    structural = set(structural)
-    lossy_mode = any(t is not None for t in (bits, rel_error, size))
-    if lossy_mode:
-        if not isinstance(tensors, Mapping):
-            raise InvalidInputError("lossy saving needs a mapping of tensors (rate control reads them twice)")
-        from .ratecontrol import save_lossy  # producers sit above the container layer
-
-        return save_lossy(
-            tensors, target, metadata=metadata, graph=graph, graph_format=graph_format, aliases=aliases,
-            structural=structural, chunk_bytes=chunk_bytes, bits=bits, rel_error=rel_error, size=size,
-            sensitivity=sensitivity, lossy=lossy, method=method, fine=fine,
-        )
-    if codec is not None and not isinstance(codec, Codec) and CODEC_ALIASES.get(codec, codec) in ("sq", "dq"):
-        raise InvalidInputError(f"the {codec} codec needs a target: pass bits=, rel_error= or size=")
-    items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    pending = dict(aliases or {})
-    by_target: dict[str, list[str]] = {}
-    for alias, target_name in pending.items():
-        by_target.setdefault(target_name, []).append(alias)
-    with Writer(target, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec, chunk_bytes=chunk_bytes) as w:
-        for name, array in items:
-            w.add(name, array, structural=name in structural)
-            for alias in by_target.pop(name, ()):
-                w.add_alias(alias, name)
-        if by_target:
-            missing = sorted(by_target)
-            raise InvalidInputError(f"aliases point to tensors that were not given: {missing}")
-    return {"bytes": w.pos}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import math
 import os
 import threading
 import weakref
@@ -14,14 +15,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import container as C
-from .codecs import codec_from_config
-from .codecs.surp import prefix_fraction
-from .dtypes import by_code
-from .entropy import ans
-from .errors import (
+from ..format import records as C
+from ..codecs import codec_from_config, get_codec_class
+from ..format.dtypes import by_code
+from ..entropy import ans
+from ..errors import (
     ChecksumError,
     CorruptDataError,
+    InvalidInputError,
     LimitExceededError,
     RdcError,
     TensorNotFoundError,
@@ -80,14 +81,8 @@ class RdcReader:
     def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *,
                  limits: Limits | None = None, budget: int | None = None) -> None:
         self.limits = limits or Limits()
-        #: With a byte budget, progressive (SuRP) streams are decoded from a prefix only.
+        #: With a byte budget: the share of every progressive chunk's bytes that is decoded.
         self._prefix_fraction: float | None = None
-        if budget is not None:
-            if not isinstance(source, (str, os.PathLike)):
-                raise UnsupportedFeatureError("a read budget needs a file path (it is planned from the index)")
-            from .surp import budget_fraction  # the producer module knows how budgets are shared
-
-            self._prefix_fraction = budget_fraction(source, int(budget))
         self._owns = False
         if isinstance(source, (str, os.PathLike)):
             self._stream: BinaryIO = builtins.open(source, "rb")
@@ -116,9 +111,45 @@ class RdcReader:
             self._start = self._src.pos
             self.version = C.read_file_header(self._src)
             self._read_leading_records()
+            if budget is not None:
+                self._prefix_fraction = self._plan_budget(int(budget))
         except BaseException:
             self.close()
             raise
+
+    # ------------------------------------------------------------------ budgeted reads
+    @property
+    def prefix_fraction(self) -> float | None:
+        """Under a read budget, the share of every progressive chunk's bytes that is decoded (else None)."""
+        return self._prefix_fraction
+
+    def _plan_budget(self, budget: int) -> float:
+        """Share of every progressive chunk's bytes that a total read budget of ``budget`` bytes allows.
+
+        Planned from the index: tensors of non-progressive codecs and the container's own records are
+        read in full and come off the budget first; the rest is shared by the progressive streams in
+        proportion to their sizes. The file position is restored for iteration.
+        """
+        if budget < 0:
+            raise InvalidInputError(f"a read budget must be >= 0 bytes, not {budget}")
+        if not self._src.seekable:
+            raise UnsupportedFeatureError("a read budget needs a seekable file (it is planned from the index)")
+        here = self._src.pos
+        try:
+            index = self._load_index()
+            progressive = 0
+            for entry in index.values():
+                if entry.kind != C.ENTRY_TENSOR:
+                    continue
+                header, _head, _inline = self._tensor_header(entry)
+                if get_codec_class(header.codec_id).progressive:
+                    progressive += entry.length
+            size = self._src.size - self._start
+        finally:
+            self._src.seek(here)
+        if progressive == 0:
+            return 1.0
+        return float(min(1.0, max(0.0, (budget - (size - progressive)) / progressive)))
 
     # ------------------------------------------------------------------ leading records
     def _read_leading_records(self) -> None:
@@ -315,7 +346,7 @@ class RdcReader:
             pend = _PendingTensor(header, head, info, self._allocate(numel, dtype, nbytes, head, name))
             if numel:
                 with _chunk_errors(0, head, name):
-                    plan = codec.plan_chunk(inline, numel, info)
+                    plan = codec.plan_chunk(inline, numel, info, max_bytes=self._chunk_budget(codec, inline))
                 pend.chunks.append((0, head, 0, numel, plan))
                 pend.nbytes += nbytes
             return pend
@@ -323,10 +354,9 @@ class RdcReader:
             # Every chunk record takes 29 bytes plus what its codec needs at least: refuse a file that
             # cannot hold the declared chunks before allocating the output (decompression bombs).
             need = header.chunk_count * (C.RECORD_OVERHEAD + 9)
-            min_data = getattr(codec, "min_data_bytes", None)
-            if min_data is not None:
-                last = numel - (header.chunk_count - 1) * header.chunk_elements
-                need += (header.chunk_count - 1) * min_data(header.chunk_elements, info) + min_data(last, info)
+            last = numel - (header.chunk_count - 1) * header.chunk_elements
+            need += ((header.chunk_count - 1) * codec.min_data_bytes(header.chunk_elements, info)
+                     + codec.min_data_bytes(last, info))
             if need > rem:
                 raise TruncatedError(
                     f"tensor declares {header.chunk_count} {header.codec_id} chunks, which need at least {need} "
@@ -351,12 +381,18 @@ class RdcReader:
             start = index * header.chunk_elements
             count = min(header.chunk_elements, numel - start)
             with _chunk_errors(index, chead, name):
-                plan = codec.plan_chunk(data, count, info)
+                plan = codec.plan_chunk(data, count, info, max_bytes=self._chunk_budget(codec, data))
             pend.chunks.append((index, chead, start, count, plan))
             pend.nbytes += count * info.itemsize
             if pend.nbytes >= DECODE_BATCH_BYTES:  # a big tensor: decode what is planned so far
                 self._decode_pending([pend])
         return pend
+
+    def _chunk_budget(self, codec, data: memoryview) -> int | None:
+        """The bytes of a chunk to decode: a prefix for progressive codecs under a budget, else all."""
+        if self._prefix_fraction is None or not codec.progressive:
+            return None
+        return int(math.floor(self._prefix_fraction * len(data)))
 
     def _decode_pending(self, pending: list["_PendingTensor"]) -> None:
         """Decode the ANS blocks of the planned chunks of ``pending`` at once; write the chunks out."""
@@ -378,9 +414,7 @@ class RdcReader:
             name, out = pend.header.name, pend.out
             for index, chead, start, count, plan in pend.chunks:
                 nb = len(plan.blocks)
-                budget = (prefix_fraction(self._prefix_fraction) if self._prefix_fraction is not None
-                          else contextlib.nullcontext())
-                with _chunk_errors(index, chead, name), budget:
+                with _chunk_errors(index, chead, name):
                     elements = plan.finish(decoded[at:at + nb])
                 at += nb
                 if elements.shape != (count,):

@@ -12,16 +12,18 @@ file size) is met; the full tensors are then quantized with their steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..codecs.base import Prepared
+from ..errors import InvalidInputError
+from ..format.dtypes import is_float, is_quantizable_float
 from .quantize import DEFAULT_LAMBDA, quantize_rdo, quantize_uniform
 from .trellis import quantize_trellis
-from .codecs.sq import zigzag
-from .entropy import entropy_bits
+from ..codecs.sq import zigzag
+from ..entropy import entropy_bits
 
 #: Tensors with fewer elements, or fewer than two dimensions (biases, norms), stay lossless.
 DEFAULT_MIN_ELEMENTS = 16
@@ -34,7 +36,7 @@ def is_lossy_candidate(array: np.ndarray, *, structural: bool = False, min_eleme
     arr = np.asarray(array)
     if structural or arr.ndim < 2 or arr.size < min_elements:
         return False
-    if arr.dtype.kind != "f" and str(arr.dtype) != "bfloat16":
+    if not is_quantizable_float(arr.dtype):
         return False
     return bool(np.all(np.isfinite(arr.astype(np.float32, copy=False))))
 
@@ -54,7 +56,7 @@ def is_fine_candidate(array: np.ndarray, *, structural: bool = False) -> bool:
     arr = np.asarray(array)
     if structural or arr.ndim != 1 or arr.size < FINE_MIN_ELEMENTS:
         return False
-    if arr.dtype.kind != "f" and str(arr.dtype) != "bfloat16":
+    if not is_quantizable_float(arr.dtype):
         return False
     return bool(np.all(np.isfinite(arr.astype(np.float32, copy=False))))
 
@@ -170,8 +172,7 @@ def plan(
     mean_sens = float(np.mean([sens.get(n, 1.0) for n in names]))
     weights = {n: 1.0 / math.sqrt(sens.get(n, 1.0) / mean_sens) for n in names}
     n_lossy = sum(int(np.asarray(tensors[n]).size) for n in names)
-    norm2 = sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in tensors.values()
-                if np.asarray(a).dtype.kind == "f" or str(np.asarray(a).dtype) == "bfloat16")
+    norm2 = squared_norm(tensors)
     amax = max(float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)))) for n in names)
     if amax == 0.0:
         return RatePlan({n: 1.0 for n in names}, 1.0, 0.0, 0.0, n_lossy, weights, "sq")
@@ -231,112 +232,55 @@ def _search(sampled: _Sampled, bracket: tuple[float, float], weights: dict[str, 
     return math.exp(mid), b, e
 
 
-def save_lossy(
-    tensors: Mapping[str, np.ndarray],
-    target,
-    *,
-    metadata=None,
-    graph=None,
-    graph_format: str = "onnx",
-    aliases=None,
-    structural=frozenset(),
-    chunk_bytes: int | None = None,
-    bits: float | None = None,
-    rel_error: float | None = None,
-    size: int | None = None,
-    sensitivity: Mapping[str, float] | None = None,
-    lossy=None,
-    lam: float = DEFAULT_LAMBDA,
-    method: str = "auto",
-    fine: bool = True,
-) -> dict:
-    """Plan steps for the whole model, then stream it out: lossy tensors quantized, the rest lossless.
+def select_tensors(tensors: Mapping[str, np.ndarray], *, structural: Iterable[str] = (),
+                   names: Iterable[str] | None = None, fine: bool = True) -> tuple[list[str], set[str]]:
+    """Which tensors a lossy save quantizes with the model's slope, and which get a fine step.
 
-    With ``fine`` (the default when ``lossy`` is not given), 1-D float tensors of at least
-    :data:`FINE_MIN_ELEMENTS` values (biases, norm gains) are quantized with a fine step
-    (:func:`fine_step`: relative error about 0.1%), which stores them in about a third of their
-    float32 size; shorter ones and everything else not quantized stay lossless.
+    ``names`` overrides the default policy (:func:`is_lossy_candidate`); fine steps
+    (:func:`is_fine_candidate`) apply only under the default policy and with ``fine``.
     """
-    import io
-
-    from .writer import DEFAULT_CHUNK_BYTES, Writer
-
-    chunk_bytes = chunk_bytes or DEFAULT_CHUNK_BYTES
     structural = set(structural)
-    if lossy is None:
-        names = [n for n, a in tensors.items() if n not in structural and is_lossy_candidate(a)]
+    if names is None:
+        lossy = [n for n, a in tensors.items() if n not in structural and is_lossy_candidate(a)]
     else:
-        names = list(lossy)
-        for n in names:
+        lossy = list(names)
+        for n in lossy:
             if n not in tensors:
                 raise InvalidInputError(f"lossy tensor {n!r} is not in the model")
             if n in structural:
                 raise InvalidInputError(f"tensor {n!r} is structural and is never stored lossy")
-    fine_names = set()
-    if fine and lossy is None:
+    fine_names: set[str] = set()
+    if fine and names is None:
         fine_names = {n for n, a in tensors.items() if n not in structural and is_fine_candidate(a)}
-    if not names:
-        # Nothing qualifies for quantization (e.g. only biases): the file is simply lossless.
-        from .writer import save as save_lossless
+    return lossy, fine_names
 
-        options = dict(metadata=metadata, graph=graph, graph_format=graph_format, aliases=aliases,
-                       structural=structural, chunk_bytes=chunk_bytes)
-        if size is not None:  # check the ceiling before touching the target
-            probe = save_lossless(tensors, io.BytesIO(), **options)
-            if probe["bytes"] > size:
-                raise InvalidInputError(f"size {size} bytes cannot be met: no tensor can be quantized and "
-                                        f"the lossless file takes {probe['bytes']} bytes")
-        summary = save_lossless(tensors, target, **options)
-        return {**summary, "lossy_tensors": 0, "lossy_weights": 0, "rel_l2_error": 0.0}
-    lossless_bytes = 0
-    if size is not None:
-        buf = io.BytesIO()
-        with Writer(buf) as w:
-            for n, a in tensors.items():
-                if n not in names:
-                    w.add(n, a)
-        lossless_bytes = buf.tell()
-    by_target: dict[str, list[str]] = {}
-    for alias, tname in (aliases or {}).items():
-        by_target.setdefault(tname, []).append(alias)
-    goal_size = size
-    for attempt in range(4):
-        rp = plan(tensors, bits=bits, rel_error=rel_error, size=goal_size, lossy=names, sensitivity=sensitivity,
-                  lossless_bytes=lossless_bytes, lam=lam, method=method)
-        with Writer(target, metadata=metadata, graph=graph, graph_format=graph_format,
-                    chunk_bytes=chunk_bytes) as w:
-            err2 = 0.0
-            for n, a in tensors.items():
-                step = fine_step(a, rp.global_step) if n in fine_names else None
-                if n in rp.steps or step is not None:
-                    q = quantize(a, rp.steps[n], rp.method, lam) if step is None else quantize_uniform(a, step)
-                    diff = q.dequantize().astype(np.float64) - np.asarray(a, dtype=np.float64)
-                    e2 = float(np.sum(diff * diff))
-                    err2 += e2
-                    norm = float(np.sum(np.asarray(a, dtype=np.float64) ** 2))
-                    # Informational (shown by `rdc info`): relative L2 error and sparsity of this tensor.
-                    stats = {"err": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.3g}"),
-                             "sparsity": float(f"{q.sparsity:.3g}")}
-                    w.add(n, q.prepared(stats))
-                else:
-                    w.add(n, a, structural=n in structural)
-                for alias in by_target.get(n, ()):
-                    w.add_alias(alias, n)
-        written = w.pos
-        # A size target is a ceiling: if the sample underestimated, aim lower and write again.
-        if size is None or written <= size:
-            break
-        goal_size = int(goal_size - (written - size) * 1.1) - 64
-        if goal_size <= lossless_bytes:
-            break
-    norm2 = sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in tensors.values()
-                if np.asarray(a).dtype.kind == "f" or str(np.asarray(a).dtype) == "bfloat16")
-    return {
-        "bytes": written,
-        "lossy_tensors": len(rp.steps),
-        "lossy_weights": rp.lossy_weights,
-        "global_step": rp.global_step,
-        "method": rp.method,
-        "rel_l2_error": math.sqrt(err2 / norm2) if norm2 else 0.0,
-        "bits_per_weight": 8.0 * (written - lossless_bytes) / max(rp.lossy_weights, 1) if size is not None else None,
-    }
+
+@dataclass
+class PreparedTensor:
+    """A quantized tensor ready for the writer, with its squared error (for the model's figures)."""
+
+    prepared: Prepared
+    squared_error: float
+    sparsity: float
+
+
+def prepare_tensor(array: np.ndarray, step: float, method: str, *, fine: bool = False,
+                   lam: float = DEFAULT_LAMBDA) -> PreparedTensor:
+    """Quantize one tensor with its planned step (``fine``: the uniform fine quantizer of vectors).
+
+    The stored configuration carries the tensor's relative L2 error and sparsity (what ``rdc info``
+    shows), rounded to three digits.
+    """
+    q = quantize_uniform(array, step) if fine else quantize(array, step, method, lam)
+    a64 = np.asarray(array, dtype=np.float64)
+    diff = q.dequantize().astype(np.float64) - a64
+    e2 = float(np.sum(diff * diff))
+    norm = float(np.sum(a64 * a64))
+    stats = {"err": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.3g}"), "sparsity": float(f"{q.sparsity:.3g}")}
+    return PreparedTensor(q.prepared(stats), e2, q.sparsity)
+
+
+def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:
+    """Sum of squares of every float tensor (the denominator of the model's relative L2 error)."""
+    return sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in tensors.values()
+               if is_float(np.asarray(a).dtype))

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs.base import Prepared
-from .codecs.sq import MAX_LEVEL, SQCodec, dequantize
-from .errors import InvalidInputError
+from ..codecs.base import Prepared
+from ..codecs.sq import MAX_LEVEL, SQCodec, dequantize
+from ..errors import InvalidInputError
+from ..format.dtypes import is_float
 
 #: Lagrangian slope in units of step**2 per bit. High-rate theory gives 2 ln2 / 12 = 0.1155 for MSE;
 #: the benchmark sweep on Laplacian and MTCNN weights found this value as good or better at all rates.
@@ -54,7 +55,7 @@ class QuantizedTensor:
 
 def _check_float(x: np.ndarray, what: str = "tensor") -> np.ndarray:
     arr = np.asarray(x)
-    if arr.dtype.kind != "f" and str(arr.dtype) not in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+    if not is_float(arr.dtype):
         raise InvalidInputError(f"{what}: lossy quantization needs a float tensor, got {arr.dtype}")
     a32 = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
     if not np.all(np.isfinite(a32)):

@@ -1,0 +1,207 @@
+"""Compiled (numba) kernels for the per-element work of the codecs, bit-exact with their numpy code.
+
+An optional accelerator like :mod:`rdformat.entropy.ans_numba`: imports only numpy, numba and the standard
+library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`` (the functions raise
+``RuntimeError``) when numba is missing. Every kernel is compiled with ``cache=True`` and ``nogil=True``.
+
+* :func:`interleave_planes` - ``bytesplit``: byte planes -> elements, undoing ``rotl1`` on the way
+  (replaces the ``planes[:, k] = ...`` fills, ``planes.view`` and ``_rotate(..., left=False)`` of
+  ``ByteSplitCodec.plan_chunk``'s ``finish``).
+* :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
+  group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
+  ``_symbols_to_levels`` in ``dq``).
+* :func:`dq_reconstruct` - ``dq``: levels -> values through the 4-state trellis (replaces
+  ``rdformat.codecs.dq.dq_reconstruct`` for float32/float64 outputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AVAILABLE", "interleave_planes", "gather_groups", "dq_reconstruct", "DQ_NEXT_STATE"]
+
+try:
+    from numba import njit
+except ImportError:  # optional accelerator
+    njit = None
+AVAILABLE = njit is not None
+
+#: ``next_state = DQ_NEXT_STATE[state, level & 1]`` (spec 5.4; ``rdformat.codecs.dq.NEXT_STATE``); the
+#: quantizer of a state is ``state >> 1``.
+DQ_NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int64)
+
+
+def _unavailable(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("numba is not installed: the compiled codec kernels are unavailable")
+
+
+if AVAILABLE:
+    _ONE = np.uint64(1)
+    _S8 = np.uint64(8)
+
+    @njit(cache=True, nogil=True)
+    def _interleave_planes(planes: np.ndarray, count: int, rotate: bool, out: np.ndarray) -> int:
+        width = planes.shape[0]
+        if count < 0 or count > planes.shape[1] or out.size < count or width < 1 or width > 8:
+            return -1
+        top = np.uint64(8 * width - 1)
+        # the common widths get loops without an inner loop (they vectorise); the rest a generic one
+        if width == 4:
+            for i in range(count):
+                word = (np.uint32(planes[0, i]) | (np.uint32(planes[1, i]) << np.uint32(8))
+                        | (np.uint32(planes[2, i]) << np.uint32(16)) | (np.uint32(planes[3, i]) << np.uint32(24)))
+                if rotate:
+                    word = (word >> np.uint32(1)) | (word << np.uint32(31))
+                out[i] = word
+        elif width == 2:
+            for i in range(count):
+                half = np.uint16(planes[0, i]) | (np.uint16(planes[1, i]) << np.uint16(8))
+                if rotate:
+                    half = (half >> np.uint16(1)) | (half << np.uint16(15))
+                out[i] = half
+        else:
+            for i in range(count):
+                word = np.uint64(0)
+                for k in range(width - 1, -1, -1):
+                    word = (word << _S8) | np.uint64(planes[k, i])
+                if rotate:  # rotate right by one bit within 8 * width bits (undo rotl1)
+                    word = (word >> _ONE) | ((word & _ONE) << top)
+                out[i] = word
+        return 0
+
+    @njit(cache=True, nogil=True)
+    def _gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray) -> int:
+        rows, k = values.shape
+        if count < 0 or out.size < count or index.size * k < count or k < 1:
+            return -2
+        whole = count // k  # groups copied entirely; the last one may be cut at count
+        if k == 1:
+            for i in range(whole):
+                r = np.int64(index[i])
+                if r < 0 or r >= rows:
+                    return i
+                out[i] = values[r, 0]
+        else:
+            for i in range(whole):
+                r = np.int64(index[i])
+                if r < 0 or r >= rows:
+                    return i
+                for j in range(k):
+                    out[i * k + j] = values[r, j]
+        tail = count - whole * k
+        if tail:
+            r = np.int64(index[whole])
+            if r < 0 or r >= rows:
+                return whole
+            for j in range(tail):
+                out[whole * k + j] = values[r, j]
+        return -1
+
+    @njit(cache=True, nogil=True)
+    def _dq_reconstruct(levels: np.ndarray, step: float, chain: int, next_state: np.ndarray,
+                        out: np.ndarray) -> int:
+        n = levels.size
+        if chain < 1 or out.size < n:
+            return -1
+        # the transition table packed 2 bits per (state, parity): a shift instead of a dependent load
+        packed = 0
+        for s in range(4):
+            for parity in range(2):
+                packed |= np.int64(next_state[s, parity]) << (2 * (2 * s + parity))
+        for first in range(0, n, chain):
+            state = 0  # every chain starts in state 0
+            for i in range(first, min(first + chain, n)):
+                q = np.int64(levels[i])
+                # k != 0: x = (2k - sgn(k) * quantizer) * S, an exact integer times S (float64, then rounded)
+                sign = np.int64(q > 0) - np.int64(q < 0)
+                out[i] = np.float64(2 * q - sign * (state >> 1)) * step
+                state = (packed >> (2 * (2 * state + (q & 1)))) & 3
+        return 0
+
+else:
+    _interleave_planes = _gather_groups = _dq_reconstruct = _unavailable
+
+
+def interleave_planes(planes: np.ndarray, count: int, rotate: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """Elements from their byte planes: ``out[i]`` has byte ``k`` (little-endian) equal to ``planes[k, i]``.
+
+    Args:
+        planes: ``uint8`` array of shape ``(w, >= count)``, ``w`` in 1..8: plane ``k`` of every element
+            (raw planes copied in, constant planes filled, ANS planes decoded straight into their row,
+            e.g. by ``ans_numba.decode_blocks`` with ``out=planes.reshape(-1)``).
+        count: number of elements.
+        rotate: undo ``rotl1`` (rotate each ``8w``-bit word right by one bit).
+        out: optional destination, ``uint8``/``uint16``/``uint32``/``uint64`` matching ``w`` (allocated if None).
+
+    Returns:
+        ``out[:count]`` as unsigned words (view it as the tensor's dtype). Bit-exact with ``bytesplit``'s
+        numpy ``finish``.
+
+    Raises:
+        ValueError: ``count`` larger than the planes, ``w`` not in 1..8, or ``out`` too small.
+    """
+    width = planes.shape[0]
+    if out is None:
+        out = np.empty(count, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(width, np.uint64))
+    if _interleave_planes(planes, count, rotate, out) != 0:
+        raise ValueError(f"interleave_planes: bad shapes (planes {planes.shape}, count {count}, out {out.shape})")
+    return out[:count]
+
+
+def gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+    """``out[i * k + j] = values[index[i], j]`` for the first ``count`` positions (``k = values.shape[1]``).
+
+    Args:
+        index: 1-D integer array: per group, a row of ``values`` (the ranks an ANS table built with
+            ``values = arange(m)`` decodes to, or dense group symbols).
+        values: 2-D ``(rows, k)`` array of any dtype (e.g. the dequantized values of each table symbol's
+            group, float32; view float16/bfloat16 as uint16): what each row expands to.
+        count: elements wanted (``<= index.size * k``; the padding of the last group is dropped).
+        out: optional 1-D destination of ``values``' dtype with at least ``count`` elements.
+
+    Returns:
+        ``(status, out[:count])``: ``status`` is -1 on success, else the position in ``index`` of the first
+        entry outside ``0..rows-1`` (corrupt data: the rest of ``out`` is undefined).
+
+    Raises:
+        ValueError: ``count`` larger than the groups hold, or ``out`` too small.
+    """
+    if out is None:
+        out = np.empty(count, dtype=values.dtype)
+    status = _gather_groups(index, values, count, out)
+    if status == -2:
+        raise ValueError(f"gather_groups: {count} elements do not fit {index.size} groups of {values.shape[1]} "
+                         f"or an output of {out.size}")
+    return int(status), out[:count]
+
+
+def dq_reconstruct(levels: np.ndarray, step: float, chain: int, out_dtype: Any = np.float32,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """The ``dq`` reconstruction (spec 5.4), bit-exact with ``rdformat.codecs.dq.dq_reconstruct``.
+
+    Each chain of ``chain`` consecutive levels starts in state 0; a level ``k`` in state ``s`` uses quantizer
+    ``s >> 1`` and gives ``(2k - sgn(k) * (s >> 1)) * step`` computed in float64, then rounded to the output
+    dtype; the next state is ``DQ_NEXT_STATE[s, k & 1]``.
+
+    Args:
+        levels: 1-D integer array (int32 from the level decoder).
+        step: the codec's step (float64).
+        chain: elements per chain, >= 1.
+        out_dtype: ``float32`` or ``float64``. (Other float dtypes: ask for float64 and let numpy round it,
+            ``.astype(dtype)``, which is what the numpy function does: a float32 result rounded again would
+            not be bit-exact.)
+        out: optional destination of ``out_dtype`` with at least ``levels.size`` elements.
+
+    Raises:
+        ValueError: ``chain < 1``, an unsupported ``out_dtype`` or a too small ``out``.
+    """
+    dt = np.dtype(out_dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dq_reconstruct: out_dtype must be float32 or float64, got {dt}")
+    if out is None:
+        out = np.empty(levels.size, dtype=dt)
+    if _dq_reconstruct(levels.reshape(-1), float(step), int(chain), DQ_NEXT_STATE, out) != 0:
+        raise ValueError(f"dq_reconstruct: chain {chain} < 1 or output smaller than {levels.size}")
+    return out[:levels.size]

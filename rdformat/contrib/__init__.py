@@ -1,0 +1,1 @@
+"""Optional extras built on the public API and a framework (imported only when used)."""

@@ -1,0 +1,540 @@
+"""Compiled (numba) ANS block coder, bit-exact with ``spec/entropy.md`` section 6.2.
+
+An optional accelerator for :mod:`rdformat.entropy.ans`: it imports only numpy, numba and the standard
+library, takes and returns plain numpy arrays, and reports problems as integer error codes, so that the
+caller maps them to its own exceptions. Without numba the module still imports and :data:`AVAILABLE` is
+``False`` (its functions then raise ``RuntimeError``).
+
+Every kernel is compiled with ``cache=True`` (the machine code is stored next to this file, in
+``__pycache__``, and reused by later processes) and ``nogil=True`` (threads decode blocks in parallel).
+
+**Tables.** A frequency table of precision ``Q`` with ``m`` symbols becomes a direct lookup table of
+``2**Q`` entries, ``slot_rank`` (``uint8`` when every table of the set has at most 256 symbols, else
+``uint16``): the ``f[r]`` entries from ``cum[r]`` on hold ``r``. Per rank, ``rank_coder`` holds
+``k | c << 24`` (``uint64``; ``k = f << (24-Q)``, ``c = cum << (24-Q)``, both < 2**24) and ``rank_value``
+what the decoder outputs (``uint32``): normally the symbol ``s[r]``, or ``r`` itself when the caller builds
+the table with ``values = arange(m)`` to get ranks (e.g. to gather dequantized values next). The tables of a
+set are concatenated: table ``i`` has precision ``precision[i]`` and ``num_symbols[i]`` symbols, its slots
+start at ``slot_rank[slot_base[i]]`` and its ranks at ``rank_base[i]``. :func:`build_decode_tables` makes this
+layout and validates the tables (spec 6.1), which is what makes every lookup safe: the decode kernels take
+tables only from it (they re-check that each table's ranges lie inside the arrays) and treat only the
+*blocks* as untrusted.
+
+**Blocks.** A batch is a byte buffer ``data`` and, per block ``b``: its bytes
+``data[block_start[b] : block_start[b] + block_size[b]]``, its symbol count ``block_count[b]``, its table
+``block_table[b]``, and where its symbols go: symbol ``i`` is written to
+``out[out_start[b] + i * out_stride[b]]`` (``out`` is 1-D, of any integer dtype; a stride > 1 writes into
+an interleaved layout). Every reader check of spec 6.2 is applied to every block before any is decoded
+(the same order and offsets as ``rdformat.entropy.ans.decode_many``); then the blocks are decoded in
+order, every lane of a block advancing in lockstep (independent lanes keep the CPU's pipelines full).
+
+**Status.** Decode kernels return ``(code, block, lane, offset)`` (``int64``): ``code`` is :data:`OK` or
+one of the ``ERR_*`` constants, ``block`` the index of the failing block in the batch, ``lane`` the lane
+concerned (``-1`` if none) and ``offset`` the byte position in that block that the error concerns
+(``-1`` if none). :data:`ERROR_CLASS` names the ``rdformat.errors`` class for each code. On an error the
+output may have been partly written. A compiled loop never reads or writes outside its arrays, on any
+input: every word read is checked against its lane's bounds, every output position against ``out``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "AVAILABLE", "OK", "ERR_TRUNCATED", "ERR_LANE_COUNT", "ERR_TRAILING_BYTES", "ERR_ZERO_LAST_WORD",
+    "ERR_LANE_STATE", "ERR_SYMBOL_RANGE", "ERR_BAD_ARGUMENT", "ERR_RANK", "ERR_TOO_MANY_WORDS", "ERROR_CLASS",
+    "DecodeTables", "build_decode_tables", "decode_tables_for", "decode_blocks", "decode_block",
+    "encode_block", "encode_capacity", "output_max",
+]
+
+#: Success.
+OK = 0
+#: The block ends early: fewer than 4 bytes, or than its lane header or its words need (``TruncatedError``).
+ERR_TRUNCATED = 1
+#: ``L`` is not 0 where it must be (no symbols, single-symbol table), or not in ``1..count`` (``CorruptDataError``).
+ERR_LANE_COUNT = 2
+#: Bytes after the end of the block (``CorruptDataError``); ``offset`` is where the block should end.
+ERR_TRAILING_BYTES = 3
+#: A lane's last word is zero (``CorruptDataError``); ``offset`` is that word's position.
+ERR_ZERO_LAST_WORD = 4
+#: A lane does not end in state 0 with all its words consumed (``CorruptDataError``); ``offset`` is the
+#: position of the lane's first word.
+ERR_LANE_STATE = 5
+#: A symbol of the block's table does not fit the output dtype (``CorruptDataError``); ``offset`` is -1.
+ERR_SYMBOL_RANGE = 6
+#: The caller's arrays are inconsistent: a table index or slot range outside the tables, an output
+#: position outside ``out``, a bad precision, frequency or lane count (``InvalidInputError``: a bug, not data).
+ERR_BAD_ARGUMENT = 7
+#: Encoder: a rank is not below the table's symbol count (``InvalidInputError``); ``offset`` is its index.
+ERR_RANK = 8
+#: Encoder: a lane would have 2**32 words or more (``LimitExceededError``).
+ERR_TOO_MANY_WORDS = 9
+
+#: ``rdformat.errors`` class name of each error code.
+ERROR_CLASS = {
+    ERR_TRUNCATED: "TruncatedError", ERR_LANE_COUNT: "CorruptDataError", ERR_TRAILING_BYTES: "CorruptDataError",
+    ERR_ZERO_LAST_WORD: "CorruptDataError", ERR_LANE_STATE: "CorruptDataError",
+    ERR_SYMBOL_RANGE: "CorruptDataError", ERR_BAD_ARGUMENT: "InvalidInputError", ERR_RANK: "InvalidInputError",
+    ERR_TOO_MANY_WORDS: "LimitExceededError",
+}
+
+#: Precision of the coder (spec 6.2: ``P = 24``); table frequencies are scaled up to it.
+CODER_PRECISION = 24
+#: Largest table precision ``Q``.
+MAX_TABLE_PRECISION = 16
+
+try:
+    import numba
+    from numba import njit
+except ImportError:  # the accelerator is optional: the numpy coder stays the reference
+    numba = None
+AVAILABLE = numba is not None
+
+
+class DecodeTables(NamedTuple):
+    """Lookup tables of one or more frequency tables, concatenated (see the module docstring)."""
+
+    precision: np.ndarray  # int64 per table: Q, 1..16
+    num_symbols: np.ndarray  # int64 per table: m
+    slot_base: np.ndarray  # int64 per table: index of its slot 0 in ``slot_rank``
+    rank_base: np.ndarray  # int64 per table: index of its rank 0 in ``rank_coder`` / ``rank_value``
+    slot_rank: np.ndarray  # uint8 or uint16 per slot: the rank whose range holds the slot
+    rank_coder: np.ndarray  # uint64 per rank: k | c << 24
+    rank_value: np.ndarray  # uint32 per rank: the decoder's output
+
+
+def _unavailable(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("numba is not installed: the compiled ANS coder is unavailable")
+
+
+if AVAILABLE:
+    _U64 = np.uint64
+    _MASK24 = np.uint64((1 << CODER_PRECISION) - 1)
+    _LOW32 = np.uint64(0xFFFFFFFF)
+    _TWO32 = np.uint64(1 << 32)
+    _S8 = np.uint64(8)
+    _S16 = np.uint64(16)
+    _S24 = np.uint64(CODER_PRECISION)
+    _S32 = np.uint64(32)
+    _S40 = np.uint64(64 - CODER_PRECISION)
+    _ONE = np.uint64(1)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _read_u32(data: np.ndarray, p: int) -> np.uint64:
+        """Little-endian u32 at byte ``p`` (any alignment), as uint64."""
+        return (_U64(data[p]) | (_U64(data[p + 1]) << _S8) | (_U64(data[p + 2]) << _S16)
+                | (_U64(data[p + 3]) << _S24))
+
+    @njit(cache=True, nogil=True)
+    def _build_tables(precision: np.ndarray, table_start: np.ndarray, freqs: np.ndarray, values: np.ndarray,
+                      slot_base: np.ndarray, slot_rank: np.ndarray, rank_coder: np.ndarray,
+                      rank_value: np.ndarray) -> int:
+        """Fill the lookup arrays; -1 on success, else the index of the first table breaking spec 6.1."""
+        for i in range(precision.size):
+            q = precision[i]
+            a, b = table_start[i], table_start[i + 1]
+            size = np.int64(1) << q
+            base = slot_base[i]
+            if (q < 1 or q > MAX_TABLE_PRECISION or b <= a or b - a > size or b > freqs.size or b > rank_coder.size
+                    or base < 0 or base + size > slot_rank.size):
+                return i
+            sh = CODER_PRECISION - q
+            cum = np.int64(0)
+            for r in range(a, b):
+                f = np.int64(freqs[r])
+                if f < 1 or cum + f > size:
+                    return i
+                rank_coder[r] = _U64(f << sh) | (_U64(cum << sh) << _S24)
+                rank_value[r] = values[r]
+                slot_rank[base + cum:base + cum + f] = r - a
+                cum += f
+            if cum != size:
+                return i
+        return -1
+
+    @njit(cache=True, nogil=True)
+    def _check_block(data: np.ndarray, start: int, size: int, count: int, table: int, precision: np.ndarray,
+                     num_symbols: np.ndarray, slot_base: np.ndarray, rank_base: np.ndarray, slot_rank: np.ndarray,
+                     rank_value: np.ndarray, out_size: int, out_start: int, out_stride: int,
+                     out_max: int) -> tuple[int, int, int]:
+        """Reader checks 1-5 and 7 of spec 6.2 plus the argument checks; (code, lane, offset)."""
+        if table < 0 or table >= precision.size:
+            return ERR_BAD_ARGUMENT, -1, -1
+        q = precision[table]
+        m = num_symbols[table]
+        if (q < 1 or q > MAX_TABLE_PRECISION or m < 1 or slot_base[table] < 0
+                or slot_base[table] + (np.int64(1) << q) > slot_rank.size or rank_base[table] < 0
+                or rank_base[table] + m > rank_value.size):
+            return ERR_BAD_ARGUMENT, -1, -1
+        if start < 0 or size < 0 or start + size > data.size or count < 0:
+            return ERR_BAD_ARGUMENT, -1, -1
+        if count > 0 and (out_start < 0 or out_stride < 1 or out_start + (count - 1) * out_stride >= out_size):
+            return ERR_BAD_ARGUMENT, -1, -1
+        if count > 0:
+            for r in range(rank_base[table], rank_base[table] + m):
+                if np.int64(rank_value[r]) > out_max:
+                    return ERR_SYMBOL_RANGE, -1, -1
+        if size < 4:
+            return ERR_TRUNCATED, -1, size
+        lanes = np.int64(_read_u32(data, start))
+        if count == 0 or m == 1:
+            if lanes != 0:
+                return ERR_LANE_COUNT, -1, 0
+            if size != 4:
+                return ERR_TRAILING_BYTES, -1, 4
+            return OK, -1, -1
+        if lanes < 1 or lanes > count:
+            return ERR_LANE_COUNT, -1, 0
+        header_end = 4 + 4 * lanes
+        if header_end > size:
+            return ERR_TRUNCATED, -1, size
+        room = (size - header_end) // 4  # words that fit; the sum stops as soon as it passes (no overflow)
+        total = np.int64(0)
+        for j in range(lanes):
+            total += np.int64(_read_u32(data, start + 4 + 4 * j))
+            if total > room:
+                return ERR_TRUNCATED, -1, size
+        end = header_end + 4 * total
+        if end != size:  # end < size here
+            return ERR_TRAILING_BYTES, -1, end
+        at = header_end  # end of lane j's words, relative to the block
+        for j in range(lanes):
+            words = np.int64(_read_u32(data, start + 4 + 4 * j))
+            at += 4 * words
+            if words > 0 and _read_u32(data, start + at - 4) == 0:
+                return ERR_ZERO_LAST_WORD, j, at - 4
+        return OK, -1, -1
+
+    @njit(cache=True, nogil=True)
+    def _decode_checked_block(data: np.ndarray, start: int, size: int, count: int, table: int,
+                              precision: np.ndarray, num_symbols: np.ndarray, slot_base: np.ndarray,
+                              rank_base: np.ndarray, slot_rank: np.ndarray, rank_coder: np.ndarray,
+                              rank_value: np.ndarray, out: np.ndarray, out_start: int,
+                              out_stride: int) -> tuple[int, int]:
+        """Decode a block that passed :func:`_check_block`; (-1, -1) or (bad lane, offset of its first word)."""
+        if count == 0:
+            return -1, -1
+        rbase = rank_base[table]
+        if num_symbols[table] == 1:
+            value = rank_value[rbase]
+            for i in range(count):
+                out[out_start + i * out_stride] = value
+            return -1, -1
+        sh = _U64(CODER_PRECISION - precision[table])
+        lanes = np.int64(_read_u32(data, start))
+        header_end = 4 + 4 * lanes
+        # the lanes' words as native u32 (a view: blocks need no alignment, x86/arm loads do not care)
+        words = data[start + header_end:start + size].view(np.uint32)
+        slots = slot_rank[slot_base[table]:slot_base[table] + (np.int64(1) << precision[table])]
+        coder = rank_coder[rbase:rbase + num_symbols[table]]
+        value = rank_value[rbase:rbase + num_symbols[table]]
+        state = np.empty(lanes, dtype=np.uint64)
+        pos = np.empty(lanes, dtype=np.uint64)  # index just after the lane's next word to pop
+        low = np.empty(lanes, dtype=np.uint64)  # index of the lane's first word
+        at = _U64(0)
+        for j in range(lanes):
+            low[j] = at
+            p = at + _read_u32(data, start + 4 + 4 * j)
+            at = p
+            s = _U64(0)
+            if p > low[j]:
+                p -= _ONE
+                s = _U64(words[p])
+                if p > low[j]:
+                    p -= _ONE
+                    s = (s << _S32) | _U64(words[p])
+            state[j] = s
+            pos[j] = p
+        full = count // lanes
+        rest = count - full * lanes
+        row = lanes * out_stride
+        for t in range(full + 1):
+            active = _U64(lanes if t < full else rest)
+            o = out_start + t * row
+            for j in range(active):
+                s = state[j]
+                q = s & _MASK24
+                r = slots[q >> sh]
+                kc = coder[r]
+                # S = (S >> 24) * k + (q - c)
+                s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)
+                if s < _TWO32:
+                    p = pos[j]
+                    if p > low[j]:
+                        p -= _ONE
+                        s = (s << _S32) | _U64(words[p])
+                        pos[j] = p
+                state[j] = s
+                out[o + np.int64(j) * out_stride] = value[r]
+        for j in range(lanes):
+            if state[j] != 0 or pos[j] != low[j]:
+                return j, header_end + 4 * np.int64(low[j])
+        return -1, -1
+
+    @njit(cache=True, nogil=True)
+    def _decode_blocks(data: np.ndarray, block_start: np.ndarray, block_size: np.ndarray, block_count: np.ndarray,
+                       block_table: np.ndarray, precision: np.ndarray, num_symbols: np.ndarray,
+                       slot_base: np.ndarray, rank_base: np.ndarray, slot_rank: np.ndarray, rank_coder: np.ndarray,
+                       rank_value: np.ndarray, out: np.ndarray, out_start: np.ndarray, out_stride: np.ndarray,
+                       out_max: int) -> tuple[int, int, int, int]:
+        nb = block_start.size
+        nt = precision.size
+        if (block_size.size != nb or block_count.size != nb or block_table.size != nb or out_start.size != nb
+                or out_stride.size != nb or num_symbols.size != nt or slot_base.size != nt
+                or rank_base.size != nt or rank_coder.size != rank_value.size):
+            return ERR_BAD_ARGUMENT, -1, -1, -1
+        for b in range(nb):
+            code, lane, offset = _check_block(data, block_start[b], block_size[b], block_count[b], block_table[b],
+                                              precision, num_symbols, slot_base, rank_base, slot_rank,
+                                              rank_value, out.size, out_start[b], out_stride[b], out_max)
+            if code != OK:
+                return code, b, lane, offset
+        for b in range(nb):
+            lane, offset = _decode_checked_block(data, block_start[b], block_size[b], block_count[b],
+                                                 block_table[b], precision, num_symbols, slot_base, rank_base,
+                                                 slot_rank, rank_coder, rank_value, out, out_start[b],
+                                                 out_stride[b])
+            if lane >= 0:
+                return ERR_LANE_STATE, b, lane, offset
+        return OK, -1, -1, -1
+
+    @njit(cache=True, nogil=True)
+    def _decode_one(data: np.ndarray, count: int, table: int, precision: np.ndarray, num_symbols: np.ndarray,
+                    slot_base: np.ndarray, rank_base: np.ndarray, slot_rank: np.ndarray, rank_coder: np.ndarray,
+                    rank_value: np.ndarray, out: np.ndarray, out_max: int) -> tuple[int, int, int, int]:
+        """One block filling ``data``, into ``out[0:count]`` (fewer arguments to type-check per call)."""
+        one = np.ones(1, dtype=np.int64)
+        return _decode_blocks(data, one - 1, np.full(1, data.size, dtype=np.int64), np.full(1, count, dtype=np.int64),
+                              np.full(1, table, dtype=np.int64), precision, num_symbols, slot_base, rank_base,
+                              slot_rank, rank_coder, rank_value, out, one - 1, one, out_max)
+
+    @njit(cache=True, nogil=True)
+    def _encode_block(ranks: np.ndarray, freqs: np.ndarray, precision: int, lanes: int,
+                      out: np.ndarray) -> tuple[int, int]:
+        """(code, bytes written or failing position); see :func:`encode_block`."""
+        n = ranks.size
+        m = freqs.size
+        if precision < 1 or precision > MAX_TABLE_PRECISION or m < 1 or m > (np.int64(1) << precision):
+            return ERR_BAD_ARGUMENT, -1
+        k = np.empty(m, dtype=np.uint64)
+        c = np.empty(m, dtype=np.uint64)
+        sh = _U64(CODER_PRECISION - precision)
+        cum = np.int64(0)
+        for r in range(m):
+            f = np.int64(freqs[r])
+            if f < 1:
+                return ERR_BAD_ARGUMENT, -1
+            k[r] = _U64(f) << sh
+            c[r] = _U64(cum) << sh
+            cum += f
+        if cum != np.int64(1) << precision:
+            return ERR_BAD_ARGUMENT, -1
+        for i in range(n):
+            if np.int64(ranks[i]) >= m or ranks[i] < 0:
+                return ERR_RANK, i
+        if n == 0 or m == 1:
+            lanes = 0
+        elif lanes < 1 or lanes > n:
+            return ERR_BAD_ARGUMENT, -1
+        if out.size < encode_capacity_words(n, lanes) * 4:
+            return ERR_BAD_ARGUMENT, -1
+        out[0] = lanes & 0xFF
+        out[1] = (lanes >> 8) & 0xFF
+        out[2] = (lanes >> 16) & 0xFF
+        out[3] = (lanes >> 24) & 0xFF
+        if lanes == 0:
+            return OK, 4
+        full = n // lanes
+        rest = n - full * lanes
+        steps = full + (1 if rest else 0) + 2  # + the two flush words
+        # words[e, j]: lane j's e-th word in emission order (each step emits at most one word per lane)
+        words = np.empty((steps, lanes), dtype=np.uint32)
+        emitted = np.zeros(lanes, dtype=np.int64)
+        state = np.zeros(lanes, dtype=np.uint64)
+        # symbols are encoded backwards: step t (last first) covers symbols t * lanes + j
+        for t in range(full, -1, -1):  # t == full: the last, partial step (lanes < rest)
+            active = lanes if t < full else rest
+            for j in range(active):
+                r = np.int64(ranks[t * lanes + j])
+                kr = k[r]
+                s = state[j]
+                if (s >> _S40) >= kr:
+                    words[emitted[j], j] = np.uint32(s & _LOW32)
+                    emitted[j] += 1
+                    s >>= _S32
+                state[j] = ((s // kr) << _S24) | (c[r] + s % kr)
+        # flush: the state's words, least significant first, without trailing zero words
+        for j in range(lanes):
+            s = state[j]
+            while s != 0:
+                words[emitted[j], j] = np.uint32(s & _LOW32)
+                emitted[j] += 1
+                s >>= _S32
+        at = 4 + 4 * lanes
+        for j in range(lanes):
+            count = emitted[j]
+            if count >= np.int64(1) << 32:
+                return ERR_TOO_MANY_WORDS, j
+            h = 4 + 4 * j
+            out[h] = count & 0xFF
+            out[h + 1] = (count >> 8) & 0xFF
+            out[h + 2] = (count >> 16) & 0xFF
+            out[h + 3] = (count >> 24) & 0xFF
+            for e in range(count):
+                w = words[e, j]
+                out[at] = w & 0xFF
+                out[at + 1] = (w >> 8) & 0xFF
+                out[at + 2] = (w >> 16) & 0xFF
+                out[at + 3] = (w >> 24) & 0xFF
+                at += 4
+        return OK, at
+
+    @njit(cache=True, nogil=True)
+    def encode_capacity_words(n: int, lanes: int) -> int:
+        """Upper bound of a block's size in 4-byte units: lane count, lane lengths, and per lane at most
+        one word per symbol plus two flush words."""
+        return 1 + lanes + n + 2 * lanes
+
+else:
+    _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
+
+
+# --------------------------------------------------------------------------------------------------
+# Python entry points (thin: argument shaping only; all loops are compiled)
+# --------------------------------------------------------------------------------------------------
+
+
+_OUTPUT_MAX: dict[np.dtype, int] = {}
+
+
+def output_max(dtype: Any) -> int:
+    """Largest value an integer ``dtype`` holds, capped at 2**32 - 1 (values are u32)."""
+    dt = np.dtype(dtype)
+    top = _OUTPUT_MAX.get(dt)
+    if top is None:
+        top = _OUTPUT_MAX[dt] = min(int(np.iinfo(dt).max), (1 << 32) - 1)
+    return top
+
+
+def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[np.ndarray]) -> DecodeTables:
+    """Concatenated lookup tables (see the module docstring) of one or more frequency tables.
+
+    Args:
+        precisions: ``Q`` of each table (1..16).
+        freqs: per table, its frequencies by rank (integers >= 1 summing to ``2**Q``, at most ``2**Q`` of
+            them: a ``FrequencyTable.freqs``).
+        values: per table, what the decoder outputs for each rank: ``table.symbols``, or ``arange(m)`` to
+            decode ranks. Each value below 2**32.
+
+    Returns:
+        A :class:`DecodeTables`: ``2**Q`` bytes per table (twice that if a table has over 256 symbols)
+        plus 12 bytes per symbol. Build it once per table and reuse it (it is immutable in use).
+
+    Raises:
+        ValueError: inconsistent lengths, a value >= 2**32, or a table breaking spec 6.1 (a caller bug:
+            ``FrequencyTable`` validates tables already).
+    """
+    q = np.asarray(precisions, dtype=np.int64).reshape(-1)
+    if len(freqs) != q.size or len(values) != q.size:
+        raise ValueError("build_decode_tables: precisions, freqs and values differ in length")
+    sizes = np.array([np.size(f) for f in freqs], dtype=np.int64)
+    if any(np.size(v) != n for v, n in zip(values, sizes.tolist())):
+        raise ValueError("build_decode_tables: a table's values and freqs differ in length")
+    if q.size and (int(q.min()) < 1 or int(q.max()) > MAX_TABLE_PRECISION):
+        raise ValueError(f"build_decode_tables: precision outside 1..{MAX_TABLE_PRECISION}")
+    table_start = np.zeros(q.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=table_start[1:])
+    slot_sizes = np.left_shift(np.int64(1), q)
+    slot_base = np.zeros(q.size, dtype=np.int64)
+    np.cumsum(slot_sizes[:-1], out=slot_base[1:])
+    flat_freqs = np.concatenate([np.asarray(f).reshape(-1) for f in freqs]).astype(np.int64) if q.size else \
+        np.zeros(0, np.int64)
+    flat_values = np.concatenate([np.asarray(v).reshape(-1) for v in values]).astype(np.int64) if q.size else \
+        np.zeros(0, np.int64)
+    if flat_values.size and (int(flat_values.min()) < 0 or int(flat_values.max()) >= 1 << 32):
+        raise ValueError("build_decode_tables: values must be in 0..2**32-1")
+    rank_dtype = np.uint8 if sizes.size == 0 or int(sizes.max()) <= 256 else np.uint16
+    slot_rank = np.empty(int(slot_sizes.sum()), dtype=rank_dtype)
+    rank_coder = np.empty(flat_freqs.size, dtype=np.uint64)
+    rank_value = np.empty(flat_freqs.size, dtype=np.uint32)
+    bad = _build_tables(q, table_start, flat_freqs, flat_values.astype(np.uint32), slot_base, slot_rank,
+                        rank_coder, rank_value)
+    if bad >= 0:
+        raise ValueError(f"build_decode_tables: table {bad} breaks spec 6.1 (symbol count or frequencies)")
+    return DecodeTables(q, sizes, slot_base, table_start[:-1].copy(), slot_rank, rank_coder, rank_value)
+
+
+def decode_tables_for(table: Any, *, ranks: bool = False) -> DecodeTables:
+    """:func:`build_decode_tables` for one object with ``precision``, ``freqs`` and ``symbols`` attributes
+    (a ``FrequencyTable``); ``ranks=True`` makes the decoder output ranks instead of symbols."""
+    values = np.arange(table.freqs.size, dtype=np.uint32) if ranks else table.symbols
+    return build_decode_tables([table.precision], [table.freqs], [values])
+
+
+def decode_blocks(data: np.ndarray, block_start: np.ndarray, block_size: np.ndarray, block_count: np.ndarray,
+                  block_table: np.ndarray, tables: DecodeTables, out: np.ndarray, out_start: np.ndarray,
+                  out_stride: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """Decode a batch of ANS blocks into ``out``; returns ``(code, block, lane, offset)``.
+
+    Args:
+        data: C-contiguous ``uint8`` 1-D array holding the blocks (e.g. ``np.frombuffer(buf, np.uint8)``;
+            read-only is fine).
+        block_start, block_size: ``int64`` per block: its first byte in ``data`` and its exact size.
+        block_count: ``int64`` per block: its number of symbols (from the codec).
+        block_table: ``int64`` per block: index of its table in ``tables``.
+        tables: from :func:`build_decode_tables`.
+        out: 1-D integer array (any dtype and strides) that receives the values.
+        out_start, out_stride: ``int64`` per block: symbol ``i`` of block ``b`` goes to
+            ``out[out_start[b] + i * out_stride[b]]``; ``out_stride`` defaults to 1 everywhere.
+
+    Returns:
+        ``(OK, -1, -1, -1)``, or the first error: reader checks are applied to all blocks before any
+        is decoded, so the error concerns the first block failing them (else the first block with a
+        lane that does not end cleanly, and its lowest such lane). Codes and offsets: module docstring.
+        Releases the GIL while it runs.
+    """
+    if out_stride is None:
+        out_stride = np.ones(np.shape(block_start), dtype=np.int64)
+    return _decode_blocks(data, block_start, block_size, block_count, block_table, *tables, out, out_start,
+                          out_stride, output_max(out.dtype))
+
+
+def decode_block(data: np.ndarray, count: int, tables: DecodeTables, out: np.ndarray,
+                 table: int = 0) -> tuple[int, int, int, int]:
+    """Decode one block filling all of ``data`` (C-contiguous ``uint8``) into ``out[0:count]``, with table
+    ``table`` of ``tables``; :func:`decode_blocks`'s status (``block`` is 0 on an error). ``out`` is 1-D, of
+    any integer dtype and strides (e.g. a column ``planes[:, k]``)."""
+    return _decode_one(data, count, table, *tables, out, output_max(out.dtype))
+
+
+def encode_capacity(n: int, lanes: int) -> int:
+    """Bytes an ``out`` buffer of :func:`encode_block` needs for ``n`` symbols in ``lanes`` lanes."""
+    return 4 * (1 + lanes + n + 2 * lanes)
+
+
+def encode_block(ranks: np.ndarray, freqs: np.ndarray, precision: int, lanes: int,
+                 out: np.ndarray | None = None) -> tuple[int, int, np.ndarray]:
+    """Encode ranks into an ANS block (spec 6.2), bit-exact with ``rdformat.entropy.ans.encode``.
+
+    Args:
+        ranks: 1-D integer array (any integer dtype): the rank of every symbol, in block order (the
+            caller maps symbol values to ranks, e.g. with ``ans._ranks``).
+        freqs: the table's frequencies by rank (``FrequencyTable.freqs``), summing to ``2**precision``.
+        precision: the table's ``Q``, 1..16.
+        lanes: ``L``, 1..n; ignored (0 lanes) when ``n == 0`` or the table has one symbol.
+        out: optional ``uint8`` buffer of at least :func:`encode_capacity` bytes (allocated if None).
+
+    Returns:
+        ``(code, size, out)``: on :data:`OK` the block is ``out[:size]``. Otherwise ``size`` is the
+        index of the bad rank (:data:`ERR_RANK`), the lane (:data:`ERR_TOO_MANY_WORDS`) or -1
+        (:data:`ERR_BAD_ARGUMENT`: bad table, lane count or ``out`` too small).
+    """
+    n = int(ranks.size)
+    used_lanes = 0 if n == 0 or freqs.size == 1 else max(int(lanes), 1)
+    if out is None:
+        out = np.empty(encode_capacity(n, min(used_lanes, max(n, 1))), dtype=np.uint8)
+    code, size = _encode_block(ranks.reshape(-1), freqs, int(precision), int(lanes), out)
+    return int(code), int(size), out
+

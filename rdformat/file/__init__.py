@@ -1,0 +1,1 @@
+"""Reading and writing .rdc files: the streaming reader and the streaming, atomic writer."""

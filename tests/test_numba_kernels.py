@@ -1,0 +1,300 @@
+"""The compiled (numba) kernels against the numpy reference: bit-exact results, safe failure on corrupt input.
+
+Covers ``rdformat.entropy.ans_numba`` (ANS block decode/encode) and ``rdformat.codecs.kernels_numba``
+(bytesplit interleaving, sq/dq group gathering, dq reconstruction). Skipped when numba is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+import rdformat  # noqa: E402
+from rdformat import errors  # noqa: E402
+from rdformat.codecs import kernels_numba as kn  # noqa: E402
+from rdformat.entropy import FrequencyTable, ans  # noqa: E402
+from rdformat.entropy import ans_numba as an  # noqa: E402
+
+VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors"
+
+
+def random_table(rng: np.random.Generator, precision: int, m: int) -> FrequencyTable:
+    symbols = np.sort(rng.choice(max(2 * m, 1000), size=m, replace=False))
+    return FrequencyTable.from_counts(symbols, rng.pareto(1.0, size=m) + 0.01, precision=precision)
+
+
+def sample(rng: np.random.Generator, table: FrequencyTable, n: int) -> np.ndarray:
+    p = table.freqs / table.freqs.sum()
+    return rng.choice(table.symbols, size=n, p=p).astype(np.int64)
+
+
+def numba_encode(values: np.ndarray, table: FrequencyTable, lanes: int) -> bytes:
+    ranks = np.searchsorted(table.symbols, values)
+    code, size, out = an.encode_block(ranks, table.freqs, table.precision, lanes)
+    assert code == an.OK
+    return out[:size].tobytes()
+
+
+def numba_decode(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32) -> tuple[tuple, np.ndarray]:
+    out = np.full(count, 0xAB, dtype=dtype)
+    status = an.decode_block(np.frombuffer(block, np.uint8), count, an.decode_tables_for(table), out)
+    return status, out
+
+
+def reference_error(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32):
+    """(error class name, offset) of the numpy decoder, or (None, decoded array)."""
+    try:
+        return None, ans.decode(block, count, table, backend="numpy", out_dtype=dtype)
+    except errors.RdcError as exc:
+        return type(exc).__name__, exc.offset
+
+
+def assert_same_outcome(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32) -> None:
+    status, out = numba_decode(block, count, table, dtype)
+    kind, detail = reference_error(block, count, table, dtype)
+    if kind is None:
+        assert status[0] == an.OK, status
+        assert np.array_equal(out, detail)
+    else:
+        assert status[0] != an.OK
+        assert an.ERROR_CLASS[status[0]] == kind
+        assert (None if status[3] < 0 else status[3]) == detail
+
+
+# ----------------------------------------------------------------------------------------------------
+# bit-exactness
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", range(1, 17))
+def test_round_trip_every_precision(precision: int) -> None:
+    rng = np.random.default_rng(precision)
+    for m in sorted({1, 2, min(3, 1 << precision), min(40, 1 << precision), 1 << precision}):
+        table = random_table(rng, precision, m)
+        for n, lanes in ((0, 1), (1, 1), (7, 3), (2000, 1), (2000, 17), (2000, 2000)):
+            values = sample(rng, table, n)
+            block = ans.encode(values, table, lanes=lanes if n else None, backend="numpy")
+            assert numba_encode(values, table, lanes) == block
+            status, out = numba_decode(block, n, table)
+            assert status == (an.OK, -1, -1, -1)
+            assert np.array_equal(out, values)
+
+
+def test_large_alphabet_and_default_lanes() -> None:
+    rng = np.random.default_rng(5)
+    table = random_table(rng, 16, 65536)
+    values = sample(rng, table, 300_000)
+    block = ans.encode(values, table, backend="numpy")
+    lanes = int(np.frombuffer(block[:4], "<u4")[0])
+    assert lanes > 1
+    assert numba_encode(values, table, lanes) == block
+    status, out = numba_decode(block, values.size, table)
+    assert status[0] == an.OK and np.array_equal(out, values)
+
+
+def test_spec_example() -> None:
+    table = FrequencyTable(2, [5, 9], [3, 1])
+    block = bytes.fromhex("01000000" "01000000" "0000c000")
+    assert numba_encode(np.array([9, 5, 5]), table, 1) == block
+    status, out = numba_decode(block, 3, table)
+    assert status[0] == an.OK and out.tolist() == [9, 5, 5]
+
+
+def test_batch_with_mixed_tables_strides_and_ranks() -> None:
+    rng = np.random.default_rng(11)
+    tables = [random_table(rng, q, m) for q, m in ((14, 12), (16, 300), (8, 1), (1, 2), (12, 256))]
+    blocks, expected, which = [], [], []
+    for i in range(12):
+        t = int(rng.integers(len(tables)))
+        n = int(rng.integers(0, 5000))
+        values = sample(rng, tables[t], n)
+        blocks.append(ans.encode(values, tables[t], backend="numpy"))
+        expected.append(np.searchsorted(tables[t].symbols, values))  # decoded as ranks
+        which.append(t)
+    data = np.frombuffer(b"".join(blocks), np.uint8)
+    size = np.array([len(b) for b in blocks], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+    count = np.array([e.size for e in expected], dtype=np.int64)
+    rank_tables = an.build_decode_tables([t.precision for t in tables], [t.freqs for t in tables],
+                                         [np.arange(t.num_symbols) for t in tables])
+    stride = 3  # write every block's ranks into every third element, interleaved with a neighbour
+    out = np.zeros(stride * int(count.sum()) + 1, dtype=np.uint16)
+    out_start = stride * np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) + 1
+    status = an.decode_blocks(data, start, size, count, np.array(which, dtype=np.int64), rank_tables, out,
+                              out_start, np.full(len(blocks), stride, dtype=np.int64))
+    assert status == (an.OK, -1, -1, -1)
+    for e, s in zip(expected, out_start.tolist()):
+        assert np.array_equal(out[s:s + stride * e.size:stride], e)
+    assert not out[0::stride].any()
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(precision=st.integers(1, 16), m_frac=st.floats(0, 1), n=st.integers(0, 3000), lanes_frac=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1))
+def test_randomised_round_trip(precision: int, m_frac: float, n: int, lanes_frac: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = 1 + int(m_frac * min((1 << precision) - 1, 2000))
+    table = random_table(rng, precision, m)
+    values = sample(rng, table, n)
+    lanes = 1 + int(lanes_frac * max(n - 1, 0))
+    block = ans.encode(values, table, lanes=lanes if n else None, backend="numpy")
+    assert numba_encode(values, table, lanes) == block
+    assert_same_outcome(block, n, table)
+
+
+# ----------------------------------------------------------------------------------------------------
+# corrupt input: an error code with the numpy decoder's class and offset, never a crash
+# ----------------------------------------------------------------------------------------------------
+
+
+def small_block(seed: int = 3, n: int = 600, lanes: int = 5) -> tuple[bytes, FrequencyTable, int]:
+    rng = np.random.default_rng(seed)
+    table = random_table(rng, 12, 30)
+    return ans.encode(sample(rng, table, n), table, lanes=lanes, backend="numpy"), table, n
+
+
+def test_every_truncation() -> None:
+    block, table, n = small_block()
+    for cut in range(len(block)):
+        assert_same_outcome(block[:cut], n, table)
+
+
+def test_flipped_bits_and_trailing_bytes() -> None:
+    block, table, n = small_block()
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        damaged = bytearray(block)
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(len(damaged)))
+            damaged[i] ^= 1 << int(rng.integers(8))
+        assert_same_outcome(bytes(damaged), n, table)
+    assert_same_outcome(block + b"\0", n, table)
+    assert_same_outcome(block + b"\0\0\0\0", n, table)
+
+
+def test_wrong_counts_and_lane_counts() -> None:
+    block, table, n = small_block()
+    for count in (0, 1, 4, 5, n - 1, n + 1, 10 * n):
+        assert_same_outcome(block, count, table)
+    for lanes in (0, n + 1, 0xFFFF, 0xFFFFFFFF):
+        assert_same_outcome(lanes.to_bytes(4, "little") + block[4:], n, table)
+    huge_lengths = block[:4] + b"\xff\xff\xff\xff" * 5 + block[24:]
+    assert_same_outcome(huge_lengths, n, table)
+    single = FrequencyTable(8, [7], [256])
+    for data in (b"\0\0\0\0", b"\1\0\0\0", b"\0\0\0\0\0", b"\0\0"):
+        assert_same_outcome(data, 9, single)
+
+
+def test_symbol_does_not_fit_output() -> None:
+    table = FrequencyTable(4, [3, 300], [8, 8])
+    block = ans.encode(np.array([3, 300, 3]), table, backend="numpy")
+    status, _ = numba_decode(block, 3, table, np.uint8)
+    assert status[0] == an.ERR_SYMBOL_RANGE and an.ERROR_CLASS[status[0]] == "CorruptDataError"
+
+
+def test_bad_arguments_are_refused() -> None:
+    block, table, n = small_block()
+    tables = an.decode_tables_for(table)
+    data = np.frombuffer(block, np.uint8)
+    out = np.empty(n, np.uint32)
+    one = np.ones(1, dtype=np.int64)
+    cases = [  # (block_start, block_size, table index, out_start)
+        (0, len(block) + 1, 0, 0), (-1, len(block), 0, 0), (0, len(block), 1, 0), (0, len(block), -1, 0),
+        (0, len(block), 0, 1), (0, len(block), 0, -1),
+    ]
+    for start, size, tab, out_start in cases:
+        status = an.decode_blocks(data, one * start, one * size, one * n, one * tab, tables, out, one * out_start)
+        assert status[0] == an.ERR_BAD_ARGUMENT
+    with pytest.raises(ValueError):
+        an.build_decode_tables([4], [np.array([8, 7])], [np.array([1, 2])])
+    code, _, _ = an.encode_block(np.array([0, table.num_symbols]), table.freqs, table.precision, 1)
+    assert code == an.ERR_RANK
+
+
+# ----------------------------------------------------------------------------------------------------
+# conformance vectors and golden files: every ANS block the reader decodes
+# ----------------------------------------------------------------------------------------------------
+
+
+def vector_files() -> list[Path]:
+    manifest = json.loads((VECTORS / "manifest.json").read_text())
+    files = [VECTORS / name for name, entry in manifest["vectors"].items() if entry.get("valid")]
+    return files + sorted((VECTORS / "golden").glob("*.rdc"))
+
+
+def test_vector_blocks_decode_identically(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(ans, "decode_many"):
+        pytest.skip("rdformat.entropy.ans.decode_many is gone: capture the blocks elsewhere")
+    seen: list[tuple] = []
+    original = ans.decode_many
+
+    def capture(blocks, **kwargs):
+        blocks = list(blocks)
+        for item in blocks:
+            dtype = item[3] if len(item) == 4 else kwargs.get("out_dtype", np.uint32)
+            seen.append((bytes(item[0]), int(item[1]), item[2], np.dtype(dtype)))
+        return original(blocks, **kwargs)
+
+    monkeypatch.setattr(ans, "decode_many", capture)
+    for path in vector_files():
+        rdformat.load(path.read_bytes())
+    assert len(seen) > 20
+    for block, count, table, dtype in seen:
+        status, out = numba_decode(block, count, table, dtype)
+        assert status[0] == an.OK
+        assert np.array_equal(out, ans.decode(block, count, table, backend="numpy", out_dtype=dtype))
+
+
+# ----------------------------------------------------------------------------------------------------
+# codec kernels
+# ----------------------------------------------------------------------------------------------------
+
+
+def rotate_left_1(words: np.ndarray) -> np.ndarray:
+    bits = 8 * words.itemsize
+    return (words << words.dtype.type(1)) | (words >> words.dtype.type(bits - 1))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_interleave_planes(dtype, rotate: bool) -> None:
+    rng = np.random.default_rng(1)
+    words = rng.integers(0, np.iinfo(dtype).max, size=1001, dtype=dtype, endpoint=True)
+    stored = rotate_left_1(words) if rotate else words
+    width = np.dtype(dtype).itemsize
+    planes = np.zeros((width, 1002), dtype=np.uint8)  # one spare column, as for byte-pair planes
+    planes[:, :1001] = stored.astype(f"<u{width}").view(np.uint8).reshape(-1, width).T
+    assert np.array_equal(kn.interleave_planes(planes, 1001, rotate), words)
+
+
+def test_gather_groups() -> None:
+    rng = np.random.default_rng(2)
+    for k in (1, 2, 3, 8):
+        values = rng.standard_normal((50, k)).astype(np.float32)
+        index = rng.integers(0, 50, size=100).astype(np.uint32)
+        for count in (0, 100 * k, 100 * k - 1, 99 * k + 1):
+            status, out = kn.gather_groups(index, values, count)
+            assert status == -1
+            assert np.array_equal(out, values[index].reshape(-1)[:count])
+        bad = index.copy()
+        bad[37] = 50
+        assert kn.gather_groups(bad, values, 100 * k)[0] == 37
+
+
+def test_dq_reconstruct_matches_numpy() -> None:
+    from rdformat.codecs import dq
+
+    rng = np.random.default_rng(4)
+    levels = np.clip(np.round(rng.laplace(0, 4, size=10_007)), -32767, 32767).astype(np.int32)
+    for chain in (1, 2, 5, 8, 256, 1024, 20_000):
+        for dtype in (np.float32, np.float64):
+            for step in (0.013, 1.0, 3.3e-5):
+                want = dq.dq_reconstruct(levels, step, chain, np.dtype(dtype))
+                assert kn.dq_reconstruct(levels, step, chain, dtype).tobytes() == want.tobytes()
