@@ -19,18 +19,7 @@ Layers (each imports only the ones before it; ``tests/test_layers.py`` enforces 
 from __future__ import annotations
 
 from . import errors
-from .errors import (
-    ChecksumError,
-    CorruptDataError,
-    InvalidInputError,
-    LimitExceededError,
-    NotRdcError,
-    RdcError,
-    TensorNotFoundError,
-    TruncatedError,
-    UnsupportedFeatureError,
-    UnsupportedVersionError,
-)
+from .errors import *  # noqa: F403  (every exception class is part of the top-level API)
 from .codecs import Codec, get_codec_class, register_codec, registered_codecs
 from .file.reader import Limits, RdcReader, TensorInfo, load, open
 from .file.writer import Writer
@@ -56,15 +45,6 @@ __all__ = [
     "get_codec_class",
     "registered_codecs",
     "errors",
-    "RdcError",
-    "NotRdcError",
-    "UnsupportedVersionError",
-    "TruncatedError",
-    "ChecksumError",
-    "CorruptDataError",
-    "LimitExceededError",
-    "UnsupportedFeatureError",
-    "TensorNotFoundError",
-    "InvalidInputError",
+    *errors.__all__,
     "__version__",
 ]

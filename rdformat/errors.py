@@ -110,6 +110,11 @@ class MissingDependencyError(UnsupportedFeatureError):
     """The optional package needed for this format (torch, onnx...) is not installed."""
 
 
+
+class CommandLineError(InvalidInputError):
+    """A problem with an ``rdc`` command's arguments found before any work starts (exit code 1)."""
+
+
 __all__ = [
     "RdcError",
     "NotRdcError",
@@ -125,4 +130,5 @@ __all__ = [
     "UnsafeInputError",
     "UnsafeCheckpointError",
     "MissingDependencyError",
+    "CommandLineError",
 ]

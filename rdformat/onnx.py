@@ -29,6 +29,11 @@ model's folder is refused with :class:`~rdformat.adapters.UnsafeInputError`.
 Structural tensors (never lossy): every integer/bool tensor, and float tensors that steer shapes or
 control flow (see :data:`STRUCTURAL_INPUTS`), also when they reach such an input through simple
 pass-through ops (Cast, Concat, Unsqueeze...).
+
+One module on purpose (over 500 lines): reading a model (initializers, ``Constant`` nodes,
+subgraphs, external data) and restoring it are the two halves of one mapping between ONNX's
+tensor slots and the container's tensor names; split apart, each half would re-derive the other's
+slot walk.
 """
 
 from __future__ import annotations
@@ -43,24 +48,11 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
-from .adapters import (
-    FormatError,
-    Progress,
-    adapter_info,
-    atomic_output,
-    make_metadata,
-    no_progress,
-    open_rdc,
-    path_inside,
-    rdc_bytes,
-    write_rdc,
-)
+from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_metadata, no_progress,
+                       open_rdc, path_inside, rdc_bytes, write_rdc)
 from .errors import CorruptDataError, InvalidInputError, LimitExceededError
+from .format.dtypes import numpy_dtype
 
-try:
-    import ml_dtypes as _ml
-except ImportError:  # pragma: no cover
-    _ml = None
 
 #: Marker location of emptied tensors in the graph blob.
 RDC_LOCATION = "*rdc*"
@@ -243,9 +235,7 @@ def structural_values(model: ModelProto) -> set[str]:
 
 def _np_dtype(name: str) -> np.dtype:
     if name in _BITS_IN_INT32 and name != "float16":
-        if _ml is None:  # pragma: no cover
-            raise InvalidInputError(f"dtype {name} needs the ml_dtypes package")
-        return np.dtype(getattr(_ml, name))
+        return numpy_dtype(name)
     return np.dtype(name)
 
 

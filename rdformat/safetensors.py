@@ -33,25 +33,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .adapters import (
-    FormatError,
-    Progress,
-    adapter_info,
-    atomic_output,
-    is_structural_dtype,
-    make_metadata,
-    no_progress,
-    open_rdc,
-    path_inside,
-    rdc_bytes,
-    write_rdc,
-)
+from .adapters import (FormatError, Progress, adapter_info, atomic_output, is_structural_dtype, make_metadata,
+                       no_progress, open_rdc, path_inside, rdc_bytes, write_rdc)
 from .errors import InvalidInputError, UnsupportedFeatureError
+from .format.dtypes import numpy_dtype
 
-try:
-    import ml_dtypes as _ml
-except ImportError:  # pragma: no cover
-    _ml = None
 
 #: Largest JSON header accepted (the reference implementation's limit).
 MAX_HEADER_BYTES = 100_000_000
@@ -81,11 +67,7 @@ def _np_dtype(st: str, name: str) -> np.dtype:
     if np_name is None:
         raise UnsupportedFeatureError(f"tensor {name!r}: safetensors dtype {st!r} is not supported by .rdc",
                                       tensor=name)
-    if np_name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        if _ml is None:  # pragma: no cover
-            raise UnsupportedFeatureError(f"dtype {np_name} needs the ml_dtypes package")
-        return np.dtype(getattr(_ml, np_name)).newbyteorder("<")
-    return np.dtype(np_name).newbyteorder("<")
+    return numpy_dtype(np_name).newbyteorder("<")
 
 
 def _st_dtype(dtype: np.dtype, name: str) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from .api import Lossy, SaveSummary
 from .api import save as _save
 from .file.reader import RdcReader
+from .producers import surp as _producer
 from .producers.surp import (  # noqa: F401  (re-exported)
     PAPER_SCHEDULE,
     EncodedTensor,
@@ -35,26 +36,7 @@ from .producers.surp import (  # noqa: F401  (re-exported)
     surp_runs,
 )
 
-__all__ = [
-    "PAPER_SCHEDULE",
-    "SurpParams",
-    "SurpPlan",
-    "Statistics",
-    "EncodedTensor",
-    "SurpResult",
-    "is_prunable",
-    "collect_statistics",
-    "plan",
-    "plan_tensor",
-    "surp_runs",
-    "TensorEncoder",
-    "encode_tensor",
-    "compress",
-    "save",
-    "load_budget",
-    "budget_fraction",
-    "iterative_surp",
-]
+__all__ = [*_producer.__all__, "save", "load_budget", "budget_fraction", "iterative_surp"]
 
 
 def save(source: Mapping[str, Any], target: str | os.PathLike | BinaryIO, *, sparsity: float | None = None,

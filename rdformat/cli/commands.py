@@ -16,36 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import adapters
-from ..errors import InvalidInputError, RdcError, UnsupportedFeatureError
-
-PROG = "rdc"
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A problem with the command's arguments found before any work starts (exit code 1)."""
-
+from ..errors import CommandLineError, InvalidInputError, RdcError, UnsupportedFeatureError
+from .demo import cmd_demo
+from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, Out
+from .summary import human_size, input_bytes, output_bytes, ratio, same_file, tensor_summary
 
 def _check_paths(src: Path, dst: Path) -> None:
     if not src.exists():
         raise FileNotFoundError(2, "no such file", os.fspath(src))
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
-        raise CliError(f"output folder {parent} does not exist")
+        raise CommandLineError(f"output folder {parent} does not exist")
     if dst.is_dir():
-        raise CliError(f"output {dst} is a directory")
-    if dst.exists() and _same_file(src, dst):
-        raise CliError("input and output are the same file")
+        raise CommandLineError(f"output {dst} is a directory")
+    if dst.exists() and same_file(src, dst):
+        raise CommandLineError("input and output are the same file")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,145 +53,6 @@ def _version() -> str:
         return __version__
     except ImportError:  # pragma: no cover
         return "unknown"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Output helpers
-
-
-class _Out:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def say(self, text: str = "") -> None:
-        if not self.quiet:
-            print(text)
-
-    def progress(self, iterable: Iterable, total: int | None = None, desc: str | None = None) -> Iterable:
-        if self.quiet:
-            return iterable
-        try:
-            from tqdm import tqdm
-        except ImportError:  # pragma: no cover - tqdm is optional
-            return iterable
-        # disable=None: bars only when stderr is a terminal, so logs and pipes stay clean
-        return tqdm(iterable, total=total, desc=desc, unit="tensor", file=sys.stderr, leave=False,
-                    disable=None, dynamic_ncols=True)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n}"  # pragma: no cover
-
-
-def _ratio(raw: int, stored: int) -> float:
-    return raw / stored if stored else float("inf")
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _input_bytes(path: Path, fmt: str) -> int:
-    """Bytes of the input on disk, including shards and ONNX external data files."""
-    total = path.stat().st_size
-    if fmt == "safetensors-index":
-        from ..safetensors import read_index
-
-        _, shards = read_index(path)
-        total += sum(p.stat().st_size for _, p, _ in shards)
-    elif fmt == "onnx":
-        try:
-            import onnx
-
-            model = onnx.load(os.fspath(path), load_external_data=False)
-            from ..onnx import _external_entries, _tensor_slots
-
-            locations = {
-                _external_entries(t).get("location")
-                for t, _, _ in _tensor_slots(model)
-                if t.data_location == onnx.TensorProto.EXTERNAL
-            }
-            for loc in locations:
-                if loc:
-                    try:
-                        total += adapters.path_inside(path.parent, loc, what="external data").stat().st_size
-                    except (RdcError, OSError):
-                        pass
-        except Exception:  # pragma: no cover - only a size estimate
-            pass
-    return total
-
-
-def _output_bytes(path: Path, fmt: str) -> int:
-    total = path.stat().st_size if path.exists() else 0
-    if fmt == "onnx":
-        data = path.with_name(path.name + ".data")
-        if data.exists():
-            total += data.stat().st_size
-    elif fmt == "safetensors-index":
-        try:
-            doc = json.loads(path.read_text())
-            for fname in set(doc.get("weight_map", {}).values()):
-                total += (path.parent / fname).stat().st_size
-        except (OSError, ValueError):
-            pass
-    return total
-
-
-def _tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
-    """Per-tensor facts of an .rdc file (for ``info`` and the compress summary)."""
-    file_bytes = os.path.getsize(path)
-    with adapters.open_rdc(path) as f:
-        aliases = dict(f.aliases)
-        rows = []
-        raw = stored = 0
-        for name in f.keys():
-            ti = f.info(name)
-            alias_of = ti.alias_of or aliases.get(name)
-            row = {
-                "name": name,
-                "dtype": ti.dtype.name,
-                "shape": list(ti.shape),
-                "codec": ti.codec,
-                "structural": bool(ti.structural),
-                "stored_bytes": 0 if alias_of else int(ti.stored_bytes),
-                "raw_bytes": int(ti.nbytes),
-                "alias_of": alias_of,
-            }
-            row["ratio"] = None if alias_of else round(_ratio(row["raw_bytes"], row["stored_bytes"]), 4)
-            numel = int(ti.nbytes // max(ti.dtype.itemsize, 1))
-            row["bits_per_weight"] = None if alias_of or not numel else round(8 * row["stored_bytes"] / numel, 4)
-            stats = ti.codec_config.get("stats") if isinstance(ti.codec_config, dict) else None
-            stats = stats if isinstance(stats, dict) else {}
-            row["sparsity"] = stats.get("sparsity")
-            row["rel_error"] = stats.get("err")
-            if row["rel_error"] is None and ti.codec in ("raw", "bytesplit"):
-                row["rel_error"] = 0.0  # lossless codecs
-            if not alias_of:
-                raw += row["raw_bytes"]
-                stored += row["stored_bytes"]
-            rows.append(row)
-        info = adapters.adapter_info(f.metadata)
-        return {
-            "file": os.fspath(path),
-            "file_bytes": file_bytes,
-            "source_format": info.get("source_format"),
-            "tensor_count": len(rows) - len(aliases),
-            "alias_count": len(aliases),
-            "raw_bytes": raw,
-            "stored_bytes": stored,
-            "ratio": round(_ratio(raw, file_bytes), 4),
-            "graph": {"format": f.graph_format, "bytes": len(f.graph)} if f.graph is not None else None,
-            "metadata": f.metadata,
-            "tensors": rows,
-        }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,25 +91,25 @@ def _codec_label(codec: dict | None) -> str:
     return f"lossy {codec.get('method', 'auto')}, target {key.replace('_', '-')} {value}"
 
 
-def cmd_compress(args: argparse.Namespace, out: _Out) -> int:
+def cmd_compress(args: argparse.Namespace, out: Out) -> int:
     src, dst = Path(args.input), Path(args.output)
     codec = _lossy_from_args(args)
     _check_paths(src, dst)
     fmt = None if args.format == "auto" else args.format
     fmt = adapters.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
     if not out.quiet:
-        summary = _tensor_summary(dst)
-        in_bytes = _input_bytes(src, fmt)
+        summary = tensor_summary(dst)
+        in_bytes = input_bytes(src, fmt)
         extra = f", {summary['alias_count']} aliases" if summary["alias_count"] else ""
         out.say(f"{src} ({fmt}) -> {dst}: {summary['tensor_count']} tensors{extra}, {_codec_label(codec)}")
-        out.say(f"  input  {in_bytes:>14,} bytes ({_size(in_bytes)})")
-        out.say(f"  output {summary['file_bytes']:>14,} bytes ({_size(summary['file_bytes'])})  "
-                f"ratio {_ratio(in_bytes, summary['file_bytes']):.3f}x "
-                f"(tensor data {summary['raw_bytes']:,} bytes -> {_ratio(summary['raw_bytes'], summary['file_bytes']):.3f}x)")
+        out.say(f"  input  {in_bytes:>14,} bytes ({human_size(in_bytes)})")
+        out.say(f"  output {summary['file_bytes']:>14,} bytes ({human_size(summary['file_bytes'])})  "
+                f"ratio {ratio(in_bytes, summary['file_bytes']):.3f}x "
+                f"(tensor data {summary['raw_bytes']:,} bytes -> {ratio(summary['raw_bytes'], summary['file_bytes']):.3f}x)")
     return EXIT_OK
 
 
-def cmd_decompress(args: argparse.Namespace, out: _Out) -> int:
+def cmd_decompress(args: argparse.Namespace, out: Out) -> int:
     src, dst = Path(args.input), Path(args.output)
     _check_paths(src, dst)
     fmt = adapters.output_format(dst)
@@ -268,12 +120,12 @@ def cmd_decompress(args: argparse.Namespace, out: _Out) -> int:
         raise adapters.FormatError("--external-data applies to .onnx outputs only")
     # --max-bytes: progressive (SuRP) tensors decode from a prefix of their streams (a coarser model).
     adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
-    out.say(f"{src} -> {dst} ({fmt}): {_output_bytes(dst, fmt):,} bytes")
+    out.say(f"{src} -> {dst} ({fmt}): {output_bytes(dst, fmt):,} bytes")
     return EXIT_OK
 
 
-def cmd_info(args: argparse.Namespace, out: _Out) -> int:
-    summary = _tensor_summary(args.file)
+def cmd_info(args: argparse.Namespace, out: Out) -> int:
+    summary = tensor_summary(args.file)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -312,7 +164,7 @@ def cmd_info(args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
-def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
+def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     path = args.file
     with adapters.open_rdc(path) as f:  # the index: what the file claims to hold
         names = f.keys()
@@ -343,104 +195,6 @@ def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
     out.say(f"{path}: OK ({count} tensors"
             + (f" + {len(aliases)} aliases" if aliases else "")
             + f", {nbytes:,} bytes decoded, checksums valid)")
-    return EXIT_OK
-
-
-def _demo_tensors():
-    """A small real architecture (MTCNN-style conv net + batch norm + dense head), built with numpy."""
-    import numpy as np
-
-    rng = np.random.default_rng(20240501)
-    tensors: dict[str, np.ndarray] = {}
-
-    def conv(name: str, cin: int, cout: int, k: int) -> None:
-        fan_in = cin * k * k
-        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / fan_in)
-        tensors[f"{name}.weight"] = w.astype(np.float32)
-        tensors[f"{name}.bias"] = (rng.standard_normal(cout) * 0.01).astype(np.float32)
-
-    def bn(name: str, c: int) -> None:
-        tensors[f"{name}.weight"] = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-        tensors[f"{name}.bias"] = (0.1 * rng.standard_normal(c)).astype(np.float32)
-        tensors[f"{name}.running_mean"] = (0.1 * rng.standard_normal(c)).astype(np.float32)
-        tensors[f"{name}.running_var"] = (1 + 0.1 * np.abs(rng.standard_normal(c))).astype(np.float32)
-        tensors[f"{name}.num_batches_tracked"] = np.array(60000, dtype=np.int64)
-
-    conv("conv1", 3, 16, 3)
-    bn("bn1", 16)
-    conv("conv2", 16, 32, 3)
-    bn("bn2", 32)
-    conv("conv3", 32, 64, 3)
-    bn("bn3", 64)
-    fc = rng.standard_normal((128, 64 * 4 * 4)) * np.sqrt(2.0 / 1024)
-    tensors["fc.weight"] = fc.astype(np.float32)
-    tensors["fc.bias"] = np.zeros(128, dtype=np.float32)
-    tensors["head.weight"] = (rng.standard_normal((10, 128)) * 0.05).astype(np.float32)
-    tensors["head.bias"] = np.zeros(10, dtype=np.float32)
-    return tensors
-
-
-def _demo_source(workdir: Path) -> tuple[Path, str]:
-    try:
-        from importlib.resources import files
-
-        sample = files("rdformat").joinpath("data", "sample.safetensors")
-        if sample.is_file():
-            target = workdir / "sample.safetensors"
-            with sample.open("rb") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            return target, "shipped sample model (rdformat/data/sample.safetensors)"
-    except (ModuleNotFoundError, OSError, TypeError):
-        pass
-    from ..safetensors import write_safetensors
-
-    target = workdir / "demo_model.safetensors"
-    write_safetensors(_demo_tensors(), target, metadata={"format": "pt", "model": "rdc-demo-cnn"})
-    return target, "built-in demo CNN (3 conv + batch norm + 2 dense layers, float32)"
-
-
-def cmd_demo(args: argparse.Namespace, out: _Out) -> int:
-    import numpy as np
-
-    from ..safetensors import read_safetensors
-
-    keep = Path(args.keep) if args.keep else None
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="rdc-demo-") as tmp:
-        work = keep or Path(tmp)
-        src, what = _demo_source(work)
-        rdc = work / (src.stem + ".rdc")
-        restored = work / (src.stem + ".restored.safetensors")
-        adapters.compress_file(src, rdc, fmt="safetensors", progress=out.progress)
-        adapters.decompress_file(rdc, restored, fmt="safetensors", progress=out.progress)
-        a, meta_a = read_safetensors(src)
-        b, meta_b = read_safetensors(restored)
-        exact = list(a) == list(b) and meta_a == meta_b and all(
-            a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-            and np.array_equal(a[k].reshape(-1).view(np.uint8), b[k].reshape(-1).view(np.uint8)) for k in a)
-        params = sum(int(v.size) for v in a.values())
-        s_src, s_rdc, s_back = (p.stat().st_size for p in (src, rdc, restored))
-        out.say(f"rdc demo: {what}")
-        out.say(f"  {len(a)} tensors, {params:,} parameters")
-        out.say(f"  original   {src.name:<34} {s_src:>10,} bytes")
-        out.say(f"  compressed {rdc.name:<34} {s_rdc:>10,} bytes  ratio {_ratio(s_src, s_rdc):.3f}x (lossless)")
-        out.say(f"  restored   {restored.name:<34} {s_back:>10,} bytes")
-        lossy = work / (src.stem + ".4bit.rdc")
-        adapters.compress_file(src, lossy, fmt="safetensors", codec={"bits": 4}, progress=out.progress)
-        with adapters.open_rdc(lossy) as f:
-            c = dict(iter(f))
-        num = sum(float(np.sum((c[k].astype(np.float64) - a[k].astype(np.float64)) ** 2)) for k in a)
-        den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
-        s_lossy = lossy.stat().st_size
-        out.say(f"  lossy      {lossy.name:<34} {s_lossy:>10,} bytes  ratio {_ratio(s_src, s_lossy):.3f}x "
-                f"(--bits 4: relative L2 error {(num / den) ** 0.5:.4f}; 1-D tensors kept exact)")
-        out.say(f"  bit-exact: {'yes, every tensor identical' if exact else 'NO - tensors differ'}")
-        if keep is not None:
-            out.say(f"  files kept in {keep}")
-    if not exact:
-        print(f"{PROG}: error: demo round trip is not bit-exact", file=sys.stderr)
-        return EXIT_FAIL
     return EXIT_OK
 
 
@@ -561,10 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: a command is required: compress, decompress, info, verify or demo "
               f"(see {PROG} --help)", file=sys.stderr)
         return EXIT_USAGE
-    out = _Out(args.quiet)
+    out = Out(args.quiet)
     try:
         return args.func(args, out)
-    except (RdcError, CliError) as exc:
+    except RdcError as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
     except FileNotFoundError as exc:
         print(f"{PROG} {args.command}: error: {exc.filename or ''}: no such file or directory", file=sys.stderr)

@@ -105,3 +105,17 @@ def is_quantizable_float(dtype: object) -> bool:
     rarely pay and would mix two quantizers' errors, so every lossy policy leaves them lossless.
     """
     return is_float(dtype) and np.dtype(dtype).itemsize >= 2
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a table name, ``bfloat16`` and float8 included (through ml_dtypes).
+
+    Raises :class:`UnsupportedFeatureError` naming the fix when ml_dtypes is not installed, and
+    :class:`InvalidInputError` for a name the table does not know.
+    """
+    info = _BY_NAME.get(name)
+    if info is None:
+        raise InvalidInputError(f"dtype {name!r} cannot be stored; supported: {', '.join(sorted(_BY_NAME))}")
+    if info.numpy is None:
+        raise UnsupportedFeatureError(f"dtype {name} needs the ml_dtypes package: pip install ml_dtypes")
+    return info.numpy

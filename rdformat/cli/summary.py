@@ -1,0 +1,125 @@
+"""What ``rdc compress`` and ``rdc info`` report: sizes of inputs and outputs, per-tensor facts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import adapters
+from ..errors import RdcError
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n}"  # pragma: no cover
+
+
+def ratio(raw: int, stored: int) -> float:
+    return raw / stored if stored else float("inf")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def input_bytes(path: Path, fmt: str) -> int:
+    """Bytes of the input on disk, including shards and ONNX external data files."""
+    total = path.stat().st_size
+    if fmt == "safetensors-index":
+        from ..safetensors import read_index
+
+        _, shards = read_index(path)
+        total += sum(p.stat().st_size for _, p, _ in shards)
+    elif fmt == "onnx":
+        try:
+            import onnx
+
+            model = onnx.load(os.fspath(path), load_external_data=False)
+            from ..onnx import _external_entries, _tensor_slots
+
+            locations = {
+                _external_entries(t).get("location")
+                for t, _, _ in _tensor_slots(model)
+                if t.data_location == onnx.TensorProto.EXTERNAL
+            }
+            for loc in locations:
+                if loc:
+                    try:
+                        total += adapters.path_inside(path.parent, loc, what="external data").stat().st_size
+                    except (RdcError, OSError):
+                        pass
+        except Exception:  # pragma: no cover - only a size estimate
+            pass
+    return total
+
+
+def output_bytes(path: Path, fmt: str) -> int:
+    total = path.stat().st_size if path.exists() else 0
+    if fmt == "onnx":
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            total += data.stat().st_size
+    elif fmt == "safetensors-index":
+        try:
+            doc = json.loads(path.read_text())
+            for fname in set(doc.get("weight_map", {}).values()):
+                total += (path.parent / fname).stat().st_size
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Per-tensor facts of an .rdc file (for ``info`` and the compress summary)."""
+    file_bytes = os.path.getsize(path)
+    with adapters.open_rdc(path) as f:
+        aliases = dict(f.aliases)
+        rows = []
+        raw = stored = 0
+        for name in f.keys():
+            ti = f.info(name)
+            alias_of = ti.alias_of or aliases.get(name)
+            row = {
+                "name": name,
+                "dtype": ti.dtype.name,
+                "shape": list(ti.shape),
+                "codec": ti.codec,
+                "structural": bool(ti.structural),
+                "stored_bytes": 0 if alias_of else int(ti.stored_bytes),
+                "raw_bytes": int(ti.nbytes),
+                "alias_of": alias_of,
+            }
+            row["ratio"] = None if alias_of else round(ratio(row["raw_bytes"], row["stored_bytes"]), 4)
+            numel = int(ti.nbytes // max(ti.dtype.itemsize, 1))
+            row["bits_per_weight"] = None if alias_of or not numel else round(8 * row["stored_bytes"] / numel, 4)
+            stats = ti.codec_config.get("stats") if isinstance(ti.codec_config, dict) else None
+            stats = stats if isinstance(stats, dict) else {}
+            row["sparsity"] = stats.get("sparsity")
+            row["rel_error"] = stats.get("err")
+            if row["rel_error"] is None and ti.codec in ("raw", "bytesplit"):
+                row["rel_error"] = 0.0  # lossless codecs
+            if not alias_of:
+                raw += row["raw_bytes"]
+                stored += row["stored_bytes"]
+            rows.append(row)
+        info = adapters.adapter_info(f.metadata)
+        return {
+            "file": os.fspath(path),
+            "file_bytes": file_bytes,
+            "source_format": info.get("source_format"),
+            "tensor_count": len(rows) - len(aliases),
+            "alias_count": len(aliases),
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "ratio": round(ratio(raw, file_bytes), 4),
+            "graph": {"format": f.graph_format, "bytes": len(f.graph)} if f.graph is not None else None,
+            "metadata": f.metadata,
+            "tensors": rows,
+        }
