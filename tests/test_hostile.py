@@ -7,10 +7,8 @@ Every test builds its file from records with valid CRCs, so the damage reaches t
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -35,13 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gen_vectors():
-    if "gen_vectors" in sys.modules:
-        return sys.modules["gen_vectors"]
-    spec = importlib.util.spec_from_file_location("gen_vectors", ROOT / "tools" / "gen_vectors.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gen_vectors"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import gen_vectors
+
+    return gen_vectors
 
 
 G = _gen_vectors()

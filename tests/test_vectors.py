@@ -9,10 +9,8 @@ return other data.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +34,9 @@ SKIPPED_BYTES_OK = {"valid/records_unknown_optional.rdc"}
 
 
 def _gen_vectors():
-    spec = importlib.util.spec_from_file_location("gen_vectors", ROOT / "tools" / "gen_vectors.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_vectors", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import gen_vectors
+
+    return gen_vectors
 
 
 def read(data: bytes, mode: str) -> tuple[dict, dict, dict]:

@@ -17,6 +17,7 @@ Contents (see spec/vectors/golden/README.md):
 * ``sq4.rdc`` - lossy at ~4 bits per weight (``rdformat.save(bits=4, method="sq")``: ``sq`` codec; 1-D tensors stay
   lossless), float32 and bfloat16 weights, several chunks and several ANS lanes per chunk;
 * ``dq4.rdc`` - the same tensors at ~4 bits per weight with trellis-coded quantization (``dq`` codec);
+* ``surp80.rdc`` - the same tensors pruned by SuRP to 80% sparsity (``surp`` codec, progressive streams);
 * ``<file>.<tensor>.npy`` - each tensor's expected decoded array (bfloat16 as its uint16 bit pattern);
 * ``manifest.json`` - SHA-256 of every file, and per tensor its dtype, shape and ``.npy`` file.
 """
@@ -115,6 +116,10 @@ def write_files() -> dict[str, bytes]:
     rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "dq4"}, method="dq",
                   fine=False)
     out["dq4.rdc"] = buf.getvalue()
+    buf = io.BytesIO()
+    rdformat.save(lossy_tensors(), buf, lossy=rdformat.Lossy(method="surp", sparsity=0.8), chunk_bytes=48 << 10,
+                  metadata={"golden": "surp80"})
+    out["surp80.rdc"] = buf.getvalue()
     return out
 
 

@@ -658,6 +658,56 @@ def build() -> dict[str, bytes]:
     b.invalid("dq_bad_mode", assemble([t_dq, chunk(0, b"\x07" + dq_data[1:])]), "CorruptDataError",
               "dq chunk with level-payload mode 7")
 
+    # -- surp: progressive index streams, built from explicit runs (spec section 5.5) ----------------
+    from rdformat.codecs import surp as SC  # noqa: E402
+
+    def surp_prepared(runs_by_chunk, count: int, chunk_elements: int, cfg: dict, dtype: str, shape) -> Prepared:
+        chunks = tuple(SC.encode_runs(runs, min(chunk_elements, count - i * chunk_elements), segment_bytes=24)
+                       for i, runs in enumerate(runs_by_chunk))
+        return Prepared(SC.SurpCodec(cfg), None, np.dtype(dtype), tuple(shape), chunks=chunks,
+                        chunk_elements=chunk_elements)
+
+    def runs(seed: int, n: int, passes: int) -> list:
+        out, kept = [], np.zeros(0, dtype=np.int64)
+        for p in range(passes):
+            fresh = np.setdiff1d(np.arange(n), kept)
+            new = np.sort(fresh[np.array(lcg_ints(seed + p, fresh.size, 0, 3)) == 0])
+            if new.size:
+                ranks = np.searchsorted(fresh, new)
+                out.append(SC.Run(p, SC.CLASS_NEW, ranks, np.array(lcg_ints(seed + 50 + p, new.size, 0, 1)) == 1))
+            if kept.size:
+                ref = np.flatnonzero(np.array(lcg_ints(seed + 90 + p, kept.size, 0, 2)) == 0)
+                if ref.size:
+                    out.append(SC.Run(p, SC.CLASS_REFINE, ref))
+            kept = np.union1d(kept, new)
+        return out
+
+    cfg = {"norm": 2.0, "t0": 0.25, "decay": 0.5, "umax": 0.45, "offset": 0.5, "seed": 3}
+    surp_file = write([
+        ("w_f32", surp_prepared([runs(301, 40, 5), runs(302, 20, 4)], 60, 40, cfg, "<f4", (6, 10))),
+        ("w_bf16", surp_prepared([runs(303, 12, 3)], 12, 12, {**cfg, "seed": 0, "offset": 0.0}, "bfloat16",
+                                 (3, 4))),
+        ("bias", np.arange(5, dtype="<f4")),
+    ])
+    b.valid("surp_streams", surp_file,
+            "codec surp: a float32 tensor in two chunks (several segments each, NEW and REFINE runs over "
+            "five passes, decoder offset 0.5) and a bfloat16 tensor (offset 0), next to a lossless bias")
+    surp_recs = records(write([("w", surp_prepared([runs(304, 30, 4)], 30, 30, cfg, "<f4", (5, 6)))]))
+    t_s, c_s = surp_recs[0], surp_recs[1]
+    for name, config, what in (("surp_config_missing_decay", '{"norm":2.0,"t0":0.25,"umax":0.45,"offset":0.5,"seed":3}',
+                                "no decay"),
+                               ("surp_config_decay_one", '{"norm":2.0,"t0":0.25,"decay":1.0,"umax":0.45,'
+                                '"offset":0.5,"seed":3}', "decay 1 (the schedule must shrink)"),
+                               ("surp_config_unknown_key", '{"norm":2.0,"t0":0.25,"decay":0.5,"umax":0.45,'
+                                '"offset":0.5,"seed":3,"x":1}', "an unknown key")):
+        b.invalid(name, assemble([[3, 0, set_tensor_field(t_s[2], config=config)], c_s]), "CorruptDataError",
+                  f"surp configuration with {what}")
+    b.invalid("surp_integer_dtype", assemble([[3, 0, set_tensor_field(t_s[2], dtype_code=7)], c_s]),
+              "CorruptDataError", "surp declared on an int32 tensor")
+    s_data = bytes(c_s[2][9:])
+    b.invalid("surp_segment_truncated", assemble([t_s, chunk(0, s_data[:-2])]), "TruncatedError",
+              "surp chunk whose last segment misses its last 2 bytes")
+
     manifest = {
         "format": "rdc-v1 conformance vectors",
         "manifest_version": MANIFEST_VERSION,
