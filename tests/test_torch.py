@@ -354,3 +354,23 @@ def test_flat_checkpoint_with_scalars(tmp_path):
     torch.save({"w": torch.ones(2), "epoch": 3, "arch": "mlp"}, path)
     back = rt.load(rt.save(rt.read_checkpoint(path)))
     assert list(back) == ["w", "epoch", "arch"] and back["epoch"] == 3 and back["arch"] == "mlp"
+
+
+def test_surp_with_tied_weights(tmp_path):
+    """SuRP goes through the adapter like the other lossy methods: tied weights stay one tensor."""
+    torch.manual_seed(1)
+    model = Tied()
+    sd = model.state_dict()
+    path = tmp_path / "tied-surp.rdc"
+    summary = rt.save_file(sd, path, lossy=rdformat.Lossy(method="surp", sparsity=0.7))
+    with rdformat.open(path) as f:
+        assert f.aliases == {"head.weight": "embed.weight"}
+        assert f.info("embed.weight").codec == "surp"
+        assert f.info("bn.num_batches_tracked").codec != "surp"  # integers are never pruned
+    back = rt.load_file(path)
+    assert back["head.weight"] is back["embed.weight"]
+    pruned = [back[k] for k in ("embed.weight", "conv.weight")]
+    sparsity = sum(int((t == 0).sum()) for t in pruned) / sum(t.numel() for t in pruned)
+    assert abs(sparsity - 0.7) < 0.02
+    assert torch.equal(back["bn.running_var"], sd["bn.running_var"])  # 1-D tensors stay exact
+    assert summary is None or summary.method == "surp"
