@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,11 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _tiny_onnx(tmp_path / "model.onnx")
     namespace: dict = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+    with warnings.catch_warnings():
+        # The README shows today's API: a deprecated name in an example fails here.
+        warnings.filterwarnings("error", category=DeprecationWarning, module=r"rdformat(\.|$)")
+        warnings.filterwarnings("error", category=DeprecationWarning, message=r".*rdformat")
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
     for name in ("model.rdc", "model-4bit.rdc", "restored.pt", "restored.safetensors", "restored.onnx"):
         assert (tmp_path / name).exists(), name
