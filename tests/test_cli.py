@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import pickle
 import subprocess
@@ -221,6 +222,9 @@ def test_demo():
     proc = rdc("demo")
     assert "bit-exact: yes" in proc.stdout
     assert "ratio" in proc.stdout and "bytes" in proc.stdout
+    # the lossy line shows what a user would accept: a few percent of error at --bits 4
+    error = float(re.search(r"relative L2 error ([0-9.]+)%", proc.stdout).group(1))
+    assert 0 < error < 5.0, proc.stdout
 
 
 def test_lossy_compress_through_the_cli(tmp_path):

@@ -232,3 +232,17 @@ def test_real_checkpoint_lossy_rate_and_error():
     assert abs(_rel_error(sd, back) - 0.02) < 0.002
     raw = sum(v.nbytes for v in sd.values())
     assert len(buf.getvalue()) < raw / 5  # float32 -> well under 6.4 bits/weight at 2% error
+
+
+def test_broadcast_shaped_vectors_are_vectors() -> None:
+    """A per-channel bias exported as 1xCx1x1 is a vector (fine step), not a matrix (coarse step)."""
+    rng = np.random.default_rng(3)
+    model = {"conv.weight": rng.laplace(0, 0.05, (32, 16, 3, 3)).astype(np.float32),
+             "conv.bias": rng.normal(0, 0.1, (1, 128, 1, 1)).astype(np.float32)}
+    buf = io.BytesIO()
+    rdformat.save(model, buf, bits=2)
+    out = rdformat.load(buf.getvalue())
+    bias_err = np.linalg.norm(out["conv.bias"] - model["conv.bias"]) / np.linalg.norm(model["conv.bias"])
+    weight_err = np.linalg.norm(out["conv.weight"] - model["conv.weight"]) / np.linalg.norm(model["conv.weight"])
+    assert bias_err < 0.005 < weight_err  # the vector's fine step (~0.1%) vs the model's 2-bit step
+    assert out["conv.bias"].shape == (1, 128, 1, 1)

@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         "are quantized (codec sq or dq), 1-D float tensors of 64+ values finely, and everything else stays "
         "lossless")
     lossy.add_argument("--bits", type=_positive_float, default=None, metavar="B",
-                       help="target bits per weight of the quantized tensors, e.g. 4")
+                       help="target bits per weight of the quantized tensors' levels, e.g. 4 (headers, tables "
+                            "and lossless tensors come on top: rdc info shows the whole file's figures)")
     lossy.add_argument("--rel-error", type=_positive_float, default=None, metavar="E",
                        help="target relative L2 error of the whole model, e.g. 0.01")
     lossy.add_argument("--size", type=_byte_size, default=None, metavar="S",

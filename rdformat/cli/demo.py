@@ -99,8 +99,10 @@ def cmd_demo(args: argparse.Namespace, out: Out) -> int:
         num = sum(float(np.sum((c[k].astype(np.float64) - a[k].astype(np.float64)) ** 2)) for k in a)
         den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
         s_lossy = lossy.stat().st_size
+        rel = (num / den) ** 0.5
         out.say(f"  lossy      {lossy.name:<34} {s_lossy:>10,} bytes  ratio {ratio(s_src, s_lossy):.3f}x "
-                f"(--bits 4: relative L2 error {(num / den) ** 0.5:.4f}; 1-D tensors kept exact)")
+                f"(--bits 4: relative L2 error {100 * rel:.1f}%, {8 * s_lossy / params:.1f} bits per parameter "
+                "in the file, headers and tables included)")
         out.say(f"  bit-exact: {'yes, every tensor identical' if exact else 'NO - tensors differ'}")
         if keep is not None:
             out.say(f"  files kept in {keep}")

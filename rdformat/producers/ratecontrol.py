@@ -31,10 +31,19 @@ DEFAULT_MIN_ELEMENTS = 16
 TENSOR_OVERHEAD_BYTES = 140
 
 
+def non_unit_dims(shape: tuple[int, ...]) -> int:
+    """How many dimensions are longer than 1: a ``1xCx1x1`` bias is a vector (1), a ``CxK`` weight a matrix.
+
+    Lossy policies look at this, not at ``ndim``: exporters reshape per-channel vectors to broadcast
+    shapes, which must not turn them into matrices that get coarse steps.
+    """
+    return sum(1 for d in shape if d > 1)
+
+
 def is_lossy_candidate(array: np.ndarray, *, structural: bool = False, min_elements: int = DEFAULT_MIN_ELEMENTS) -> bool:
-    """Whether the default policy quantizes this tensor (float, >= 2-D, large enough, finite)."""
+    """Whether the default policy quantizes this tensor (float, two or more non-unit dims, large enough, finite)."""
     arr = np.asarray(array)
-    if structural or arr.ndim < 2 or arr.size < min_elements:
+    if structural or non_unit_dims(arr.shape) < 2 or arr.size < min_elements:
         return False
     if not is_quantizable_float(arr.dtype):
         return False
@@ -52,9 +61,10 @@ FINE_MAX_LEVEL = 500
 
 
 def is_fine_candidate(array: np.ndarray, *, structural: bool = False) -> bool:
-    """Whether the default policy stores this tensor with a fine step (1-D float, long enough, finite)."""
+    """Whether the default policy stores this tensor with a fine step (a float vector: one non-unit dimension,
+    long enough, finite)."""
     arr = np.asarray(array)
-    if structural or arr.ndim != 1 or arr.size < FINE_MIN_ELEMENTS:
+    if structural or arr.ndim == 0 or non_unit_dims(arr.shape) != 1 or arr.size < FINE_MIN_ELEMENTS:
         return False
     if not is_quantizable_float(arr.dtype):
         return False
@@ -114,13 +124,21 @@ class _Sampled:
             sample = flat[idx].astype(np.float32)
             self.items.append((name, sample, flat.size / sample.size, flat.size))
 
-    def evaluate(self, global_step: float, weights: dict[str, float], lam: float, method: str = "sq") -> tuple[float, float]:
-        """(total bits, total squared error) predicted for the full tensors."""
+    def evaluate(self, global_step: float, weights: dict[str, float], lam: float, method: str = "sq",
+                 overhead: bool = True) -> tuple[float, float]:
+        """(total bits, total squared error) predicted for the full tensors.
+
+        ``overhead``: count the entropy tables and ANS lane state (what a file size pays) besides the
+        levels' own information; a bits-per-weight target counts the levels only, so that ``bits=4``
+        means four bits per quantized weight however small the tensors are.
+        """
         bits = err = 0.0
         for name, sample, scale, _ in self.items:
             q = quantize(sample, global_step * weights[name], method, lam, iterations=2)
             # entropy of the levels, plus ~1% for ANS lanes and ~300 bytes of table per 1M weights
-            bits += scale * _entropy_bits(q.levels) * 1.01 + 2400 * math.ceil(scale * sample.size / (1 << 20))
+            bits += scale * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
+            if overhead:
+                bits += 2400 * math.ceil(scale * sample.size / (1 << 20))
             err += scale * float(np.sum((q.dequantize().astype(np.float64) - sample) ** 2))
         return bits, err
 
@@ -198,7 +216,7 @@ def plan(
     bracket = (math.log(amax / 16000.0), math.log(amax * 4.0))  # tiny step: many bits; huge step: ~0 bits
     for m in (METHODS if method == "auto" else (method,)):
         step, b, e = _search(sampled, bracket, weights, lam, m, target_err if rel_error is not None else None,
-                             None if rel_error is not None else target_bits)
+                             None if rel_error is not None else target_bits, overhead=bits is None)
         if method == "auto":
             # dq's step at equal fidelity is about half of sq's (its two quantizers interleave): a
             # narrower search saves most of the trellis evaluations.
@@ -213,13 +231,13 @@ def plan(
 
 
 def _search(sampled: _Sampled, bracket: tuple[float, float], weights: dict[str, float], lam: float, method: str,
-            target_err: float | None, target_bits: float | None) -> tuple[float, float, float]:
+            target_err: float | None, target_bits: float | None, *, overhead: bool = True) -> tuple[float, float, float]:
     """Bisection on the log of the global step: (step, predicted bits, predicted squared error)."""
     lo, hi = bracket
     result = None
     for _ in range(26):
         mid = 0.5 * (lo + hi)
-        b, e = sampled.evaluate(math.exp(mid), weights, lam, method)
+        b, e = sampled.evaluate(math.exp(mid), weights, lam, method, overhead)
         result = (mid, b, e)
         too_coarse = (e > target_err) if target_err is not None else (b < target_bits)
         if too_coarse:

@@ -18,6 +18,7 @@ import numpy as np
 from ..codecs.surp import default_segment_bytes, thresholds
 from ..errors import InvalidInputError
 from ..format.dtypes import is_quantizable_float
+from .ratecontrol import non_unit_dims
 
 #: The paper's iterative sparsity schedule (each step prunes 20% of what is left, then finer).
 PAPER_SCHEDULE: tuple[float, ...] = (0.2, 0.36, 0.488, 0.5904, 0.67232, 0.737856, 0.7903, 0.83224,
@@ -31,9 +32,10 @@ _OFFSET_GRID = np.linspace(0.0, 0.75, 31)
 
 
 def is_prunable(array: Any) -> bool:
-    """Whether SuRP processes this tensor by default: a non-empty float tensor with 2+ dims."""
+    """Whether SuRP processes this tensor by default: a non-empty float tensor with two or more non-unit
+    dimensions (of two or more bytes per element; vectors and float8 stay out)."""
     arr = np.asarray(array) if not hasattr(array, "dtype") else array
-    return bool(is_quantizable_float(arr.dtype) and arr.ndim >= 2 and arr.size > 0)
+    return bool(is_quantizable_float(arr.dtype) and non_unit_dims(arr.shape) >= 2 and arr.size > 0)
 
 
 def _magnitudes(values: np.ndarray, norm: float) -> np.ndarray:
