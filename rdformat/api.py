@@ -253,6 +253,9 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
         written = _write(target, _pairs(tensors), encode=lambda _n, a: a, structural=structural,
                          aliases=aliases, **options)
         return SaveSummary(bytes=written)
+    if spec.sensitivity:
+        options = {**options, "metadata": _record_sensitivity(options.get("metadata"), tensors, names,
+                                                              spec.sensitivity)}
     lossless_bytes = 0
     if kind == "size":
         lossless_bytes = _write(io.BytesIO(), ((n, a) for n, a in tensors.items() if n not in names),
@@ -293,6 +296,26 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
         rel_l2_error=math.sqrt(err2 / norm2) if norm2 else 0.0, global_step=rp.global_step,
         bits_per_weight=8.0 * (written - lossless_bytes) / max(rp.lossy_weights, 1) if kind == "size" else None,
     )
+
+
+#: Reserved metadata entry of the package (adapters record their facts there too).
+META_KEY = "rdformat"
+
+
+def _record_sensitivity(metadata: Mapping | None, tensors: Mapping[str, Any], names: list[str],
+                        sensitivity: Mapping[str, float]) -> dict:
+    """``metadata`` plus the sensitivity rate control used, compactly: positions of the quantized tensors
+    in the file's tensor order and their sensitivity relative to the mean (3 significant digits), so that
+    ``rdc info`` can show where the bits went without repeating tensor names."""
+    chosen = set(names)
+    order = [i for i, n in enumerate(tensors) if n in chosen]
+    values = [float(sensitivity.get(n, 1.0)) for n in tensors if n in chosen]
+    mean = sum(values) / len(values) if values else 1.0
+    meta = dict(metadata or {})
+    entry = dict(meta.get(META_KEY) or {}) if isinstance(meta.get(META_KEY, {}), Mapping) else {}
+    entry["sensitivity"] = {"index": order, "relative": [float(f"{v / mean:.3g}") for v in values]}
+    meta[META_KEY] = entry
+    return meta
 
 
 def _copy_out(data: bytes, target: str | os.PathLike | BinaryIO) -> None:

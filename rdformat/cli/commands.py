@@ -91,11 +91,59 @@ def _codec_label(codec: dict | None) -> str:
     return f"lossy {codec.get('method', 'auto')}, target {key.replace('_', '-')} {value}"
 
 
+def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out: Out) -> dict:
+    """Add the sensitivity rate control should use (and, for --max-output-error, the bits found)."""
+    from .. import calibrate
+
+    onnx_only = [flag for flag, given in (("--calibration", args.calibration), ("--input-shape", args.input_shape),
+                                          ("--max-output-error", args.max_output_error is not None)) if given]
+    if onnx_only and fmt != "onnx":
+        raise CommandLineError(f"{onnx_only[0]} needs a runnable model (ONNX); a {fmt} file holds weights only")
+    shapes = calibrate.parse_input_shapes(args.input_shape or ())
+    if lossy["method"] == "surp":
+        if args.sensitivity or onnx_only:
+            raise CommandLineError("--method surp does not take a sensitivity or an output-error target yet")
+        return lossy
+    if args.sensitivity:
+        lossy["sensitivity"] = calibrate.read_sensitivity_file(args.sensitivity)
+        out.say(f"task-aware: sensitivity of {len(lossy['sensitivity'])} tensors from {args.sensitivity}")
+    elif args.no_calibrate:
+        pass
+    elif fmt == "onnx":
+        found = calibrate.onnx_sensitivity(src, calibration=args.calibration, input_shapes=shapes)
+        lossy["sensitivity"] = found.sensitivity
+        out.say(found.notice)
+    else:
+        out.say(f"note: a {fmt} file holds weights only and cannot be run: bits are allocated by weight error "
+                "(--sensitivity FILE.json, e.g. from rdformat.torch.output_sensitivity, makes it task-aware)")
+    if args.max_output_error is not None:
+        from ..api import Lossy
+
+        base = Lossy(**{**lossy, "bits": calibrate.SEARCH_BITS[1]})
+        chosen, achieved = calibrate.onnx_output_error_search(src, args.max_output_error, base,
+                                                              calibration=args.calibration, input_shapes=shapes)
+        verdict = "within" if achieved <= args.max_output_error else "NOT within (finest setting tried)"
+        out.say(f"max-output-error: {chosen.bits:g} bits per weight keeps the outputs' relative RMS change at "
+                f"{achieved:.4g}, {verdict} the target {args.max_output_error:g}")
+        lossy = {k: v for k, v in lossy.items() if k not in ("rel_error", "size")}
+        lossy["bits"] = chosen.bits
+    return lossy
+
+
 def cmd_compress(args: argparse.Namespace, out: Out) -> int:
     src, dst = Path(args.input), Path(args.output)
+    if args.max_output_error is not None:
+        if any(v is not None for v in (args.bits, args.rel_error, args.size, args.sparsity)):
+            raise CommandLineError("give either --max-output-error or one of --bits, --rel-error, --size")
+        args.bits = 8.0  # a placeholder target: the output-error search replaces it
     codec = _lossy_from_args(args)
     _check_paths(src, dst)
     fmt = None if args.format == "auto" else args.format
+    if codec is not None:
+        fmt = fmt or adapters.detect_format(src)
+        codec = _task_aware(args, src, fmt, codec, out)
+    elif args.sensitivity or args.calibration or args.input_shape:
+        raise CommandLineError("--sensitivity, --calibration and --input-shape go with a lossy target (--bits ...)")
     fmt = adapters.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
     if not out.quiet:
         summary = tensor_summary(dst)
@@ -136,8 +184,9 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
           + (f", graph {summary['graph']['format']} {summary['graph']['bytes']:,} bytes" if summary["graph"] else ""))
     rows = summary["tensors"]
     if rows:
+        sensitive = any(r.get("sensitivity") is not None for r in rows)
         headers = ("name", "dtype", "shape", "codec", "stored", "raw", "ratio", "bits/w", "sparsity", "rel.err",
-                   "flags")
+                   *(("sens.",) if sensitive else ()), "flags")
         table = []
         for r in rows:
             flags = []
@@ -151,14 +200,18 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
                           "-" if r["bits_per_weight"] is None else f"{r['bits_per_weight']:.2f}",
                           "-" if r["sparsity"] is None else f"{100 * r['sparsity']:.1f}%",
                           "-" if r["rel_error"] is None else ("0" if r["rel_error"] == 0 else f"{r['rel_error']:.2e}"),
+                          *((("-" if r.get("sensitivity") is None else f"{r['sensitivity']:.3g}x"),) if sensitive else ()),
                           ", ".join(flags)))
         widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-        right = {4, 5, 6, 7, 8, 9}
+        right = {4, 5, 6, 7, 8, 9, 10} if sensitive else {4, 5, 6, 7, 8, 9}
         fmt_row = lambda cells: "  ".join(  # noqa: E731
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
         print(fmt_row(headers))
         for t in table:
             print(fmt_row(t))
+    if any(r.get("sensitivity") is not None for r in rows):
+        print("sens.: the tensor's output sensitivity relative to the mean, as rate control used it "
+              "(higher: finer steps)")
     print(f"total: tensor data {summary['raw_bytes']:,} bytes, file {summary['file_bytes']:,} bytes, "
           f"ratio {summary['ratio']:.3f}x")
     return EXIT_OK
@@ -265,6 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (default: sq or dq, whichever the plan predicts smaller), sq (scalar "
                             "quantization), dq (trellis-coded quantization) or surp (successive-refinement "
                             "pruning, progressive)")
+    task = p.add_argument_group(
+        "task-aware options", "with a lossy target, bits go where the model's outputs feel them: for ONNX models "
+        "the output sensitivity of each tensor is measured with onnxruntime (noise injection; synthetic inputs "
+        "unless --calibration is given), for others a --sensitivity file is used")
+    task.add_argument("--max-output-error", type=_positive_float, default=None, metavar="E",
+                      help="ONNX: the fewest bits that keep the relative RMS change of the model's outputs within E "
+                           "(e.g. 0.01), searched by running the compressed model")
+    task.add_argument("--calibration", default=None, metavar="PATH",
+                      help="ONNX: calibration inputs, an .npz keyed by input name or a folder of <input>.npy")
+    task.add_argument("--input-shape", action="append", default=None, metavar="NAME=DxD...",
+                      help="ONNX: shape of a dynamic input for synthetic calibration inputs, e.g. x=1x3x224x224")
+    task.add_argument("--sensitivity", default=None, metavar="FILE.json",
+                      help="per-tensor sensitivity ({name: value}) written by rdformat's estimators")
+    task.add_argument("--no-calibrate", action="store_true",
+                      help="allocate bits by weight error only (no inference)")
     lossy.add_argument("--lossless-vectors", action="store_true",
                        help="keep 1-D tensors (biases, norm gains) lossless; by default those with 64 or more "
                             "values get a fine step (relative error about 0.1%%)")

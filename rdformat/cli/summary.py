@@ -110,6 +110,11 @@ def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
                 stored += row["stored_bytes"]
             rows.append(row)
         info = adapters.adapter_info(f.metadata)
+        tensor_rows = [r for r in rows if not r["alias_of"]]
+        for row in tensor_rows:
+            row["sensitivity"] = None
+        for position, value in _recorded_sensitivity(info, len(tensor_rows)):
+            tensor_rows[position]["sensitivity"] = value
         return {
             "file": os.fspath(path),
             "file_bytes": file_bytes,
@@ -123,3 +128,26 @@ def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
             "metadata": f.metadata,
             "tensors": rows,
         }
+
+
+def _recorded_sensitivity(info: dict, count: int) -> list[tuple[int, float]]:
+    """The (tensor position, relative sensitivity) pairs a lossy save recorded, or none.
+
+    The file's metadata is untrusted: anything but two equally long lists of in-range positions and
+    positive finite numbers is ignored (the table then shows no sensitivity).
+    """
+    entry = info.get("sensitivity")
+    if not isinstance(entry, dict):
+        return []
+    index, relative = entry.get("index"), entry.get("relative")
+    if not (isinstance(index, list) and isinstance(relative, list) and len(index) == len(relative)):
+        return []
+    pairs = []
+    for i, v in zip(index, relative):
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+            return []
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+            return []
+        pairs.append((i, float(v)))
+    return pairs
+
