@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "contrib": 7,
     "onnx_calibration": 7,
     "torch_sensitivity": 7,
+    "calibrate": 8,  # task-aware lossy targets for the CLI (runs ONNX models through onnx_calibration)
     "surp": 8,  # SuRP's user-facing module (re-exports the producer and the contrib loop)
     "cli": 9,
     "__init__": 10,
