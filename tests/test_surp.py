@@ -322,7 +322,7 @@ def test_corrupt_stream_raises_rdc_error_only(at: int, value: int) -> None:
 
 
 def test_spec_example() -> None:
-    """The worked example of spec/surp.md section 8."""
+    """The worked example of spec/rdc-v1.md section 5.5.7."""
     data = bytes.fromhex("17 02 00 03 02 01 02 01 02 40 0C 01 00 00 00 01 00 00 00 00 00 00 01 02")
     cfg = {"norm": 2.0, "t0": 0.25, "decay": 0.5, "umax": 0.45, "offset": 0.5, "seed": 0}
     out = C.decode_prefix(data, 4, _F32, cfg)

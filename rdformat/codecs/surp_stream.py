@@ -1,4 +1,4 @@
-"""``surp``: the progressive SuRP index stream (lossy, embedded; normative text: ``spec/surp.md``).
+"""``surp``: the progressive SuRP index stream (lossy, embedded; normative text: ``spec/rdc-v1.md`` 5.5).
 
 A chunk's data is the sequence of weight indices that successive-refinement pruning (SuRP, see
 :mod:`rdformat.surp`) chose, coded so that the decoder can replay the reconstruction:
@@ -249,7 +249,7 @@ def _code_run(run: Run) -> _CodedRun:
 @functools.lru_cache(maxsize=256)
 def geometric_table(j: int) -> FrequencyTable:
     """The table of mode GEOMETRIC with parameter ``j`` (1..255): quotient q has weight ~ theta**q,
-    theta = j/256, every symbol of the alphabet at least 1; integer arithmetic only (spec/surp.md)."""
+    theta = j/256, every symbol of the alphabet at least 1; integer arithmetic only (spec/rdc-v1.md 5.5)."""
     if not 1 <= j <= 255:
         raise CorruptDataError(f"surp: geometric table parameter {j} not in 1..255")
     total = 1 << GEOMETRIC_PRECISION
@@ -408,8 +408,13 @@ class SurpConfig:
         vals = {}
         for key in ("norm", "t0", "decay", "umax", "offset"):
             v = config[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise CorruptDataError(f"surp: {key} must be a finite number, got {v!r}")
+            try:  # a JSON integer beyond float range raises OverflowError in isfinite/float
+                ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+            except OverflowError:
+                ok = False
+            if not ok:
+                shown = repr(v) if not isinstance(v, int) or v.bit_length() < 64 else f"an integer of {v.bit_length()} bits"
+                raise CorruptDataError(f"surp: {key} must be a finite number, got {shown}")
             vals[key] = float(v)
         seed = config["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:

@@ -19,6 +19,7 @@ from typing import BinaryIO
 from ..errors import (
     ChecksumError,
     CorruptDataError,
+    InvalidInputError,
     LimitExceededError,
     NotRdcError,
     RdcError,
@@ -138,6 +139,15 @@ def pack_str(text: str, width: struct.Struct = _U16) -> bytes:
     return width.pack(len(raw)) + raw
 
 
+def _config_json(config: dict, tensor: str) -> str:
+    """A codec configuration as the compact, sorted JSON a tensor header stores (spec 1.3: no NaN or
+    infinity tokens, which other JSON parsers refuse)."""
+    try:
+        return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"tensor {tensor!r}: codec configuration is not strict JSON ({exc})") from None
+
+
 @dataclass
 class TensorHeader:
     """Decoded payload of a TENSOR record."""
@@ -167,7 +177,7 @@ class TensorHeader:
     def to_small_bytes(self, data: bytes) -> bytes:
         """Serialise as a SMALL record payload: the header with varint dimensions, then ``data``."""
         codec = self.codec_id.encode("ascii")
-        config = json.dumps(self.codec_config, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        config = _config_json(self.codec_config, self.name).encode("utf-8")
         parts = [
             pack_str(self.name),
             struct.pack("<HBB", self.dtype_code, len(self.shape), self.flags),
@@ -187,7 +197,7 @@ class TensorHeader:
             _U64.pack(self.chunk_elements),
             _U64.pack(self.chunk_count),
             pack_str(self.codec_id),
-            pack_str(json.dumps(self.codec_config, sort_keys=True, separators=(",", ":")), _U32),
+            pack_str(_config_json(self.codec_config, self.name), _U32),
         ]
         return b"".join(parts)
 

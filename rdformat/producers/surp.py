@@ -51,7 +51,7 @@ What this module does instead (vectorised, streaming, deterministic):
    stream is.
 
 Which tensors: by default every float tensor with 2+ dims (:func:`is_prunable`); the others go
-through the lossless codec. The byte format is :mod:`rdformat.codecs.surp` / ``spec/surp.md``.
+through the lossless codec. The byte format is :mod:`rdformat.codecs.surp` / ``spec/rdc-v1.md`` section 5.5.
 
 numpy only at import; :func:`iterative_surp` imports torch when called.
 """
