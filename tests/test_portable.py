@@ -213,7 +213,7 @@ def _expected(entry: dict) -> dict[str, np.ndarray]:
 
 def test_golden_files_are_unchanged():
     manifest = _manifest()
-    assert set(manifest["files"]) == {"lossless.rdc", "sq4.rdc", "dq4.rdc"}
+    assert set(manifest["files"]) == {"lossless.rdc", "sq4.rdc", "dq4.rdc", "surp80.rdc"}
     for fname, entry in manifest["files"].items():
         data = (GOLDEN / fname).read_bytes()
         assert len(data) == entry["bytes"]
