@@ -1,0 +1,584 @@
+"""Run an ONNX model with onnxruntime to measure what its outputs feel: task-aware compression.
+
+Encoder-side only (decoding never needs any of this). onnx and onnxruntime are imported inside the
+functions, so importing this module costs nothing and works without them.
+
+One :class:`OnnxProbe` holds ONE ``onnxruntime.InferenceSession`` in which the float initializers to
+be probed are graph *inputs*: every perturbation of a weight is just a different feed, with no
+re-serialisation or session rebuild per perturbation. It serves
+
+* :func:`onnx_output_sensitivity`: per-initializer output sensitivity by noise injection
+  (:func:`rdformat.producers.sensitivity.estimate_output_sensitivity`), to pass as
+  ``rdformat.save(..., sensitivity=...)`` / ``codec={"bits": B, "sensitivity": ...}``;
+* :func:`onnx_output_error`: the relative RMS change of the outputs when the initializers are
+  replaced (e.g. by a compressed file's tensors), for a ``--max-output-error`` target.
+
+Calibration inputs come, in order of preference, from the user (:func:`load_calibration`: an ``.npz``
+keyed by input name or a folder of ``<input>.npy``), else are synthesised from the model's declared
+input shapes and dtypes (:func:`synthetic_inputs`). Whatever stops the model from running (custom
+ops, unknown shapes, a session that will not build) raises :class:`CalibrationUnavailable`, so a
+caller can fall back to weight-error allocation with a one-line notice.
+
+Tensor names are the initializer names, which is what ``rdformat.onnx`` calls the tensors it stores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import InvalidInputError, UnsupportedFeatureError
+from .producers.sensitivity import (
+    DEFAULT_GROUP,
+    DEFAULT_NOISE,
+    DEFAULT_ROUNDS,
+    default_probe_names,
+    estimate_output_sensitivity,
+    relative_output_error,
+)
+
+#: Calibration data: one feed ``{input name: array}`` or several (their outputs are concatenated).
+Feeds = Union[Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]]]
+
+#: Samples in a synthetic batch (a dynamic batch axis gets this size; a fixed batch of 1 gets this
+#: many feeds). Four is what the measurements in issue 12 used: enough to average over inputs, cheap.
+DEFAULT_SAMPLES = 4
+#: Calibration samples the sensitivity estimate uses at most: every forward pass of the estimate
+#: runs all of them, and a few inputs already average the model's response well (issue 12 used 4).
+DEFAULT_MAX_SAMPLES = 16
+#: Size given to a dynamic non-batch axis (sequence length, image side) when nothing else is known.
+DEFAULT_DYNAMIC_DIM = 64
+#: Integer inputs of unknown range get values in [0, this).
+DEFAULT_INT_RANGE = 2
+
+
+class CalibrationUnavailable(UnsupportedFeatureError):
+    """The model cannot be run here (custom ops, unknown shapes, no onnxruntime...).
+
+    Callers fall back to weight-error allocation and say so in one line (``str(exc)``).
+    """
+
+
+# ONNX TensorProto data types -> numpy (the ones a session can be fed). Kept local: the values are
+# part of the ONNX standard, and this keeps the module free of onnx at import time.
+_ONNX_NP = {
+    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
+    9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
+}
+_FLOAT_TYPES = {1, 10, 11}  # float32, float16, float64: what onnxruntime accepts as fed weights
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise CalibrationUnavailable(f"{module} is not installed, so the model cannot be run for calibration") from exc
+
+
+def _load_model(model_or_path: Any):
+    """An ``onnx.ModelProto`` (with external data loaded) from a path or a ModelProto (copied)."""
+    onnx = _require("onnx")
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(model_or_path)
+        return model
+    try:
+        return onnx.load(os.fspath(model_or_path))
+    except OSError:
+        raise
+    except Exception as exc:
+        raise InvalidInputError(f"{model_or_path}: not a readable ONNX model: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Calibration inputs
+
+
+def load_calibration(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read calibration inputs: an ``.npz`` keyed by input name, or a folder of ``<input>.npy`` files.
+
+    Arrays are stacked along the first axis when the model's batch is fixed (see :class:`OnnxProbe`);
+    names and shapes are checked against the model when they are used.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.npy"))
+        if not files:
+            raise InvalidInputError(f"calibration folder {path} holds no .npy files (expected <input>.npy)")
+        return {f.stem: np.load(f, allow_pickle=False) for f in files}
+    if not path.exists():
+        raise InvalidInputError(f"calibration file {path} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"calibration file {path} is not a readable .npz: {_first_line(exc)}") from exc
+    if isinstance(data, np.ndarray):
+        raise InvalidInputError(f"calibration file {path} is a single array; use an .npz keyed by input name")
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def _declared_inputs(model) -> list[tuple[str, int, list[int | str | None]]]:
+    """(name, elem_type, dims) of the real graph inputs (not initializers listed as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise CalibrationUnavailable(f"input {vi.name!r} is not a tensor; only tensor inputs can be synthesised")
+        if tt.HasField("shape"):
+            dims: list[int | str | None] = []
+            for d in tt.shape.dim:
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    dims.append(int(d.dim_value))
+                elif d.HasField("dim_param") and d.dim_param:
+                    dims.append(d.dim_param)
+                else:
+                    dims.append(None)
+        else:
+            raise CalibrationUnavailable(f"input {vi.name!r} has no declared shape; give calibration inputs")
+        out.append((vi.name, int(tt.elem_type), dims))
+    return out
+
+
+# Ops that pass integer indices through unchanged in value (so a vocabulary found behind them holds).
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"}
+
+
+def _index_range(model, input_name: str) -> int | None:
+    """Exclusive upper bound of the values an integer input may take, if the graph says so.
+
+    Follows the input through value-preserving ops to the first Gather on an initializer (an
+    embedding table: its size along the gathered axis), OneHot (its depth) or Equal against an
+    integer constant (a one-hot built by comparison: the constant's maximum + 1).
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = a.t
+    consts.update(inits)
+    frontier, seen = [input_name], set()
+    for _depth in range(6):
+        nxt = []
+        for value in frontier:
+            if value in seen:
+                continue
+            seen.add(value)
+            for node in model.graph.node:
+                if value not in node.input:
+                    continue
+                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == value and node.input[0] in inits:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    dims = list(inits[node.input[0]].dims)
+                    if dims:
+                        return int(dims[axis % len(dims)])
+                if node.op_type == "OneHot" and node.input[0] == value and node.input[1] in consts:
+                    depth = numpy_helper.to_array(consts[node.input[1]])
+                    return int(np.asarray(depth).reshape(-1)[0])
+                if node.op_type == "Equal":
+                    other = node.input[1] if node.input[0] == value else node.input[0]
+                    if other in consts:
+                        arr = numpy_helper.to_array(consts[other])
+                        if arr.size and arr.dtype.kind in "iu":
+                            return int(arr.max()) + 1
+                if node.op_type in _PASS_THROUGH and node.input[0] == value:
+                    nxt.extend(node.output)
+        frontier = nxt
+    return None
+
+
+def synthetic_inputs(
+    model_or_path: Any,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """Inputs built from the model's declared input shapes and dtypes (no data needed).
+
+    Dynamic axes: the first (batch) axis gets ``samples`` (a fixed batch gives ``samples`` feeds
+    instead), others :data:`DEFAULT_DYNAMIC_DIM`; axes sharing a symbolic name get one value;
+    ``input_shapes={"name": (1, 3, 224, 224)}`` sets an input's whole shape. Floats are standard
+    normal; integer inputs get values within the embedding's range (see :func:`_index_range`), masks
+    ones, token-type ids zeros.
+
+    Raises:
+        InvalidInputError: ``input_shapes`` names something that is not an input, or has the wrong rank.
+        CalibrationUnavailable: an input whose type cannot be synthesised (strings, sequences...).
+    """
+    model = _load_model(model_or_path)
+    declared = _declared_inputs(model)
+    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    known = {name for name, _t, _d in declared}
+    for name, shape in shapes.items():
+        if name not in known:
+            raise InvalidInputError(f"input shape given for {name!r}, which is not an input of the model "
+                                    f"(inputs: {', '.join(sorted(known))})")
+    rng = np.random.default_rng(seed)
+    symbols: dict[str, int] = {}
+    fixed_batch = False
+    plans = []
+    for name, elem, dims in declared:
+        if elem not in _ONNX_NP:
+            raise CalibrationUnavailable(f"input {name!r} has ONNX type {elem}, which cannot be synthesised; "
+                                         "give calibration inputs")
+        if name in shapes:
+            shape = shapes[name]
+            if len(shape) != len(dims):
+                raise InvalidInputError(f"input shape for {name!r} has {len(shape)} axes, the model declares {len(dims)}")
+            for i, d in enumerate(dims):
+                if isinstance(d, str):
+                    symbols.setdefault(d, shape[i])
+        plans.append((name, elem, dims))
+    # Resolve symbolic axes: user-given shapes first (above), then batch axes, then the rest.
+    for name, _elem, dims in plans:
+        if name in shapes:
+            continue
+        for i, d in enumerate(dims):
+            if isinstance(d, str) and d not in symbols:
+                symbols[d] = samples if i == 0 else DEFAULT_DYNAMIC_DIM
+    feeds_one: dict[str, np.ndarray] = {}
+    for name, elem, dims in plans:
+        if name in shapes:
+            shape = shapes[name]
+        else:
+            shape = []
+            for i, d in enumerate(dims):
+                if isinstance(d, int):
+                    shape.append(d)
+                elif isinstance(d, str):
+                    shape.append(symbols[d])
+                else:
+                    shape.append(samples if i == 0 else DEFAULT_DYNAMIC_DIM)
+            shape = tuple(shape)
+            if dims and isinstance(dims[0], int):
+                fixed_batch = True
+        feeds_one[name] = _synthesise(model, name, elem, shape, rng)
+    if not fixed_batch:
+        return [feeds_one]
+    # A fixed batch axis (often 1): several feeds, so the estimate still averages over inputs.
+    feeds = [feeds_one]
+    for _ in range(samples - 1):
+        feeds.append({name: _synthesise(model, name, elem, feeds_one[name].shape, rng) for name, elem, _d in plans})
+    return feeds
+
+
+def _synthesise(model, name: str, elem: int, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    dtype = np.dtype(_ONNX_NP[elem])
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return np.ones(shape, dtype)
+    lowered = name.lower()
+    if "mask" in lowered:
+        return np.ones(shape, dtype)
+    if "token_type" in lowered or "segment" in lowered:
+        return np.zeros(shape, dtype)
+    if "position" in lowered and len(shape) >= 1:
+        return np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+    high = min(_index_range(model, name) or DEFAULT_INT_RANGE, int(np.iinfo(dtype).max) + 1)
+    return rng.integers(0, max(high, 1), size=shape).astype(dtype)
+
+
+def _check_feeds(model, inputs: Feeds) -> list[dict[str, np.ndarray]]:
+    """User calibration inputs as a list of feeds, checked against the declared inputs.
+
+    A fixed batch axis of 1 with an array of N samples is split into N feeds. Every problem is one
+    :class:`InvalidInputError` line that names the input.
+    """
+    declared = {name: (elem, dims) for name, elem, dims in _declared_inputs(model)}
+    feeds_in = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+    if not feeds_in:
+        raise InvalidInputError("no calibration inputs given")
+    out: list[dict[str, np.ndarray]] = []
+    for feed in feeds_in:
+        for name in feed:
+            if name not in declared:
+                raise InvalidInputError(f"calibration input {name!r} is not an input of the model "
+                                        f"(inputs: {', '.join(sorted(declared))})")
+        missing = [n for n in declared if n not in feed]
+        if missing:
+            raise InvalidInputError(f"calibration inputs lack model input {missing[0]!r} "
+                                    f"(given: {', '.join(sorted(feed))})")
+        checked: dict[str, np.ndarray] = {}
+        split = None
+        for name, (elem, dims) in declared.items():
+            arr = np.asarray(feed[name])
+            want = np.dtype(_ONNX_NP.get(elem, np.float32))
+            if arr.dtype != want:
+                if (arr.dtype.kind == "f") != (want.kind == "f"):
+                    raise InvalidInputError(f"calibration input {name!r} is {arr.dtype}, the model expects {want}")
+                arr = arr.astype(want)
+            if arr.ndim != len(dims):
+                raise InvalidInputError(f"calibration input {name!r} has shape {tuple(arr.shape)}, the model expects "
+                                        f"{len(dims)} axes {_shape_text(dims)}")
+            for i, d in enumerate(dims):
+                if isinstance(d, int) and arr.shape[i] != d:
+                    if i == 0 and d == 1 and arr.shape[0] > 1:
+                        split = arr.shape[0] if split is None else split
+                        if split != arr.shape[0]:
+                            raise InvalidInputError(f"calibration input {name!r} has {arr.shape[0]} samples, "
+                                                    f"others {split}")
+                        continue
+                    raise InvalidInputError(f"calibration input {name!r} has shape {tuple(arr.shape)}, the model "
+                                            f"expects {_shape_text(dims)}")
+            checked[name] = arr
+        if split:
+            for i in range(split):
+                out.append({n: (a[i:i + 1] if declared[n][1] and declared[n][1][0] == 1 else a)
+                            for n, a in checked.items()})
+        else:
+            out.append(checked)
+    return out
+
+
+def _limit_samples(feeds: list[dict[str, np.ndarray]], max_samples: int) -> list[dict[str, np.ndarray]]:
+    """The first ``max_samples`` samples of ``feeds`` (counted along the first axis of each feed,
+    which the inputs of one feed share; feeds whose inputs disagree there count as one sample)."""
+    out, left = [], max(int(max_samples), 1)
+    for feed in feeds:
+        if left <= 0:
+            break
+        firsts = {a.shape[0] if a.ndim else 1 for a in feed.values()}
+        n = firsts.pop() if len(firsts) == 1 else 1
+        if n > left and not firsts:
+            feed = {k: a[:left] for k, a in feed.items()}
+            n = left
+        out.append(feed)
+        left -= n
+    return out
+
+
+def _shape_text(dims: Sequence[int | str | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The probe: one session, weights as inputs
+
+
+class OnnxProbe:
+    """One onnxruntime session of a model whose probed float initializers are graph inputs.
+
+    ``run(overrides)`` runs the model on every calibration feed with the named initializers replaced
+    and returns the outputs concatenated over feeds (one array per output). Build it once and reuse
+    it for sensitivity estimation and for any number of output-error checks.
+
+    Attributes:
+        weights: the probed initializers by name (numpy arrays, the model's own values).
+        feeds: the calibration feeds in use (user-given or synthetic).
+        synthetic: True if the feeds were synthesised from declared shapes.
+        reference: the original model's outputs on the feeds.
+    """
+
+    def __init__(
+        self,
+        model_or_path: Any,
+        inputs: Feeds | None = None,
+        *,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        names: Sequence[str] | None = None,
+        samples: int = DEFAULT_SAMPLES,
+        seed: int = 0,
+        threads: int | None = None,
+        max_samples: int | None = None,
+    ) -> None:
+        onnx = _require("onnx")
+        from onnx import numpy_helper
+
+        model = _load_model(model_or_path)
+        if inputs is not None:
+            self.feeds = _check_feeds(model, inputs)
+            if max_samples is not None:
+                self.feeds = _limit_samples(self.feeds, max_samples)
+            self.synthetic = False
+        else:
+            self.feeds = synthetic_inputs(model, input_shapes=input_shapes, samples=samples, seed=seed)
+            self.synthetic = True
+        graph = model.graph
+        candidates = {t.name: t for t in graph.initializer if t.data_type in _FLOAT_TYPES}
+        if names is None:
+            probe = [n for n in candidates]
+        else:
+            probe = list(names)
+            for n in probe:
+                if n not in candidates:
+                    raise InvalidInputError(f"{n!r} is not a float initializer of the model's main graph")
+        self.weights: dict[str, np.ndarray] = {n: numpy_helper.to_array(candidates[n]) for n in probe}
+        # Move the probed initializers into the graph's inputs (IR < 4 already lists them there).
+        listed = {vi.name for vi in graph.input}
+        keep = [t for t in graph.initializer if t.name not in self.weights]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        for n, arr in self.weights.items():
+            if n not in listed:
+                graph.input.append(onnx.helper.make_tensor_value_info(n, candidates[n].data_type, list(arr.shape)))
+        self._session = self._make_session(model, threads)
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self.reference = self.run({})
+
+    @staticmethod
+    def _make_session(model, threads: int | None):
+        ort = _require("onnxruntime")
+        options = ort.SessionOptions()
+        # The probed weights are inputs now, so nothing can fold them; basic optimisations stay on
+        # for speed. Errors are kept quiet: a failure becomes one CalibrationUnavailable line.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # custom op domains, invalid graphs, unsupported opsets...
+            raise CalibrationUnavailable(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
+
+    def run(self, overrides: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs on all feeds (concatenated along axis 0 when there are several) with ``overrides``."""
+        per_feed = []
+        for feed in self.feeds:
+            full = dict(feed)
+            full.update(self.weights)
+            full.update(overrides)
+            try:
+                per_feed.append(self._session.run(self._output_names, full))
+            except Exception as exc:  # shape errors from synthetic inputs, ops failing at run time
+                raise CalibrationUnavailable(f"onnxruntime fails to run the model on the calibration inputs: "
+                                             f"{_first_line(exc)}") from exc
+        if len(per_feed) == 1:
+            return [np.asarray(o) for o in per_feed[0]]
+        outs = []
+        for i in range(len(per_feed[0])):
+            parts = [np.asarray(p[i]) for p in per_feed]
+            outs.append(np.concatenate([p.reshape(1, *p.shape) if p.ndim == 0 else p for p in parts], axis=0))
+        return outs
+
+    def output_sensitivity(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        noise: float = DEFAULT_NOISE,
+        seed: int = 0,
+        rounds: int = DEFAULT_ROUNDS,
+        group: int = DEFAULT_GROUP,
+    ) -> dict[str, float]:
+        """Per-initializer output sensitivity; see :func:`onnx_output_sensitivity`."""
+        if names is None:
+            names = default_probe_names(self.weights)
+        return estimate_output_sensitivity(self.weights, self.run, names, noise=noise, seed=seed, rounds=rounds,
+                                           group=group, reference=self.reference)
+
+    def output_error(self, tensors: Mapping[str, np.ndarray]) -> float:
+        """Relative RMS output change with the probed initializers replaced by ``tensors`` (by name).
+
+        Names in ``tensors`` that are not probed initializers are ignored (e.g. integer tensors a
+        decoded file also holds); shapes must match.
+        """
+        overrides = {}
+        for name, arr in tensors.items():
+            if name in self.weights:
+                want = self.weights[name]
+                arr = np.asarray(arr)
+                if arr.shape != want.shape:
+                    raise InvalidInputError(f"tensor {name!r} has shape {arr.shape}, the model's is {want.shape}")
+                overrides[name] = arr.astype(want.dtype, copy=False)
+        return relative_output_error(self.reference, self.run(overrides))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else text
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------
+# Functions
+
+
+def onnx_output_sensitivity(
+    model_or_path: Any,
+    inputs: Feeds | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    noise: float = DEFAULT_NOISE,
+    rounds: int = DEFAULT_ROUNDS,
+    group: int = DEFAULT_GROUP,
+    samples: int = DEFAULT_SAMPLES,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
+) -> dict[str, float]:
+    """Per-initializer output sensitivity of an ONNX model, keyed by initializer name.
+
+    Args:
+        model_or_path: an ``.onnx`` path or an ``onnx.ModelProto`` (not modified).
+        inputs: calibration feeds (:func:`load_calibration`'s result, or a list of feeds); None
+            synthesises them from the declared shapes (``input_shapes`` overrides those).
+        names: initializers to probe; default: the float ones with two or more dimensions and 16 or
+            more elements (those rate control quantises).
+        seed, noise, rounds, group: see :func:`rdformat.producers.sensitivity.estimate_output_sensitivity`.
+        samples: synthetic batch size (or feed count for a fixed batch).
+        max_samples: calibration samples used at most (the first ones; None: all). Every forward
+            pass of the estimate runs all of them, so this bounds its cost.
+
+    Returns:
+        ``{initializer name: sensitivity}``, ready for ``rdformat.save(..., sensitivity=...)``.
+
+    Raises:
+        CalibrationUnavailable: the model cannot be run here; fall back to weight-error allocation.
+        InvalidInputError: calibration inputs or shapes that do not fit the model (one line).
+    """
+    probe = OnnxProbe(model_or_path, inputs, input_shapes=input_shapes, names=None if names is None else names,
+                      samples=samples, seed=seed, max_samples=max_samples)
+    return probe.output_sensitivity(names, noise=noise, seed=seed, rounds=rounds, group=group)
+
+
+def onnx_output_error(
+    model_or_path: Any,
+    tensors: Mapping[str, np.ndarray],
+    inputs: Feeds | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    samples: int = DEFAULT_SAMPLES,
+) -> float:
+    """Relative RMS change of the model's outputs when its initializers are replaced by ``tensors``.
+
+    ``sqrt(mean_o ||y'_o - y_o||^2 / ||y_o||^2)`` over the float outputs, on the calibration inputs
+    (synthetic ones when ``inputs`` is None, as for :func:`onnx_output_sensitivity`). ``tensors`` is
+    keyed by initializer name, e.g. ``rdformat.load("model.rdc")``.
+    """
+    model = _load_model(model_or_path)
+    wanted = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES and t.name in tensors}
+    probe = OnnxProbe(model, inputs, input_shapes=input_shapes, names=sorted(wanted), samples=samples, seed=seed)
+    return probe.output_error(tensors)
+
+
+def timed_output_sensitivity(*args: Any, **kwargs: Any) -> tuple[dict[str, float], float]:
+    """:func:`onnx_output_sensitivity` and its wall-clock cost in seconds (session build included)."""
+    start = time.perf_counter()
+    result = onnx_output_sensitivity(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+__all__ = [
+    "CalibrationUnavailable",
+    "OnnxProbe",
+    "load_calibration",
+    "synthetic_inputs",
+    "onnx_output_sensitivity",
+    "onnx_output_error",
+    "timed_output_sensitivity",
+]

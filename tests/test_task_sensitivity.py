@@ -1,0 +1,231 @@
+"""Task-aware compression: output sensitivity by noise injection (issue 12)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+import rdformat
+from rdformat.producers.sensitivity import (
+    estimate_output_sensitivity,
+    forward_passes,
+    predicted_output_error,
+    relative_output_error,
+)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from rdformat.onnx_calibration import (  # noqa: E402
+    CalibrationUnavailable,
+    OnnxProbe,
+    load_calibration,
+    onnx_output_error,
+    onnx_output_sensitivity,
+    synthetic_inputs,
+)
+
+
+def _model(nodes, inputs, outputs, inits, *, check=True, opsets=(("", 17),)):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    model.ir_version = 8
+    if check:
+        onnx.checker.check_model(model)
+    return model
+
+
+def _fragile_mlp():
+    """x -> W1 -> relu -> Wf -> W3: Wf is 100x smaller than its peers and W3 100x larger to compensate,
+    so the same absolute weight error in Wf hurts the outputs 100x more (in amplitude)."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 128)) / np.sqrt(8)).astype(np.float32)
+    wf = (rng.standard_normal((128, 128)) / np.sqrt(128) * 0.01).astype(np.float32)
+    w3 = (rng.standard_normal((128, 16)) / np.sqrt(128) * 100).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "wf"], ["f"]), helper.make_node("MatMul", ["f", "w3"], ["y"])]
+    inits = [numpy_helper.from_array(a, n) for n, a in (("w1", w1), ("wf", wf), ("w3", w3))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], inits)
+
+
+def test_core_estimator_is_seeded_and_predicts_the_output_error():
+    rng = np.random.default_rng(1)
+    weights = {"a": rng.standard_normal((16, 8)), "b": rng.standard_normal((4, 16)), "c": rng.standard_normal((16, 8))}
+    x = rng.standard_normal((8, 32))
+
+    def run(overrides):
+        w = {**weights, **overrides}
+        return [w["b"] @ np.tanh(0.3 * w["a"] @ x + 0.01 * w["c"] @ x)]
+
+    calls = []
+    counted = lambda ov: (calls.append(1), run(ov))[1]  # noqa: E731
+    s1 = estimate_output_sensitivity(weights, counted, seed=3)
+    assert len(calls) == forward_passes(3)
+    assert s1 == estimate_output_sensitivity(weights, run, seed=3)
+    assert s1["c"] < s1["a"] / 100  # c enters 30x weaker: ~900x less sensitive
+    modified = {k: v + 0.01 * v.std() * rng.standard_normal(v.shape) for k, v in weights.items()}
+    predicted = predicted_output_error(s1, weights, modified)
+    measured = relative_output_error(run({}), run(modified))
+    assert predicted == pytest.approx(measured, rel=0.5)
+
+
+def test_onnx_estimator_ranks_the_fragile_tensor_first():
+    sens = onnx_output_sensitivity(_fragile_mlp())
+    assert set(sens) == {"w1", "wf", "w3"}
+    assert max(sens, key=sens.get) == "wf"
+    assert sens["wf"] > 100 * max(sens["w1"], sens["w3"])
+
+
+def test_sensitivity_lowers_the_output_error_of_a_lossy_file():
+    model = _fragile_mlp()
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    sens = onnx_output_sensitivity(model)
+    probe = OnnxProbe(model)
+    errors, sizes = {}, {}
+    for label, s in (("plain", None), ("task", sens)):
+        buf = io.BytesIO()
+        rdformat.save(weights, buf, bits=2, sensitivity=s)
+        sizes[label] = len(buf.getvalue())
+        errors[label] = probe.output_error(rdformat.load(buf.getvalue()))
+    # Measured on the real model run: at no more bytes, clearly less output error.
+    assert sizes["task"] <= sizes["plain"] * 1.1
+    assert errors["task"] < errors["plain"] * 0.8
+    # the module-level function agrees with the reusable probe
+    buf = io.BytesIO()
+    rdformat.save(weights, buf, bits=2, sensitivity=sens)
+    assert onnx_output_error(model, rdformat.load(buf.getvalue())) == pytest.approx(errors["task"])
+
+
+def _token_model():
+    emb = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    proj = np.random.default_rng(1).standard_normal((16, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]),
+             helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "axes"], ["mu"]),
+             helper.make_node("Mul", ["e", "mu"], ["em"]),
+             helper.make_node("MatMul", ["em", "proj"], ["y"])]
+    inits = [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(proj, "proj"),
+             numpy_helper.from_array(np.array([2], np.int64), "axes")]
+    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+                          helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 3])], inits)
+
+
+def test_synthetic_inputs_for_dynamic_dims_and_token_ids():
+    model = _token_model()
+    (feed,) = synthetic_inputs(model)
+    assert feed["ids"].dtype == np.int64 and feed["ids"].shape == feed["mask"].shape
+    assert feed["ids"].shape[0] == 4 and feed["ids"].shape[1] > 1
+    assert 0 <= feed["ids"].min() and feed["ids"].max() < 100 and len(np.unique(feed["ids"])) > 20
+    assert np.all(feed["mask"] == 1)
+    (feed,) = synthetic_inputs(model, input_shapes={"ids": (2, 7)})
+    assert feed["ids"].shape == (2, 7) and feed["mask"].shape == (2, 7)  # shared symbolic dims follow
+    sens = onnx_output_sensitivity(model)
+    assert set(sens) == {"emb", "proj"} and all(v > 0 for v in sens.values())
+    with pytest.raises(rdformat.InvalidInputError, match="'nope'"):
+        synthetic_inputs(model, input_shapes={"nope": (1, 2)})
+
+
+def test_custom_op_and_unknown_shape_raise_the_fallback_error():
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    custom = _model([helper.make_node("FancyOp", ["x", "w"], ["y"], domain="com.example")],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w],
+                    check=False, opsets=(("", 17), ("com.example", 1)))
+    with pytest.raises(CalibrationUnavailable) as info:
+        onnx_output_sensitivity(custom)
+    assert isinstance(info.value, rdformat.UnsupportedFeatureError)
+    assert "\n" not in str(info.value)
+    shapeless = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w], check=False)
+    with pytest.raises(CalibrationUnavailable):
+        onnx_output_sensitivity(shapeless)
+
+
+def test_calibration_inputs_are_checked_with_one_line_errors(tmp_path):
+    model = _fragile_mlp()
+    good = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=good)
+    (tmp_path / "cal").mkdir()
+    np.save(tmp_path / "cal" / "x.npy", good)
+    for source in (tmp_path / "cal.npz", tmp_path / "cal"):
+        inputs = load_calibration(source)
+        assert np.array_equal(inputs["x"], good)
+        assert max(onnx_output_sensitivity(model, inputs), key=lambda k: onnx_output_sensitivity(model, inputs)[k]) == "wf"
+    cases = [({"z": good}, "'z'"), ({"x": good[:, :5]}, "'x'"), ({"x": good[0]}, "'x'"), ({}, "'x'"),
+             ({"x": good.astype(np.int64)}, "'x'")]
+    for inputs, named in cases:
+        with pytest.raises(rdformat.InvalidInputError, match=named) as info:
+            onnx_output_sensitivity(model, inputs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(rdformat.InvalidInputError):
+        load_calibration(tmp_path / "missing.npz")
+
+
+torch = pytest.importorskip("torch")
+
+
+class _Fragile(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(8, 128)
+        self.fragile = torch.nn.Linear(128, 128)
+        self.out = torch.nn.Linear(128, 16)
+        with torch.no_grad():  # same trick as the ONNX model: tiny weights, amplified afterwards
+            self.fragile.weight.mul_(0.01)
+            self.fragile.bias.mul_(0.01)
+            self.out.weight.mul_(100)
+        self.calls = 0
+        self.fail_at = None
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError("boom")
+        return self.out(self.fragile(torch.relu(self.a(x))))
+
+
+def test_torch_estimator_ranks_fragile_first_and_restores_the_module():
+    from rdformat.torch_sensitivity import output_error, output_sensitivity
+
+    net = _Fragile().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    sens = output_sensitivity(net, x)
+    assert set(sens) == {"a.weight", "fragile.weight", "out.weight"}
+    assert max(sens, key=sens.get) == "fragile.weight"
+    assert net.training
+    for k, v in net.state_dict().items():
+        assert v.numpy().tobytes() == before[k].numpy().tobytes(), k
+    net.calls, net.fail_at = 0, 5  # fails mid-estimate, while parameters are perturbed
+    with pytest.raises(RuntimeError, match="boom"):
+        output_sensitivity(net, [x, x])
+    for k, v in net.state_dict().items():
+        assert v.numpy().tobytes() == before[k].numpy().tobytes(), k
+    net.fail_at = None
+    weights = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+    errors, sizes = {}, {}
+    for label, s in (("plain", None), ("task", sens)):
+        buf = io.BytesIO()
+        rdformat.save(weights, buf, bits=2, sensitivity=s)
+        sizes[label] = len(buf.getvalue())
+        errors[label] = output_error(net, rdformat.load(buf.getvalue()), x)
+    assert sizes["task"] <= sizes["plain"] * 1.1
+    assert errors["task"] < errors["plain"] * 0.8
+    for k, v in net.state_dict().items():
+        assert v.numpy().tobytes() == before[k].numpy().tobytes(), k
+
+
+def test_calibration_samples_are_capped_for_the_estimate():
+    model = _fragile_mlp()
+    many = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    probe = OnnxProbe(model, {"x": many}, max_samples=16)
+    assert sum(f["x"].shape[0] for f in probe.feeds) == 16
+    probe = OnnxProbe(model, [{"x": many[:10]}, {"x": many[10:20]}], max_samples=16)
+    assert [f["x"].shape[0] for f in probe.feeds] == [10, 6]
