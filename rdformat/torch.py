@@ -50,6 +50,7 @@ from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_
                        open_rdc, rdc_bytes, writable, write_rdc)
 from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
 from .format.dtypes import numpy_dtype
+from .torch_sensitivity import output_error, output_sensitivity  # noqa: F401  (rdformat.torch.output_sensitivity)
 
 
 
@@ -548,6 +549,8 @@ def estimate_sensitivity(
 
 __all__ = [
     "estimate_sensitivity",
+    "output_sensitivity",
+    "output_error",
     "UnsafeCheckpointError",
     "save",
     "save_file",

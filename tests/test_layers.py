@@ -27,12 +27,12 @@ LAYERS: dict[str, int] = {
     "api": 5,  # save/load/open: the one place joining producers and the writer
     "_moved": 5,  # old module names -> new ones (imports nothing of the package statically)
     "adapters": 6,
+    "torch_sensitivity": 6,  # noise injection on live torch modules (imports torch only when called)
     "torch": 7,
     "safetensors": 7,
     "onnx": 7,
     "contrib": 7,
     "onnx_calibration": 7,
-    "torch_sensitivity": 7,
     "calibrate": 8,  # task-aware lossy targets for the CLI (runs ONNX models through onnx_calibration)
     "surp": 8,  # SuRP's user-facing module (re-exports the producer and the contrib loop)
     "cli": 9,
