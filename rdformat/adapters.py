@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
+import tokenize
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,9 +33,13 @@ import numpy as np
 
 from . import api
 from .format.atomic import atomic_output
+from .format.dtypes import numpy_dtype
+from .format.records import MAX_DIM, MAX_RANK
 from .errors import (  # noqa: F401  (re-exported: adapters' errors used to live here)
+    CorruptDataError,
     FormatError,
     InvalidInputError,
+    LimitExceededError,
     MissingDependencyError,
     UnsafeInputError,
     UnsupportedFeatureError,
@@ -193,6 +199,82 @@ def path_inside(base_dir: str | os.PathLike, relative: str, *, what: str) -> Pat
     return full
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file (through links, case-insensitive folders...).
+
+    Paths that do not exist (yet) compare by their resolved absolute path.
+    """
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_input_as_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, what: str) -> None:
+    """Raise :class:`InvalidInputError` when ``output`` is one of ``inputs`` (a model file or a sidecar of it).
+
+    Writing there would destroy the input (replaced while, or before, it is read): refused before
+    anything is written.
+    """
+    for source in inputs:
+        if same_file(output, source):
+            raise InvalidInputError(f"{what}: output {os.fspath(output)!r} is the input file "
+                                    f"{os.fspath(source)!r} (or a file of its set); refused, nothing written")
+
+
+def open_regular(path: str | os.PathLike, *, what: str) -> BinaryIO:
+    """Open a file for reading, refusing anything but a regular file (a FIFO would block the read
+    forever, a device would never end) with :class:`UnsafeInputError`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise FormatError(f"{what}: cannot open {os.fspath(path)!r}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeInputError(f"{what}: {os.fspath(path)!r} is not a regular file; refused")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def plain_file_name(name: Any, *, suffix: str, what: str) -> str:
+    """Check a file name taken from a file's metadata: a plain name (no folder, no ``..``, not hidden,
+    no control characters) ending with ``suffix``; else :class:`UnsafeInputError`.
+
+    Such a name can only designate a file of that kind in the output's own folder.
+    """
+    if not isinstance(name, str):
+        raise CorruptDataError(f"{what}: file name {name!r} is not a string")
+    bad = (not name or len(name.encode("utf-8", "surrogatepass")) > 255 or "/" in name or "\\" in name
+           or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name) or ":" in name
+           or not name.lower().endswith(suffix) or len(name) == len(suffix))
+    if bad:
+        raise UnsafeInputError(f"{what}: {name!r} is not a plain {suffix} file name; refused")
+    return name
+
+
+def check_shape(shape: Iterable[Any], *, what: str) -> tuple[int, ...]:
+    """Validate the dims a file claims for a tensor: integers in ``0..MAX_DIM``, at most ``MAX_RANK``
+    of them, and an element count numpy can address (even for empty tensors, numpy refuses shapes
+    whose non-zero dims multiply past 2**63). :class:`FormatError` / :class:`LimitExceededError`."""
+    dims = list(shape)
+    if len(dims) > MAX_RANK:
+        raise LimitExceededError(f"{what}: rank {len(dims)} is over the limit of {MAX_RANK}")
+    out = []
+    product = 1
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= int(d) <= MAX_DIM:
+            raise FormatError(f"{what}: invalid dimension {d!r} in shape {dims}")
+        out.append(int(d))
+        product *= max(int(d), 1)
+        if product >= 1 << 62:
+            raise LimitExceededError(f"{what}: shape {dims} has more elements than can be addressed")
+    return tuple(out)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Format detection
 
@@ -257,7 +339,7 @@ def detect_format(path: str | os.PathLike) -> str:
         try:
             with open(path, "rb") as fh:
                 doc = json.loads(fh.read(64 << 20))
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError):  # RecursionError: hostile nesting depth
             doc = None
         if isinstance(doc, dict) and "weight_map" in doc:
             return "safetensors-index"
@@ -277,39 +359,168 @@ def detect_format(path: str | os.PathLike) -> str:
 # NumPy .npz (no framework needed)
 
 
-def iter_npz(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield the arrays of an ``.npz`` archive one at a time (object arrays refused)."""
+#: bfloat16/float8 tensors go into ``.npz`` archives as their bit patterns (``uint16``/``uint8``
+#: arrays, readable by any numpy), and the archive member's zip comment says which type they are:
+#: ``rdformat-dtype=bfloat16`` (or ``float8_e4m3fn``, ``float8_e5m2``). numpy itself would save them as
+#: opaque void arrays (``|V2``) that lose the type.
+NPZ_DTYPE_TAG = b"rdformat-dtype="
+_NPZ_BIT_CARRIERS = {"bfloat16": np.dtype("<u2"), "float8_e4m3fn": np.dtype("u1"), "float8_e5m2": np.dtype("u1")}
+#: Largest ``.npy`` header read (numpy's own default).
+_NPY_MAX_HEADER = 10000
+# what numpy's header parser raises on a malformed header (it tokenizes and literal_evals the dict)
+_NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, TypeError, KeyError, RecursionError,
+                      MemoryError, OSError, EOFError, zipfile.BadZipFile)
+
+
+class NpzMember:
+    """One array of an ``.npz`` archive, as its header describes it (nothing of its data read)."""
+
+    __slots__ = ("name", "member", "shape", "dtype", "fortran", "stored_dtype")
+
+    def __init__(self, name: str, member: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool,
+                 stored_dtype: np.dtype) -> None:
+        self.name, self.member, self.shape, self.dtype = name, member, shape, dtype
+        self.fortran, self.stored_dtype = fortran, stored_dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the array's data."""
+        n = self.stored_dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _npy_header(fh: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_MAX_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_MAX_HEADER)
+        else:
+            raise FormatError(f"{where}: .npy format version {version} is not supported")
+    except _NPY_HEADER_ERRORS as exc:
+        raise FormatError(f"{where}: malformed .npy header: {type(exc).__name__}: {exc}") from exc
+    if dtype.hasobject:
+        raise UnsafeInputError(f"{where}: a pickled object array; refused (only numeric arrays)")
+    return check_shape(shape, what=where), bool(fortran), dtype
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> tuple[NpzMember, int]:
+    """The checked header of one member and the offset of its data; its size must match the member's."""
+    name = info.filename[:-4]
+    where = f"{path}: array {name!r}"
+    with zf.open(info) as fh:
+        shape, fortran, stored = _npy_header(fh, where)
+        start = fh.tell()
+    dtype = stored
+    tag = info.comment
+    if tag.startswith(NPZ_DTYPE_TAG):
+        type_name = tag[len(NPZ_DTYPE_TAG):].decode("ascii", "replace")
+        carrier = _NPZ_BIT_CARRIERS.get(type_name)
+        if carrier is None or stored.newbyteorder("<") != carrier.newbyteorder("<"):
+            raise FormatError(f"{where}: tagged {type_name!r} but stored as {stored}")
+        dtype = numpy_dtype(type_name)
+    member = NpzMember(name, info.filename, shape, dtype, fortran, stored)
+    # The data must be exactly what the header claims: a header cannot make us allocate more than
+    # the archive holds (an .npz claiming 2**40 elements in a few bytes is refused here).
+    if member.nbytes != info.file_size - start:
+        raise FormatError(f"{where}: header claims {member.nbytes} bytes of data, the member holds "
+                          f"{max(info.file_size - start, 0)}")
+    return member, start
+
+
+def npz_members(path: str | os.PathLike) -> list[NpzMember]:
+    """The arrays of an ``.npz`` archive with their checked headers, in archive order (no data read)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [_npz_member(zf, info, os.fspath(path))[0] for info in _npz_infos(zf, os.fspath(path))]
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
         raise FormatError(f"{path}: not a readable .npz archive: {exc}") from exc
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise FormatError(f"{path}: not an .npz archive (a single .npy array?)")
-    with npz:
-        for name in npz.files:
+
+
+def _npz_infos(zf: zipfile.ZipFile, path: str) -> list[zipfile.ZipInfo]:
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    seen: set[str] = set()
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise FormatError(f"{path}: member {info.filename!r} is not an .npy array")
+        if info.filename in seen:
+            raise FormatError(f"{path}: member {info.filename!r} appears twice")
+        seen.add(info.filename)
+    return infos
+
+
+def iter_npz(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield the arrays of an ``.npz`` archive one at a time (object arrays refused).
+
+    Headers are checked before any data is read (see :func:`npz_members`); bfloat16/float8 arrays
+    tagged as :data:`NPZ_DTYPE_TAG` describes come back with their type.
+    """
+    where = os.fspath(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise FormatError(f"{where}: not a readable .npz archive: {exc}") from exc
+    with zf:
+        for info in _npz_infos(zf, where):
             try:
-                array = npz[name]
-            except ValueError as exc:
-                if "pickle" in str(exc).lower():
-                    raise UnsafeInputError(
-                        f"{path}: array {name!r} is a pickled object array; refused (only numeric arrays)"
-                    ) from exc
-                raise FormatError(f"{path}: array {name!r}: {exc}") from exc
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise FormatError(f"{path}: array {name!r}: {exc}") from exc
-            yield name, array
+                member, start = _npz_member(zf, info, where)
+                with zf.open(info) as fh:
+                    fh.seek(start)
+                    buf = bytearray(member.nbytes)
+                    view = memoryview(buf)
+                    got = 0
+                    while got < len(buf):
+                        piece = fh.read(min(1 << 24, len(buf) - got))
+                        if not piece:
+                            raise FormatError(f"{where}: array {member.name!r} is truncated")
+                        view[got:got + len(piece)] = piece
+                        got += len(piece)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                if isinstance(exc, InvalidInputError):
+                    raise
+                raise FormatError(f"{where}: array {info.filename[:-4]!r}: {exc}") from exc
+            array = np.frombuffer(buf, dtype=member.stored_dtype)
+            if member.fortran:
+                array = np.ascontiguousarray(array.reshape(member.shape[::-1]).T)
+            else:
+                array = array.reshape(member.shape)
+            yield member.name, array.view(member.dtype) if member.dtype != member.stored_dtype else array
 
 
 def write_npz(path: str | os.PathLike, items: Iterable[tuple[str, np.ndarray]]) -> None:
-    """Write arrays to an ``.npz`` archive, one array at a time (atomic; zip64 for big arrays)."""
+    """Write arrays to an ``.npz`` archive, one array at a time (atomic; zip64 for big arrays).
+
+    bfloat16/float8 arrays are stored as their bit patterns, tagged (see :data:`NPZ_DTYPE_TAG`).
+    Names that a zip archive cannot hold distinctly (a NUL cuts a zip name short; a name twice) are
+    refused with :class:`InvalidInputError` before anything is written.
+    """
     with atomic_output(path) as fh:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            members: set[str] = set()
             for name, array in items:
+                if not isinstance(name, str) or "\x00" in name:
+                    raise InvalidInputError(f"tensor {name!r}: a name with a NUL character cannot go into .npz")
+                member = f"{name}.npy"
+                if member in members:
+                    raise InvalidInputError(f"tensor {name!r}: appears twice; an .npz holds each name once")
+                members.add(member)
                 array = np.asarray(array)
-                if array.dtype.kind not in "biuf" and array.dtype.names is None and array.dtype.kind != "V":
+                info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = 0o600 << 16
+                carrier = _NPZ_BIT_CARRIERS.get(array.dtype.name)
+                if carrier is not None:
+                    info.comment = NPZ_DTYPE_TAG + array.dtype.name.encode("ascii")
+                    array = array.view(carrier.newbyteorder("="))
+                elif array.dtype.kind not in "biuf":
                     raise InvalidInputError(f"tensor {name!r}: dtype {array.dtype} cannot go into .npz")
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asarray(array, order="C"), allow_pickle=False)
+                with zf.open(info, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, np.asarray(array, order="C"), allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -360,29 +571,10 @@ def compress_file(
 
 
 def _compress_npz(src, dst, *, codec: Any, lossy: Any, progress: Progress | None) -> None:
-    try:
-        with zipfile.ZipFile(src) as zf:
-            members = [m for m in zf.namelist() if m.endswith(".npy")]
-            dtypes = {m[:-4]: _npy_member_dtype(zf, m) for m in members}
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise FormatError(f"{src}: not a readable .npz archive: {exc}") from exc
-    structural = [n for n, dt in dtypes.items() if dt is not None and is_structural_dtype(dt)]
-    items = _progress(progress)(iter_npz(src), total=len(dtypes), desc="compress")
+    members = npz_members(src)  # every header checked before anything is written
+    structural = [m.name for m in members if is_structural_dtype(m.dtype)]
+    items = _progress(progress)(iter_npz(src), total=len(members), desc="compress")
     write_rdc(dst, items, metadata=make_metadata("npz"), structural=structural, codec=codec, lossy=lossy)
-
-
-def _npy_member_dtype(zf: zipfile.ZipFile, member: str) -> np.dtype | None:
-    """Read only the .npy header of one archive member (no data) to get its dtype."""
-    try:
-        with zf.open(member) as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                _, _, dtype = np.lib.format.read_array_header_2_0(fh)
-            return dtype
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
-        return None
 
 
 def output_format(dst: str | os.PathLike) -> str:
@@ -411,6 +603,8 @@ def decompress_file(
     streams (a coarser model; see ``rdformat.open``).
     """
     fmt = fmt or output_format(dst)
+    if isinstance(src, (str, os.PathLike)):
+        refuse_input_as_output(dst, [src], what="decompress")
     if fmt in ("pytorch", "safetensors", "safetensors-index", "onnx"):
         adapter = _adapter(fmt)
     elif fmt == "npz":
@@ -440,7 +634,14 @@ __all__ = [
     "compress_file",
     "decompress_file",
     "iter_npz",
+    "npz_members",
     "write_npz",
+    "NPZ_DTYPE_TAG",
+    "same_file",
+    "refuse_input_as_output",
+    "open_regular",
+    "plain_file_name",
+    "check_shape",
     "atomic_output",
     "path_inside",
 ]

@@ -39,6 +39,7 @@ slot walk.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,9 +49,10 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
-from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_metadata, no_progress,
-                       open_rdc, path_inside, rdc_bytes, write_rdc)
+from .adapters import (FormatError, Progress, adapter_info, atomic_output, check_shape, make_metadata, no_progress,
+                       open_rdc, open_regular, path_inside, rdc_bytes, refuse_input_as_output, same_file, write_rdc)
 from .errors import CorruptDataError, InvalidInputError, LimitExceededError
+from .format.atomic import AtomicFile, fresh_name
 from .format.dtypes import numpy_dtype
 
 
@@ -269,7 +271,7 @@ def _raw_size(t: TensorProto) -> int | None:
 def _check_dims(t: TensorProto, name: str) -> tuple[int, ...]:
     if any(d < 0 for d in t.dims):
         raise FormatError(f"tensor {name!r} has negative dims {list(t.dims)}")
-    return tuple(int(d) for d in t.dims)
+    return check_shape(t.dims, what=f"tensor {name!r}")  # numpy must be able to hold the shape
 
 
 def _typed_to_numpy(t: TensorProto, np_name: str, name: str) -> np.ndarray:
@@ -330,10 +332,8 @@ class _ExternalFiles:
         if fh is None:
             while len(self._files) >= self.MAX_OPEN:  # models with one file per tensor: bounded handles
                 self._files.pop(next(iter(self._files))).close()
-            try:
-                fh = open(path, "rb")
-            except OSError as exc:
-                raise FormatError(f"tensor {name!r}: cannot open external data {location!r}: {exc}") from exc
+            # a FIFO or a device named as external data would block or never end: regular files only
+            fh = open_regular(path, what=f"tensor {name!r}: external data {location!r}")
         self._files[key] = fh  # most recently used last
         size = os.fstat(fh.fileno()).st_size
         if length is None:
@@ -470,12 +470,25 @@ def _encode(model: ModelProto, target, *, base_dir, metadata, codec, lossy=None,
 
 
 def _read_onnx(path: str | os.PathLike) -> ModelProto:
-    try:
-        return onnx.load(os.fspath(path), load_external_data=False)
-    except OSError:
-        raise
-    except Exception as exc:  # DecodeError, ValueError... whatever protobuf/onnx raise on bad bytes
-        raise FormatError(f"{path}: not a readable ONNX model: {exc}") from exc
+    with open_regular(path, what="onnx model") as fh:
+        raw = fh.read()
+        try:
+            return onnx.load_model_from_string(raw)  # external data is read by _ExternalFiles, checked
+        except OSError:
+            raise
+        except Exception as exc:  # DecodeError, ValueError... whatever protobuf/onnx raise on bad bytes
+            raise FormatError(f"{path}: not a readable ONNX model: {exc}") from exc
+
+
+def _external_paths(model: ModelProto, folder: Path) -> list[Path]:
+    """The checked paths of every external data file a model names (for the same-file checks)."""
+    files = _ExternalFiles(folder)
+    paths = {}
+    for t, name, _main in _tensor_slots(model):
+        if t.data_location == TensorProto.EXTERNAL and RDC_KEY not in _external_entries(t):
+            path = files.resolve(t, name)
+            paths[os.fspath(path)] = path
+    return list(paths.values())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -497,12 +510,24 @@ def _parse_graph(f) -> ModelProto:
 
 
 def _refs(model: ModelProto) -> list[tuple[TensorProto, str, bool]]:
+    """The emptied tensors of a graph blob and the container tensors they name.
+
+    The graph comes from the file, so it is hostile: a tensor marked external must be an .rdc
+    reference. Any other external location (a path the restored model would read, anywhere) is
+    refused with :class:`CorruptDataError`.
+    """
     out = []
-    for t, _value, main in _tensor_slots(model):
+    for t, value, main in _tensor_slots(model):
         if t.data_location == TensorProto.EXTERNAL:
             entries = _external_entries(t)
-            if entries.get("location") == RDC_LOCATION and RDC_KEY in entries:
-                out.append((t, entries[RDC_KEY], main))
+            if entries.get("location") != RDC_LOCATION or not isinstance(entries.get(RDC_KEY), str):
+                raise CorruptDataError(
+                    f"graph: tensor {value!r} points to external data {entries.get('location')!r}, not to a "
+                    "tensor of the container; refused", record="graph")
+            out.append((t, entries[RDC_KEY], main))
+        elif t.external_data:
+            raise CorruptDataError(f"graph: tensor {value!r} has external-data entries but is not external",
+                                   record="graph")
     return out
 
 
@@ -575,8 +600,36 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
     """Convert an ``.onnx`` model (with external data files, if any) into an .rdc container."""
     src = Path(src)
     model = _read_onnx(src)
+    if isinstance(dst, (str, os.PathLike)):  # the model and its external data files are all inputs
+        refuse_input_as_output(dst, [src, *_external_paths(model, src.parent)], what="compress")
     _encode(model, dst, base_dir=src.parent, metadata=metadata, codec=codec, lossy=lossy, progress=progress,
             source_name=src.name, copy=False)
+
+
+def _sidecar_pattern(dst: Path) -> re.Pattern:
+    """Names of the data files this module writes for the model ``dst``: ``<name>.data`` and the
+    fresh variants ``<name>.rdc-<8 hex>.data``."""
+    return re.compile(rf"{re.escape(dst.name)}(\.rdc-[0-9a-f]{{8}})?\.data")
+
+
+def _remove_old_sidecars(dst: Path, keep: str | None, src: Any) -> None:
+    """After the new model is in place: remove the data files of the model it replaced (and of killed
+    runs) that follow this module's naming; never the input, never a symlink."""
+    folder = dst.parent if str(dst.parent) else Path(".")
+    pattern = _sidecar_pattern(dst)
+    try:
+        names = [n for n in os.listdir(folder) if n != keep and pattern.fullmatch(n)]
+    except OSError:
+        return
+    for name in names:
+        path = folder / name
+        if isinstance(src, (str, os.PathLike)) and same_file(path, src):
+            continue
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        except OSError:
+            pass
 
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
@@ -588,9 +641,17 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
     ``<dst>.data`` (tensor by tensor, for models over 2 GB); False keeps everything inline; None (default)
     chooses external when the source model had external data or the weights exceed
     :data:`EXTERNAL_DATA_THRESHOLD`.
+
+    The model and its data file are atomic as a set: both are written to temporary files; the data
+    file is published first under a name no existing file has (``<dst>.data`` when free, else
+    ``<dst>.rdc-<8 hex>.data``), the model, which names it, last. A reader opening the model sees the
+    old pair or the new one. Then the data files of the replaced model (named as above) are removed.
     """
     dst = Path(dst)
     wrap = progress or no_progress
+    if isinstance(src, (str, os.PathLike)):
+        refuse_input_as_output(dst, [src], what="decompress")
+        refuse_input_as_output(dst.with_name(dst.name + ".data"), [src], what="decompress: external data file")
     with open_rdc(src, budget=budget) as f:
         model = _parse_graph(f)
         refs = _refs(model)
@@ -598,7 +659,10 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
         for _t, name, _main in refs:
             total += f.info(name).nbytes
         if external_data is None:
-            external_data = bool(adapter_info(f.metadata).get("external_data")) or total > EXTERNAL_DATA_THRESHOLD
+            recorded = adapter_info(f.metadata).get("external_data", False)
+            if not isinstance(recorded, bool):
+                raise CorruptDataError(f"metadata: 'external_data' must be true or false, got {recorded!r}")
+            external_data = recorded or total > EXTERNAL_DATA_THRESHOLD
         if not external_data:
             if total + model.ByteSize() > _PROTOBUF_LIMIT:
                 raise LimitExceededError(
@@ -607,17 +671,22 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
             _fill_inline(f, model, wrap)
             with atomic_output(dst) as fh:
                 fh.write(model.SerializeToString())
+            _remove_old_sidecars(dst, None, src)
             return
         # Only main-graph initializers of some size go to the data file. Structural tensors stay inline:
         # shape inference (onnxruntime's included) must read them without the data file.
         outside = {id(t) for t, name, main in refs
                    if main and f.info(name).nbytes >= external_min_bytes and not f.info(name).structural}
-        if not outside:
-            _fill_inline(f, model, wrap)
-        else:
-            data_name = dst.name + ".data"
-            offset = 0
-            with atomic_output(dst.with_name(data_name)) as data:
+        data_name = None
+        data = None
+        try:
+            if not outside:
+                _fill_inline(f, model, wrap)
+            else:
+                folder = dst.parent if str(dst.parent) else Path(".")
+                data_name = fresh_name(folder, dst.name + ".data", ".data")
+                data = AtomicFile(folder / data_name)
+                offset = 0
                 for t, name, _main in wrap(refs, total=len(refs), desc="decompress"):
                     arr = _array_for(f, t, name)
                     _clear_data(t)
@@ -627,19 +696,29 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
                     align = 4096 if arr.nbytes >= 65536 else 64
                     pad = -offset % align
                     if pad:
-                        data.write(b"\0" * pad)
+                        data.stream.write(b"\0" * pad)
                         offset += pad
-                    data.write(memoryview(arr.reshape(-1).view(np.uint8)))
+                    data.stream.write(memoryview(arr.reshape(-1).view(np.uint8)))
                     t.data_location = TensorProto.EXTERNAL
                     for key, value in (("location", data_name), ("offset", str(offset)),
                                        ("length", str(arr.nbytes))):
                         entry = t.external_data.add()
                         entry.key, entry.value = key, value
                     offset += arr.nbytes
-        if model.ByteSize() > _PROTOBUF_LIMIT:
-            raise LimitExceededError("the model without its large weights still exceeds protobuf's 2 GB limit")
-        with atomic_output(dst) as fh:
-            fh.write(model.SerializeToString())
+                data.finish()
+            if model.ByteSize() > _PROTOBUF_LIMIT:
+                raise LimitExceededError("the model without its large weights still exceeds protobuf's 2 GB limit")
+            with AtomicFile(dst) as out:
+                out.stream.write(model.SerializeToString())
+                out.finish()
+                if data is not None:
+                    data.publish()  # fresh name: the old model still reads its own data file
+                out.publish()  # the pointer last
+        except BaseException:
+            if data is not None:
+                data.abort()
+            raise
+    _remove_old_sidecars(dst, data_name, src)
 
 
 __all__ = [

@@ -27,20 +27,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from .adapters import (FormatError, Progress, adapter_info, atomic_output, is_structural_dtype, make_metadata,
-                       no_progress, open_rdc, path_inside, rdc_bytes, write_rdc)
-from .errors import InvalidInputError, UnsupportedFeatureError
+from .adapters import (FormatError, Progress, adapter_info, atomic_output, check_shape, is_structural_dtype,
+                       make_metadata, no_progress, open_rdc, open_regular, path_inside, plain_file_name,
+                       rdc_bytes, refuse_input_as_output, same_file, write_rdc)
+from .errors import CorruptDataError, InvalidInputError, UnsafeInputError, UnsupportedFeatureError
+from .format.atomic import AtomicFile, fresh_name
 from .format.dtypes import numpy_dtype
 
 
 #: Largest JSON header accepted (the reference implementation's limit).
 MAX_HEADER_BYTES = 100_000_000
+#: Largest sharded-checkpoint index read (real ones are a few hundred KB).
+MAX_INDEX_BYTES = 64 << 20
 
 _ST_TO_NP = {
     "BOOL": "bool",
@@ -114,6 +119,8 @@ def read_header(fh: BinaryIO, size: int, *, name: str = "<stream>") -> tuple[lis
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{name}: safetensors header is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # hostile nesting depth
+        raise FormatError(f"{name}: safetensors header nests too deeply") from exc
     if not isinstance(header, dict):
         raise FormatError(f"{name}: safetensors header is not a JSON object")
     data_start = 8 + n
@@ -132,6 +139,7 @@ def read_header(fh: BinaryIO, size: int, *, name: str = "<stream>") -> tuple[lis
             raise FormatError(f"{name}: header entry {tname!r} lacks dtype/shape/data_offsets")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise FormatError(f"{name}: tensor {tname!r} has an invalid shape {shape}")
+        check_shape(shape, what=f"{name}: tensor {tname!r}")  # numpy must be able to hold it
         begin, end = offsets
         if not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or not 0 <= begin <= end <= data_len:
             raise FormatError(f"{name}: tensor {tname!r} has data_offsets {offsets} outside the data ({data_len} bytes)")
@@ -168,14 +176,14 @@ def _read_entry(fh: BinaryIO, entry: Entry, data_start: int, name: str) -> np.nd
 
 def inspect(path: str | os.PathLike) -> tuple[list[Entry], dict[str, str] | None]:
     """The validated header of a safetensors file: (entries in file order, __metadata__)."""
-    with open(path, "rb") as fh:
+    with open_regular(path, what="safetensors") as fh:
         entries, meta, _ = read_header(fh, os.fstat(fh.fileno()).st_size, name=os.fspath(path))
     return entries, meta
 
 
 def iter_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, array)`` of a safetensors file in file order, one tensor in memory at a time."""
-    with open(path, "rb") as fh:
+    with open_regular(path, what="safetensors") as fh:
         entries, _, start = read_header(fh, os.fstat(fh.fileno()).st_size, name=os.fspath(path))
         for e in entries:
             yield e.name, _read_entry(fh, e, start, os.fspath(path))
@@ -243,10 +251,12 @@ def read_index(path: str | os.PathLike) -> tuple[dict, list[tuple[str, Path, lis
     """Parse a ``*.safetensors.index.json``: (index metadata, [(file name, resolved path, tensor names)])."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            doc = json.loads(fh.read().decode("utf-8"), object_pairs_hook=_no_duplicates)
+        with open_regular(path, what="safetensors index") as fh:
+            doc = json.loads(fh.read(MAX_INDEX_BYTES + 1).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{path}: not a valid JSON index: {exc}") from exc
+    except RecursionError as exc:  # hostile nesting depth
+        raise FormatError(f"{path}: JSON index nests too deeply") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
         raise FormatError(f"{path}: index has no 'weight_map' object")
     meta = doc.get("metadata") or {}
@@ -331,6 +341,8 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
     wrap = progress or no_progress
     if src.name.lower().endswith(".json"):
         index_meta, shards = read_index(src)
+        if isinstance(dst, (str, os.PathLike)):  # the index and every shard are inputs
+            refuse_input_as_output(dst, [src] + [spath for _, spath, _ in shards], what="compress")
         plan: list[tuple[Path, list[Entry]]] = []
         shard_meta = []
         seen: set[str] = set()
@@ -353,7 +365,7 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
 
         def items() -> Iterator[tuple[str, np.ndarray]]:
             for spath, entries in plan:
-                with open(spath, "rb") as fh:
+                with open_regular(spath, what="safetensors shard") as fh:
                     size = os.fstat(fh.fileno()).st_size
                     _, _, start = read_header(fh, size, name=spath.name)
                     for e in entries:
@@ -370,6 +382,60 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *,
               structural=structural, codec=codec, lossy=lossy)
 
 
+def _shard_layout(info: Mapping[str, Any], names: list[str], index_name: str) -> list[tuple[str, list[str], Any]]:
+    """The recorded shard layout, checked: every field is hostile until proven otherwise.
+
+    ``shards`` must list plain ``.safetensors`` file names (no folder, distinct, not the index's
+    name) that together hold every tensor of the file exactly once; anything else is an RdcError.
+    """
+    shards = info.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise CorruptDataError("metadata: 'shards' is not a non-empty list")
+    layout = []
+    files: set[str] = set()
+    seen: set[str] = set()
+    known = set(names)
+    for i, s in enumerate(shards):
+        if not isinstance(s, Mapping) or not isinstance(s.get("tensors"), list):
+            raise CorruptDataError(f"metadata: shards[{i}] is not an object with a 'tensors' list")
+        fname = plain_file_name(s.get("file"), suffix=".safetensors", what=f"metadata: shards[{i}]")
+        if fname.lower() in files or fname.lower() == index_name.lower():
+            raise UnsafeInputError(f"metadata: shard file {fname!r} is named twice; refused")
+        files.add(fname.lower())
+        tensors = s["tensors"]
+        for n in tensors:
+            if not isinstance(n, str) or n not in known:
+                raise CorruptDataError(f"metadata: shards[{i}] lists {n!r}, which is not a tensor of the file")
+            if n in seen:
+                raise CorruptDataError(f"metadata: tensor {n!r} is in more than one shard")
+            seen.add(n)
+        smeta = s.get("metadata")
+        if smeta is not None and not (isinstance(smeta, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in smeta.items())):
+            raise CorruptDataError(f"metadata: shards[{i}].metadata must map strings to strings")
+        layout.append((fname, list(tensors), smeta))
+    if seen != known:
+        raise CorruptDataError(f"metadata: the shards leave out tensors of the file: {sorted(known - seen)[:5]}")
+    return layout
+
+
+def _old_shards(index: Path) -> list[str]:
+    """Plain ``.safetensors`` names listed by the index currently at ``index`` (best-effort, [] if none)."""
+    try:
+        with open_regular(index, what="old index") as fh:
+            doc = json.loads(fh.read(MAX_INDEX_BYTES + 1).decode("utf-8"))
+        values = doc["weight_map"].values()
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError, FormatError):
+        return []
+    out = []
+    for v in set(values):
+        try:
+            out.append(plain_file_name(v, suffix=".safetensors", what="old index"))
+        except (CorruptDataError, InvalidInputError):
+            continue  # not a name we could have written: never removed
+    return out
+
+
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
                     progress: Progress | None = None, metadata: Mapping[str, str] | None = None,
                     budget: int | None = None) -> None:
@@ -377,9 +443,19 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
 
     Aliases (tied weights) are written as separate copies: safetensors has no shared tensors.
     ``metadata`` overrides the ``__metadata__`` map (default: the one recorded at compression).
+
+    Sharded output is atomic as a set: every shard is written to a temporary file first, then
+    published under a name no existing file has (the recorded name when free, else
+    ``<name>.rdc-<8 hex>.safetensors``), and the index, which points at the shards, is replaced last.
+    A reader following the index sees the old set or the new one, never a mix; once the new index is
+    in place, the shards of the old index (and leftovers of killed runs) that the new one does not
+    list are removed. Shard names come from the file's metadata and are checked: plain names in
+    ``dst``'s folder, never an existing file, never the input.
     """
     dst = Path(dst)
     wrap = progress or no_progress
+    if isinstance(src, (str, os.PathLike)):
+        refuse_input_as_output(dst, [src], what="decompress")
     with open_rdc(src, budget=budget) as f:
         info = adapter_info(f.metadata)
         names = f.keys()
@@ -394,34 +470,81 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
             return
         # sharded output: reuse the recorded shard layout, else a single shard
         by_name = {s[0]: s for s in specs}
-        layout: list[tuple[str, list[str], dict | None]] = []
-        shards = info.get("shards") if info.get("source_format") == "safetensors-sharded" else None
-        if isinstance(shards, list) and sorted(n for s in shards for n in s.get("tensors", [])) == sorted(names):
-            for s in shards:
-                layout.append((str(s["file"]), list(s["tensors"]), s.get("metadata")))
+        if info.get("source_format") == "safetensors-sharded" and "shards" in info:
+            layout = _shard_layout(info, list(names), dst.name)
         else:
             stem = dst.name[: -len(".safetensors.index.json")] if dst.name.endswith(".safetensors.index.json") \
                 else dst.stem
-            layout.append((f"{stem or 'model'}-00001-of-00001.safetensors", list(names), st_meta))
-        index_meta = dict(info.get("index_metadata") or {}) if isinstance(info.get("index_metadata"), Mapping) else {}
+            layout = [(f"{stem or 'model'}-00001-of-00001.safetensors", list(names), st_meta)]
+        index_meta = info.get("index_metadata")
+        if index_meta is not None and not isinstance(index_meta, Mapping):
+            raise CorruptDataError("metadata: 'index_metadata' is not an object")
+        index_meta = dict(index_meta or {})
+        folder = dst.parent if str(dst.parent) else Path(".")
+        if not folder.is_dir():
+            raise InvalidInputError(f"output folder {folder} does not exist")
+        if isinstance(src, (str, os.PathLike)):
+            for fname, _, _ in layout:  # e.g. a shard name that is the input file itself
+                refuse_input_as_output(folder / fname, [src], what="decompress: shard")
+        old = _old_shards(dst) if os.path.lexists(dst) else []
         weight_map: dict[str, str] = {}
         total = 0
-        for fname, tnames, smeta in layout:
-            target = path_inside(dst.parent, fname, what="shard")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shard_specs = [by_name[n] for n in tnames]
-            with atomic_output(target) as fh:
-                _write_stream(fh, shard_specs, f.get_tensor, smeta if isinstance(smeta, Mapping) else None, wrap)
-            for n, dt, shape in shard_specs:
-                weight_map[n] = fname
-                nb = np.dtype(dt).itemsize
-                for d in shape:
-                    nb *= d
-                total += nb
-        index_meta["total_size"] = total
-        doc = {"metadata": index_meta, "weight_map": dict(sorted(weight_map.items()))}
-        with atomic_output(dst) as fh:
-            fh.write(json.dumps(doc, indent=2).encode("utf-8") + b"\n")
+        pending: list[AtomicFile] = []
+        published: list[Path] = []
+        taken: set[str] = set()
+        try:
+            for fname, tnames, smeta in layout:
+                final = fresh_name(folder, fname, ".safetensors", taken)
+                taken.add(final)
+                shard_specs = [by_name[n] for n in tnames]
+                member = AtomicFile(folder / final)
+                pending.append(member)
+                _write_stream(member.stream, shard_specs, f.get_tensor, smeta, wrap)
+                member.finish()
+                for n, dt, shape in shard_specs:
+                    weight_map[n] = final
+                    nb = np.dtype(dt).itemsize
+                    for d in shape:
+                        nb *= d
+                    total += nb
+            index_meta["total_size"] = total
+            doc = {"metadata": index_meta, "weight_map": dict(sorted(weight_map.items()))}
+            index = AtomicFile(dst)
+            pending.append(index)
+            index.stream.write(json.dumps(doc, indent=2).encode("utf-8") + b"\n")
+            index.finish()
+            for member in pending:  # shards first (fresh names: the old set is untouched), index last
+                member.publish()
+                published.append(member.path)
+        except BaseException:
+            for member in pending:
+                member.abort()  # unpublished temporaries
+            for path in published:  # published shards nothing references (fresh names: never an old file)
+                _unlink_file(path)
+            raise
+    # The new set is visible: remove the old index's shards it no longer lists, and the shards that
+    # killed runs published under fresh names of the same shards (never the input, never a symlink).
+    keep = set(weight_map.values())
+    bases = {n[: -len(".safetensors")] for n in [fname for fname, _, _ in layout] + old}
+    variant = re.compile("|".join(re.escape(b) for b in bases) + r"\.rdc-[0-9a-f]{8}\.safetensors") if bases else None
+    try:
+        leftovers = [n for n in os.listdir(folder) if variant is not None and variant.fullmatch(n)]
+    except OSError:
+        leftovers = []
+    for name in set(old) | set(leftovers):
+        path = folder / name
+        if name in keep or (isinstance(src, (str, os.PathLike)) and same_file(path, src)):
+            continue
+        _unlink_file(path)
+
+
+def _unlink_file(path: Path) -> None:
+    """Remove a regular file (not a symlink), ignoring errors: cleaning up is best-effort."""
+    try:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    except OSError:
+        pass
 
 
 __all__ = [

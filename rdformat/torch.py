@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_metadata, no_progress,
-                       open_rdc, rdc_bytes, writable, write_rdc)
+                       open_rdc, rdc_bytes, refuse_input_as_output, writable, write_rdc)
 from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
 from .format.dtypes import numpy_dtype
 from .torch_sensitivity import output_error, output_sensitivity  # noqa: F401  (rdformat.torch.output_sensitivity)
@@ -147,8 +147,26 @@ def _dense_strides(t: torch.Tensor) -> list[int] | None:
     return list(t.stride())
 
 
+def _checked_strides(stride: Any, shape: tuple[int, ...], name: str) -> list[int]:
+    """A ``strides`` entry from a file's metadata, accepted only when it is a dense layout of ``shape``
+    (a permutation of the dims, no gap, no overlap), so the restored storage holds exactly the
+    tensor's elements: a hostile stride cannot make ``torch.save`` write more than the tensor."""
+    if not isinstance(stride, list) or len(stride) != len(shape) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 62 for s in stride):
+        raise CorruptDataError(f"metadata: strides of {name!r} must be {len(shape)} non-negative integers, "
+                               f"got {stride!r}", tensor=name)
+    expected = 1
+    for s, n in sorted((s, n) for s, n in zip(stride, shape) if n != 1):
+        if s != expected:
+            raise CorruptDataError(f"metadata: strides {stride} are not a dense layout of shape {list(shape)}",
+                                   tensor=name)
+        expected *= n
+    return stride
+
+
 def _with_strides(t: torch.Tensor, stride: list[int]) -> torch.Tensor:
-    if len(stride) != t.dim():
+    """``t`` copied into the (checked, dense) layout ``stride``."""
+    if len(stride) != t.dim() or t.numel() <= 1:
         return t
     out = torch.empty_strided(tuple(t.shape), tuple(stride), dtype=t.dtype)
     out.copy_(t)
@@ -293,19 +311,32 @@ def save_file(state_dict: Mapping[str, Any], path: str | os.PathLike | BinaryIO,
 
 
 def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
+    """The state_dict of an open container; every metadata field it uses is checked first (the file
+    is hostile: a malformed field is a :class:`CorruptDataError`, never a crash or a silent loss)."""
     info = adapter_info(f.metadata)
-    strides = info.get("strides") if isinstance(info.get("strides"), Mapping) else {}
     aliases = dict(f.aliases)
-    out: OrderedDict[str, Any] = OrderedDict()
-    wrap = progress or no_progress
     names = list(f.keys())
     stored = [n for n in names if n not in aliases]
+    strides = info.get("strides", {})
+    if not isinstance(strides, Mapping):
+        raise CorruptDataError("metadata: 'strides' is not an object")
+    unknown = sorted(set(strides) - set(stored))
+    if unknown:
+        raise CorruptDataError(f"metadata: 'strides' names tensors the file does not store: {unknown[:5]}")
+    strides = {n: _checked_strides(st, tuple(f.info(n).shape), n) for n, st in strides.items()}
+    extras = info.get("extra_entries", {})
+    if not isinstance(extras, Mapping):
+        raise CorruptDataError("metadata: 'extra_entries' is not an object")
+    clash = sorted(set(extras) & set(names))
+    if clash:
+        raise CorruptDataError(f"metadata: 'extra_entries' repeats tensor names: {clash[:5]}")
+    out: OrderedDict[str, Any] = OrderedDict()
+    wrap = progress or no_progress
     tensors: dict[str, torch.Tensor] = {}
     for name in wrap(stored, total=len(stored), desc="decompress"):
         t = from_numpy(f.get_tensor(name))
-        st = strides.get(name)
-        if isinstance(st, list) and all(isinstance(s, int) for s in st):
-            t = _with_strides(t, st)
+        if name in strides:
+            t = _with_strides(t, strides[name])
         tensors[name] = t
     for name in names:
         target = name
@@ -318,18 +349,23 @@ def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
         if target not in tensors:
             raise CorruptDataError(f"alias {name!r} points to missing tensor {target!r}", tensor=name)
         out[name] = tensors[target]
-    extras = info.get("extra_entries")
-    if isinstance(extras, Mapping):
-        for name, value in extras.items():
-            out.setdefault(name, value)
+    for name, value in extras.items():
+        out[name] = value
     key_order = info.get("key_order")
-    if isinstance(key_order, list) and sorted(map(str, key_order)) == sorted(out):
+    if key_order is not None:
+        if not isinstance(key_order, list) or not all(isinstance(k, str) for k in key_order) \
+                or len(set(key_order)) != len(key_order) or set(key_order) != set(out):
+            raise CorruptDataError("metadata: 'key_order' is not the list of the state_dict's keys")
         out = OrderedDict((k, out[k]) for k in key_order)
     sd_meta = info.get("state_dict_metadata")
-    if isinstance(sd_meta, list) and all(isinstance(p, list) and len(p) == 2 for p in sd_meta):
-        out._metadata = OrderedDict((str(k), v) for k, v in sd_meta)  # type: ignore[attr-defined]
-    elif isinstance(sd_meta, Mapping):
-        out._metadata = OrderedDict(sd_meta)  # type: ignore[attr-defined]
+    if isinstance(sd_meta, Mapping):  # older files: an object (key order not kept)
+        sd_meta = [[k, v] for k, v in sd_meta.items()]
+    if sd_meta is not None:
+        if not isinstance(sd_meta, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], Mapping)
+                for p in sd_meta):
+            raise CorruptDataError("metadata: 'state_dict_metadata' is not a list of [module, {...}] pairs")
+        out._metadata = OrderedDict((k, dict(v)) for k, v in sd_meta)  # type: ignore[attr-defined]
     return out
 
 
@@ -479,6 +515,8 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
     """Restore an .rdc container (from any source format) as a ``.pt`` state_dict checkpoint
     (``budget``: see ``rdformat.open``)."""
     source = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    if isinstance(src, (str, os.PathLike)):
+        refuse_input_as_output(dst, [src], what="decompress")
     with open_rdc(source, budget=budget) as f:
         state_dict = _restore(f, progress)
     write_checkpoint(state_dict, dst)

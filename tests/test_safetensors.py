@@ -175,16 +175,16 @@ def test_sharded_checkpoint(tmp_path):
 def test_sharded_reads_one_shard_at_a_time(tmp_path, monkeypatch):
     index = _make_shards(tmp_path, sample())
     open_files = []
-    real_open = open
+    real_open = rs.open_regular  # shards are opened through it (regular files only)
 
-    def tracking_open(path, mode="r", *a, **k):
-        fh = real_open(path, mode, *a, **k)
-        if str(path).endswith(".safetensors") and "r" in mode:
+    def tracking_open(path, **k):
+        fh = real_open(path, **k)
+        if str(path).endswith(".safetensors"):
             open_files.append(fh)
             assert sum(not f.closed for f in open_files) <= 1, "two shards open at once"
         return fh
 
-    monkeypatch.setattr("builtins.open", tracking_open)
+    monkeypatch.setattr(rs, "open_regular", tracking_open)
     rs.compress_file(index, tmp_path / "x.rdc")
     monkeypatch.undo()
     assert len(open_files) >= 3

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -376,6 +377,17 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _run_capturing_warnings(args: argparse.Namespace, out: Out) -> int:
+    """Run a command with library warnings (torch, numpy...) captured: on success each is shown as one
+    ``warning:`` line (unless --quiet); on failure they are dropped, so the error stays one line."""
+    with warnings.catch_warnings(record=True) as caught:
+        code = args.func(args, out)
+    if not out.quiet:
+        for message in dict.fromkeys(_one_line(w.message) for w in caught):
+            print(f"{PROG} {args.command}: warning: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rdc`` command; returns the exit code."""
     parser = build_parser()
@@ -386,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     out = Out(args.quiet)
     try:
-        return args.func(args, out)
+        return _run_capturing_warnings(args, out)
     except RdcError as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
     except FileNotFoundError as exc:

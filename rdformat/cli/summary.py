@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +65,13 @@ def input_bytes(path: Path, fmt: str) -> int:
 def output_bytes(path: Path, fmt: str) -> int:
     total = path.stat().st_size if path.exists() else 0
     if fmt == "onnx":
-        data = path.with_name(path.name + ".data")
-        if data.exists():
-            total += data.stat().st_size
+        # the data file is <name>.data, or <name>.rdc-<8 hex>.data when it replaced a model in place
+        pattern = re.compile(rf"{re.escape(path.name)}(\.rdc-[0-9a-f]{{8}})?\.data")
+        try:
+            total += sum((path.parent / n).stat().st_size for n in os.listdir(path.parent or ".")
+                         if pattern.fullmatch(n))
+        except OSError:
+            pass
     elif fmt == "safetensors-index":
         try:
             doc = json.loads(path.read_text())
@@ -74,6 +80,17 @@ def output_bytes(path: Path, fmt: str) -> int:
         except (OSError, ValueError):
             pass
     return total
+
+
+def _stat(value: Any, lo: float, hi: float) -> float | None:
+    """A statistic from a file's codec config: a finite real number in ``[lo, hi]``, else None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return None
+    return value if math.isfinite(value) and lo <= value <= hi else None
 
 
 def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
@@ -101,8 +118,9 @@ def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
             row["bits_per_weight"] = None if alias_of or not numel else round(8 * row["stored_bytes"] / numel, 4)
             stats = ti.codec_config.get("stats") if isinstance(ti.codec_config, dict) else None
             stats = stats if isinstance(stats, dict) else {}
-            row["sparsity"] = stats.get("sparsity")
-            row["rel_error"] = stats.get("err")
+            # what the file says: shown only when it is a plausible number, else unknown
+            row["sparsity"] = _stat(stats.get("sparsity"), 0.0, 1.0)
+            row["rel_error"] = _stat(stats.get("err"), 0.0, float("inf"))
             if row["rel_error"] is None and ti.codec in ("raw", "bytesplit"):
                 row["rel_error"] = 0.0  # lossless codecs
             if not alias_of:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..entropy import FrequencyTable, ans
-from ..errors import CorruptDataError, RdcError, TruncatedError
+from ..errors import CorruptDataError, LimitExceededError, RdcError, TruncatedError
 from ..format.dtypes import DtypeInfo
 from .surp_stream import (
     CLASS_NEW,
@@ -29,6 +29,17 @@ from .surp_stream import (
     run_key,
     thresholds,
 )
+
+#: Replay work allowed per byte of stream (element updates of the kept-weight arrays), plus
+#: :data:`WORK_PER_ELEMENT` per element of the chunk. Replaying a pass costs work proportional to the
+#: weights kept so far, so passes x kept weights could reach ~32768 per byte (4096 passes, 8 weights
+#: per byte); real streams use at most ~100 per byte (8 bits/weight) and ~90 per element. Past the
+#: budget the stream is refused (LimitExceededError): the decoder's time is linear in the stream's
+#: and the output's size.
+WORK_PER_BYTE = 1024
+WORK_PER_ELEMENT = 256
+WORK_BASE = 1 << 20
+
 
 @dataclass
 class _Piece:
@@ -142,8 +153,10 @@ class _Replay:
     kept at the *start* of pass p.
     """
 
-    def __init__(self, count: int, cfg: SurpConfig) -> None:
+    def __init__(self, count: int, cfg: SurpConfig, budget: int | None = None) -> None:
         self.n = count
+        self.work = 0
+        self.budget = budget
         self.cfg = cfg
         self.T = thresholds(cfg.t0, cfg.decay, 1)
         self.pos = np.zeros(0, dtype=np.int64)
@@ -155,6 +168,14 @@ class _Replay:
         self.closed = True  # the open run ended (END flag)
         self.pending: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None  # NEW(p) not merged
         self.shift: np.ndarray | None = None  # pos - arange, for NEW rank -> position
+
+    def _spend(self, n: int) -> None:
+        """Account for ``n`` element updates; refuse a stream that needs more than its budget."""
+        self.work += n
+        if self.budget is not None and self.work > self.budget:
+            raise LimitExceededError(
+                f"surp: replaying this stream needs over {self.budget} element updates (passes x kept "
+                "weights), more than its size justifies; refused")
 
     def thr(self, p: int) -> float:
         if p >= self.T.size:
@@ -175,6 +196,7 @@ class _Replay:
             return
         x = np.concatenate(xs)
         ng = np.concatenate(ns)
+        self._spend(self.pos.size + x.size)
         t = self.thr(p)
         hi = self.cfg.umax if p == 0 else min(self.cfg.umax, self.thr(p - 1))
         at = np.searchsorted(self.pos, x)
@@ -188,6 +210,7 @@ class _Replay:
         no selections): a complete REFINE(q) tightens every untested bound to T[q]; NEW(q) weights
         join after REFINE(q)."""
         a = self.key
+        self._spend(2 * self.pos.size)
         if a >= 0 and a % 2 == 1:  # open REFINE(q)
             if self.closed and self.last + 1 < self.pos.size:
                 tail = self.bound[self.last + 1:]
@@ -219,6 +242,7 @@ class _Replay:
             if ranks.size and int(ranks[-1]) >= dom:
                 raise CorruptDataError(f"surp: refinement rank {int(ranks[-1])} outside the {dom} kept weights")
             lo, hi = self.last + 1, int(ranks[-1]) + 1
+            self._spend(hi - lo)
             old = self.bound[lo:hi].copy()
             seg = np.minimum(old, t)
             rel = ranks - lo
@@ -230,6 +254,7 @@ class _Replay:
             if ranks.size and int(ranks[-1]) >= dom:
                 raise CorruptDataError(f"surp: new rank {int(ranks[-1])} outside the {dom} candidates")
             if self.shift is None:
+                self._spend(self.pos.size)
                 self.shift = self.pos - np.arange(self.pos.size, dtype=np.int64)
             x = ranks + np.searchsorted(self.shift, ranks, side="right")
             if self.pending is None:
@@ -303,7 +328,7 @@ def decode_stream(data: bytes | memoryview, count: int, config: SurpConfig | dic
     """
     cfg = config if isinstance(config, SurpConfig) else SurpConfig.from_json(config)
     buf = bytes(data)
-    rep = _Replay(int(count), cfg)
+    rep = _Replay(int(count), cfg, WORK_BASE + WORK_PER_BYTE * len(buf) + WORK_PER_ELEMENT * int(count))
     segs = list(_iter_segments(buf, int(count), max_bytes))
     total = lambda s: sum(p.count for p in s.pieces)  # noqa: E731
     if len(segs) > 1:
