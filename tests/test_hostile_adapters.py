@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import rdformat
-from rdformat import adapters
+from rdformat import adapters, convert, npz
 from rdformat.errors import (CorruptDataError, FormatError, InvalidInputError, LimitExceededError, RdcError,
                              UnsafeInputError)
 from rdformat.format import atomic
@@ -73,7 +73,7 @@ def test_shard_names_must_be_plain_names_in_the_output_folder(tmp_path, name):
     out.mkdir()
     before = listing(tmp_path)
     with pytest.raises(RdcError, match="shard|plain"):
-        adapters.decompress_file(src, out / "model.safetensors.index.json")
+        convert.decompress_file(src, out / "model.safetensors.index.json")
     assert listing(out) == {} and listing(tmp_path) == before
     assert not (tmp_path / "evil.safetensors").exists() and not Path("/tmp/evil.safetensors").exists()
 
@@ -88,7 +88,7 @@ def test_shard_names_must_be_plain_names_in_the_output_folder(tmp_path, name):
 def test_malformed_shard_layout_is_an_rdc_error(tmp_path, shards):
     src = crafted(tmp_path / "x.rdc", {**SHARD, "shards": shards})
     with pytest.raises(RdcError):
-        adapters.decompress_file(src, tmp_path / "m.safetensors.index.json")
+        convert.decompress_file(src, tmp_path / "m.safetensors.index.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.rdc"]
     code, err = cli("decompress", src, tmp_path / "m.safetensors.index.json")
     assert code == 1 and "internal error" not in err and len(err.strip().splitlines()) == 1
@@ -97,7 +97,7 @@ def test_malformed_shard_layout_is_an_rdc_error(tmp_path, shards):
 def test_shard_names_never_overwrite_an_existing_file(tmp_path):
     src = crafted(tmp_path / "x.rdc", {**SHARD, "shards": [{"file": "keep.safetensors", "tensors": list(W)}]})
     (tmp_path / "keep.safetensors").write_bytes(b"unrelated")
-    adapters.decompress_file(src, tmp_path / "m.safetensors.index.json")
+    convert.decompress_file(src, tmp_path / "m.safetensors.index.json")
     assert (tmp_path / "keep.safetensors").read_bytes() == b"unrelated"
     doc = json.loads((tmp_path / "m.safetensors.index.json").read_text())
     (shard,) = set(doc["weight_map"].values())
@@ -112,7 +112,7 @@ def test_index_metadata_must_be_an_object(tmp_path):
     src = crafted(tmp_path / "x.rdc", {**SHARD, "index_metadata": [1, 2],
                                        "shards": [{"file": "a.safetensors", "tensors": list(W)}]})
     with pytest.raises(CorruptDataError, match="index_metadata"):
-        adapters.decompress_file(src, tmp_path / "m.safetensors.index.json")
+        convert.decompress_file(src, tmp_path / "m.safetensors.index.json")
 
 
 PT = {"source_format": "pytorch", "adapter_version": 1}
@@ -123,7 +123,7 @@ def test_strides_must_be_dense_for_the_shape(tmp_path):
     src = crafted(tmp_path / "x.rdc", {**PT, "strides": {"a.weight": [1 << 40, 1]}})
     assert src.stat().st_size < 2000
     with pytest.raises(CorruptDataError, match="dense"):
-        adapters.decompress_file(src, tmp_path / "x.pt")
+        convert.decompress_file(src, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
     code, err = cli("decompress", src, tmp_path / "x.pt")
     assert code == 1 and "dense" in err and len(err.strip().splitlines()) == 1
@@ -141,14 +141,14 @@ def test_malformed_pytorch_fields_are_rdc_errors(tmp_path, field):
     pytest.importorskip("torch")
     src = crafted(tmp_path / "x.rdc", {**PT, **field})
     with pytest.raises(CorruptDataError):
-        adapters.decompress_file(src, tmp_path / "x.pt")
+        convert.decompress_file(src, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_dense_permuted_strides_still_restored(tmp_path):
     torch = pytest.importorskip("torch")
     src = crafted(tmp_path / "x.rdc", {**PT, "strides": {"a.weight": [1, 3]}})
-    adapters.decompress_file(src, tmp_path / "x.pt")
+    convert.decompress_file(src, tmp_path / "x.pt")
     sd = torch.load(tmp_path / "x.pt", weights_only=True)
     assert sd["a.weight"].stride() == (1, 3) and np.array_equal(sd["a.weight"].numpy(), W["a.weight"])
 
@@ -199,7 +199,7 @@ def test_onnx_graph_cannot_point_outside_the_container(tmp_path):
 
     bad = rewrite(rdformat.onnx.save(model), tmp_path / "bad.rdc", graph_fn=evil)
     with pytest.raises(CorruptDataError, match="external data"):
-        adapters.decompress_file(bad, tmp_path / "out.onnx")
+        convert.decompress_file(bad, tmp_path / "out.onnx")
     with pytest.raises(CorruptDataError):
         rdformat.onnx.load_file(bad)
     assert not (tmp_path / "out.onnx").exists()
@@ -209,7 +209,7 @@ def test_onnx_external_data_flag_must_be_a_boolean(tmp_path):
     onnx, model = _onnx_model(np.ones((4, 4), np.float32))
     path = rewrite(rdformat.onnx.save(model), tmp_path / "m.rdc", info={"external_data": "no"})
     with pytest.raises(CorruptDataError, match="external_data"):
-        adapters.decompress_file(path, tmp_path / "m.onnx")
+        convert.decompress_file(path, tmp_path / "m.onnx")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -266,14 +266,14 @@ def test_sharded_output_is_the_old_or_the_new_set(tmp_path, monkeypatch, n):
     out = tmp_path / "out"
     out.mkdir()
     index = out / "model.safetensors.index.json"
-    adapters.decompress_file(old_rdc, index)
+    convert.decompress_file(old_rdc, index)
     crash_on_replace(monkeypatch, n)  # renames: shard 1, shard 2, index
     with pytest.raises(Crash):
-        adapters.decompress_file(new_rdc, index)
+        convert.decompress_file(new_rdc, index)
     monkeypatch.undo()
     assert same(read_sharded(index), old)  # the index was not replaced: the old set, whole
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    adapters.decompress_file(new_rdc, index)  # a later run completes and removes what is unused
+    convert.decompress_file(new_rdc, index)  # a later run completes and removes what is unused
     assert same(read_sharded(index), new)
     listed = set(json.loads(index.read_text())["weight_map"].values())
     assert {p.name for p in out.iterdir()} == listed | {index.name}
@@ -282,8 +282,8 @@ def test_sharded_output_is_the_old_or_the_new_set(tmp_path, monkeypatch, n):
 def test_sharded_output_replaced_completely(tmp_path):
     old_rdc, new_rdc, old, new = two_models(tmp_path, shards=True)
     index = tmp_path / "model.safetensors.index.json"
-    adapters.decompress_file(old_rdc, index)
-    adapters.decompress_file(new_rdc, index)
+    convert.decompress_file(old_rdc, index)
+    convert.decompress_file(new_rdc, index)
     assert same(read_sharded(index), new)
     names = set(json.loads(index.read_text())["weight_map"].values())
     assert {p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"} == names  # old shards removed
@@ -333,14 +333,14 @@ def test_overwrite_keeps_permissions_and_symlinks(tmp_path):
     rdformat.save({"x": np.ones(3, np.float32)}, target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600 and set(rdformat.load(target)) == {"x"}
     real = tmp_path / "real.npz"
-    adapters.write_npz(real, W.items())
+    npz.write_npz(real, W.items())
     os.chmod(real, 0o640)
     link = tmp_path / "link.npz"
     link.symlink_to(real.name)
-    adapters.write_npz(link, {"y": np.zeros(2)}.items())
+    npz.write_npz(link, {"y": np.zeros(2)}.items())
     assert link.is_symlink() and os.readlink(link) == real.name
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
-    assert set(dict(adapters.iter_npz(real))) == {"y"}
+    assert set(dict(npz.iter_npz(real))) == {"y"}
 
 
 def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
@@ -378,7 +378,7 @@ def test_compressing_an_index_into_its_own_shard_is_refused(tmp_path):
     index.write_text(json.dumps({"metadata": {}, "weight_map": {"a": "s1.safetensors"}}))
     before = listing(tmp_path)
     with pytest.raises(InvalidInputError, match="input"):
-        adapters.compress_file(index, tmp_path / "s1.safetensors")
+        convert.compress_file(index, tmp_path / "s1.safetensors")
     code, err = cli("compress", index, tmp_path / "s1.safetensors")
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert listing(tmp_path) == before
@@ -390,14 +390,14 @@ def test_onnx_sidecars_are_inputs_too(tmp_path):
     onnx.save_model(model, src, save_as_external_data=True, location="x.onnx.data", size_threshold=0)
     before = listing(tmp_path)
     with pytest.raises(InvalidInputError, match="input"):  # compress into its own external data file
-        adapters.compress_file(src, tmp_path / "x.onnx.data")
+        convert.compress_file(src, tmp_path / "x.onnx.data")
     assert listing(tmp_path) == before
     # decompress onto the input through the sidecar name: out y.onnx whose y.onnx.data is the input
     rdc = tmp_path / "y.onnx.data"
     rdc.write_bytes(rdformat.onnx.save(onnx.load(src)))
     before = listing(tmp_path)
     with pytest.raises(InvalidInputError, match="input"):
-        adapters.decompress_file(rdc, tmp_path / "y.onnx")
+        convert.decompress_file(rdc, tmp_path / "y.onnx")
     code, err = cli("decompress", rdc, tmp_path / "y.onnx")
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert listing(tmp_path) == before
@@ -408,7 +408,7 @@ def test_decompressing_a_shard_onto_the_input_is_refused(tmp_path):
                                                                        "tensors": list(W)}]})
     before = listing(tmp_path)
     with pytest.raises(InvalidInputError, match="input"):
-        adapters.decompress_file(src, tmp_path / "m.safetensors.index.json")
+        convert.decompress_file(src, tmp_path / "m.safetensors.index.json")
     assert listing(tmp_path) == before
 
 
@@ -498,7 +498,7 @@ def _npz_with(tmp_path: Path, header: bytes, data: bytes) -> Path:
 def test_malformed_npy_header_is_a_format_error(tmp_path):
     path = _npz_with(tmp_path, b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), '''", b"\0" * 12)
     with pytest.raises(FormatError, match="header"):
-        list(adapters.iter_npz(path))
+        list(npz.iter_npz(path))
     code, err = cli("compress", path, tmp_path / "o.rdc")
     assert code == 1 and "internal error" not in err and len(err.strip().splitlines()) == 1
 
@@ -510,9 +510,9 @@ def test_npz_claiming_2_40_elements_allocates_nothing(tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(FormatError, match="claims"):
-            list(adapters.iter_npz(path))
+            list(npz.iter_npz(path))
         with pytest.raises(FormatError):
-            adapters.compress_file(path, tmp_path / "o.rdc")
+            convert.compress_file(path, tmp_path / "o.rdc")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -526,7 +526,7 @@ def test_warnings_do_not_break_the_one_line_error(tmp_path, monkeypatch):
         warnings.warn("a library warning\nover two lines", UserWarning)
         raise FormatError("the real problem")
 
-    monkeypatch.setattr(adapters, "compress_file", noisy)
+    monkeypatch.setattr(convert, "compress_file", noisy)
     (tmp_path / "a.npz").write_bytes(b"x")
     code, err = cli("compress", tmp_path / "a.npz", tmp_path / "o.rdc")
     assert code == 1 and err.strip().splitlines() == ["rdc compress: error: the real problem"]
@@ -575,7 +575,7 @@ def test_fifo_as_onnx_external_data_is_refused(tmp_path):
     (tmp_path / "f.bin").unlink()
     os.mkfifo(tmp_path / "f.bin")
     result: list = []
-    worker = threading.Thread(target=lambda: result.append(_catch(adapters.compress_file, src, tmp_path / "o.rdc")),
+    worker = threading.Thread(target=lambda: result.append(_catch(convert.compress_file, src, tmp_path / "o.rdc")),
                               daemon=True)
     worker.start()
     worker.join(20)
@@ -596,9 +596,9 @@ def _catch(fn, *args):
 
 def test_npz_names_that_a_zip_cannot_hold_are_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="NUL"):
-        adapters.write_npz(tmp_path / "n.npz", [("a\x00b", np.ones(2)), ("a\x00c", np.zeros(2))])
+        npz.write_npz(tmp_path / "n.npz", [("a\x00b", np.ones(2)), ("a\x00c", np.zeros(2))])
     with pytest.raises(InvalidInputError, match="twice"):
-        adapters.write_npz(tmp_path / "n.npz", [("a", np.ones(2)), ("a", np.zeros(2))])
+        npz.write_npz(tmp_path / "n.npz", [("a", np.ones(2)), ("a", np.zeros(2))])
     assert not (tmp_path / "n.npz").exists()
 
 
@@ -683,7 +683,7 @@ def test_verify_load_and_decompress_agree(data):
         assert code in (0, 1)
         loaded_ok, loaded = _outcome(lambda: rdformat.load(path))
         out = Path(tmp) / "m.npz"
-        unpacked_ok, unpacked = _outcome(lambda: (adapters.decompress_file(path, out), dict(adapters.iter_npz(out)))[1])
+        unpacked_ok, unpacked = _outcome(lambda: (convert.decompress_file(path, out), dict(npz.iter_npz(out)))[1])
         assert (code == 0) == loaded_ok == unpacked_ok, f"verify exit {code}, load ok {loaded_ok}, " \
                                                         f"decompress ok {unpacked_ok}; input {data.hex()}"
         if loaded_ok:

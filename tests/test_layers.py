@@ -31,8 +31,10 @@ LAYERS: dict[str, int] = {
     "torch": 7,
     "safetensors": 7,
     "onnx": 7,
+    "npz": 7,
     "contrib": 7,
     "onnx_calibration": 7,
+    "convert": 8,  # picks an adapter by a file's format (what rdc compress/decompress call)
     "calibrate": 8,  # task-aware lossy targets for the CLI (runs ONNX models through onnx_calibration)
     "surp": 8,  # SuRP's user-facing module (re-exports the producer and the contrib loop)
     "cli": 9,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import adapters
+from .. import adapters, convert
 from ..errors import CommandLineError, InvalidInputError, RdcError, UnsupportedFeatureError
 from .demo import cmd_demo
 from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, Out
@@ -145,7 +145,7 @@ def cmd_compress(args: argparse.Namespace, out: Out) -> int:
         codec = _task_aware(args, src, fmt, codec, out)
     elif args.sensitivity or args.calibration or args.input_shape:
         raise CommandLineError("--sensitivity, --calibration and --input-shape go with a lossy target (--bits ...)")
-    fmt = adapters.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
+    fmt = convert.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
     if not out.quiet:
         summary = tensor_summary(dst)
         in_bytes = input_bytes(src, fmt)
@@ -161,14 +161,14 @@ def cmd_compress(args: argparse.Namespace, out: Out) -> int:
 def cmd_decompress(args: argparse.Namespace, out: Out) -> int:
     src, dst = Path(args.input), Path(args.output)
     _check_paths(src, dst)
-    fmt = adapters.output_format(dst)
+    fmt = convert.output_format(dst)
     options: dict[str, Any] = {}
     if fmt == "onnx" and args.external_data != "auto":
         options["external_data"] = args.external_data == "yes"
     elif args.external_data != "auto":
         raise adapters.FormatError("--external-data applies to .onnx outputs only")
     # --max-bytes: progressive (SuRP) tensors decode from a prefix of their streams (a coarser model).
-    adapters.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
+    convert.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
     out.say(f"{src} -> {dst} ({fmt}): {output_bytes(dst, fmt):,} bytes")
     return EXIT_OK
 

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import adapters
+from .. import adapters, convert
 from .output import EXIT_FAIL, EXIT_OK, PROG, Out
 from .summary import ratio
 
@@ -78,8 +78,8 @@ def cmd_demo(args: argparse.Namespace, out: Out) -> int:
         src, what = _demo_source(work)
         rdc = work / (src.stem + ".rdc")
         restored = work / (src.stem + ".restored.safetensors")
-        adapters.compress_file(src, rdc, fmt="safetensors", progress=out.progress)
-        adapters.decompress_file(rdc, restored, fmt="safetensors", progress=out.progress)
+        convert.compress_file(src, rdc, fmt="safetensors", progress=out.progress)
+        convert.decompress_file(rdc, restored, fmt="safetensors", progress=out.progress)
         a, meta_a = read_safetensors(src)
         b, meta_b = read_safetensors(restored)
         exact = list(a) == list(b) and meta_a == meta_b and all(
@@ -93,7 +93,7 @@ def cmd_demo(args: argparse.Namespace, out: Out) -> int:
         out.say(f"  compressed {rdc.name:<34} {s_rdc:>10,} bytes  ratio {ratio(s_src, s_rdc):.3f}x (lossless)")
         out.say(f"  restored   {restored.name:<34} {s_back:>10,} bytes")
         lossy = work / (src.stem + ".4bit.rdc")
-        adapters.compress_file(src, lossy, fmt="safetensors", lossy={"bits": 4}, progress=out.progress)
+        convert.compress_file(src, lossy, fmt="safetensors", lossy={"bits": 4}, progress=out.progress)
         with adapters.open_rdc(lossy) as f:
             c = dict(iter(f))
         num = sum(float(np.sum((c[k].astype(np.float64) - a[k].astype(np.float64)) ** 2)) for k in a)
