@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "safetensors": 7,
     "onnx": 7,
     "npz": 7,
+    "safetensors_io": 6.5,  # the safetensors file format itself (what the safetensors adapter converts)
     "contrib": 7,
     "onnx_calibration": 7,
     "convert": 8,  # picks an adapter by a file's format (what rdc compress/decompress call)
