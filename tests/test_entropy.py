@@ -19,11 +19,14 @@ from hypothesis import strategies as st
 
 from rdformat.entropy import FrequencyTable, available_backends, decode, default_lanes, encode
 from rdformat.entropy import ans as ans_mod
+from rdformat.entropy import ans_constriction, ans_numpy
 from rdformat.errors import CorruptDataError, InvalidInputError, RdcError, TruncatedError
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_CS = "constriction" in available_backends()
-BACKENDS = ["numpy", "constriction"] if HAVE_CS else ["numpy"]
+HAVE_NUMBA = "numba" in available_backends()
+#: every usable backend, the numpy reference first
+BACKENDS = ["numpy"] + [b for b in available_backends() if b != "numpy"]
 needs_cs = pytest.mark.skipif(not HAVE_CS, reason="constriction backend not available")
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -176,8 +179,8 @@ def test_numpy_scalar_and_lockstep_paths_agree(tv):
     lanes = lanes or max(1, min(n, 40))
     results = []
     for limit in (0, 10**9):  # force lockstep, force scalar
-        old = ans_mod._SCALAR_MAX_LANES
-        ans_mod._SCALAR_MAX_LANES = limit
+        old = ans_numpy._SCALAR_MAX_LANES
+        ans_numpy._SCALAR_MAX_LANES = limit
         try:
             block = encode(values, table, lanes=lanes, backend="numpy")
             out = decode(block, n, table, backend="numpy")
@@ -186,7 +189,7 @@ def test_numpy_scalar_and_lockstep_paths_agree(tv):
                 bad[-1] ^= 0x10  # corrupt the last lane's top word
             corrupt = outcome(lambda bad=bad: decode(bytes(bad), n, table, backend="numpy"))
         finally:
-            ans_mod._SCALAR_MAX_LANES = old
+            ans_numpy._SCALAR_MAX_LANES = old
         np.testing.assert_array_equal(out, values)
         results.append((block, corrupt))
     assert results[0] == results[1]
@@ -420,12 +423,12 @@ def test_bad_lane_counts_and_zero_last_word():
 
 
 def _lockstep(fn):
-    old = ans_mod._SCALAR_MAX_LANES
-    ans_mod._SCALAR_MAX_LANES = 0
+    old = ans_numpy._SCALAR_MAX_LANES
+    ans_numpy._SCALAR_MAX_LANES = 0
     try:
         return fn()
     finally:
-        ans_mod._SCALAR_MAX_LANES = old
+        ans_numpy._SCALAR_MAX_LANES = old
 
 
 def test_bitflips_detected_and_backends_agree():
@@ -654,7 +657,7 @@ def test_table_from_garbage_with_plausible_headers():
 
 def test_env_var_disables_constriction(monkeypatch):
     monkeypatch.setenv("RDFORMAT_NO_CONSTRICTION", "1")
-    assert available_backends() == ["numpy"]
+    assert "constriction" not in available_backends()
     table, values, block = valid_block(n=200, lanes=3)
     assert encode(values, table, lanes=3) == block
     np.testing.assert_array_equal(decode(block, values.size, table), values)
@@ -677,14 +680,14 @@ def test_self_check_rejects_a_wrong_constriction(monkeypatch):
     fake = types.SimpleNamespace(stream=types.SimpleNamespace(
         stack=constriction.stream.stack, model=types.SimpleNamespace(Categorical=SkewedCategorical)))
     monkeypatch.setitem(sys.modules, "constriction", fake)
-    monkeypatch.setattr(ans_mod, "_check_result", None)
-    assert available_backends() == ["numpy"]
-    assert "differs" in ans_mod._constriction()[1]
+    monkeypatch.setattr(ans_constriction, "_check_result", None)
+    assert "constriction" not in available_backends()
+    assert "differs" in ans_constriction.constriction_module()[1]
     table, values, block = valid_block(n=200, lanes=3)
     assert encode(values, table, lanes=3) == block  # still correct, via numpy
-    monkeypatch.setattr(ans_mod, "_check_result", None)
+    monkeypatch.setattr(ans_constriction, "_check_result", None)
     monkeypatch.setitem(sys.modules, "constriction", constriction)
-    assert available_backends() == ["constriction", "numpy"]
+    assert available_backends()[-2:] == ["constriction", "numpy"]
 
 
 def test_decode_in_subprocess_without_constriction(tmp_path):
@@ -698,7 +701,7 @@ sys.modules['constriction'] = None  # any 'import constriction' now fails
 import numpy as np
 from rdformat.entropy import FrequencyTable, available_backends, decode, encode
 d = {str(tmp_path)!r}
-assert available_backends() == ['numpy'], available_backends()
+assert 'constriction' not in available_backends(), available_backends()
 table, _ = FrequencyTable.from_bytes(open(d + '/table.bin', 'rb').read())
 block = open(d + '/block.bin', 'rb').read()
 values = np.load(d + '/values.npy')
@@ -750,7 +753,7 @@ def test_constriction_backend_is_used_when_installed():
         pytest.skip("constriction not installed")
     if os.environ.get("RDFORMAT_NO_CONSTRICTION", "") not in ("", "0"):
         pytest.skip("disabled by RDFORMAT_NO_CONSTRICTION")
-    assert available_backends() == ["constriction", "numpy"], ans_mod._constriction()[1]
+    assert available_backends()[-2:] == ["constriction", "numpy"], ans_constriction.constriction_module()[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -761,15 +764,15 @@ def test_constriction_backend_is_used_when_installed():
 @contextlib.contextmanager
 def numpy_paths(scalar_max=None, branchless_max=None):
     """Force the lockstep (scalar_max=0) or scalar (huge) paths, and either refill variant."""
-    old = ans_mod._SCALAR_MAX_LANES, ans_mod._BRANCHLESS_REFILL_MAX_LANES
+    old = ans_numpy._SCALAR_MAX_LANES, ans_numpy._BRANCHLESS_REFILL_MAX_LANES
     if scalar_max is not None:
-        ans_mod._SCALAR_MAX_LANES = scalar_max
+        ans_numpy._SCALAR_MAX_LANES = scalar_max
     if branchless_max is not None:
-        ans_mod._BRANCHLESS_REFILL_MAX_LANES = branchless_max
+        ans_numpy._BRANCHLESS_REFILL_MAX_LANES = branchless_max
     try:
         yield
     finally:
-        ans_mod._SCALAR_MAX_LANES, ans_mod._BRANCHLESS_REFILL_MAX_LANES = old
+        ans_numpy._SCALAR_MAX_LANES, ans_numpy._BRANCHLESS_REFILL_MAX_LANES = old
 
 
 NUMPY_PATHS = [dict(), dict(scalar_max=0, branchless_max=0), dict(scalar_max=0, branchless_max=10**9),
@@ -885,8 +888,8 @@ def test_decode_many_detects_the_same_corruptions_as_decode():
 def test_set_backend_and_use_backend(monkeypatch):
     table, values, block = valid_block(n=2000, lanes=30)
     calls = []
-    real = ans_mod._decode_lockstep
-    monkeypatch.setattr(ans_mod, "_decode_lockstep", lambda blocks: calls.append(len(blocks)) or real(blocks))
+    real = ans_numpy.decode_lockstep
+    monkeypatch.setattr(ans_numpy, "decode_lockstep", lambda blocks: calls.append(len(blocks)) or real(blocks))
     with ans_mod.use_backend("numpy"):
         np.testing.assert_array_equal(decode(block, 2000, table), values)
         assert calls == [1]
@@ -908,8 +911,9 @@ def test_set_backend_and_use_backend(monkeypatch):
 
 def test_auto_cost_model_prefers_numpy_only_for_many_lanes():
     table, _, _ = valid_block(n=10)
-    blk = lambda n, lanes: ans_mod._Block(0, n, table, np.dtype(np.uint32), np.zeros(0, np.uint32),  # noqa: E731
-                                          np.zeros(lanes, np.int64), np.zeros(lanes, np.int64), 0)
+    blk = lambda n, lanes: ans_numpy.Block(0, n, table, np.dtype(np.uint32), np.zeros(0, np.uint32),  # noqa: E731
+                                           np.zeros(lanes, np.int64), np.zeros(lanes, np.int64), 0,
+                                           np.zeros(0, np.uint8))
     assert not ans_mod._numpy_decode_is_faster([blk(1000, 1)])
     assert not ans_mod._numpy_decode_is_faster([blk(10**6, 300)])
     assert ans_mod._numpy_decode_is_faster([blk(10**6, 4000)])

@@ -298,3 +298,165 @@ def test_dq_reconstruct_matches_numpy() -> None:
             for step in (0.013, 1.0, 3.3e-5):
                 want = dq.dq_reconstruct(levels, step, chain, np.dtype(dtype))
                 assert kn.dq_reconstruct(levels, step, chain, dtype).tobytes() == want.tobytes()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the numba backend wired in: selection, lazy import, whole files, threads, the trellis search
+# ----------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _subprocess(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter with the default numba policy (plus ``env``); its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    full = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for var in ("RDFORMAT_NO_NUMBA", "RDFORMAT_NUMBA_MIN_SYMBOLS"):
+        full.pop(var, None)
+    full.update(env)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
+def test_numba_is_imported_lazily_and_can_be_disabled(tmp_path: Path) -> None:
+    """``import rdformat`` never imports numba, nor does a small load (it would cost more than it saves); a
+    large job does; RDFORMAT_NO_NUMBA=1 keeps it out."""
+    small, big = tmp_path / "small.rdc", tmp_path / "big.rdc"
+    rng = np.random.default_rng(0)
+    rdformat.save({"w": rng.laplace(0, 0.02, 5000).astype(np.float32)}, small)
+    rdformat.save({"w": rng.integers(0, 200, 4_100_000).astype(np.uint8)}, big)  # one ANS plane, 4.1 M symbols
+    code = f"""
+import sys, rdformat
+from rdformat.entropy import ans
+steps = ['numba' in sys.modules]
+rdformat.load({str(small)!r})
+steps += ['numba' in sys.modules, ans.compiled_active()]
+rdformat.load({str(big)!r})
+steps += ['numba' in sys.modules, ans.compiled_active()]
+print(*steps)
+"""
+    assert _subprocess(code) == "False False False True True"
+    assert _subprocess(code, RDFORMAT_NO_NUMBA="1") == "False False False False False"
+    assert _subprocess(code, RDFORMAT_NUMBA_MIN_SYMBOLS="0") == "False True True True True"
+
+
+def test_backend_selection() -> None:
+    assert ans.available_backends()[0] == "numba"
+    assert ans.compiled_active()  # conftest: RDFORMAT_NUMBA_MIN_SYMBOLS=0
+    with ans.use_backend("numpy"):
+        assert not ans.compiled_active()
+    with ans.use_backend("constriction"):
+        assert not ans.compiled_active()
+    with ans.use_backend("numba"):
+        assert ans.compiled_active()
+    table = FrequencyTable(4, [1, 2, 3], [10, 5, 1])
+    values = np.tile([1, 2, 1, 3], 250)
+    block = ans.encode(values, table, lanes=3, backend="numpy")
+    assert ans.encode(values, table, lanes=3, backend="numba") == block
+    assert np.array_equal(ans.decode(block, values.size, table, backend="numba"), values)
+
+
+def test_disabled_numba_backend_is_refused_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDFORMAT_NO_NUMBA", "1")
+    assert "numba" not in ans.available_backends()
+    assert not ans.compiled_active()
+    table = FrequencyTable(4, [1, 2], [10, 6])
+    with pytest.raises(errors.InvalidInputError, match="numba"):
+        ans.decode(b"\0\0\0\0", 0, table, backend="numba")
+    with ans.use_backend("numba"):  # a preference falls back to numpy silently
+        assert ans.decode(b"\0\0\0\0", 0, table).size == 0
+
+
+def big_model(seed: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"a": rng.laplace(0, 0.02, size=(1200, 700)).astype(np.float32),
+            "b": rng.laplace(0, 0.02, size=(300, 1000)).astype(np.float16),
+            "c": rng.laplace(0, 0.02, size=(50,)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bits": 4.0, "method": "sq"}, {"bits": 4.0, "method": "dq"}])
+def test_whole_files_decode_identically_on_two_threads(kwargs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many chunks and over PARALLEL_MIN_SYMBOLS symbols: blocks and chunks go to two threads."""
+    import io
+
+    from rdformat.entropy import ans_compiled
+
+    buf = io.BytesIO()
+    rdformat.save(big_model(), buf, chunk_bytes=256 << 10, **kwargs)
+    data = buf.getvalue()
+    with ans.use_backend("numpy"):
+        want = rdformat.load(data)
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("RDFORMAT_THREADS", threads)
+        monkeypatch.setattr(ans_compiled, "PARALLEL_MIN_SYMBOLS", 0)
+        got = rdformat.load(data)
+        for k in want:
+            assert got[k].tobytes() == want[k].tobytes(), (threads, k)
+
+
+@pytest.mark.parametrize("method", ["bytesplit", "sq", "dq"])
+def test_corrupt_chunks_raise_the_same_error_on_both_paths(method: str) -> None:
+    """Flipped bytes in a chunk payload: the compiled path raises what the numpy path raises (or decodes the same)."""
+    from rdformat.codecs.bytesplit import ByteSplitCodec
+    from rdformat.codecs.dq import DQCodec
+    from rdformat.codecs.sq import SQCodec
+    from rdformat.format.dtypes import by_numpy
+
+    rng = np.random.default_rng(9)
+    x = rng.laplace(0, 0.02, size=20_480).astype(np.float32)
+    info = by_numpy(np.dtype(np.float32))
+    if method == "bytesplit":
+        codec, elements = ByteSplitCodec("rotl1"), x
+    else:
+        codec = SQCodec(0.01) if method == "sq" else DQCodec(0.005, 256)
+        elements = np.clip(np.round(x / 0.01), -300, 300).astype(np.int32)
+    payload = codec.encode_chunk(elements, info)
+    outcomes_seen = set()
+    for _ in range(150):
+        bad = bytearray(payload)
+        pos = int(rng.integers(0, len(bad)))
+        bad[pos] ^= 1 << int(rng.integers(0, 8))
+        outcomes = []
+        for backend in ("numpy", "numba"):
+            with ans.use_backend(backend):
+                try:
+                    out = codec.decode_chunk(memoryview(bytes(bad)), x.size, info)
+                    outcomes.append(("ok", out.tobytes()))
+                except errors.RdcError as exc:
+                    outcomes.append((type(exc).__name__, exc.offset))
+        assert outcomes[0] == outcomes[1], (pos, outcomes[0][0], outcomes[1][0])
+        outcomes_seen.add(outcomes[0][0])
+    assert len(outcomes_seen) >= 2
+
+
+@pytest.mark.parametrize("distortion,chain", [("mse", 256), ("mae", 97), ("mse", 1)])
+def test_trellis_search_is_bit_exact(distortion: str, chain: int) -> None:
+    from rdformat.producers.trellis import quantize_trellis
+
+    rng = np.random.default_rng(11)
+    x = rng.laplace(0, 0.03, size=50_001).astype(np.float32)
+    x[:500] = 0
+    x[600] = 5.0  # a large level
+    got = {}
+    for backend in ("numpy", "numba"):
+        with ans.use_backend(backend):
+            got[backend] = quantize_trellis(x, 0.004, distortion=distortion, chain=chain).levels
+    assert np.array_equal(got["numpy"], got["numba"])
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 4095, 4096, 100_001])
+def test_plane_histograms(n: int) -> None:
+    plane = np.random.default_rng(n).integers(0, 256, n).astype(np.uint8)
+    plane[: n // 2] = 7
+    for pairs in (False, True):
+        counts, pair_counts = kn.plane_histograms(plane, pairs)
+        assert np.array_equal(counts, np.bincount(plane, minlength=256))
+        if pairs:
+            padded = np.concatenate([plane, np.zeros(n % 2, np.uint8)]).view("<u2")
+            assert np.array_equal(pair_counts, np.bincount(padded, minlength=1 << 16))
+        else:
+            assert pair_counts is None

@@ -1,8 +1,8 @@
-"""Portable decoding (issue 7): files decode the same with and without constriction, now and later.
+"""Portable decoding (issues 7, 13): files decode the same with and without the accelerators, now and later.
 
-* every codec's output decodes to identical arrays through the numpy and the constriction ANS paths;
-* the decoding test suites pass in a process where ``import constriction`` fails (as on Linux
-  aarch64/armv7, where it has no wheel), and rdformat then really decodes with numpy;
+* every codec's output decodes to identical arrays through the numpy, numba and constriction ANS paths;
+* the decoding test suites (hostile files included) pass in a process where ``import constriction`` and
+  ``import numba`` fail (as where they have no wheel), and rdformat then really decodes with numpy;
 * the golden files in spec/vectors/golden/ (written once, never regenerated) keep decoding to the
   same bytes on every backend.
 """
@@ -31,8 +31,12 @@ from helpers import ALL_DTYPES, random_array
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "spec" / "vectors" / "golden"
 HAVE_CS = "constriction" in ans.available_backends()
-#: "auto" too: it mixes both paths by block size, and must not change results either
-BACKENDS = ["numpy", "constriction", "auto"] if HAVE_CS else ["numpy", "auto"]
+HAVE_NUMBA = "numba" in ans.available_backends()
+#: every usable backend, the numpy reference first, and "auto" (it mixes paths by block size, and must not
+#: change results either)
+BACKENDS = ["numpy"] + [b for b in ans.available_backends() if b != "numpy"] + ["auto"]
+#: what a subprocess needs to see only the numpy path: both accelerators made unimportable
+BLOCK_ALL = {"RDFORMAT_BLOCK_CONSTRICTION": "1", "RDFORMAT_BLOCK_NUMBA": "1"}
 SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])
 
@@ -51,7 +55,8 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
-    for var in ("RDFORMAT_NO_CONSTRICTION", "RDFORMAT_BLOCK_CONSTRICTION", "RDFORMAT_BACKEND_REPORT"):
+    for var in ("RDFORMAT_NO_CONSTRICTION", "RDFORMAT_BLOCK_CONSTRICTION", "RDFORMAT_BACKEND_REPORT",
+                "RDFORMAT_NO_NUMBA", "RDFORMAT_BLOCK_NUMBA"):
         if var not in extra:
             env.pop(var, None)
     return env
@@ -112,7 +117,7 @@ def _mixed_model(seed: int = 7) -> dict[str, np.ndarray]:
 
 
 def test_env_var_forces_numpy_in_a_subprocess(tmp_path):
-    """RDFORMAT_NO_CONSTRICTION=1 in a fresh process: same arrays as this process decodes."""
+    """RDFORMAT_NO_CONSTRICTION=1 RDFORMAT_NO_NUMBA=1 in a fresh process: same arrays as this process decodes."""
     files = {}
     for name, kwargs in (("lossless", {}), ("sq", {"bits": 3.0}), ("sq_small_chunks", {"bits": 5.0,
                                                                                            "chunk_bytes": 20_000})):
@@ -130,10 +135,10 @@ for name in {sorted(files)!r}:
 print('OK')
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=subprocess_env(RDFORMAT_NO_CONSTRICTION="1"))
+                         env=subprocess_env(RDFORMAT_NO_CONSTRICTION="1", RDFORMAT_NO_NUMBA="1"))
     assert res.returncode == 0 and res.stdout.strip() == "OK", res.stderr
     for name, data in files.items():
-        here = decode_with(data, "constriction" if HAVE_CS else "auto")
+        here = decode_with(data, "auto")
         with np.load(tmp_path / f"{name}.npz") as z:
             assert sorted(z.files) == sorted(here)
             for k, v in here.items():
@@ -154,19 +159,25 @@ try:
     raise SystemExit('constriction imported')
 except ImportError:
     pass
+try:
+    import numba
+    raise SystemExit('numba imported')
+except ImportError:
+    pass
 assert ans.available_backends() == ['numpy'], ans.available_backends()
 print('OK')
 """
     # the blocker lives in tests/conftest.py; import it the way pytest would, then run the check
     wrapper = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import conftest\n" + code
     res = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120,
-                         env=subprocess_env(RDFORMAT_BLOCK_CONSTRICTION="1"))
+                         env=subprocess_env(**BLOCK_ALL))
     assert res.returncode == 0 and res.stdout.strip() == "OK", res.stdout + res.stderr
 
 
 def test_decoding_suites_pass_without_constriction(tmp_path):
-    """tests/test_container.py, test_spec_layout.py, the vectors and golden tests, with constriction blocked."""
-    targets = ["tests/test_container.py", "tests/test_spec_layout.py",
+    """tests/test_container.py, test_spec_layout.py, the vectors, golden and hostile-file tests, with
+    constriction and numba blocked (the numpy reference path only, as where neither has a wheel)."""
+    targets = ["tests/test_container.py", "tests/test_spec_layout.py", "tests/test_hostile.py",
                "tests/test_portable.py::test_golden_files_decode_to_the_stored_arrays"]
     deselect = []
     if (REPO / "tests" / "test_vectors.py").exists():
@@ -178,13 +189,13 @@ def test_decoding_suites_pass_without_constriction(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "pytest", *targets, *deselect, "-q", "-x", "-p", "no:cacheprovider"],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
-        env=subprocess_env(RDFORMAT_BLOCK_CONSTRICTION="1", RDFORMAT_BACKEND_REPORT=str(report)),
+        env=subprocess_env(**BLOCK_ALL, RDFORMAT_BACKEND_REPORT=str(report)),
     )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     info = json.loads(report.read_text())
-    assert info["blocked"] and info["exitstatus"] == 0
+    assert info["blocked"] and info["numba_blocked"] and info["exitstatus"] == 0
     assert info["available_backends"] == ["numpy"], info
-    assert not info["constriction_loaded"], info
+    assert not info["constriction_loaded"] and not info["numba_loaded"], info
     assert "constriction not usable" in info["reason"], info
     assert info["numpy_blocks_decoded"] > 10, info  # ANS blocks really went through the numpy decoder
 
@@ -220,11 +231,11 @@ def test_golden_files_are_unchanged():
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], f"golden file {fname} was modified"
 
 
-@pytest.mark.parametrize("backend", ["numpy", "constriction", "auto"])
-@pytest.mark.parametrize("fname", ["lossless.rdc", "sq4.rdc"])
+@pytest.mark.parametrize("backend", ["numpy", "numba", "constriction", "auto"])
+@pytest.mark.parametrize("fname", ["lossless.rdc", "sq4.rdc", "dq4.rdc", "surp80.rdc"])
 def test_golden_files_decode_to_the_stored_arrays(fname, backend):
-    if backend == "constriction" and not HAVE_CS:
-        pytest.skip("constriction backend not available")
+    if backend == "constriction" and not HAVE_CS or backend == "numba" and not HAVE_NUMBA:
+        pytest.skip(f"{backend} backend not available")
     entry = _manifest()["files"][fname]
     data = (GOLDEN / fname).read_bytes()
     expected = _expected(entry)
@@ -253,16 +264,17 @@ import numpy as np, rdformat
 from rdformat.entropy import ans
 assert ans.available_backends() == ['numpy'], ans.available_backends()
 assert 'constriction' not in sys.modules or sys.modules['constriction'] is None
+assert 'numba' not in sys.modules
 for name in ('lossless', 'sq'):
     t = rdformat.load({str(tmp_path)!r} + '/' + name + '.rdc')
     np.savez({str(tmp_path)!r} + '/' + name + '.npz', **{{k: v.view(np.uint8) for k, v in t.items()}})
 print('OK')
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=subprocess_env(RDFORMAT_BLOCK_CONSTRICTION="1"))
+                         env=subprocess_env(**BLOCK_ALL))
     assert res.returncode == 0 and res.stdout.strip() == "OK", res.stdout + res.stderr
     for name, data in files.items():
-        here = decode_with(data, "constriction" if HAVE_CS else "auto")
+        here = decode_with(data, "auto")
         with np.load(tmp_path / f"{name}.npz") as z:
             for k, v in here.items():
                 assert z[k].tobytes() == v.view(np.uint8).tobytes(), (name, k)

@@ -1,22 +1,23 @@
-"""Decode speed of .rdc files on one core: the pure-numpy ANS path beside the constriction path (and NNCodec).
+"""Encode and decode speed of .rdc files on every ANS path (numba, constriction, numpy), next to the peers.
 
 Models: the MTCNN checkpoints in ../shared/models (pnet, rnet, onet; float32 state dicts) and a synthetic
 22.7 M-weight model with the tensor shapes of a 6-layer BERT-small (MiniLM-L6-H384: vocabulary 30522,
 hidden 384, 12 heads, FFN 1536, 512 positions; see ``synthetic_bert()``) filled with Laplacian values.
-Each model is stored twice: lossless (the default ``bytesplit`` codec) and lossy at ~4 bits per weight
-(``rdformat.save(bits=4)``: one model-wide step, levels from ``rdformat.producers.quantize.quantize_rdo``, ``sq``
-codec; 1-D tensors stay lossless). Every file is then loaded with ``rdformat.load`` with the ANS backend
-forced to numpy, then to constriction (when installed); the decoded tensors must be bit-identical.
+Each model is stored lossless (the default ``bytesplit`` codec) and lossy at ~4 bits per weight with ``sq``
+and with ``dq`` (``rdformat.save(bits=4, method=...)``; 1-D tensors stay lossless), once per path (the
+files are byte-identical), then loaded with ``rdformat.load`` on each path; the decoded tensors must be
+bit-identical.
 
-Speeds are decoded weights (all tensor elements) per second and decoded bytes (float32) per second,
-from the process CPU time of the load, the minimum over ``--repeat`` runs, with every thread pool
-limited to one thread: CPU time stays close to the single-core time when other work shares the machine.
-"ANS share" is the part of that time spent inside ``rdformat.entropy.ans.decode``/``decode_many``.
+Speeds are weights (all tensor elements) per second and float32 bytes per second, from the wall time of
+the fastest of ``--repeat`` loads (the numba path decodes on two threads; "CPU/wall" is the CPU time of
+that load over its wall time). Encode is timed once per path (wall). ZipNN 0.5.4 (lossless; the same bytes
+in one buffer, ``threads=1`` and ``threads=2``) and zstd -3 run in the same process on the same machine.
+NNCodec 2.1.3 (``tools/nncodec_peer.py``, when it reports ``available()``) decodes its own bitstream of the
+same weights at the QP whose size is closest to the sq file's; it runs on MTCNN only unless
+``--nncodec-synthetic`` is given (its encoder takes minutes on 22.7 M weights).
 
-NNCodec 2.1.3 (``tools/nncodec_peer.py``, when it exists and reports ``available()``) decodes its own
-bitstream of the same weights at the QP whose size is closest to the lossy file's; its decoder is
-C++ (CABAC) behind Python. It is run on MTCNN only unless ``--nncodec-synthetic`` is given (its encoder
-takes minutes on 22.7 M weights).
+The first-call cost of the numba path is measured in fresh processes: ``import rdformat`` plus loading a
+small file that uses every kernel, with an empty numba cache (compilation) and with the cache filled.
 
     python tools/bench_decode.py [--repeat 3] [--quick] [--no-nncodec] [--nncodec-synthetic] [--markdown out.md]
 """
@@ -24,7 +25,6 @@ takes minutes on 22.7 M weights).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import sys
@@ -104,69 +104,69 @@ def models(quick: bool) -> list[tuple[str, dict[str, np.ndarray]]]:
     return out
 
 
-class AnsTimer:
-    """Accumulates the CPU time spent in ans.decode / ans.decode_many (wrapped in place)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._orig = {}
-
-    def __enter__(self) -> "AnsTimer":
-        for fn in ("decode", "decode_many"):
-            orig = getattr(ans, fn, None)
-            if orig is None:
-                continue
-            self._orig[fn] = orig
-
-            def wrapped(*a, _orig=orig, **k):
-                t0 = time.process_time()
-                try:
-                    return _orig(*a, **k)
-                finally:
-                    self.seconds += time.process_time() - t0
-
-            setattr(ans, fn, wrapped)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for fn, orig in self._orig.items():
-            setattr(ans, fn, orig)
-
-
-@contextlib.contextmanager
-def force_backend(name: str):
-    """Context manager: ANS decoding through ``name`` only."""
-    if hasattr(ans, "use_backend"):
-        with ans.use_backend(name):
-            yield
-        return
-    # rdformat before ans.use_backend existed (for before/after comparisons): hide constriction for numpy
-    saved = ans._check_result
-    if name == "numpy":
-        ans._check_result = (None, "hidden by bench_decode")
-    try:
-        yield
-    finally:
-        ans._check_result = saved
-
-
-def time_load(data: bytes, backend: str, repeat: int) -> tuple[float, float, float, dict[str, np.ndarray]]:
-    """(min CPU seconds, min wall seconds, ANS CPU seconds of the fastest run, decoded tensors)."""
-    best = (float("inf"), float("inf"), 0.0)
+def time_load(data: bytes, backend: str, repeat: int) -> tuple[float, float, dict[str, np.ndarray]]:
+    """(wall seconds of the fastest load, its CPU seconds, decoded tensors)."""
+    best = (float("inf"), 0.0)
     out = None
-    for _ in range(repeat):
-        with force_backend(backend), AnsTimer() as timer:
+    with ans.use_backend(backend):
+        for _ in range(repeat):
             w0, c0 = time.perf_counter(), time.process_time()
             out = rdformat.load(data)
             c1, w1 = time.process_time(), time.perf_counter()
-        if c1 - c0 < best[0]:
-            best = (c1 - c0, w1 - w0, timer.seconds)
-    return best[0], best[1], best[2], out
+            if w1 - w0 < best[0]:
+                best = (w1 - w0, c1 - c0)
+    return best[0], best[1], out
 
 
 def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(
         a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+FIRST_CALL = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np, rdformat
+t1 = time.perf_counter()
+for path in sys.argv[1:]:
+    rdformat.load(path)
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def first_call_cost() -> dict[str, tuple[float, float]]:
+    """(``import rdformat`` seconds, first loads seconds) in fresh processes, per numba cache state.
+
+    The process loads three small files - lossless float32/float16/bfloat16 tensors, an sq and a dq tensor -
+    so the first loads run every decode kernel. ``NUMBA_CACHE_DIR`` points at an empty directory for the
+    cold run (everything compiles), then at the filled one; then the default policy (these files are too small
+    to load numba for); the last run has numba disabled.
+    """
+    import subprocess
+    import tempfile
+
+    import ml_dtypes
+
+    w = np.random.default_rng(0).laplace(0, 0.02, size=(256, 300)).astype(np.float32)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [str(Path(tmp) / f"{name}.rdc") for name in ("lossless", "sq", "dq")]
+        rdformat.save({"f32": w, "f16": w.astype(np.float16), "bf16": w.astype(ml_dtypes.bfloat16)}, paths[0])
+        rdformat.save({"w": w}, paths[1], bits=4, method="sq")
+        rdformat.save({"w": w}, paths[2], bits=4, method="dq")
+        cache = Path(tmp) / "numba-cache"
+        cache.mkdir()
+        # RDFORMAT_NUMBA_MIN_SYMBOLS=0: numba even for these small files (by default they stay on numpy)
+        for label, env in (("numba, cold cache (compiles)", {"NUMBA_CACHE_DIR": str(cache), "RDFORMAT_NUMBA_MIN_SYMBOLS": "0"}),
+                           ("numba, warm cache", {"NUMBA_CACHE_DIR": str(cache), "RDFORMAT_NUMBA_MIN_SYMBOLS": "0"}),
+                           ("default (small files do not load numba)", {"NUMBA_CACHE_DIR": str(cache)}),
+                           ("numba disabled", {"RDFORMAT_NO_NUMBA": "1"})):
+            res = subprocess.run([sys.executable, "-c", FIRST_CALL, *paths], capture_output=True, text=True,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT), **env), check=True)
+            imp, first = res.stdout.split()
+            out[label] = (float(imp), float(first))
+    return out
 
 
 def nncodec_row(tensors: dict[str, np.ndarray], target_bytes: int, repeat: int) -> dict | None:
@@ -186,6 +186,48 @@ def nncodec_row(tensors: dict[str, np.ndarray], target_bytes: int, repeat: int) 
     return {"bytes": r["bytes"], "cpu": r["decode_cpu_s"], "wall": r["decode_s"], "n": n, "qp": r["qp"]}
 
 
+def peer_lossless(tensors: dict[str, np.ndarray], repeat: int) -> list[tuple[str, int, float, float]]:
+    """(peer, compressed bytes, encode seconds, decode seconds) of ZipNN (1 and 2 threads) and zstd -3."""
+    raw = b"".join(np.ascontiguousarray(v).tobytes() for v in tensors.values())
+    rows = []
+
+    def best(fn):
+        t, out = float("inf"), None
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = fn()
+            t = min(t, time.perf_counter() - t0)
+        return t, out
+
+    try:
+        from zipnn import ZipNN
+
+        for threads in (1, 2):
+            z = ZipNN(input_format="byte", bytearray_dtype="float32", threads=threads)
+            # ZipNN 0.5.4 rewrites the buffer it is given: hand it a fresh copy every time.
+            t_enc, comp = best(lambda: z.compress(bytearray(raw)))
+            t_dec, back = best(lambda: z.decompress(comp))
+            assert bytes(back) == raw
+            rows.append((f"ZipNN 0.5.4, {threads} thread{'s' if threads > 1 else ''}", len(comp), t_enc, t_dec))
+    except ImportError:
+        print("ZipNN not installed", file=sys.stderr)
+    try:
+        import zstandard
+
+        cctx, dctx = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
+        t_enc, comp = best(lambda: cctx.compress(raw))
+        t_dec, back = best(lambda: dctx.decompress(comp))
+        assert back == raw
+        rows.append(("zstd -3", len(comp), t_enc, t_dec))
+    except ImportError:
+        print("zstandard not installed", file=sys.stderr)
+    return rows
+
+
+MODES = {"lossless": {}, f"sq ~{BITS:g} bpw": {"bits": BITS, "method": "sq"},
+         f"dq ~{BITS:g} bpw": {"bits": BITS, "method": "dq"}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -193,51 +235,67 @@ def main() -> None:
     ap.add_argument("--no-nncodec", action="store_true")
     ap.add_argument("--nncodec-synthetic", action="store_true", help="also run NNCodec on the synthetic model")
     ap.add_argument("--only", help="run only the models whose name contains this text (e.g. MTCNN)")
-    ap.add_argument("--markdown", type=Path, help="also write the table to this file")
+    ap.add_argument("--paths", help="comma-separated ANS paths to run (default: every available one)")
+    ap.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = ap.parse_args()
 
-    backends = ["numpy"] + (["constriction"] if "constriction" in ans.available_backends() else [])
-    if len(backends) == 1:
-        print(f"constriction not usable here ({ans._constriction()[1]}): numpy path only", file=sys.stderr)
+    paths = args.paths.split(",") if args.paths else ans.available_backends()
+    print(f"ANS paths: {paths}", file=sys.stderr)
+    first = first_call_cost() if "numba" in paths else {}
+    for label, (imp, load) in first.items():
+        print(f"first call, {label}: import rdformat {imp:.2f} s, first loads {load:.2f} s", file=sys.stderr)
     rows = []
     for model_name, tensors in models(args.quick):
         if args.only and args.only not in model_name:
             continue
         n = sum(a.size for a in tensors.values())
-        for mode in ("lossless", f"sq ~{BITS:g} bpw"):
-            buf = io.BytesIO()
-            t0 = time.perf_counter()
+        mb = sum(a.nbytes for a in tensors.values()) / 1e6
+        for mode, kwargs in MODES.items():
+            files, decoded = {}, {}
+            for path in paths:
+                buf = io.BytesIO()
+                with ans.use_backend(path):
+                    t0 = time.perf_counter()
+                    rdformat.save(tensors, buf, **kwargs)
+                    enc = time.perf_counter() - t0
+                files[path] = buf.getvalue()
+                wall, cpu, decoded[path] = time_load(files[path], path, args.repeat)
+                data = files[path]
+                rows.append((model_name, n, mb, mode, 8 * len(data) / n, len(data), f"rdformat, {path}", enc, wall,
+                             cpu / wall))
+                print(f"{model_name:26s} {mode:12s} {path:12s} encode {n / enc / 1e6:7.2f} M/s, decode "
+                      f"{n / wall / 1e6:8.2f} M weights/s ({mb / wall:7.0f} MB/s), {8 * len(data) / n:.3f} bpw",
+                      file=sys.stderr)
+            if len(set(files.values())) > 1:
+                raise SystemExit(f"{model_name} {mode}: the paths write different files")
+            if any(not same(decoded[paths[0]], decoded[p]) for p in paths[1:]):
+                raise SystemExit(f"{model_name} {mode}: the paths decode differently")
             if mode == "lossless":
-                rdformat.save(tensors, buf)
-            else:
-                rdformat.save(tensors, buf, bits=BITS)
-            enc_s = time.perf_counter() - t0
-            data = buf.getvalue()
-            bpw = 8 * len(data) / n
-            decoded = {}
-            for be in backends:
-                cpu, wall, ans_s, decoded[be] = time_load(data, be, args.repeat)
-                rows.append((model_name, n, mode, bpw, len(data), f"rdformat, {be}", cpu, wall, ans_s / cpu))
-                print(f"{model_name:28s} {mode:12s} {be:12s} {n / cpu / 1e6:8.2f} M weights/s "
-                      f"(wall {n / wall / 1e6:7.2f}), ANS {100 * ans_s / cpu:4.1f}%, {bpw:.3f} bits/weight, "
-                      f"encode {enc_s:.1f}s", file=sys.stderr)
-            if len(decoded) > 1 and not same(decoded["numpy"], decoded["constriction"]):
-                raise SystemExit(f"{model_name} {mode}: the backends decode differently")
-            if mode != "lossless" and not args.no_nncodec and (args.nncodec_synthetic or "MTCNN" in model_name):
-                r = nncodec_row(tensors, len(data), args.repeat)
+                for peer, size, enc, dec in peer_lossless(tensors, args.repeat):
+                    rows.append((model_name, n, mb, mode, 8 * size / n, size, peer, enc, dec, float("nan")))
+                    print(f"{model_name:26s} {mode:12s} {peer:12s} encode {mb / enc:7.0f} MB/s, decode "
+                          f"{mb / dec:7.0f} MB/s", file=sys.stderr)
+            elif mode.startswith("sq") and not args.no_nncodec and (args.nncodec_synthetic or "MTCNN" in model_name):
+                r = nncodec_row(tensors, len(files[paths[0]]), args.repeat)
                 if r is not None:
-                    rows.append((model_name, n, f"NNCodec QP {r['qp']}", 8 * r["bytes"] / n, r["bytes"],
-                                 "NNCodec 2.1.3", r["cpu"], r["wall"], float("nan")))
+                    rows.append((model_name, n, mb, f"NNCodec QP {r['qp']}", 8 * r["bytes"] / n, r["bytes"],
+                                 "NNCodec 2.1.3", float("nan"), r["wall"], r["cpu"] / r["wall"]))
         del tensors
     lines = [
-        "| model | weights | coding | bits/weight | decoder | M weights/s | MB/s (float32 out) | ANS share |",
-        "|---|---:|---|---:|---|---:|---:|---:|",
+        "| model | weights | coding | bits/weight | ratio | path / peer | encode MB/s | encode M weights/s "
+        "| decode MB/s | decode M weights/s | CPU/wall |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for model_name, n, mode, bpw, nbytes, dec, cpu, wall, share in rows:
-        share_s = "" if share != share else f"{100 * share:.0f}%"
-        lines.append(f"| {model_name} | {n:,} | {mode} | {bpw:.3f} | {dec} | {n / cpu / 1e6:.1f} | "
-                     f"{4 * n / cpu / 1e6:.0f} | {share_s} |")
+    for model_name, n, mb, mode, bpw, nbytes, who, enc, dec, load in rows:
+        enc_s = "" if enc != enc else f"{mb / enc:.0f} | {n / enc / 1e6:.2f}"
+        enc_s = enc_s or " | "
+        load_s = "" if load != load else f"{load:.2f}"
+        lines.append(f"| {model_name} | {n:,} | {mode} | {bpw:.3f} | {1e6 * mb / nbytes:.3f}x | {who} | {enc_s} | "
+                     f"{mb / dec:.0f} | {n / dec / 1e6:.1f} | {load_s} |")
     table = "\n".join(lines)
+    if first:
+        table += ("\n\n| first call (fresh process) | import rdformat, s | first loads (lossless f32/f16/bf16, sq, dq), s |"
+                  "\n|---|---:|---:|\n" + "\n".join(f"| {k} | {i:.2f} | {f:.2f} |" for k, (i, f) in first.items()))
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n")

@@ -1,8 +1,10 @@
-"""Lossless benchmark: rdformat vs ZipNN vs zstd-3, measured side by side in one run.
+"""Lossless benchmark: rdformat on every ANS path (numba, constriction, numpy) vs ZipNN vs zstd-3, in one run.
 
-Cases: the real MTCNN checkpoints in ../shared/models (float32), and the same weights plus a synthetic
-Laplacian tensor in float32, float16 and bfloat16. For each codec: size ratio (original bytes /
-compressed bytes), encode and decode throughput in MB/s of uncompressed data, single-threaded.
+Cases: the 22.7 M-weight BERT-small-like model of ``bench_decode.py``, the real MTCNN checkpoints in
+../shared/models (float32), and the same weights plus a synthetic Laplacian tensor in float32, float16 and
+bfloat16. For each codec: size ratio (original bytes / compressed bytes), encode and decode throughput in
+MB/s of uncompressed data and in M weights/s (wall time, best of ``--repeat``). rdformat's numba path
+decodes on two threads; ZipNN runs with 1 and 2 threads; zstd single-threaded.
 
     python tools/bench_lossless.py [--repeat 3] [--markdown out.md]
 """
@@ -23,6 +25,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 import rdformat  # noqa: E402
 from rdformat.entropy import ans  # noqa: E402
 
@@ -37,7 +40,9 @@ def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
 
 
 def cases() -> list[tuple[str, dict[str, np.ndarray]]]:
-    out = []
+    from bench_decode import synthetic_bert
+
+    out = [("BERT-small-like 22.7M f32", synthetic_bert())]
     onet = None
     for name in ("pnet", "rnet", "onet"):
         path = MODELS / f"{name}.pt"
@@ -66,21 +71,17 @@ def timed(fn, repeat: int) -> tuple[float, object]:
     return best, result
 
 
-def bench_rdformat(tensors, repeat, numpy_decoder=False):
-    """rdformat lossless; with ``numpy_decoder`` the decode runs on the pure-numpy ANS path."""
+def bench_rdformat(tensors, repeat, path):
+    """rdformat lossless with every ANS call on ``path`` (numba, constriction or numpy)."""
 
     def enc():
         buf = io.BytesIO()
         rdformat.save(tensors, buf)
         return buf.getvalue()
 
-    t_enc, data = timed(enc, repeat)
-    if numpy_decoder:
-        os.environ["RDFORMAT_NO_CONSTRICTION"] = "1"  # read on every decode call
-    try:
+    with ans.use_backend(path):
+        t_enc, data = timed(enc, repeat)
         t_dec, back = timed(lambda: rdformat.load(data), repeat)
-    finally:
-        os.environ.pop("RDFORMAT_NO_CONSTRICTION", None)
     for k, v in tensors.items():
         assert back[k].tobytes() == v.tobytes(), k
     return len(data), t_enc, t_dec
@@ -101,12 +102,12 @@ def bench_zstd(tensors, repeat):
     return len(comp), t_enc, t_dec
 
 
-def bench_zipnn(tensors, repeat):
+def bench_zipnn(tensors, repeat, threads=1):
     from zipnn import ZipNN
 
     dtype = str(next(iter(tensors.values())).dtype)
     zdtype = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}[dtype]
-    z = ZipNN(input_format="byte", bytearray_dtype=zdtype, threads=1)
+    z = ZipNN(input_format="byte", bytearray_dtype=zdtype, threads=threads)
     raw = _blob(tensors)
     # ZipNN 0.5.4 rewrites the buffer it is given: hand it a fresh copy every time.
     t_enc, comp = timed(lambda: z.compress(bytearray(raw)), repeat)
@@ -126,19 +127,22 @@ def main(argv=None) -> int:
     for label, tensors in cases():
         nbytes = sum(v.nbytes for v in tensors.values())
         mb = nbytes / 1e6
-        runners = [("rdformat", lambda t: bench_rdformat(t, args.repeat))]
-        if "constriction" in backends:
-            runners.append(("rdformat (numpy decoder)", lambda t: bench_rdformat(t, args.repeat, True)))
-        runners += [("ZipNN 0.5.4", lambda t: bench_zipnn(t, args.repeat)), ("zstd -3", lambda t: bench_zstd(t, args.repeat))]
+        n = sum(v.size for v in tensors.values())
+        runners = [(f"rdformat, {path}", lambda t, path=path: bench_rdformat(t, args.repeat, path)) for path in backends]
+        runners += [(f"ZipNN 0.5.4, {k} thread{'s' if k > 1 else ''}", lambda t, k=k: bench_zipnn(t, args.repeat, k))
+                    for k in (1, 2)]
+        runners += [("zstd -3", lambda t: bench_zstd(t, args.repeat))]
         for codec, run in runners:
             try:
                 size, t_enc, t_dec = run(tensors)
             except Exception as exc:  # a peer failing is reported, not hidden
-                rows.append((label, codec, f"failed: {type(exc).__name__}: {exc}", "", ""))
+                rows.append((label, codec, f"failed: {type(exc).__name__}: {exc}", "", "", "", ""))
                 continue
-            rows.append((label, codec, f"{nbytes / size:.3f}x", f"{mb / t_enc:.0f}", f"{mb / t_dec:.0f}"))
+            rows.append((label, codec, f"{nbytes / size:.3f}x", f"{mb / t_enc:.0f}", f"{n / t_enc / 1e6:.1f}",
+                         f"{mb / t_dec:.0f}", f"{n / t_dec / 1e6:.1f}"))
             print(" | ".join(rows[-1]), file=sys.stderr)
-    header = "| case | codec | ratio | encode MB/s | decode MB/s |\n|---|---|---|---|---|\n"
+    header = ("| case | codec | ratio | encode MB/s | encode M weights/s | decode MB/s | decode M weights/s |\n"
+              "|---|---|---|---:|---:|---:|---:|\n")
     table = header + "\n".join("| " + " | ".join(r) + " |" for r in rows)
     print(table)
     if args.markdown:

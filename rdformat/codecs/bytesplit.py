@@ -87,7 +87,13 @@ class ByteSplitCodec(Codec):
 
     def _encode_plane(self, plane: np.ndarray) -> bytes:
         n = plane.size
-        counts = np.bincount(plane, minlength=256)
+        pair_counts = None
+        if ans.compiled_active(n):
+            from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+            counts, pair_counts = kernels_numba.plane_histograms(plane, n >= 4096)
+        else:
+            counts = np.bincount(plane, minlength=256)
         present = np.flatnonzero(counts)
         if present.size == 1:
             return bytes([PLANE_CONSTANT, int(present[0])])
@@ -98,14 +104,14 @@ class ByteSplitCodec(Codec):
         best = (estimate, PLANE_ANS, plane, table)
         if n >= 4096:
             # Coding byte pairs halves the symbols to decode; worth it while the bigger table stays small.
-            pairs = _pairs(plane)
-            pcounts = np.bincount(pairs, minlength=1)
+            pairs = None if pair_counts is not None else _pairs(plane)
+            pcounts = pair_counts if pair_counts is not None else np.bincount(pairs, minlength=1)
             ppresent = np.flatnonzero(pcounts)
             if ppresent.size <= 4096:
                 ptable = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=16)
                 pest = ptable.cost_bits(pcounts[ppresent]) / 8 + 3 * ppresent.size + 12 * max(1, n // 4096)
                 if pest <= estimate * 1.005:
-                    best = (pest, PLANE_ANS_PAIRS, pairs, ptable)
+                    best = (pest, PLANE_ANS_PAIRS, _pairs(plane) if pairs is None else pairs, ptable)
         _, mode, symbols, table = best
         block = ans.encode(symbols, table)
         coded = table.to_bytes()
@@ -167,6 +173,8 @@ class ByteSplitCodec(Codec):
             raise CorruptDataError(f"{len(buf) - pos} trailing bytes after the bytesplit planes", offset=pos)
 
         def finish(decoded: list) -> np.ndarray:
+            if ans.compiled_active():
+                return _finish_compiled(decoded)
             planes = np.empty((count, w), dtype=np.uint8)
             for k, value in fills:
                 planes[:, k] = value
@@ -181,6 +189,24 @@ class ByteSplitCodec(Codec):
             words = planes.view(_UINT[w]).reshape(count)
             if self.transform == "rotl1":
                 words = _rotate(words, 8 * w, left=False)
+            return words.view(dtype.numpy.newbyteorder("<"))
+
+        def _finish_compiled(decoded: list) -> np.ndarray:
+            # plane-major: every fill is a contiguous row copy, then one compiled pass interleaves
+            from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+            planes = np.empty((w, count), dtype=np.uint8)
+            for k, value in fills:
+                planes[k] = value
+            for (k, mode, at), symbols in zip(coded, decoded):
+                if mode == PLANE_ANS:
+                    planes[k] = symbols
+                else:
+                    as_bytes = symbols.astype("<u2", copy=False).view(np.uint8)
+                    if count % 2 and as_bytes[-1]:
+                        raise CorruptDataError(f"bytesplit plane {k}: nonzero padding byte", offset=at)
+                    planes[k] = as_bytes[:count]
+            words = kernels_numba.interleave_planes(planes, count, self.transform == "rotl1")
             return words.view(dtype.numpy.newbyteorder("<"))
 
         return ChunkPlan(blocks, finish)

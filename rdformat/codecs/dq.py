@@ -24,7 +24,7 @@ from ..entropy import ans, entropy_bits
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
 from .base import ChunkPlan, Codec
-from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, unzigzag, zigzag
+from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, unzigzag, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -69,6 +69,16 @@ def dq_reconstruct(levels: np.ndarray, step: float, chain: int, dtype: np.dtype)
     return (ints.astype(np.float64) * step).astype(dtype)
 
 
+def _reconstruct_compiled(levels: np.ndarray, step: float, chain: int, dtype: np.dtype) -> np.ndarray:
+    """:func:`dq_reconstruct` by the compiled kernel (float32/float64 directly, other floats via float64)."""
+    from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+    direct = dtype.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64))
+    out = kernels_numba.dq_reconstruct(levels.astype(np.int32, copy=False), step, chain,
+                                       dtype if direct else np.float64)
+    return out.view(dtype) if direct else out.astype(dtype)
+
+
 _TABLES: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -111,6 +121,8 @@ def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.nda
     if radix ** k <= 4 * symbols.size:
         lut = np.zeros((radix ** k, k), dtype=np.int32)
         lut[present] = values
+        if ans.compiled_active():
+            return gather_compiled(symbols, lut, symbols.size * k)
         return lut[symbols].reshape(-1)
     return values[np.searchsorted(present, symbols)].reshape(-1)
 
@@ -285,7 +297,12 @@ class DQCodec(Codec):
         blocks, levels_of = self._plan_levels(data, count)
         if not blocks:  # every level is zero (mode ZERO, or CLASSES whose parts are all ZERO)
             return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
-        return ChunkPlan(blocks, lambda decoded: dq_reconstruct(levels_of(decoded), self.step, self.chain, out_dtype))
+
+        def finish(decoded: list) -> np.ndarray:
+            reconstruct = _reconstruct_compiled if ans.compiled_active() else dq_reconstruct
+            return reconstruct(levels_of(decoded), self.step, self.chain, out_dtype)
+
+        return ChunkPlan(blocks, finish)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:

@@ -12,6 +12,8 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
   ``_symbols_to_levels`` in ``dq``).
 * :func:`dq_reconstruct` - ``dq``: levels -> values through the 4-state trellis (replaces
   ``rdformat.codecs.dq.dq_reconstruct`` for float32/float64 outputs).
+* :func:`plane_histograms` - ``bytesplit`` encoder: byte and byte-pair counts of a plane (replaces two
+  ``np.bincount`` calls and the pair array they need).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "interleave_planes", "gather_groups", "dq_reconstruct", "DQ_NEXT_STATE"]
+__all__ = ["AVAILABLE", "interleave_planes", "gather_groups", "dq_reconstruct", "plane_histograms", "DQ_NEXT_STATE"]
 
 try:
     from numba import njit
@@ -120,8 +122,38 @@ if AVAILABLE:
                 state = (packed >> (2 * (2 * state + (q & 1)))) & 3
         return 0
 
+    @njit(cache=True, nogil=True)
+    def _plane_histograms(plane: np.ndarray, counts: np.ndarray, pair_counts: np.ndarray) -> None:
+        if pair_counts.size == 0:
+            for i in range(plane.size):
+                counts[plane[i]] += 1
+            return
+        # one pass over the pairs; the byte counts follow from them (low byte + high byte of each pair)
+        last = plane.size - 1
+        for i in range(0, last, 2):
+            pair_counts[np.int64(plane[i]) | (np.int64(plane[i + 1]) << 8)] += 1
+        if plane.size & 1:  # the odd last byte pairs with a zero pad byte
+            pair_counts[plane[last]] += 1
+        for hi in range(256):
+            for lo in range(256):
+                c = pair_counts[(hi << 8) | lo]
+                counts[lo] += c
+                counts[hi] += c
+        if plane.size & 1:
+            counts[0] -= 1  # the pad byte is not part of the plane
+
 else:
-    _interleave_planes = _gather_groups = _dq_reconstruct = _unavailable
+    _interleave_planes = _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
+
+
+def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``bytesplit`` encoder statistics of a contiguous ``uint8`` plane in one pass each: the count of every
+    byte value (``int64[256]``, ``np.bincount(plane, minlength=256)``) and, with ``pairs``, of every byte
+    pair ``b[2i] + 256 * b[2i+1]`` (``int64[65536]``; an odd plane is padded with a zero byte)."""
+    counts = np.zeros(256, dtype=np.int64)
+    pair_counts = np.zeros(1 << 16 if pairs else 0, dtype=np.int64)
+    _plane_histograms(plane, counts, pair_counts)
+    return counts, (pair_counts if pairs else None)
 
 
 def interleave_planes(planes: np.ndarray, count: int, rotate: bool, out: np.ndarray | None = None) -> np.ndarray:

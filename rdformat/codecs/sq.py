@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import struct
+
 import numpy as np
 
 from ..format.dtypes import DtypeInfo
@@ -178,6 +179,8 @@ class SQCodec(Codec):
             if radix ** k <= 4 * symbols.size:
                 lut = np.zeros((radix ** k, k), dtype=out_dtype)
                 lut[present] = values
+                if ans.compiled_active():
+                    return gather_compiled(symbols, lut, count)
                 return lut[symbols].reshape(-1)[:count]
             # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
             return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
@@ -189,6 +192,27 @@ class SQCodec(Codec):
         """Decode levels and dequantize them to the tensor's dtype."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))
+
+
+def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int) -> np.ndarray:
+    """``lut[symbols].reshape(-1)[:count]`` by a compiled gather; ``symbols`` are ``uint32`` below ``len(lut)``.
+
+    The rows are moved as unsigned words of their item size, so one compiled gather serves every dtype of
+    2, 4 or 8 bytes; 1-byte floats (float8) take the numpy gather rather than another compilation.
+    """
+    word = _WORD.get(lut.dtype.itemsize)
+    if word is None:
+        return lut[symbols].reshape(-1)[:count]
+    from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+    words = lut.view(word)
+    status, out = kernels_numba.gather_groups(symbols, words, count)
+    if status != -1:  # cannot happen: parse_payload bounds the table's symbols by radix**k
+        raise CorruptDataError(f"level symbol {int(symbols[status])} outside the table", offset=0)
+    return out.view(lut.dtype)
+
+
+_WORD = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 
 
 def encode_levels(elements: np.ndarray, codec_id: str = "sq") -> bytes:

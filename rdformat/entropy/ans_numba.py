@@ -1,5 +1,8 @@
 """Compiled (numba) ANS block coder, bit-exact with ``spec/entropy.md`` section 6.2.
 
+(Slightly over 500 lines on purpose: every kernel sits next to the thin Python entry point that states its
+contract; :mod:`.ans_compiled` is the glue to :mod:`.ans`.)
+
 An optional accelerator for :mod:`rdformat.entropy.ans`: it imports only numpy, numba and the standard
 library, takes and returns plain numpy arrays, and reports problems as integer error codes, so that the
 caller maps them to its own exceptions. Without numba the module still imports and :data:`AVAILABLE` is
@@ -520,7 +523,7 @@ def encode_block(ranks: np.ndarray, freqs: np.ndarray, precision: int, lanes: in
 
     Args:
         ranks: 1-D integer array (any integer dtype): the rank of every symbol, in block order (the
-            caller maps symbol values to ranks, e.g. with ``ans._ranks``).
+            caller maps symbol values to ranks, e.g. with ``ans_numpy.ranks_of``).
         freqs: the table's frequencies by rank (``FrequencyTable.freqs``), summing to ``2**precision``.
         precision: the table's ``Q``, 1..16.
         lanes: ``L``, 1..n; ignored (0 lanes) when ``n == 0`` or the table has one symbol.

@@ -409,26 +409,34 @@ class RdcReader:
                 raise
             pend, (index, chead, _s, _c, _p) = owners[i]
             raise exc.with_context(offset=chead.offset, record="chunk", tensor=pend.header.name)
+        # finish every chunk (dequantize, interleave, ...) and write it out; on the compiled backend the
+        # chunks are spread over the decode threads (the kernels release the GIL), errors still come in order
+        work = []
         at = 0
         for pend in pending:
-            name, out = pend.header.name, pend.out
-            for index, chead, start, count, plan in pend.chunks:
-                nb = len(plan.blocks)
-                with _chunk_errors(index, chead, name):
-                    elements = plan.finish(decoded[at:at + nb])
+            for chunk in pend.chunks:
+                nb = len(chunk[4].blocks)
+                work.append((pend, chunk, decoded[at:at + nb]))
                 at += nb
-                if elements.shape != (count,):
-                    raise CorruptDataError(f"chunk {index} decoded to {elements.size} elements, expected {count}",
-                                           offset=chead.offset, record="chunk", tensor=name)
-                if start + count > out.size:  # growing output (streams): realloc, usually without copying
-                    try:
-                        out.resize(min(pend.header.numel, max(start + count, 2 * out.size)), refcheck=False)
-                    except (MemoryError, ValueError) as exc:
-                        raise LimitExceededError(f"cannot allocate memory for the tensor ({exc})",
-                                                 offset=chead.offset, record="chunk", tensor=name) from None
-                out[start : start + count] = elements
+            self._grow(pend)
+        for error in ans.parallel_map(_finish_chunk, work, sum(chunk[3] for _p, chunk, _d in work)):
+            if error is not None:
+                raise error
+        for pend in pending:
             pend.chunks.clear()
             pend.nbytes = 0
+
+    @staticmethod
+    def _grow(pend: "_PendingTensor") -> None:
+        """Grow a stream's output (realloc, usually without copying) to hold the planned chunks."""
+        out = pend.out
+        for index, chead, start, count, _plan in pend.chunks:
+            if start + count > out.size:
+                try:
+                    out.resize(min(pend.header.numel, max(start + count, 2 * out.size)), refcheck=False)
+                except (MemoryError, ValueError) as exc:
+                    raise LimitExceededError(f"cannot allocate memory for the tensor ({exc})", offset=chead.offset,
+                                             record="chunk", tensor=pend.header.name) from None
 
     def _finish_tensors(self, pending: list["_PendingTensor"]) -> list[tuple[str, np.ndarray]]:
         """Decode everything still planned in ``pending`` (together), then return the tensors."""
@@ -644,6 +652,22 @@ def _parse_tensor_record(head: C.RecordHead, payload: bytes) -> tuple[C.TensorHe
     if head.rtype == C.REC_SMALL:
         return C.parse_small(payload, base)
     return C.parse_tensor_header(payload, base), None
+
+
+def _finish_chunk(item: tuple) -> RdcError | None:
+    """Turn one chunk's decoded blocks into its elements, written into the tensor; the error, if any."""
+    pend, (index, chead, start, count, plan), decoded = item
+    name = pend.header.name
+    try:
+        with _chunk_errors(index, chead, name):
+            elements = plan.finish(decoded)
+        if elements.shape != (count,):
+            raise CorruptDataError(f"chunk {index} decoded to {elements.size} elements, expected {count}",
+                                   offset=chead.offset, record="chunk", tensor=name)
+    except RdcError as exc:
+        return exc
+    pend.out[start : start + count] = elements
+    return None
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import numpy as np
 from ..codecs.base import Prepared
 from ..codecs.dq import DEFAULT_CHAIN, MAX_CHAIN, DQCodec, dq_reconstruct
 from ..codecs.sq import MAX_LEVEL
+from ..entropy import ans
 from ..errors import InvalidInputError
 from .quantize import _check_float, _check_step, _rates
 
@@ -177,13 +178,19 @@ def quantize_trellis(
     # First rate model: the histogram of plain rounding with Q0 (levels ~ |x| / 2 steps).
     m = np.minimum(np.floor(padded[:n] * np.float32(0.5) + np.float32(1.0 / 3.0)).astype(np.int32), MAX_LEVEL)
     block = max(chain, BLOCK_ELEMENTS // chain * chain)
+    search = _viterbi
+    if ans.compiled_active(n):
+        from . import trellis_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+        search = trellis_numba.viterbi
     for _ in range(max(1, iterations) if n else 0):
         bits = _rates(m)
         top = min(int(padded.max(initial=0.0) / 2) + 3, MAX_LEVEL + 1)
         if bits.size < top + 1:
             bits = np.concatenate([bits, bits[-1] + 1.0 + np.arange(top + 1 - bits.size)])
         bits = bits[: MAX_LEVEL + 1].astype(np.float32)
-        m = np.concatenate([_viterbi(padded[i : i + block], bits, lam, power, chain)
-                            for i in range(0, padded.size, block)])[:n]
+        # blocks are independent chains: the compiled search runs them on the decode threads
+        m = np.concatenate(ans.parallel_map(lambda i, bits=bits: search(padded[i : i + block], bits, lam, power, chain),
+                                            list(range(0, padded.size, block))))[:n]
     levels = np.where(flat < 0, -m, m).astype(np.int32).reshape(np.shape(x))
     return TrellisQuantized(levels, step, chain, np.asarray(x).dtype)

@@ -1,0 +1,153 @@
+"""The numba backend of :mod:`rdformat.entropy.ans`: batches of parsed ANS blocks through :mod:`.ans_numba`.
+
+:mod:`rdformat.entropy.ans` imports this module only when the backend is first needed, because importing
+numba takes about half a second (``import rdformat`` and ``rdc --help`` must not pay it). Blocks reach it
+already parsed (reader checks 1-5 of spec 6.2 done by ``ans._parse_block``, which raises the errors), so
+the only failure left is a lane that does not end cleanly, returned as data for ``ans`` to raise.
+
+The kernels release the GIL: a batch is cut into contiguous runs of blocks of about equal symbol counts,
+decoded by up to :func:`threads` threads at once (each writes its own part of the outputs).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from . import ans_numba as kern
+from .ans_numpy import Block
+
+#: Whether numba imported (the kernels exist).
+AVAILABLE = kern.AVAILABLE
+#: Output dtypes the decode kernel is compiled for; other integer outputs are decoded to uint32 and
+#: converted (each extra dtype would cost another compilation of the kernel on first use).
+_KERNEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
+#: A batch with fewer symbols runs on the calling thread: a hand-off to the pool costs ~50 us, about
+#: what the kernel decodes in that time.
+PARALLEL_MIN_SYMBOLS = 1 << 18
+_ENV_THREADS = "RDFORMAT_THREADS"
+_DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
+_pool: ThreadPoolExecutor | None = None
+_pool_width = 0
+_pool_lock = threading.Lock()
+
+
+def threads() -> int:
+    """Threads a batch decodes on: ``RDFORMAT_THREADS`` if set (>= 1), else ``min(2, CPU count)``."""
+    raw = os.environ.get(_ENV_THREADS, "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    return _DEFAULT_THREADS
+
+
+def run_parallel(jobs: list) -> list:
+    """Call every zero-argument function of ``jobs``, on the shared pool when there are several; their
+    results in order (a job's exception is raised when its turn comes)."""
+    global _pool, _pool_width
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
+    width = threads()
+    with _pool_lock:
+        if _pool is None or _pool_width < width:  # a larger RDFORMAT_THREADS gets a larger pool
+            _pool, _pool_width = ThreadPoolExecutor(max_workers=width, thread_name_prefix="rdformat-decode"), width
+        pool = _pool
+    futures = [pool.submit(job) for job in jobs]
+    return [f.result() for f in futures]
+
+
+class LaneError(NamedTuple):
+    """A lane that does not decode to its initial state: block position in the batch, lane, byte offset."""
+
+    block: int
+    lane: int
+    offset: int
+
+
+def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, np.ndarray]:
+    """Lookup tables of the distinct tables of ``blocks`` and each block's table index."""
+    order: dict[int, int] = {}
+    tabs = []
+    for b in blocks:
+        if id(b.table) not in order:
+            order[id(b.table)] = len(tabs)
+            tabs.append(b.table)
+    index = np.fromiter((order[id(b.table)] for b in blocks), dtype=np.int64, count=len(blocks))
+    if len(tabs) == 1:
+        t = tabs[0]
+        return t._derived("numba", lambda: kern.decode_tables_for(t)), index
+    return kern.build_decode_tables([t.precision for t in tabs], [t.freqs for t in tabs],
+                                    [t.symbols for t in tabs]), index
+
+
+def decode(blocks: list[Block]) -> tuple[list[np.ndarray], LaneError | None]:
+    """Decode parsed blocks; (one array of ``b.n`` values of ``b.odt`` per block, None) or (partial, error).
+
+    The error concerns the first block (in batch order) with a lane that does not end cleanly, and its
+    lowest such lane, as the numpy decoder reports it.
+    """
+    nb = len(blocks)
+    sizes = np.fromiter((b.raw.size for b in blocks), dtype=np.int64, count=nb)
+    starts = np.zeros(nb, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    data = np.concatenate([b.raw for b in blocks])  # one writable buffer: one kernel signature
+    counts = np.fromiter((b.n for b in blocks), dtype=np.int64, count=nb)
+    tables, table_of = _decode_tables(blocks)
+    # one output buffer per kernel dtype; a block's values are a view of it
+    kdt = [b.odt if b.odt in _KERNEL_DTYPES else np.dtype(np.uint32) for b in blocks]
+    groups: dict[np.dtype, list[int]] = {}
+    for i, dt in enumerate(kdt):
+        groups.setdefault(dt, []).append(i)
+    out_start = np.zeros(nb, dtype=np.int64)
+    outs = {}
+    for dt, members in groups.items():
+        sel = np.array(members, dtype=np.int64)
+        at = np.zeros(sel.size, dtype=np.int64)
+        np.cumsum(counts[sel][:-1], out=at[1:])
+        out_start[sel] = at
+        outs[dt] = np.empty(int(counts[sel].sum()), dtype=dt)
+    # runs of consecutive blocks of one dtype, cut so that each thread gets about as many symbols
+    total = int(counts.sum())
+    width = threads() if total >= PARALLEL_MIN_SYMBOLS else 1
+    share = -(-total // width)
+    jobs = []
+    for dt, members in groups.items():
+        run: list[int] = []
+        load = 0
+        for i in members:
+            run.append(i)
+            load += int(counts[i])
+            if load >= share:
+                jobs.append(_job(data, starts, sizes, counts, table_of, tables, outs[dt], out_start, run))
+                run, load = [], 0
+        if run:
+            jobs.append(_job(data, starts, sizes, counts, table_of, tables, outs[dt], out_start, run))
+    errors = [e for e in run_parallel(jobs) if e is not None]
+    results = [outs[kdt[i]][out_start[i]:out_start[i] + b.n] for i, b in enumerate(blocks)]
+    results = [r if r.dtype == b.odt else r.astype(b.odt) for r, b in zip(results, blocks)]
+    return results, (min(errors) if errors else None)
+
+
+def _job(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, counts: np.ndarray, table_of: np.ndarray,
+         tables: kern.DecodeTables, out: np.ndarray, out_start: np.ndarray, run: list[int]):
+    """A function decoding blocks ``run`` (batch positions) into ``out``; it returns a LaneError or None."""
+    sel = np.array(run, dtype=np.int64)
+    args = (data, starts[sel], sizes[sel], counts[sel], table_of[sel], tables, out, out_start[sel])
+
+    def job() -> LaneError | None:
+        code, b, lane, offset = kern.decode_blocks(*args)
+        if code == kern.OK:
+            return None
+        if code != kern.ERR_LANE_STATE:  # the blocks were parsed: anything else is a bug here
+            raise RuntimeError(f"compiled ANS decoder: unexpected status {code} on parsed blocks")
+        return LaneError(run[int(b)], int(lane), int(offset))
+
+    return job
+
+
+def encode(ranks: np.ndarray, freqs: np.ndarray, precision: int, lanes: int) -> tuple[int, int, np.ndarray]:
+    """:func:`.ans_numba.encode_block` on ``uint16`` ranks (one compiled signature; ranks are < 2**16)."""
+    return kern.encode_block(ranks.astype(np.uint16, copy=False), freqs, precision, lanes)
