@@ -285,7 +285,8 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
         written = _write(out, tensors.items(), encode=encode, structural=structural, aliases=aliases, **options)
         if kind != "size" or written <= value:
             break
-        goal = int(goal - (written - value) * 1.1) - 64
+        # Aim lower in proportion to the overshoot (a fixed margin over-corrects when the plan was far off).
+        goal = int(goal * min(0.98, value / written)) - 64
         if goal <= lossless_bytes:
             break
     if kind == "size":

@@ -160,8 +160,11 @@ def onnx_output_error_search(model_path: str | os.PathLike, target: float, base:
     from . import onnx as rdc_onnx
     from .onnx_calibration import OnnxProbe
 
+    from .onnx_calibration import DEFAULT_MAX_SAMPLES
+
     inputs, _source = _calibration(calibration)
-    probe = OnnxProbe(model_path, inputs, input_shapes=input_shapes)
+    # the same sample cap as the sensitivity estimate: the search runs the model a dozen times
+    probe = OnnxProbe(model_path, inputs, input_shapes=input_shapes, max_samples=DEFAULT_MAX_SAMPLES)
     return search_output_error(lambda lossy, stream: rdc_onnx.compress_file(model_path, stream, lossy=lossy),
                                probe.output_error, target, base)
 

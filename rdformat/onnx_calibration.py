@@ -25,7 +25,6 @@ Tensor names are the initializer names, which is what ``rdformat.onnx`` calls th
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -566,13 +565,6 @@ def onnx_output_error(
     return probe.output_error(tensors)
 
 
-def timed_output_sensitivity(*args: Any, **kwargs: Any) -> tuple[dict[str, float], float]:
-    """:func:`onnx_output_sensitivity` and its wall-clock cost in seconds (session build included)."""
-    start = time.perf_counter()
-    result = onnx_output_sensitivity(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
 __all__ = [
     "CalibrationUnavailable",
     "OnnxProbe",
@@ -580,5 +572,4 @@ __all__ = [
     "synthetic_inputs",
     "onnx_output_sensitivity",
     "onnx_output_error",
-    "timed_output_sensitivity",
 ]

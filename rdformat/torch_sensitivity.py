@@ -9,7 +9,7 @@ bit for bit afterwards, whatever happens (the module is never left modified, eve
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from .producers.sensitivity import (
     estimate_output_sensitivity,
     relative_output_error,
 )
+
+if TYPE_CHECKING:  # annotations only: torch is imported inside the functions
+    import torch
 
 
 def _flatten_outputs(out: Any) -> list[np.ndarray]:

@@ -53,6 +53,10 @@ def test_onnx_compress_is_task_aware_by_default_and_info_shows_it(tmp_path, caps
     assert main(["info", str(tmp_path / "m.rdc")]) == 0
     info = capsys.readouterr().out
     assert "sens." in info and "x " in info.split("sens.")[1]
+    assert main(["compress", "--bits", "3", "--write-sensitivity", str(tmp_path / "s.json"), str(src),
+                 str(tmp_path / "m2.rdc")]) == 0
+    capsys.readouterr()
+    assert set(calibrate.read_sensitivity_file(tmp_path / "s.json")) == {"w1", "w2"}
     assert main(["compress", "--bits", "3", "--no-calibrate", str(src), str(tmp_path / "plain.rdc")]) == 0
     assert "task-aware" not in capsys.readouterr().out
     assert main(["info", str(tmp_path / "plain.rdc")]) == 0

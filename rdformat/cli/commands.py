@@ -117,6 +117,12 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
     else:
         out.say(f"note: a {fmt} file holds weights only and cannot be run: bits are allocated by weight error "
                 "(--sensitivity FILE.json, e.g. from rdformat.torch.output_sensitivity, makes it task-aware)")
+    if args.write_sensitivity:
+        if not lossy.get("sensitivity"):
+            raise CommandLineError("--write-sensitivity: no sensitivity was measured (an ONNX model that runs here "
+                                   "is needed)")
+        calibrate.write_sensitivity_file(lossy["sensitivity"], args.write_sensitivity)
+        out.say(f"sensitivity written to {args.write_sensitivity} (reuse it with --sensitivity)")
     if args.max_output_error is not None:
         from ..api import Lossy
 
@@ -143,8 +149,9 @@ def cmd_compress(args: argparse.Namespace, out: Out) -> int:
     if codec is not None:
         fmt = fmt or adapters.detect_format(src)
         codec = _task_aware(args, src, fmt, codec, out)
-    elif args.sensitivity or args.calibration or args.input_shape:
-        raise CommandLineError("--sensitivity, --calibration and --input-shape go with a lossy target (--bits ...)")
+    elif args.sensitivity or args.calibration or args.input_shape or args.write_sensitivity:
+        raise CommandLineError("--sensitivity, --write-sensitivity, --calibration and --input-shape go with a lossy "
+                               "target (--bits ...)")
     fmt = convert.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
     if not out.quiet:
         summary = tensor_summary(dst)
@@ -332,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ONNX: shape of a dynamic input for synthetic calibration inputs, e.g. x=1x3x224x224")
     task.add_argument("--sensitivity", default=None, metavar="FILE.json",
                       help="per-tensor sensitivity ({name: value}) written by rdformat's estimators")
+    task.add_argument("--write-sensitivity", default=None, metavar="FILE.json",
+                      help="also save the measured sensitivity, to reuse with --sensitivity")
     task.add_argument("--no-calibrate", action="store_true",
                       help="allocate bits by weight error only (no inference)")
     lossy.add_argument("--lossless-vectors", action="store_true",

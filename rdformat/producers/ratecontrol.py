@@ -220,7 +220,7 @@ def plan(
         if method == "auto":
             # dq's step at equal fidelity is about half of sq's (its two quantizers interleave): a
             # narrower search saves most of the trellis evaluations.
-            bracket = (math.log(step / 6.0), math.log(step * 1.5))
+            bracket = (max(math.log(step / 6.0), bracket[0]), math.log(step * 1.5))
         # rel_error: fewest bits wins; bits / size: least error wins (a method that cannot reach the
         # target at all is ranked by how far it misses).
         key = (e > target_err * 1.02, b) if rel_error is not None else (b > target_bits * 1.02, e)
