@@ -111,6 +111,13 @@ class MissingDependencyError(UnsupportedFeatureError):
 
 
 
+class CalibrationUnavailable(UnsupportedFeatureError):
+    """A model cannot be run here for task-aware compression (custom ops, unknown shapes, no onnxruntime...).
+
+    Callers fall back to weight-error allocation and say so in one line (``str(exc)``).
+    """
+
+
 class CommandLineError(InvalidInputError):
     """A problem with an ``rdc`` command's arguments found before any work starts (exit code 1)."""
 
@@ -131,4 +138,5 @@ __all__ = [
     "UnsafeCheckpointError",
     "MissingDependencyError",
     "CommandLineError",
+    "CalibrationUnavailable",
 ]

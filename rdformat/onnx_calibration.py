@@ -20,6 +20,9 @@ ops, unknown shapes, a session that will not build) raises :class:`CalibrationUn
 caller can fall back to weight-error allocation with a one-line notice.
 
 Tensor names are the initializer names, which is what ``rdformat.onnx`` calls the tensors it stores.
+
+One module on purpose (over 500 lines): inputs (user or synthetic), the session with weights as
+inputs, and the two measurements built on it share the model's declared shapes and the probe.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import InvalidInputError, UnsupportedFeatureError
+from .errors import CalibrationUnavailable, InvalidInputError
 from .producers.sensitivity import (
     DEFAULT_GROUP,
     DEFAULT_NOISE,
@@ -54,13 +57,6 @@ DEFAULT_MAX_SAMPLES = 16
 DEFAULT_DYNAMIC_DIM = 64
 #: Integer inputs of unknown range get values in [0, this).
 DEFAULT_INT_RANGE = 2
-
-
-class CalibrationUnavailable(UnsupportedFeatureError):
-    """The model cannot be run here (custom ops, unknown shapes, no onnxruntime...).
-
-    Callers fall back to weight-error allocation and say so in one line (``str(exc)``).
-    """
 
 
 # ONNX TensorProto data types -> numpy (the ones a session can be fed). Kept local: the values are
@@ -463,15 +459,8 @@ class OnnxProbe:
             outs.append(np.concatenate([p.reshape(1, *p.shape) if p.ndim == 0 else p for p in parts], axis=0))
         return outs
 
-    def output_sensitivity(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        noise: float = DEFAULT_NOISE,
-        seed: int = 0,
-        rounds: int = DEFAULT_ROUNDS,
-        group: int = DEFAULT_GROUP,
-    ) -> dict[str, float]:
+    def output_sensitivity(self, names: Sequence[str] | None = None, *, noise: float = DEFAULT_NOISE, seed: int = 0,
+                           rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP) -> dict[str, float]:
         """Per-initializer output sensitivity; see :func:`onnx_output_sensitivity`."""
         if names is None:
             names = default_probe_names(self.weights)

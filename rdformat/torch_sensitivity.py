@@ -14,14 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .producers.sensitivity import (
-    DEFAULT_GROUP,
-    DEFAULT_NOISE,
-    DEFAULT_ROUNDS,
-    default_probe_names,
-    estimate_output_sensitivity,
-    relative_output_error,
-)
+from .producers.sensitivity import (DEFAULT_GROUP, DEFAULT_NOISE, DEFAULT_ROUNDS, default_probe_names,
+                                    estimate_output_sensitivity, relative_output_error)
 
 if TYPE_CHECKING:  # annotations only: torch is imported inside the functions
     import torch

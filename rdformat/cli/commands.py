@@ -287,6 +287,23 @@ def _byte_size(text: str) -> int:
     return int(value)
 
 
+def _command(sub: Any, common: argparse.ArgumentParser, name: str, summary: str, description: str,
+             func: Any, *files: tuple[str, str, str]) -> argparse.ArgumentParser:
+    """One ``rdc`` subcommand with the common options, its handler and its file arguments
+    (``(dest, metavar, help)`` each)."""
+    p = sub.add_parser(name, parents=[common], help=summary, description=description)
+    p.set_defaults(func=func)
+    for dest, metavar, text in files:
+        p.add_argument(dest, metavar=metavar, help=text)
+    return p
+
+
+#: What the task-aware option group of ``rdc compress --help`` says.
+_TASK_HELP = ("with a lossy target, bits go where the model's outputs feel them: for ONNX models the output "
+              "sensitivity of each tensor is measured with onnxruntime (noise injection; synthetic inputs unless "
+              "--calibration is given), for others a --sensitivity file is used")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -300,12 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("compress", parents=[common], help="convert a model file into .rdc (lossless unless --bits/--rel-error/--size)",
-                       description="Convert a .pt/.pth checkpoint, .safetensors file, sharded "
-                                   "*.safetensors.index.json, .onnx model or .npz archive into .rdc. "
-                                   "The input format is detected from the file's content and name.")
-    p.add_argument("input", metavar="IN", help="model file to compress")
-    p.add_argument("output", metavar="OUT", help="the .rdc file to write")
+    p = _command(sub, common, "compress", "convert a model file into .rdc (lossless unless --bits/--rel-error/--size)",
+                 "Convert a .pt/.pth checkpoint, .safetensors file, sharded *.safetensors.index.json, .onnx model or "
+                 ".npz archive into .rdc. The input format is detected from the file's content and name.",
+                 cmd_compress, ("input", "IN", "model file to compress"), ("output", "OUT", "the .rdc file to write"))
     p.add_argument("--format", default="auto",
                    choices=("auto", "pytorch", "safetensors", "safetensors-index", "onnx", "npz"),
                    help="input format (default: detect)")
@@ -326,10 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (default: sq or dq, whichever the plan predicts smaller), sq (scalar "
                             "quantization), dq (trellis-coded quantization) or surp (successive-refinement "
                             "pruning, progressive)")
-    task = p.add_argument_group(
-        "task-aware options", "with a lossy target, bits go where the model's outputs feel them: for ONNX models "
-        "the output sensitivity of each tensor is measured with onnxruntime (noise injection; synthetic inputs "
-        "unless --calibration is given), for others a --sensitivity file is used")
+    task = p.add_argument_group("task-aware options", _TASK_HELP)
     task.add_argument("--max-output-error", type=_positive_float, default=None, metavar="E",
                       help="ONNX: the fewest bits that keep the relative RMS change of the model's outputs within E "
                            "(e.g. 0.01), searched by running the compressed model")
@@ -346,39 +358,31 @@ def build_parser() -> argparse.ArgumentParser:
     lossy.add_argument("--lossless-vectors", action="store_true",
                        help="keep 1-D tensors (biases, norm gains) lossless; by default those with 64 or more "
                             "values get a fine step (relative error about 0.1%%)")
-    p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", parents=[common], help="restore an .rdc file as .safetensors/.pt/.onnx/.npz",
-                       description="Restore an .rdc file. The output format follows OUT's suffix: "
-                                   ".safetensors, .safetensors.index.json (shards), .pt/.pth, .onnx (needs a "
-                                   "file compressed from ONNX) or .npz.")
-    p.add_argument("input", metavar="IN.rdc", help="the .rdc file")
-    p.add_argument("output", metavar="OUT", help="file to write")
+    p = _command(sub, common, "decompress", "restore an .rdc file as .safetensors/.pt/.onnx/.npz",
+                 "Restore an .rdc file. The output format follows OUT's suffix: .safetensors, "
+                 ".safetensors.index.json (shards), .pt/.pth, .onnx (needs a file compressed from ONNX) or .npz.",
+                 cmd_decompress, ("input", "IN.rdc", "the .rdc file"), ("output", "OUT", "file to write"))
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="ONNX only: write large weights to OUT.data (default: as the source model did, "
                         "or when over 1.8 GB)")
     p.add_argument("--max-bytes", type=_byte_size, default=None, metavar="N",
                    help="read budget: progressive (SuRP) tensors decode from a prefix of their streams, "
                         "the budget shared in proportion to their sizes (a sparser, coarser model)")
-    p.set_defaults(func=cmd_decompress)
 
-    p = sub.add_parser("info", parents=[common], help="list the tensors of an .rdc file",
-                       description="Show tensors, dtypes, shapes, codecs, sizes and compression ratios.")
-    p.add_argument("file", metavar="FILE", help="the .rdc file")
+    p = _command(sub, common, "info", "list the tensors of an .rdc file",
+                 "Show tensors, dtypes, shapes, codecs, sizes and compression ratios.", cmd_info,
+                 ("file", "FILE", "the .rdc file"))
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("verify", parents=[common], help="decode everything and check all checksums",
-                       description="Decode every tensor and check every checksum. Exit code 0 when the "
-                                   "file is intact, 1 otherwise.")
-    p.add_argument("file", metavar="FILE", help="the .rdc file")
-    p.set_defaults(func=cmd_verify)
+    _command(sub, common, "verify", "decode everything and check all checksums",
+             "Decode every tensor and check every checksum. Exit code 0 when the file is intact, 1 otherwise.",
+             cmd_verify, ("file", "FILE", "the .rdc file"))
 
-    p = sub.add_parser("demo", parents=[common], help="compress and restore a built-in model",
-                       description="Compress a small built-in model, restore it, print the sizes and the "
-                                   "ratio and confirm the round trip is bit-exact.")
+    p = _command(sub, common, "demo", "compress and restore a built-in model",
+                 "Compress a small built-in model, restore it, print the sizes and the ratio and confirm the round "
+                 "trip is bit-exact.", cmd_demo)
     p.add_argument("--keep", metavar="DIR", default=None, help="keep the demo files in DIR")
-    p.set_defaults(func=cmd_demo)
     return parser
 
 

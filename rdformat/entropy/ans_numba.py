@@ -37,6 +37,9 @@ concerned (``-1`` if none) and ``offset`` the byte position in that block that t
 (``-1`` if none). :data:`ERROR_CLASS` names the ``rdformat.errors`` class for each code. On an error the
 output may have been partly written. A compiled loop never reads or writes outside its arrays, on any
 input: every word read is checked against its lane's bounds, every output position against ``out``.
+
+One module on purpose (over 500 lines): the compiled kernels share their table layout, error codes and
+bounds checks, which must stay side by side with the decode loops that rely on them.
 """
 
 from __future__ import annotations

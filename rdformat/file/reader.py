@@ -1,4 +1,8 @@
-"""Reading .rdc files: streaming iteration from any binary stream, and by-name access on files."""
+"""Reading .rdc files: streaming iteration from any binary stream, and by-name access on files.
+
+One module on purpose (over 500 lines): streaming iteration, by-name access and budgeted reads apply
+the same record rules to the same stream under one lock; split, each would need the others' state.
+"""
 
 from __future__ import annotations
 
