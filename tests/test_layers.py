@@ -154,3 +154,21 @@ def test_core_imports_no_framework() -> None:
                 continue
             bad += [f"{module} imports {n}" for n in names if n.split(".")[0] in heavy]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("old, new", [("rdformat.reader", "rdformat.file.reader"),
+                                      ("rdformat.container", "rdformat.format.records"),
+                                      ("rdformat.ratecontrol", "rdformat.producers.ratecontrol")])
+def test_old_module_paths_still_import_with_a_warning(old, new):
+    import importlib
+    import subprocess
+    import sys
+
+    # a fresh interpreter: the old name must not be cached from an earlier import
+    code = (f"import warnings, importlib; warnings.simplefilter('error')\n"
+            f"try:\n    importlib.import_module({old!r})\nexcept DeprecationWarning as w:\n    print('warned', w)\n"
+            f"warnings.simplefilter('ignore'); import {old} as m; print(m.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=PACKAGE.parent).stdout
+    assert "warned" in out and new in out and out.strip().endswith(new)
+    assert importlib.import_module(new)
