@@ -246,3 +246,14 @@ def test_broadcast_shaped_vectors_are_vectors() -> None:
     weight_err = np.linalg.norm(out["conv.weight"] - model["conv.weight"]) / np.linalg.norm(model["conv.weight"])
     assert bias_err < 0.005 < weight_err  # the vector's fine step (~0.1%) vs the model's 2-bit step
     assert out["conv.bias"].shape == (1, 128, 1, 1)
+
+
+@pytest.mark.parametrize("codec_id, config", [("sq", {"step": 10 ** 400}), ("dq", {"step": 0.5, "chain": 8,
+                                                                                   "stats": {}, "x": 1}),
+                                               ("dq", {"step": 10 ** 400, "chain": 8})])
+def test_config_numbers_beyond_float_range_are_corrupt_data(codec_id, config) -> None:
+    """JSON integers are unbounded: an enormous one is a CorruptDataError, never an OverflowError."""
+    from rdformat.codecs import codec_from_config
+
+    with pytest.raises(CorruptDataError):
+        codec_from_config(codec_id, config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from ..errors import InvalidInputError, UnsupportedFeatureError
+from ..errors import CorruptDataError, InvalidInputError, UnsupportedFeatureError
 from .base import Codec
 
 _REGISTRY: dict[str, type[Codec]] = {}
@@ -42,8 +42,16 @@ def get_codec_class(codec_id: str) -> type[Codec]:
 
 
 def codec_from_config(codec_id: str, config: dict) -> Codec:
-    """Instantiate the codec a tensor header names, with its stored configuration."""
-    return get_codec_class(codec_id).from_config(config)
+    """Instantiate the codec a tensor header names, with its stored configuration.
+
+    A configuration is untrusted: a number beyond float range (JSON integers are unbounded) is a
+    :class:`CorruptDataError` here for every codec, not an ``OverflowError`` from inside one.
+    """
+    cls = get_codec_class(codec_id)
+    try:
+        return cls.from_config(config)
+    except OverflowError:
+        raise CorruptDataError(f"{codec_id}: a configuration number is beyond float range") from None
 
 
 def registered_codecs() -> list[str]:
