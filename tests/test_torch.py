@@ -79,24 +79,7 @@ def test_mtcnn_load_into_module(tmp_path):
     if not src.exists():
         pytest.skip(f"{src} not available")
 
-    class PNet(nn.Module):  # facenet_pytorch's PNet layout
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
-            self.prelu1 = nn.PReLU(10)
-            self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-            self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
-            self.prelu2 = nn.PReLU(16)
-            self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
-            self.prelu3 = nn.PReLU(32)
-            self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
-            self.softmax4_1 = nn.Softmax(dim=1)
-            self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
-
-        def forward(self, x):
-            x = self.pool1(self.prelu1(self.conv1(x)))
-            x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-            return self.softmax4_1(self.conv4_1(x)), self.conv4_2(x)
+    from tools.mtcnn import PNet  # facenet_pytorch's PNet layout, shared with the task benchmark
 
     ref = PNet()
     ref.load_state_dict(torch.load(src, weights_only=True))
