@@ -348,13 +348,15 @@ def _save_surp(tensors: Mapping[str, Any], target: str | os.PathLike | BinaryIO,
     params = spec.params or SP.SurpParams()
     if not isinstance(params, SP.SurpParams):
         raise InvalidInputError(f"SuRP parameters must be a SurpParams, not {type(params).__name__}")
-    stats = SP.collect_statistics(tensors, select, params.normalize)
+    stats = SP.collect_statistics(tensors, select, params.normalize, sensitivity=spec.sensitivity)
     kind, value = spec.target
     plan = SP.plan(stats, sparsity=value if kind == "sparsity" else None,
                    bits_per_weight=value if kind == "bits" else None,
                    distortion=value if kind == "distortion" else None, params=params)
     meta = dict(options.pop("metadata") or {})
     meta.setdefault("surp", {"target": plan.target, "weights": stats.n})
+    if spec.sensitivity:
+        meta = _record_sensitivity(meta, tensors, list(stats.tensors), spec.sensitivity)
     encoded: dict[str, SP.EncodedTensor] = {}
     stream = SP.encode_iter(tensors, stats, plan, options["chunk_bytes"], spec.workers)
     order = ((name, (array, enc)) for name, array, enc in stream)

@@ -502,3 +502,24 @@ def test_iterative_surp_masks_and_resume(tmp_path) -> None:
     n = sum(a.size for a in w)
     zero = sum(int((a == 0).sum()) for a in w)
     assert abs(zero / n - 0.9) <= 0.002  # pruned weights stayed exactly zero through momentum + decay
+
+
+def test_sensitivity_steers_surp(tmp_path) -> None:
+    """A sensitive tensor keeps more of its weights (finer effective thresholds), the budget moves to it."""
+    rng = np.random.default_rng(21)
+    model = {"a": rng.laplace(size=(64, 64)).astype(np.float32), "b": rng.laplace(size=(64, 64)).astype(np.float32)}
+    plain = rdformat.load(_saved(model, tmp_path / "p.rdc", rdformat.Lossy(method="surp", sparsity=0.8)))
+    steered = rdformat.load(_saved(model, tmp_path / "s.rdc", rdformat.Lossy(method="surp", sparsity=0.8,
+                                                                             sensitivity={"a": 20.0, "b": 1.0})))
+    kept = lambda out, k: int(np.count_nonzero(out[k]))  # noqa: E731
+    assert kept(steered, "a") > 1.5 * kept(plain, "a") and kept(steered, "b") < kept(plain, "b")
+    assert abs(kept(steered, "a") + kept(steered, "b") - kept(plain, "a") - kept(plain, "b")) < 0.01 * 8192
+    err = lambda out, k: float(np.linalg.norm(out[k] - model[k]))  # noqa: E731
+    assert err(steered, "a") < err(plain, "a")
+    with rdformat.open(tmp_path / "s.rdc") as f:
+        assert f.metadata["rdformat"]["sensitivity"]["index"] == [0, 1]
+
+
+def _saved(model, path, lossy):
+    rdformat.save(model, path, lossy=lossy)
+    return path

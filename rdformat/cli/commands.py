@@ -101,10 +101,8 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
     if onnx_only and fmt != "onnx":
         raise CommandLineError(f"{onnx_only[0]} needs a runnable model (ONNX); a {fmt} file holds weights only")
     shapes = calibrate.parse_input_shapes(args.input_shape or ())
-    if lossy["method"] == "surp":
-        if args.sensitivity or onnx_only:
-            raise CommandLineError("--method surp does not take a sensitivity or an output-error target yet")
-        return lossy
+    if lossy["method"] == "surp" and args.max_output_error is not None:
+        raise CommandLineError("--method surp does not take --max-output-error yet (give --sparsity or --bits)")
     if args.sensitivity:
         lossy["sensitivity"] = calibrate.read_sensitivity_file(args.sensitivity)
         out.say(f"task-aware: sensitivity of {len(lossy['sensitivity'])} tensors from {args.sensitivity}")

@@ -175,10 +175,11 @@ def surp_runs(values: np.ndarray, norm: float, plan_: SurpPlan) -> list[Run]:
 class TensorEncoder:
     """Encodes the chunks of one tensor under a plan (its norm, ``umax`` and offset fixed here)."""
 
-    def __init__(self, plan_: SurpPlan, array: np.ndarray) -> None:
+    def __init__(self, plan_: SurpPlan, array: np.ndarray, norm: float | None = None) -> None:
         arr = np.asarray(array)
         self.plan = plan_
-        self.norm = _l2(arr) if plan_.normalize == "l2" else 1.0
+        # ``norm``: the statistics' value (which carries any sensitivity emphasis); else recomputed.
+        self.norm = norm if norm is not None else (_l2(arr) if plan_.normalize == "l2" else 1.0)
         flat = arr.reshape(-1)
         # max(|w|) / norm == max(|w| / norm): division by a positive number is monotonic
         amax = float(np.max(np.abs(flat))) if flat.size else 0.0
@@ -250,10 +251,12 @@ def _chunk_elements(itemsize: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // itemsize)
 
 
-def encode_tensor(name: str, array: np.ndarray, plan_: SurpPlan, chunk_bytes: int | None = None) -> EncodedTensor:
-    """Encode one prunable tensor under a (global) plan, chunked like :class:`rdformat.Writer`."""
+def encode_tensor(name: str, array: np.ndarray, plan_: SurpPlan, chunk_bytes: int | None = None,
+                  norm: float | None = None) -> EncodedTensor:
+    """Encode one prunable tensor under a (global) plan, chunked like :class:`rdformat.Writer`
+    (``norm``: the one its statistics used)."""
     arr = np.asarray(array)
-    enc = TensorEncoder(plan_, arr)
+    enc = TensorEncoder(plan_, arr, norm)
     ce = _chunk_elements(arr.dtype.itemsize, chunk_bytes or DEFAULT_CHUNK_BYTES)
     flat = arr.reshape(-1)
     payloads = [enc.encode_chunk(flat[i:i + ce]) for i in range(0, flat.size, ce)]
@@ -319,7 +322,7 @@ def _prefix_bytes(e: EncodedTensor, fraction: float) -> int:
     return total
 
 
-def _encode_job(job: tuple[str, np.ndarray, SurpPlan, int]) -> EncodedTensor:
+def _encode_job(job: tuple[str, np.ndarray, SurpPlan, int, float]) -> EncodedTensor:
     return encode_tensor(*job)
 
 
@@ -329,7 +332,8 @@ def encode_iter(source: Any, stats: Statistics, plan_: SurpPlan, chunk_bytes: in
     if workers <= 1:
         for name, array in _pairs(source):
             if name in stats.tensors:
-                yield name, array, encode_tensor(name, np.asarray(array), plan_, chunk_bytes)
+                yield name, array, encode_tensor(name, np.asarray(array), plan_, chunk_bytes,
+                                                 stats.tensors[name].norm)
             else:
                 yield name, array, None
         return
@@ -340,7 +344,7 @@ def encode_iter(source: Any, stats: Statistics, plan_: SurpPlan, chunk_bytes: in
         for name, array in _pairs(source):
             fut = None
             if name in stats.tensors:
-                fut = pool.submit(_encode_job, (name, np.asarray(array), plan_, chunk_bytes))
+                fut = pool.submit(_encode_job, (name, np.asarray(array), plan_, chunk_bytes, stats.tensors[name].norm))
             pending.append((name, array, fut))
             while len(pending) > 2 * workers:  # bounded look-ahead keeps memory near 2*workers tensors
                 n0, a0, f0 = pending.pop(0)

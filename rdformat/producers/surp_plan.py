@@ -130,6 +130,8 @@ class Statistics:
     tensors: dict[str, TensorStats] = field(default_factory=dict)
     passthrough: list[str] = field(default_factory=list)
     normalize: str = "l2"
+    #: Per-tensor factor on the normalised magnitudes (``sqrt`` of relative sensitivity; default 1).
+    emphasis: dict[str, float] = field(default_factory=dict)
     hist: np.ndarray = field(default_factory=lambda: np.zeros(_HIST_BINS, dtype=np.int64))
 
     @property
@@ -152,7 +154,9 @@ class Statistics:
         """Account for one prunable tensor."""
         arr = np.asarray(array)
         flat = arr.reshape(-1)
-        norm = _l2(arr) if self.normalize == "l2" else 1.0
+        # A sensitive tensor's magnitudes count for more against the shared thresholds: its norm is
+        # divided by its emphasis, so its weights are chosen earlier and refined further.
+        norm = (_l2(arr) if self.normalize == "l2" else 1.0) / self.emphasis.get(name, 1.0)
         sum_u, umax, zeros = 0.0, 0.0, 0
         for i in range(0, flat.size, _BLOCK):  # block by block: temporaries stay ~40 MB
             u = _magnitudes(flat[i:i + _BLOCK], norm)
@@ -204,16 +208,25 @@ def _pairs(source: Any) -> Iterator[tuple[str, Any]]:
 
 
 def collect_statistics(source: Mapping[str, Any] | Iterable[tuple[str, Any]] | Callable[[], Iterable],
-                       select: Callable[[str, Any], bool] | None = None, normalize: str = "l2") -> Statistics:
+                       select: Callable[[str, Any], bool] | None = None, normalize: str = "l2",
+                       sensitivity: Mapping[str, float] | None = None) -> Statistics:
     """One pass over the tensors: per-tensor norms and samples, global mean and histogram.
 
     ``source`` is a mapping (may be lazy), an iterable of ``(name, array)`` pairs, or a callable
     returning a fresh one. ``select(name, array)`` picks the tensors SuRP processes (default
     :func:`is_prunable`); the others are recorded as pass-through. ``normalize``: see
-    :class:`SurpParams`.
+    :class:`SurpParams`. ``sensitivity`` (per element of squared error, as for rate control) gives each
+    tensor an emphasis ``sqrt(s / mean s)``: its thresholds are in effect that much finer, the analogue
+    of rate control's step ``global_step / sqrt(s)``.
     """
     stats = Statistics(normalize=normalize)
     sel = select or (lambda name, arr: is_prunable(arr))
+    if sensitivity:
+        values = [float(v) for v in sensitivity.values()]
+        if any(not (math.isfinite(v) and v > 0) for v in values):
+            raise InvalidInputError("sensitivity values must be positive finite numbers")
+        mean = sum(values) / len(values)
+        stats.emphasis = {str(k): math.sqrt(float(v) / mean) for k, v in sensitivity.items()}
     for name, array in _pairs(source):
         if sel(name, array):
             stats.add(name, np.asarray(array))
