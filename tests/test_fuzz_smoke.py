@@ -72,6 +72,15 @@ def test_harness_smoke(name, tmp_path):
         if elapsed > slowest[0]:
             slowest = (elapsed, data)
     assert not failures, f"{len(failures)} findings in {name}:\n" + "\n".join(failures[:20])
+    if slowest[0] >= HANG_SECONDS:
+        # Time it again: a one-off cost (numba compiling a kernel variant on an empty cache) happens once,
+        # a real hang or super-linear work happens every time.
+        t0 = time.perf_counter()
+        try:
+            harness.one_input(slowest[1])
+        except Exception:  # noqa: BLE001 - findings were checked above
+            pass
+        slowest = (time.perf_counter() - t0, slowest[1])
     assert slowest[0] < HANG_SECONDS, f"{name}: an input of {len(slowest[1])} bytes took {slowest[0]:.1f} s"
 
 
