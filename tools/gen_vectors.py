@@ -172,10 +172,8 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
             entries.append((C.ENTRY_TENSOR, name, start, len(out) - start))
         elif rtype == C.REC_ALIAS:
             entries.append((C.ENTRY_ALIAS, C.parse_alias(payload, 0)[0], start, len(out) - start))
-        elif rtype == C.REC_META:
-            entries.append((C.ENTRY_META, "", start, len(out) - start))
-        elif rtype == C.REC_GRAPH:
-            entries.append((C.ENTRY_GRAPH, "", start, len(out) - start))
+        elif rtype in C.LEADING_KINDS:  # META / GRAPH, plain or compressed
+            entries.append((C.LEADING_KINDS[rtype], "", start, len(out) - start))
     if current is not None:
         entries.append((C.ENTRY_TENSOR, current[0], current[1], len(out) - current[1]))
     if index:
@@ -441,6 +439,46 @@ def build() -> dict[str, bytes]:
     head = struct.pack("<8sHH", C.MAGIC, 1, 9)
     minor = assemble(records(base), header=head + struct.pack("<I", crc(head)))
     b.valid("version_minor_9", minor, "file header minor version 9 (a newer minor version is read)")
+
+    # -- compressed META and GRAPH (since 1.2) ------------------------------------------------------------
+    zmeta = {"producer": "gen_vectors", "layers": [{"name": f"conv{i}", "kernel": [3, 3], "stride": 1}
+                                                   for i in range(12)]}
+    zgraph = b"".join(b"\x08\x01node:Conv(" + bytes([65 + i % 26]) + b")\x00" * 3 for i in range(200))
+    zfile = write([("w", w)], codec="raw", metadata=zmeta, graph=zgraph, graph_format="onnx")
+    zrecs = records(zfile)
+    assert [r[0] for r in zrecs[:2]] == [C.REC_ZMETA, C.REC_ZGRAPH] and zfile[8:12] == b"\x01\x00\x02\x00"
+    b.valid("records_compressed", zfile,
+            "format 1.2: compressed META and compressed GRAPH records (types 9 and 10, REQUIRED; a u64 "
+            "decompressed size, then a zlib stream) in a file with minor version 2")
+
+    def zmeta_rec(size: int, stream: bytes) -> list:
+        return [C.REC_ZMETA, C.FLAG_REQUIRED, struct.pack("<Q", size) + stream]
+
+    ztext = json.dumps({"m": "compressible " * 20}).encode()
+    zstream = zlib.compress(ztext, 9)
+    zbody = zrecs[2:4]  # TENSOR w, CHUNK
+    bad_adler = zstream[:-1] + bytes([zstream[-1] ^ 1])
+    b.invalid("zlib_corrupt", assemble([zmeta_rec(len(ztext), bad_adler)] + zbody), "CorruptDataError",
+              "compressed META whose zlib stream has a damaged Adler-32 check (CRCs recomputed)")
+    b.invalid("zlib_truncated_stream", assemble([zmeta_rec(len(ztext), zstream[:-6])] + zbody), "CorruptDataError",
+              "compressed META whose zlib stream misses its last 6 bytes (the record is otherwise well formed)")
+    b.invalid("zlib_trailing_garbage", assemble([zmeta_rec(len(ztext), zstream + b"\x00junk")] + zbody),
+              "CorruptDataError", "5 bytes after the end of the zlib stream in a compressed META record")
+    b.invalid("zlib_size_mismatch", assemble([zmeta_rec(len(ztext) + 1, zstream)] + zbody), "CorruptDataError",
+              "compressed META declaring one byte more than its zlib stream decompresses to")
+    bomb = zlib.compress(b" " * (1 << 20), 9)  # 1 MiB of spaces in about 1 KiB
+    b.invalid("zlib_bomb_over_declared", assemble([zmeta_rec(len(ztext), bomb)] + zbody), "LimitExceededError",
+              f"compressed META declaring {len(ztext)} bytes whose {len(bomb)}-byte zlib stream inflates to 1 MiB: "
+              "refused once the output passes the declared size")
+    b.invalid("zlib_bomb_over_limit", assemble([zmeta_rec(C.MAX_META_BYTES + 1, bomb)] + zbody),
+              "LimitExceededError",
+              "compressed META declaring 64 MiB + 1 decompressed bytes (over the META limit): refused before "
+              "decompressing")
+    zg = zrecs[1]
+    fmt_len = 2 + struct.unpack_from("<H", zg[2])[0]
+    bad_graph = [zg[0], zg[1], zg[2][: fmt_len + 8 + 2] + bytes([zg[2][fmt_len + 10] ^ 0xFF]) + zg[2][fmt_len + 11:]]
+    b.invalid("zlib_graph_corrupt", assemble([zrecs[0], bad_graph] + zbody), "CorruptDataError",
+              "compressed GRAPH whose zlib stream has its first deflate byte damaged (CRCs recomputed)")
 
     # -- invalid files (all CRCs valid unless the CRC is the damage) ----------------------------------
     small = write([("w", w[:1]), ("b", np.array([1, 2, 3], "<u1"))], codec="raw", metadata={"m": 1})

@@ -47,7 +47,8 @@ class Limits:
 
     #: Largest decoded tensor accepted, in bytes.
     max_tensor_bytes: int = 1 << 36
-    #: Largest metadata / graph record accepted, in bytes.
+    #: Largest metadata / graph accepted, in bytes: caps the stored record and, for compressed records
+    #: (format 1.2), the decompressed size, checked before decompressing.
     max_meta_bytes: int = C.MAX_META_BYTES
     max_graph_bytes: int = C.MAX_GRAPH_BYTES
 
@@ -161,10 +162,11 @@ class RdcReader:
         self._leading = []
         while True:
             head = C.read_record_head(self._src)
-            if head.rtype in (C.REC_META, C.REC_GRAPH):
-                kind = C.ENTRY_META if head.rtype == C.REC_META else C.ENTRY_GRAPH
+            if head.rtype in C.LEADING_KINDS:
+                kind = C.LEADING_KINDS[head.rtype]
                 if any(k >= kind for k, _, _ in self._leading):  # at most one of each, META first
-                    raise CorruptDataError(f"unexpected {head.name} record (at most one META, then one GRAPH)",
+                    raise CorruptDataError(f"unexpected {head.name} record (at most one META, then one GRAPH, "
+                                           "plain or compressed)",
                                            offset=head.offset, record=head.name)
                 self._consume_leading(head)
                 self._leading.append((kind, head.offset - self._start, head.end - head.offset))
@@ -175,7 +177,9 @@ class RdcReader:
                 C.skip_record(self._src, head)
 
     def _consume_leading(self, head: C.RecordHead) -> None:
-        cap = self.limits.max_meta_bytes if head.rtype == C.REC_META else self.limits.max_graph_bytes
+        """Read a META or GRAPH record, plain or compressed; the reader limits cap the decompressed size too."""
+        is_meta = C.LEADING_KINDS[head.rtype] == C.ENTRY_META
+        cap = self.limits.max_meta_bytes if is_meta else self.limits.max_graph_bytes
         if head.length > cap:
             raise LimitExceededError(f"{head.name} record is {head.length} bytes, over the reader limit {cap}",
                                      offset=head.offset, record=head.name)
@@ -183,8 +187,13 @@ class RdcReader:
         base = head.offset + C.RECORD_HEADER_SIZE
         if head.rtype == C.REC_META:
             self.metadata = C.parse_json_object(payload, "metadata", base)
-        else:
+        elif head.rtype == C.REC_ZMETA:
+            text = C.parse_zmeta(payload, base, cap)
+            self.metadata = C.parse_json_object(text, "metadata (decompressed)", base + 8)
+        elif head.rtype == C.REC_GRAPH:
             self.graph_format, self.graph = C.parse_graph(payload, base)
+        else:
+            self.graph_format, self.graph = C.parse_zgraph(payload, base, cap)
 
     # ------------------------------------------------------------------ streaming
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -287,7 +296,7 @@ class RdcReader:
                     if rem:
                         raise CorruptDataError(f"{rem} bytes after the end record", offset=self._src.pos, record="end")
                     return
-                elif head.rtype in (C.REC_META, C.REC_GRAPH, C.REC_CHUNK):
+                elif head.rtype in C.LEADING_KINDS or head.rtype == C.REC_CHUNK:
                     raise CorruptDataError(f"unexpected {head.name} record", offset=head.offset, record=head.name)
                 else:
                     C.skip_record(self._src, head)

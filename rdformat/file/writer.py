@@ -70,6 +70,7 @@ class Writer:
         codec: str | Codec | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         small_records: bool = True,
+        compress_records: bool = True,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
@@ -77,6 +78,9 @@ class Writer:
         #: store single-chunk tensors with under SMALL_DATA_BYTES of data as one SMALL record (format 1.1);
         #: False writes TENSOR + CHUNK records only, which 1.0 readers can read.
         self.small_records = small_records
+        #: store the metadata and the graph zlib-compressed (format 1.2) when that saves at least
+        #: C.ZLIB_MIN_SAVING bytes; False writes plain META/GRAPH records, which 1.1 readers can read.
+        self.compress_records = compress_records
         self.chunk_bytes = chunk_bytes
         self._entries: list[tuple[int, str, int, int]] = []
         self._tensors: set[str] = set()
@@ -92,17 +96,22 @@ class Writer:
             self._stream = target
         self.pos = 0
         try:
-            self._write(C.file_header())
+            leading = []  # (record type, payload, index entry kind) of the META and GRAPH records
             if metadata is not None:
                 try:
                     meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
                 except (TypeError, ValueError) as exc:
                     raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
-                self._record(C.REC_META, meta.encode("utf-8"), kind=C.ENTRY_META, name="")
+                leading.append(C.meta_record(meta.encode("utf-8"), compress=compress_records) + (C.ENTRY_META,))
             if graph is not None:
                 fmt = _check_name(graph_format, "graph format")
-                payload = C.pack_str(fmt) + bytes(graph)
-                self._record(C.REC_GRAPH, payload, kind=C.ENTRY_GRAPH, name="")
+                leading.append(C.graph_record(fmt, bytes(graph), compress=compress_records) + (C.ENTRY_GRAPH,))
+            # The file is 1.2 only when it holds a compressed record (1.1 readers read every other file).
+            compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH) for rtype, _p, _k in leading)
+            self._write(C.file_header(C.VERSION_MINOR if compressed else C.VERSION_MINOR_BASE))
+            for rtype, payload, kind in leading:
+                flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH) else 0
+                self._record(rtype, payload, kind=kind, name="", flags=flags)
         except BaseException:
             self.abort()
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -31,7 +32,10 @@ from .wire import crc32, leb128, read_leb128
 
 MAGIC = b"\x89RDC\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1
+#: Newest minor version this module reads and writes. Writers write 2 only when a file uses a 1.2
+#: feature (compressed META/GRAPH records) and 1 otherwise, so such files stay readable by 1.1 readers.
+VERSION_MINOR = 2
+VERSION_MINOR_BASE = 1
 FILE_HEADER_SIZE = 16
 RECORD_HEADER_SIZE = 16
 RECORD_TRAILER_SIZE = 4
@@ -51,6 +55,8 @@ REC_ALIAS = 5
 REC_INDEX = 6
 REC_END = 7
 REC_SMALL = 8  # since 1.1: a tensor header and its one chunk in one record (always REQUIRED)
+REC_ZMETA = 9  # since 1.2: META compressed with zlib (always REQUIRED)
+REC_ZGRAPH = 10  # since 1.2: GRAPH whose blob is compressed with zlib (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -60,6 +66,8 @@ RECORD_NAMES = {
     REC_INDEX: "index",
     REC_END: "end",
     REC_SMALL: "small tensor",
+    REC_ZMETA: "compressed meta",
+    REC_ZGRAPH: "compressed graph",
 }
 FLAG_REQUIRED = 0x0001
 
@@ -68,6 +76,8 @@ ENTRY_TENSOR = 1
 ENTRY_ALIAS = 2
 ENTRY_META = 3
 ENTRY_GRAPH = 4
+#: META/GRAPH record types (plain and compressed) -> their index entry kind.
+LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH, REC_ZGRAPH: ENTRY_GRAPH}
 
 # Tensor flags.
 TENSOR_STRUCTURAL = 0x01
@@ -95,10 +105,16 @@ PAYLOAD_LIMITS = {
     REC_INDEX: MAX_INDEX_BYTES,
     REC_END: END_PAYLOAD_SIZE,
     REC_SMALL: MAX_TENSOR_HEADER_BYTES,
+    REC_ZMETA: MAX_META_BYTES,
+    REC_ZGRAPH: MAX_GRAPH_BYTES,
 }
 #: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
 #: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
 SMALL_DATA_BYTES = 4096
+#: Writers store META and GRAPH compressed (zlib level 9) only when that saves at least this many bytes:
+#: a smaller saving is not worth making the file need a 1.2 reader.
+ZLIB_MIN_SAVING = 64
+ZLIB_LEVEL = 9
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -116,9 +132,9 @@ def record_name(rtype: int) -> str:
 # Writing
 
 
-def file_header() -> bytes:
-    """The 16-byte file header: magic, version, CRC of both."""
-    head = _FILE_HEAD.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR)
+def file_header(minor: int = VERSION_MINOR_BASE) -> bytes:
+    """The 16-byte file header: magic, version, CRC of both (``minor``: the file's minor version)."""
+    head = _FILE_HEAD.pack(MAGIC, VERSION_MAJOR, minor)
     return head + _U32.pack(crc32(head))
 
 
@@ -200,6 +216,27 @@ class TensorHeader:
             pack_str(_config_json(self.codec_config, self.name), _U32),
         ]
         return b"".join(parts)
+
+
+def meta_record(meta: bytes, *, compress: bool = True) -> tuple[int, bytes]:
+    """(record type, payload) for the metadata JSON text ``meta``: a compressed META record when that
+    saves at least ZLIB_MIN_SAVING bytes (and ``compress``), else a plain one."""
+    if compress and len(meta) > ZLIB_MIN_SAVING:
+        packed = _U64.pack(len(meta)) + zlib.compress(meta, ZLIB_LEVEL)
+        if len(packed) + ZLIB_MIN_SAVING <= len(meta):
+            return REC_ZMETA, packed
+    return REC_META, meta
+
+
+def graph_record(fmt: str, blob: bytes, *, compress: bool = True) -> tuple[int, bytes]:
+    """(record type, payload) for a graph blob: compressed GRAPH when that saves at least ZLIB_MIN_SAVING
+    bytes (and ``compress``), else a plain GRAPH record."""
+    head = pack_str(fmt)
+    if compress and len(blob) > ZLIB_MIN_SAVING:
+        packed = _U64.pack(len(blob)) + zlib.compress(blob, ZLIB_LEVEL)
+        if len(packed) + ZLIB_MIN_SAVING <= len(blob):
+            return REC_ZGRAPH, head + packed
+    return REC_GRAPH, head + blob
 
 
 def chunk_payload_prefix(index: int, data_offset_in_file: int, *, align: bool = True) -> bytes:
@@ -577,6 +614,54 @@ def parse_graph(payload: bytes, base: int) -> tuple[str, bytes]:
     r = PayloadReader(payload, base, "graph")
     fmt = r.text("graph format", MAX_GRAPH_FORMAT_BYTES)
     return fmt, payload[r.pos :]
+
+
+def inflate(r: PayloadReader, cap: int, limit: int) -> bytes:
+    """The rest of ``r``'s payload: a ``u64`` decompressed size, then a zlib stream (RFC 1950) that must
+    decompress to exactly that many bytes and end exactly at the end of the payload.
+
+    The size is checked against the format's ``limit`` and the reader's ``cap`` before anything is
+    decompressed, and decompression never produces more than the declared size plus one byte, so a
+    zlib bomb costs at most ``cap`` bytes of memory.
+    """
+    size_at = r.pos
+    size = r.u64("decompressed size")
+    bound = min(cap, limit)
+    if size > bound:
+        r.pos = size_at
+        which = "the format's limit" if size > limit else "the reader limit"
+        raise r.fail(f"{r.record} record declares {size} decompressed bytes, over {which} of {bound}",
+                     LimitExceededError)
+    stream = memoryview(r.data)[r.pos :]
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(stream, size + 1)
+    except zlib.error as exc:
+        raise r.fail(f"{r.record} record: the zlib stream is corrupt ({exc})") from None
+    if len(out) > size:  # a decompression bomb, or damage: stopped at the declared size
+        raise r.fail(f"{r.record} record: the zlib stream decompresses to more than its declared {size} bytes",
+                     LimitExceededError)
+    if not d.eof:
+        raise r.fail(f"{r.record} record: the zlib stream ends early (incomplete) after {len(out)} bytes")
+    if d.unused_data:
+        r.pos = len(r.data) - len(d.unused_data)
+        raise r.fail(f"{len(d.unused_data)} bytes after the zlib stream in the {r.record} record")
+    if len(out) != size:
+        raise r.fail(f"{r.record} record: the zlib stream decompresses to {len(out)} bytes, {size} declared")
+    r.pos = len(r.data)
+    return out
+
+
+def parse_zmeta(payload: bytes, base: int, cap: int) -> bytes:
+    """Parse a compressed META payload -> the metadata JSON text (at most ``cap`` bytes)."""
+    return inflate(PayloadReader(payload, base, "compressed meta"), cap, MAX_META_BYTES)
+
+
+def parse_zgraph(payload: bytes, base: int, cap: int) -> tuple[str, bytes]:
+    """Parse a compressed GRAPH payload -> (format name, blob of at most ``cap`` bytes)."""
+    r = PayloadReader(payload, base, "compressed graph")
+    fmt = r.text("graph format", MAX_GRAPH_FORMAT_BYTES)
+    return fmt, inflate(r, cap, MAX_GRAPH_BYTES)
 
 
 def parse_chunk(payload: bytes, base: int, expected_index: int, tensor: str) -> memoryview:
