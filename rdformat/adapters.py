@@ -44,7 +44,7 @@ from .errors import (  # noqa: F401  (re-exported: adapters' errors used to live
 )
 
 ADAPTER_VERSION = 1
-META_KEY = "rdformat"
+META_KEY = api.META_KEY  # the package's reserved metadata entry (api records sensitivity there too)
 
 # ----------------------------------------------------------------------------------------------------
 # Optional dependencies

@@ -313,7 +313,8 @@ def _record_sensitivity(metadata: Mapping | None, tensors: Mapping[str, Any], na
     values = [float(sensitivity.get(n, 1.0)) for n in tensors if n in chosen]
     mean = sum(values) / len(values) if values else 1.0
     meta = dict(metadata or {})
-    entry = dict(meta.get(META_KEY) or {}) if isinstance(meta.get(META_KEY, {}), Mapping) else {}
+    existing = meta.get(META_KEY)
+    entry = dict(existing) if isinstance(existing, Mapping) else {}
     entry["sensitivity"] = {"index": order, "relative": [float(f"{v / mean:.3g}") for v in values]}
     meta[META_KEY] = entry
     return meta

@@ -133,15 +133,18 @@ def search_output_error(compress: Callable[[Lossy, Any], Any], evaluate: Callabl
     if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
         raise InvalidInputError(f"--max-output-error must be a positive number, not {target!r}")
 
+    def at(bits: float) -> Lossy:
+        return replace(base, bits=bits, rel_error=None, size=None)
+
     def trial(bits: float) -> float:
         buf = io.BytesIO()
-        compress(replace(base, bits=bits, rel_error=None, size=None), buf)
+        compress(at(bits), buf)
         return evaluate(_load(buf.getvalue()))
 
     lo, hi = SEARCH_BITS
     err_hi = trial(hi)
     if err_hi > target:
-        return replace(base, bits=hi, rel_error=None, size=None), err_hi
+        return at(hi), err_hi
     best = (hi, err_hi)
     for _ in range(SEARCH_STEPS):
         mid = 0.5 * (lo + hi)
@@ -150,7 +153,7 @@ def search_output_error(compress: Callable[[Lossy, Any], Any], evaluate: Callabl
             hi, best = mid, (mid, err)
         else:
             lo = mid
-    return replace(base, bits=round(best[0], 4), rel_error=None, size=None), best[1]
+    return at(round(best[0], 4)), best[1]
 
 
 def onnx_output_error_search(model_path: str | os.PathLike, target: float, base: Lossy, *,
