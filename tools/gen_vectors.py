@@ -109,14 +109,16 @@ def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
 
 
 def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
-          codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False) -> bytes:
+          codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False,
+          layered=False, layer_bytes=None) -> bytes:
     """A file written by rdformat.Writer (tensors: list of (name, array)).
 
     Most vectors use TENSOR + CHUNK records only (``small_records=False``), so that they exercise those
     records; the ``small_*`` vectors cover SMALL records."""
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
-                         chunk_bytes=chunk_bytes, small_records=small_records) as w:
+                         chunk_bytes=chunk_bytes, small_records=small_records, layered=layered,
+                         layer_bytes=layer_bytes) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
@@ -150,6 +152,7 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
     """
     out = bytearray(header if header is not None else C.file_header())
     entries: list[tuple[int, str, int, int]] = []
+    layers: list[int] = []  # [start, end] of the LAYER records
     current = None  # [name, start] of the tensor whose chunks follow
     codec = None
     for rtype, flags, payload in recs:
@@ -174,8 +177,12 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
             entries.append((C.ENTRY_ALIAS, C.parse_alias(payload, 0)[0], start, len(out) - start))
         elif rtype in C.LEADING_KINDS:  # META / GRAPH, plain or compressed
             entries.append((C.LEADING_KINDS[rtype], "", start, len(out) - start))
+        elif rtype == C.REC_LAYER:
+            layers[:] = [layers[0] if layers else start, len(out)]
     if current is not None:
         entries.append((C.ENTRY_TENSOR, current[0], current[1], len(out) - current[1]))
+    if layers:
+        entries.append((C.ENTRY_LAYERS, "", layers[0], layers[1] - layers[0]))
     if index:
         index_offset = len(out)
         out += C.frame(C.REC_INDEX, C.index_payload(entries))
@@ -745,6 +752,64 @@ def build() -> dict[str, bytes]:
     s_data = bytes(c_s[2][9:])
     b.invalid("surp_segment_truncated", assemble([t_s, chunk(0, s_data[:-2])]), "TruncatedError",
               "surp chunk whose last segment misses its last 2 bytes")
+
+    # -- layered tensors (1.3): surp streams whose segments follow every tensor in LAYER records -------
+    from rdformat.format.layers import layer_payload  # noqa: E402
+
+    layered_file = write([
+        ("w_f32", surp_prepared([runs(311, 40, 6), runs(312, 20, 5)], 60, 40, cfg, "<f4", (6, 10))),
+        ("bias", np.arange(5, dtype="<f4")),
+        ("w_bf16", surp_prepared([runs(313, 12, 4)], 12, 12, {**cfg, "seed": 0, "offset": 0.0}, "bfloat16",
+                                 (3, 4))),
+    ], aliases=[("w_tied", "w_f32")], layered=True, layer_bytes=40)
+    b.valid("surp_layered", layered_file,
+            "format 1.3: two layered surp tensors (float32 in two chunks, bfloat16) with empty chunk records, "
+            "their segments in LAYER records after every tensor (pieces of several chunks and tensors per "
+            "record, ordered by pass threshold), a lossless tensor between them and an alias of a layered tensor")
+    l_recs = records(layered_file)
+    layer_at = [i for i, r in enumerate(l_recs) if r[0] == C.REC_LAYER]
+    first_layer = l_recs[layer_at[0]]
+    base_recs = l_recs[: layer_at[0]]
+    rest = l_recs[layer_at[0] + 1 : -2]
+
+    def with_first_layer(pieces) -> bytes:
+        return assemble(base_recs + [[C.REC_LAYER, C.FLAG_REQUIRED, layer_payload(pieces)]] + rest,
+                        header=layered_file[:C.FILE_HEADER_SIZE])
+
+    from rdformat.format.layers import parse_layer  # noqa: E402
+    pieces = [(p.tensor, p.chunk, first_layer[2][p.offset : p.offset + p.length])
+              for p in parse_layer(first_layer[2], 0)]
+    t0, c0, d0 = pieces[0]
+    b.invalid("layer_unknown_tensor", with_first_layer([(9, c0, d0)] + pieces[1:]), "CorruptDataError",
+              "a LAYER piece for tensor ordinal 9 (the file has 3 tensors)")
+    b.invalid("layer_not_layered_tensor", with_first_layer([(1, 0, d0)] + pieces[1:]), "CorruptDataError",
+              "a LAYER piece for the lossless tensor (ordinal 1), which is not layered")
+    b.invalid("layer_chunk_out_of_range", with_first_layer([(t0, 2, d0)] + pieces[1:]), "CorruptDataError",
+              "a LAYER piece for chunk 2 of a tensor with 2 chunks")
+    overrun = bytearray(layer_payload(pieces))
+    overrun[3] += 1  # the first piece's length (single-byte varints): one byte more than the payload holds
+    b.invalid("layer_piece_overrun", assemble(base_recs + [[C.REC_LAYER, C.FLAG_REQUIRED, bytes(overrun)]] + rest,
+                                              header=layered_file[:C.FILE_HEADER_SIZE]),
+              "CorruptDataError", "a LAYER piece whose length runs past its record's payload")
+    b.invalid("layer_empty", with_first_layer([]), "CorruptDataError", "a LAYER record with no piece")
+    bias_at = [i for i, r in enumerate(l_recs) if r[0] == C.REC_TENSOR and b"bias" in r[2][:8]][0]
+    flagged = list(l_recs)
+    flagged[bias_at] = [C.REC_TENSOR, 0, set_tensor_field(l_recs[bias_at][2], flags=C.TENSOR_LAYERED)]
+    b.invalid("layer_flag_lossless", assemble(flagged, header=layered_file[:C.FILE_HEADER_SIZE]), "CorruptDataError",
+              "the LAYERED flag on a bytesplit (not progressive) tensor")
+    moved = base_recs[:bias_at] + base_recs[bias_at + 2 :] + [first_layer] + base_recs[bias_at : bias_at + 2] + rest
+    b.invalid("layer_before_tensor", assemble(moved, header=layered_file[:C.FILE_HEADER_SIZE]), "CorruptDataError",
+              "a TENSOR record after a LAYER record (layers follow every tensor)")
+    no_entry = bytearray(layered_file[: -C.END_RECORD_SIZE])
+    idx = C.parse_index(l_recs[-2][2], 0, None)
+    kept = [(e.kind, e.name, e.offset, e.length) for e in idx if e.kind != C.ENTRY_LAYERS]
+    index_at = len(layered_file) - C.END_RECORD_SIZE - C.RECORD_OVERHEAD - len(l_recs[-2][2])
+    no_entry = bytearray(layered_file[:index_at]) + C.frame(C.REC_INDEX, C.index_payload(kept))
+    no_entry += C.frame(C.REC_END, C.end_payload(index_at, len(no_entry) + C.END_RECORD_SIZE))
+    b.invalid("layer_index_no_entry", bytes(no_entry), "CorruptDataError",
+              "an INDEX without the layers entry (kind 5) of a file with LAYER records")
+    b.invalid("layer_truncated", layered_file[: C.FILE_HEADER_SIZE + sum(20 + len(r[2]) for r in l_recs[: layer_at[1]]) - 3],
+              "TruncatedError", "a layered file cut inside its second LAYER record (without partial reading)")
 
     manifest = {
         "format": "rdc-v1 conformance vectors",

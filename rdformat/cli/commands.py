@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import adapters, convert
 from ..errors import CommandLineError, InvalidInputError, RdcError, UnsupportedFeatureError
+from ..file.reader import salvage
 from .demo import cmd_demo
 from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, Out
 from .summary import human_size, input_bytes, output_bytes, ratio, same_file, tensor_summary
@@ -172,8 +173,13 @@ def cmd_decompress(args: argparse.Namespace, out: Out) -> int:
         options["external_data"] = args.external_data == "yes"
     elif args.external_data != "auto":
         raise adapters.FormatError("--external-data applies to .onnx outputs only")
-    # --max-bytes: progressive (SuRP) tensors decode from a prefix of their streams (a coarser model).
-    convert.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
+    source: Any = src
+    if args.partial:
+        # a truncated layered file (a partial download): rebuild a complete file from its whole records
+        source, cut = salvage(src)
+        out.say(f"{src}: {cut}" if cut is not None else f"{src} is complete (nothing was cut)")
+    # --max-bytes: progressive (SuRP) tensors decode from a prefix of the file (a coarser model).
+    convert.decompress_file(source, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
     out.say(f"{src} -> {dst} ({fmt}): {output_bytes(dst, fmt):,} bytes")
     return EXIT_OK
 
@@ -365,8 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX only: write large weights to OUT.data (default: as the source model did, "
                         "or when over 1.8 GB)")
     p.add_argument("--max-bytes", type=_byte_size, default=None, metavar="N",
-                   help="read budget: progressive (SuRP) tensors decode from a prefix of their streams, "
-                        "the budget shared in proportion to their sizes (a sparser, coarser model)")
+                   help="read budget: read only the first N bytes of a layered SuRP file (plus its index), "
+                        "giving a sparser, coarser model; in older SuRP files the budget is shared by the "
+                        "progressive streams in proportion to their sizes")
+    p.add_argument("--partial", action="store_true",
+                   help="IN is a truncated layered SuRP file (a partial download): restore the model its "
+                        "complete layers describe and say what was cut")
 
     p = _command(sub, common, "info", "list the tensors of an .rdc file",
                  "Show tensors, dtypes, shapes, codecs, sizes and compression ratios.", cmd_info,

@@ -60,6 +60,15 @@ class Codec:
         """
         raise NotImplementedError
 
+    def progressive_segments(self, data: bytes | memoryview, count: int) -> list[tuple[int, float]]:
+        """Progressive codecs: ``(end, value)`` for every whole segment of a chunk's data, in order.
+
+        ``end`` is the byte offset where the segment ends; ``value`` ranks segments across tensors
+        (larger = more model quality per byte; non-increasing along a chunk). Writers of layered
+        files (format 1.3) order the segments of all tensors by it.
+        """
+        raise NotImplementedError(f"{self.codec_id} is not a progressive codec")
+
     def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                    max_bytes: int | None = None) -> "ChunkPlan":
         """Decoding of one chunk split around its ANS blocks (see :class:`ChunkPlan`).

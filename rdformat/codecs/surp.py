@@ -13,7 +13,7 @@ from ..errors import CorruptDataError, InvalidInputError
 from ..format.dtypes import DtypeInfo
 from .base import Codec
 from .registry import register_codec
-from .surp_decode import decode_prefix, decode_stream, segment_ends
+from .surp_decode import decode_prefix, decode_stream, segment_ends, segment_passes
 from .surp_stream import (
     CLASS_NEW,
     CLASS_REFINE,
@@ -89,6 +89,16 @@ class SurpCodec(Codec):
         """Refused: SuRP chunks are coded by the pruning pass (``rdformat.save(..., method="surp")``)."""
         raise InvalidInputError("surp chunks are coded by the SuRP producer: use rdformat.save(..., "
                                 "lossy=rdformat.Lossy(method='surp', sparsity=...)) instead of the codec")
+
+    def progressive_segments(self, data: bytes | memoryview, count: int) -> list[tuple[int, float]]:
+        """Segment ends, each valued by the threshold of its first pass (normalised units, the scale
+        on which the pruning pass itself ranks weights of all tensors against each other)."""
+        if self.config is None:
+            raise CorruptDataError("surp: missing configuration")
+        out = []
+        for end, first_pass in segment_passes(data, count):
+            out.append((end, float(self.config.t0 * self.config.decay ** first_pass)))
+        return out
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:

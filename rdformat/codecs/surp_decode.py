@@ -146,6 +146,12 @@ def segment_ends(data: bytes | memoryview, count: int) -> list[int]:
     return [seg.end for seg in _iter_segments(buf, count, None)]
 
 
+def segment_passes(data: bytes | memoryview, count: int) -> list[tuple[int, int]]:
+    """``(end offset, pass of its first piece)`` of every segment of a chunk's data."""
+    buf = bytes(data)
+    return [(seg.end, seg.pieces[0].pass_index) for seg in _iter_segments(buf, count, None)]
+
+
 class _Replay:
     """Decoder state: kept weights (sorted permuted positions) with reconstruction and residual bound.
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..format import records as C
 from ..codecs import codec_from_config, get_codec_class
 from ..format.dtypes import by_code
+from ..format.layers import parse_layer
 from ..entropy import ans
 from ..errors import (
     ChecksumError,
@@ -51,6 +52,22 @@ class Limits:
     #: (format 1.2), the decompressed size, checked before decompressing.
     max_meta_bytes: int = C.MAX_META_BYTES
     max_graph_bytes: int = C.MAX_GRAPH_BYTES
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What a partial read of a truncated layered file (``open(..., partial=True)``) left out."""
+
+    #: Byte offset (from the start of the file) where the file ends or its first incomplete record starts.
+    offset: int
+    #: Complete LAYER records that were decoded, and their bytes (framing included).
+    layers: int
+    layer_bytes: int
+
+    def __str__(self) -> str:
+        return (f"the file is truncated at byte {self.offset}: decoded from its first {self.layers} complete "
+                f"layer record(s) ({self.layer_bytes} bytes of refinement); later layers are missing, so the "
+                "progressive tensors are coarser (sparser) than in the whole file")
 
 
 @dataclass(frozen=True)
@@ -84,8 +101,19 @@ class RdcReader:
     """
 
     def __init__(self, source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *,
-                 limits: Limits | None = None, budget: int | None = None) -> None:
+                 limits: Limits | None = None, budget: int | None = None, partial: bool = False) -> None:
         self.limits = limits or Limits()
+        #: Iteration of a truncated layered file decodes what its complete layers describe (else: error).
+        self.partial = bool(partial)
+        #: After iterating a truncated file with ``partial=True``: what was cut (else None).
+        self.truncation: Truncation | None = None
+        #: Layered files under a budget: LAYER records that end after this absolute offset are not read.
+        self._layer_limit: int | None = None
+        self._layers_entry: C.IndexEntry | None = None
+        self._index_list: list[tuple[int, str, int, int]] | None = None
+        self._index_at: int | None = None
+        self._ordinals: dict[str, int] = {}
+        self._layer_dir: dict[int, list] | None = None
         #: With a byte budget: the share of every progressive chunk's bytes that is decoded.
         self._prefix_fraction: float | None = None
         self._owns = False
@@ -106,6 +134,8 @@ class RdcReader:
         self._order: list[str] | None = None
         self._aliases: dict[str, str] | None = None
         self._iterated = False
+        self._stream_order: list[str] = []  # names in file order, as the last iteration met them
+        self._salvage: tuple[list, int] | None = None  # after a partial read of a truncated file
         self._pending: C.RecordHead | None = None
         self._leading: list[tuple[int, int, int]] = []  # (kind, offset, length) of META/GRAPH records
         self.metadata: dict = {}
@@ -142,6 +172,14 @@ class RdcReader:
         here = self._src.pos
         try:
             index = self._load_index()
+            layers = self._layers_entry
+            if layers is not None:
+                # Layered file (1.3): the budget is a prefix of the file. The tensor records before the
+                # layers are always read (as in 1.1 files, what is not progressive is charged first);
+                # the layers that end within the budget are read, no other.
+                base = layers.offset - self._start
+                self._layer_limit = self._start + max(budget, base)
+                return float(min(1.0, max(0, budget - base) / layers.length)) if layers.length else 1.0
             progressive = 0
             for entry in index.values():
                 if entry.kind != C.ENTRY_TENSOR:
@@ -212,9 +250,18 @@ class RdcReader:
         entries = [(kind, "", offset, length) for kind, offset, length in self._leading]
         names: set[str] = set()
         tensors: set[str] = set()
+        self._stream_order = order = []
         index_at: int | None = None
         queue: list[_PendingTensor] = []  # tensors read and planned, decoded together (ans.decode_many)
         queued = 0
+        # Layered tensors (1.3) by ordinal: decoded once their LAYER records are read (at the index).
+        layered: dict[int, _PendingTensor] = {}
+        deferred: list[tuple[str, str]] = []  # aliases of layered tensors, yielded after them
+        ordinal = 0
+        layer_first: int | None = None  # relative offset of the first LAYER record
+        layer_end = 0
+        layer_count = 0
+        finished = False
         # Where this iteration continues: by-name reads from other threads may move the file.
         pos = head.offset + C.RECORD_HEADER_SIZE if head is not None else self._src.pos
         while True:
@@ -222,19 +269,40 @@ class RdcReader:
                 if self._src.seekable and self._src.pos != pos:
                     self._src.seek(pos)  # by-name reads in between moved the file position
                 if head is None:
-                    head = C.read_record_head(self._src)
-                if index_at is not None and head.rtype != C.REC_END:
-                    raise CorruptDataError(f"{head.name} record after the index record (only the end record may "
-                                           "follow it)", offset=head.offset, record=head.name)
-                rel = head.offset - self._start
+                    try:
+                        head = C.read_record_head(self._src)
+                    except TruncatedError:
+                        if not (self.partial and (layer_first is not None or index_at is not None
+                                                  or self._layer_head_at(pos))):
+                            raise
+                        head = None  # a truncated layered file, read partially: stop at the last whole layer
                 ready: list[tuple[str, np.ndarray]] = []
-                if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES):
-                    # decode what is queued (aliases need their targets; the batch is big enough)
-                    ready = self._finish_tensors(queue)
-                    queue, queued = [], 0
-                    pos = self._src.pos  # just after this record's head, which stays pending
-                if ready:
+                if head is None or (self._layer_limit is not None and head.rtype == C.REC_LAYER
+                                    and head.end > self._layer_limit):
+                    if head is None:
+                        self.truncation = Truncation(pos - self._start, layer_count, layer_end - (layer_first or 0))
+                        self._salvage = self._salvage_plan(entries, layer_first, layer_end, index_at, pos)
+                    else:  # a budget stops before this layer: what was read must agree with the index
+                        self._check_budget_prefix(entries, layer_first, layer_end)
+                    if index_at is None:
+                        ready = self._finish_tensors(queue) + self._finish_layered(layered, deferred, False)
+                    finished = True
+                    head = None
+                else:
+                    if index_at is not None and head.rtype != C.REC_END:
+                        raise CorruptDataError(f"{head.name} record after the index record (only the end record "
+                                               "may follow it)", offset=head.offset, record=head.name)
+                    rel = head.offset - self._start
+                    if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES):
+                        # decode what is queued (aliases need their targets; the batch is big enough)
+                        ready = self._finish_tensors(queue)
+                        queue, queued = [], 0
+                        pos = self._src.pos  # just after this record's head, which stays pending
+                if ready or finished:
                     pass
+                elif layer_first is not None and head.rtype in (C.REC_TENSOR, C.REC_SMALL, C.REC_ALIAS):
+                    raise CorruptDataError(f"{head.name} record after a layer record (layers follow every tensor)",
+                                           offset=head.offset, record=head.name)
                 elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
                     payload = C.read_payload(self._src, head)
                     header, inline = _parse_tensor_record(head, payload)
@@ -242,8 +310,13 @@ class RdcReader:
                         raise CorruptDataError(f"duplicate name {header.name!r}", offset=head.offset,
                                                record=head.name, tensor=header.name)
                     pending = self._plan_tensor(header, head, inline)
-                    queue.append(pending)
-                    queued += pending.nbytes
+                    if pending.layered is not None:
+                        layered[ordinal] = pending
+                    else:
+                        queue.append(pending)
+                        queued += pending.nbytes
+                    ordinal += 1
+                    order.append(header.name)
                     names.add(header.name)
                     tensors.add(header.name)
                     entries.append((C.ENTRY_TENSOR, header.name, rel, self._src.pos - head.offset))
@@ -259,6 +332,14 @@ class RdcReader:
                     if target not in tensors:
                         raise CorruptDataError(f"alias {alias!r} refers to {target!r}, which is not a tensor "
                                                "written before it", offset=head.offset, record="alias", tensor=alias)
+                    order.append(alias)
+                    if any(p.header.name == target for p in layered.values()):
+                        deferred.append((alias, target))  # its target is decoded after the layers
+                        names.add(alias)
+                        entries.append((C.ENTRY_ALIAS, alias, rel, head.end - head.offset))
+                        head = None
+                        pos = self._src.pos
+                        continue
                     array = recent.get(target)
                     if array is None:
                         if not self._src.seekable:
@@ -272,16 +353,50 @@ class RdcReader:
                         self._src.seek(here)
                     names.add(alias)
                     entries.append((C.ENTRY_ALIAS, alias, rel, head.end - head.offset))
+                elif head.rtype == C.REC_LAYER:
+                    try:
+                        payload = C.read_payload(self._src, head)
+                    except TruncatedError:
+                        if not self.partial:
+                            raise
+                        self.truncation = Truncation(head.offset - self._start, layer_count,
+                                                     layer_end - (layer_first if layer_first is not None else 0))
+                        self._salvage = self._salvage_plan(entries, layer_first, layer_end, index_at, head.offset)
+                        ready = self._finish_layered(layered, deferred, False)
+                        finished = True
+                        head = None
+                        payload = None
+                    if payload is None:
+                        pass
+                    else:
+                        self._add_layer(head, payload, layered)
+                        if layer_first is None:
+                            layer_first = rel
+                        layer_end = head.end - self._start
+                        layer_count += 1
+                        head = None
+                        pos = self._src.pos
+                        continue
                 elif head.rtype == C.REC_INDEX:
-                    payload = C.read_payload(self._src, head)
-                    listed = C.parse_index(payload, head.offset + C.RECORD_HEADER_SIZE, None)
-                    if [(e.kind, e.name, e.offset, e.length) for e in listed] != entries:
+                    if layer_first is not None:
+                        entries.append((C.ENTRY_LAYERS, "", layer_first, layer_end - layer_first))
+                    if self._index_list is not None and self._index_at == rel:
+                        # already read and checked (a budget was planned from it): not read a second time
+                        listed = self._index_list
+                        finished = True  # and its end record was checked then too
+                    else:
+                        payload = C.read_payload(self._src, head)
+                        listed = [(e.kind, e.name, e.offset, e.length)
+                                  for e in C.parse_index(payload, head.offset + C.RECORD_HEADER_SIZE, None)]
+                    if listed != entries:
                         raise CorruptDataError("the index does not list the records of the file",
                                                offset=head.offset, record="index")
                     index_at = rel
                     head = None
                     pos = self._src.pos
-                    continue
+                    ready = self._finish_layered(layered, deferred)
+                    if not ready and not finished:
+                        continue
                 elif head.rtype == C.REC_END:
                     if index_at is None:
                         raise CorruptDataError("end record without an index record", offset=head.offset, record="end")
@@ -303,18 +418,17 @@ class RdcReader:
                     head = None
                     pos = self._src.pos
                     continue
-                if not ready:
+                if not ready and not finished:
                     head = None
                     pos = self._src.pos
             if ready:
                 for tname, tarray in ready:
                     recent[tname] = tarray
                     yield tname, tarray
-            else:
+            elif not finished:
                 yield alias, array
-
-    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None = None) -> np.ndarray:
-        return self._finish_tensors([self._plan_tensor(header, head, inline)])[0][1]
+            if finished:
+                return
 
     def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead,
                      inline: memoryview | None = None) -> "_PendingTensor":
@@ -354,8 +468,16 @@ class RdcReader:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
         rem = self._src.remaining()
+        layered = bool(header.flags & C.TENSOR_LAYERED)
+        if layered and not codec.progressive:
+            raise CorruptDataError(f"tensor is marked layered but its codec {header.codec_id!r} is not progressive",
+                                   offset=head.offset, record=head.name, tensor=name)
         if inline is not None:
             dtype = info.numpy.newbyteorder("<")
+            if layered:  # decoded after its layers: the output is allocated then
+                pend = _PendingTensor(header, head, info, np.empty(0, dtype))
+                pend.layered, pend.codec = ([bytearray(inline)] if numel else []), codec
+                return pend
             pend = _PendingTensor(header, head, info, self._allocate(numel, dtype, nbytes, head, name))
             if numel:
                 with _chunk_errors(0, head, name):
@@ -379,8 +501,13 @@ class RdcReader:
         dtype = info.numpy.newbyteorder("<")
         # On a stream of unknown length a large output grows as chunks arrive (memory follows data).
         grow = rem is None and nbytes > STREAM_PREALLOC_BYTES
-        out = self._allocate(min(numel, header.chunk_elements) if grow else numel, dtype, nbytes, head, name)
+        if layered:
+            out = np.empty(0, dtype)
+        else:
+            out = self._allocate(min(numel, header.chunk_elements) if grow else numel, dtype, nbytes, head, name)
         pend = _PendingTensor(header, head, info, out)
+        if layered:
+            pend.layered, pend.codec = [], codec
         for index in range(header.chunk_count):
             chead = C.read_record_head(self._src, tensor=name)
             if chead.rtype != C.REC_CHUNK:
@@ -391,6 +518,9 @@ class RdcReader:
             payload = C.read_payload(self._src, chead, tensor=name)
             base = chead.offset + C.RECORD_HEADER_SIZE
             data = C.parse_chunk(payload, base, index, name)
+            if layered:
+                pend.layered.append(bytearray(data))
+                continue
             start = index * header.chunk_elements
             count = min(header.chunk_elements, numel - start)
             with _chunk_errors(index, chead, name):
@@ -403,9 +533,150 @@ class RdcReader:
 
     def _chunk_budget(self, codec, data: memoryview) -> int | None:
         """The bytes of a chunk to decode: a prefix for progressive codecs under a budget, else all."""
-        if self._prefix_fraction is None or not codec.progressive:
+        if self._prefix_fraction is None or not codec.progressive or self._layer_limit is not None:
             return None
         return int(math.floor(self._prefix_fraction * len(data)))
+
+    # ------------------------------------------------------------------ layered tensors (1.3)
+    def _add_layer(self, head: C.RecordHead, payload: bytes, layered: dict[int, "_PendingTensor"]) -> None:
+        """Append a LAYER record's pieces to the chunks of their (layered) tensors."""
+        for piece in parse_layer(payload, head.offset + C.RECORD_HEADER_SIZE):
+            pend = layered.get(piece.tensor)
+            data = memoryview(payload)[piece.offset - head.offset - C.RECORD_HEADER_SIZE:][:piece.length]
+            self._add_piece(pend, piece, head, data)
+
+    def _add_piece(self, pend: "_PendingTensor | None", piece, head: C.RecordHead, data) -> None:
+        if pend is None:
+            raise CorruptDataError(f"layer piece for tensor #{piece.tensor}, which is not a layered tensor of "
+                                   "this file", offset=piece.offset, record="layer")
+        name = pend.header.name
+        if piece.chunk >= len(pend.layered):
+            raise CorruptDataError(f"layer piece for chunk {piece.chunk}; the tensor has {len(pend.layered)}",
+                                   offset=piece.offset, record="layer", tensor=name)
+        chunk = pend.layered[piece.chunk]
+        if len(chunk) + len(data) > C.MAX_CHUNK_PAYLOAD_BYTES:
+            raise LimitExceededError(f"chunk {piece.chunk}'s data grows over {C.MAX_CHUNK_PAYLOAD_BYTES} bytes",
+                                     offset=piece.offset, record="layer", tensor=name)
+        chunk += data
+        pend.nbytes += 1  # pieces so far (the count of decoded bytes starts when the chunks are planned)
+
+    def _finish_layered(self, layered: dict[int, "_PendingTensor"], deferred: list[tuple[str, str]],
+                        complete: bool = True) -> list[tuple[str, np.ndarray]]:
+        """Decode the layered tensors from their chunks' data; then their aliases.
+
+        ``complete``: all layers were read, so every layered tensor must have had a piece (a layered
+        tensor always has one: a file whose index or layers lost them is corrupt)."""
+        pends = list(layered.values())
+        layered.clear()
+        for pend in pends:
+            if complete and not pend.nbytes:
+                raise CorruptDataError("layered tensor without any layer piece (are the file's layer records or its "
+                                       "index's layers entry missing?)", offset=pend.head.offset,
+                                       record=pend.head.name, tensor=pend.header.name)
+            pend.nbytes = 0
+            self._plan_layered(pend)
+        done = self._finish_tensors(pends)
+        arrays = dict(done)
+        done += [(alias, arrays[target]) for alias, target in deferred]
+        deferred.clear()
+        return done
+
+    def _plan_layered(self, pend: "_PendingTensor") -> None:
+        """Allocate a layered tensor's output and plan its chunks (data: chunk record + layer pieces)."""
+        header, head, info = pend.header, pend.head, pend.info
+        numel = header.numel
+        pend.out = self._allocate(numel, pend.out.dtype, numel * info.itemsize, head, header.name)
+        for index, data in enumerate(pend.layered):
+            start = index * header.chunk_elements
+            count = min(header.chunk_elements, numel - start)
+            with _chunk_errors(index, head, header.name):
+                plan = pend.codec.plan_chunk(memoryview(bytes(data)), count, info, max_bytes=None)
+            pend.chunks.append((index, head, start, count, plan))
+            pend.nbytes += count * info.itemsize
+        pend.layered = None
+
+    def _check_budget_prefix(self, entries: list, layer_first: int | None, layer_end: int) -> None:
+        """A budgeted read stopped in the layers: the records read must be what the index lists."""
+        expected = self._index_list or []
+        seen = list(entries)
+        listed_layers = [e for e in expected if e[0] == C.ENTRY_LAYERS]
+        if layer_first is not None and listed_layers and listed_layers[0][2] != layer_first:
+            raise CorruptDataError("the index does not list the records of the file", record="index")
+        if seen + listed_layers != expected:
+            raise CorruptDataError("the index does not list the records of the file", record="index")
+
+    def _salvage_plan(self, entries: list, layer_first: int | None, layer_end: int, index_at: int | None,
+                      cut: int) -> tuple[list, int]:
+        """What :func:`salvage` keeps of a truncated layered file: (index entries, relative end)."""
+        if index_at is not None:  # cut after its index: the index stands
+            return list(entries), index_at
+        kept = list(entries)
+        if layer_first is not None:
+            kept.append((C.ENTRY_LAYERS, "", layer_first, layer_end - layer_first))
+            return kept, layer_end
+        return kept, cut - self._start
+
+    def _layer_head_at(self, pos: int) -> bool:
+        """Whether a valid LAYER record header starts at ``pos`` (a truncated file cut inside its layers)."""
+        if not self._src.seekable:
+            return False
+        self._src.seek(pos)
+        raw = self._src.read_upto(C.RECORD_HEADER_SIZE)
+        return (len(raw) == C.RECORD_HEADER_SIZE and C._REC_HEAD.unpack_from(raw)[0] == C.REC_LAYER
+                and C._U32.unpack_from(raw, 12)[0] == C.crc32(raw[:12]))
+
+    def _layer_directory(self) -> dict[int, list]:
+        """Random access: the pieces of every layered tensor (LAYER records verified once, then cached)."""
+        if self._layer_dir is not None:
+            return self._layer_dir
+        directory: dict[int, list] = {}
+        entry = self._layers_entry
+        if entry is not None:
+            end = entry.offset + entry.length
+            self._src.seek(entry.offset)
+            first = True
+            while self._src.pos < end:
+                head = C.read_record_head(self._src)
+                if head.end > end or (first and head.rtype != C.REC_LAYER):
+                    raise CorruptDataError("the index's layer region does not match the layer records",
+                                           offset=head.offset, record=head.name)
+                first = False
+                if head.rtype != C.REC_LAYER:
+                    if head.rtype in C.RECORD_NAMES:
+                        raise CorruptDataError(f"{head.name} record among the layer records", offset=head.offset,
+                                               record=head.name)
+                    C.skip_record(self._src, head)
+                    continue
+                if self._layer_limit is not None and head.end > self._layer_limit:
+                    break  # a budget: later layers are not read
+                payload = C.read_payload(self._src, head)
+                for piece in parse_layer(payload, head.offset + C.RECORD_HEADER_SIZE):
+                    if piece.tensor >= len(self._ordinals):
+                        raise CorruptDataError(f"layer piece for tensor #{piece.tensor}; the file has "
+                                               f"{len(self._ordinals)} tensors", offset=piece.offset, record="layer")
+                    directory.setdefault(piece.tensor, []).append((piece, head))
+            # the rules of the streaming path: pieces only for layered tensors, and chunks that exist
+            by_ordinal = {i: n for n, i in self._ordinals.items()}
+            for ordinal, pieces in directory.items():
+                header = self._tensor_header(self._index[by_ordinal[ordinal]])[0]
+                for piece, _head in pieces:
+                    if not header.flags & C.TENSOR_LAYERED:
+                        raise CorruptDataError(f"layer piece for tensor #{ordinal}, which is not a layered tensor "
+                                               "of this file", offset=piece.offset, record="layer")
+                    if piece.chunk >= header.chunk_count:
+                        raise CorruptDataError(f"layer piece for chunk {piece.chunk}; the tensor has "
+                                               f"{header.chunk_count}", offset=piece.offset, record="layer",
+                                               tensor=header.name)
+        self._layer_dir = directory
+        return directory
+
+    def _read_layered(self, pend: "_PendingTensor", name: str) -> np.ndarray:
+        """Random access to a layered tensor: its pieces from the layer records, then decode."""
+        for piece, head in self._layer_directory().get(self._ordinals[name], []):
+            self._src.seek(piece.offset)
+            data = self._src.read_exact(piece.length, what="a layer piece", record="layer", tensor=name)
+            self._add_piece(pend, piece, head, data)
+        return self._finish_layered({0: pend}, [], self._layer_limit is None)[0][1]
 
     def _decode_pending(self, pending: list["_PendingTensor"]) -> None:
         """Decode the ANS blocks of the planned chunks of ``pending`` at once; write the chunks out."""
@@ -520,11 +791,19 @@ class RdcReader:
         if [(e.kind, e.offset, e.length) for e in entries if e.kind in (C.ENTRY_META, C.ENTRY_GRAPH)] != self._leading:
             raise CorruptDataError("index META/GRAPH entries do not match the records at the start of the file",
                                    offset=ihead.offset, record="index")
+        layers = [e for e in entries if e.kind == C.ENTRY_LAYERS]
+        if len(layers) > 1 or (layers and entries[-1] is not layers[0]):
+            raise CorruptDataError("the index lists the layer region more than once or before a tensor",
+                                   offset=ihead.offset, record="index")
+        index_list = [(e.kind, e.name, e.offset, e.length) for e in entries]
         index: dict[str, C.IndexEntry] = {}
         order: list[str] = []
         aliases: dict[str, str] = {}
+        ordinals: dict[str, int] = {}
         for entry in entries:
             entry.offset += self._start
+            if entry.kind == C.ENTRY_TENSOR:
+                ordinals[entry.name] = len(ordinals)
             if entry.kind in (C.ENTRY_TENSOR, C.ENTRY_ALIAS):
                 if entry.name in index:
                     raise CorruptDataError(f"index lists {entry.name!r} twice", offset=ihead.offset, record="index")
@@ -534,6 +813,8 @@ class RdcReader:
             if index[name].kind == C.ENTRY_ALIAS:
                 aliases[name] = self._read_alias(index[name], index)
         # Published only once complete: a failed load leaves the reader without a half-built index.
+        self._layers_entry = layers[0] if layers else None
+        self._index_list, self._ordinals, self._index_at = index_list, ordinals, index_offset
         self._index, self._order, self._aliases = index, order, aliases
         return index
 
@@ -575,11 +856,13 @@ class RdcReader:
         if entry.kind == C.ENTRY_ALIAS:
             entry = self._entry(self._aliases[name])
         header, head, inline = self._tensor_header(entry)
-        array = self._read_chunks(header, head, inline)
+        pend = self._plan_tensor(header, head, inline)
         if self._src.pos != entry.offset + entry.length:
             raise CorruptDataError(f"index entry {entry.name!r} does not match the length of its records",
                                    offset=entry.offset, record="tensor", tensor=entry.name)
-        return array
+        if pend.layered is not None:
+            return self._read_layered(pend, entry.name)
+        return self._finish_tensors([pend])[0][1]
 
     def get_tensor(self, name: str) -> np.ndarray:
         """Decode one tensor by name (seekable files), reading only its own records."""
@@ -629,19 +912,53 @@ class RdcReader:
 
 
 def open(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None = None,  # noqa: A001
-         budget: int | None = None) -> RdcReader:
+         budget: int | None = None, partial: bool = False) -> RdcReader:
     """Open an .rdc file, bytes, or binary stream (seekable or not) for reading.
 
-    ``budget`` (bytes, file paths only): progressive SuRP tensors decode from a prefix of their streams,
-    the budget shared in proportion to their sizes, giving a coarser model from fewer bytes.
+    ``budget`` (bytes, seekable files only): progressive SuRP tensors decode from fewer bytes, giving a
+    coarser model. In a layered file (format 1.3, what ``rdformat`` writes for SuRP) the budget is a
+    prefix of the file: only its first ``budget`` bytes are read, plus the index at its end. In older
+    files it is shared by the progressive streams in proportion to their sizes.
+    ``partial``: iterating a truncated layered file (a partial download) decodes the model its complete
+    layer records describe instead of failing; ``reader.truncation`` then says what was cut.
     """
-    return RdcReader(source, limits=limits, budget=budget)
+    return RdcReader(source, limits=limits, budget=budget, partial=partial)
 
 
-def load(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None = None) -> dict[str, np.ndarray]:
-    """Decode every tensor into a dict (aliases map to the same array object as their target)."""
-    with RdcReader(source, limits=limits) as reader:
-        return dict(iter(reader))
+def load(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None = None,
+         budget: int | None = None, partial: bool = False) -> dict[str, np.ndarray]:
+    """Decode every tensor into a dict (aliases map to the same array object as their target).
+
+    ``budget`` and ``partial``: as for :func:`open`.
+    """
+    with RdcReader(source, limits=limits, budget=budget, partial=partial) as reader:
+        decoded = dict(iter(reader))
+        # file order (layered tensors are decoded after the layers, at the end of iteration)
+        return {name: decoded[name] for name in reader._stream_order}
+
+
+def salvage(source: str | os.PathLike | bytes | BinaryIO, *,
+            limits: Limits | None = None) -> tuple[bytes, Truncation | None]:
+    """A complete, valid file from a truncated layered file (a partial download), and what was cut.
+
+    Every record of ``source`` is read and checked as a partial read does (``open(..., partial=True)``);
+    the result holds its records up to the last complete LAYER record, then a new INDEX and END, so any
+    reader or converter can use it. A file that is not truncated comes back unchanged (and ``None``).
+    """
+    with RdcReader(source, limits=limits, partial=True) as reader:
+        if not reader._src.seekable:
+            raise UnsupportedFeatureError("salvage needs a file or bytes (it copies the complete records)")
+        for _item in reader:
+            pass
+        if reader.truncation is None:
+            reader._src.seek(reader._start)
+            return reader._src.read_exact(reader._src.size - reader._start, what="the file"), None
+        entries, end = reader._salvage
+        reader._src.seek(reader._start)
+        body = bytearray(reader._src.read_exact(end, what="the complete records"))
+    body += C.frame(C.REC_INDEX, C.index_payload(entries))
+    body += C.frame(C.REC_END, C.end_payload(end, len(body) + C.END_RECORD_SIZE))
+    return bytes(body), reader.truncation
 
 
 #: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
@@ -651,12 +968,15 @@ DECODE_BATCH_BYTES = 64 << 20
 class _PendingTensor:
     """A tensor whose chunk records are read and planned, waiting for its ANS blocks to be decoded."""
 
-    __slots__ = ("header", "head", "info", "out", "nbytes", "chunks")
+    __slots__ = ("header", "head", "info", "out", "nbytes", "chunks", "layered", "codec")
 
     def __init__(self, header, head, info, out: np.ndarray) -> None:
         self.header, self.head, self.info, self.out = header, head, info, out
         self.nbytes = 0  # decoded bytes of the planned chunks
         self.chunks: list = []  # (index, chunk record head, first element, count, ChunkPlan)
+        #: A layered tensor: each chunk's data so far (its chunk record's, then its layer pieces).
+        self.layered: list[bytearray] | None = None
+        self.codec = None
 
 
 def _parse_tensor_record(head: C.RecordHead, payload: bytes) -> tuple[C.TensorHeader, memoryview | None]:

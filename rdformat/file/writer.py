@@ -15,6 +15,7 @@ from ..codecs import Codec, Prepared, get_codec_class
 from ..codecs.raw import RawCodec
 from ..format.dtypes import by_numpy, little_endian
 from ..errors import InvalidInputError
+from .layering import LayerSpool
 
 DEFAULT_CHUNK_BYTES = C.DEFAULT_CHUNK_BYTES
 #: Codec names accepted by ``save``/``Writer`` besides registered codec ids.
@@ -71,6 +72,8 @@ class Writer:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         small_records: bool = True,
         compress_records: bool = True,
+        layered: bool = False,
+        layer_bytes: int | None = None,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
@@ -82,6 +85,15 @@ class Writer:
         #: C.ZLIB_MIN_SAVING bytes; False writes plain META/GRAPH records, which 1.1 readers can read.
         self.compress_records = compress_records
         self.chunk_bytes = chunk_bytes
+        #: progressive tensors (SuRP) are layered (format 1.3): their segments of all tensors follow
+        #: the tensors in LAYER records, by value, so a prefix of the file refines the whole model.
+        self.layered = layered
+        #: target size of a LAYER record (default: about 1/64 of the layered bytes, at least 1 KiB)
+        if layer_bytes is not None and layer_bytes < 1:
+            raise InvalidInputError("layer_bytes must be >= 1")
+        self.layer_bytes = layer_bytes
+        self._spool: LayerSpool | None = None
+        self._tensor_count = 0
         self._entries: list[tuple[int, str, int, int]] = []
         self._tensors: set[str] = set()
         self._names: set[str] = set()
@@ -108,7 +120,9 @@ class Writer:
                 leading.append(C.graph_record(fmt, bytes(graph), compress=compress_records) + (C.ENTRY_GRAPH,))
             # The file is 1.2 only when it holds a compressed record (1.1 readers read every other file).
             compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH) for rtype, _p, _k in leading)
-            self._write(C.file_header(C.VERSION_MINOR if compressed else C.VERSION_MINOR_BASE))
+            minor = (C.VERSION_MINOR_LAYERS if layered else
+                     C.VERSION_MINOR_COMPRESSED if compressed else C.VERSION_MINOR_BASE)
+            self._write(C.file_header(minor))
             for rtype, payload, kind in leading:
                 flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH) else 0
                 self._record(rtype, payload, kind=kind, name="", flags=flags)
@@ -186,6 +200,10 @@ class Writer:
             chunk_elements = max(1, chunk_elements)
             payloads = iter(coded)
         chunk_count = -(-numel // chunk_elements)
+        flags = C.TENSOR_STRUCTURAL if structural else 0
+        if self.layered and chosen.progressive and coded is not None and any(len(c) for c in coded):
+            flags |= C.TENSOR_LAYERED
+            payloads = self._spool_chunks(payloads, numel, chunk_elements, chosen)
         if chunk_count == 1 and chosen.lossless and not isinstance(chosen, RawCodec) and flat is not None:
             # A single chunk can fall back to raw when coding does not pay (tiny tensors).
             only = next(payloads)
@@ -196,7 +214,7 @@ class Writer:
             name=name,
             dtype_code=info.code,
             shape=shape,
-            flags=C.TENSOR_STRUCTURAL if structural else 0,
+            flags=flags,
             chunk_elements=chunk_elements,
             chunk_count=chunk_count,
             codec_id=chosen.codec_id,
@@ -210,6 +228,7 @@ class Writer:
                 self._names.add(name)
                 self._tensors.add(name)
                 self._entries.append((C.ENTRY_TENSOR, name, start, self.pos - start))
+                self._tensor_count += 1
                 return
             payloads = iter([only])
         start = self._record(C.REC_TENSOR, header.to_bytes())
@@ -225,6 +244,16 @@ class Writer:
         self._names.add(name)
         self._tensors.add(name)
         self._entries.append((C.ENTRY_TENSOR, name, start, self.pos - start))
+        self._tensor_count += 1
+
+    def _spool_chunks(self, payloads, numel: int, chunk_elements: int, codec: Codec):
+        """Layered tensor: spool each chunk's segments for the LAYER records; its chunk records stay empty."""
+        if self._spool is None:
+            self._spool = LayerSpool()
+        for index, data in enumerate(payloads):
+            count = min(chunk_elements, numel - index * chunk_elements)
+            self._spool.add_chunk(self._tensor_count, index, data, codec.progressive_segments(data, count))
+            yield b""
 
     def add_alias(self, name: str, target: str) -> None:
         """Record ``name`` as another name of the already written tensor ``target`` (tied weights)."""
@@ -243,6 +272,11 @@ class Writer:
         if self._closed:
             return
         try:
+            if self._spool is not None and len(self._spool):
+                first = self.pos
+                for payload in self._spool.payloads(self.layer_bytes):
+                    self._record(C.REC_LAYER, payload, flags=C.FLAG_REQUIRED)
+                self._entries.append((C.ENTRY_LAYERS, "", first, self.pos - first))
             index_offset = self.pos
             self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
             file_length = self.pos + C.END_RECORD_SIZE
@@ -253,6 +287,9 @@ class Writer:
         except BaseException:
             self.abort()
             raise
+        finally:
+            if self._spool is not None:
+                self._spool.close()
         self._closed = True
 
     def abort(self) -> None:
@@ -260,6 +297,8 @@ class Writer:
         if self._closed:
             return
         self._closed = True
+        if self._spool is not None:
+            self._spool.close()
         if self._file is not None:
             self._file.abort()
 

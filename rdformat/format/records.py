@@ -32,10 +32,13 @@ from .wire import crc32, leb128, read_leb128
 
 MAGIC = b"\x89RDC\r\n\x1a\n"
 VERSION_MAJOR = 1
-#: Newest minor version this module reads and writes. Writers write 2 only when a file uses a 1.2
-#: feature (compressed META/GRAPH records) and 1 otherwise, so such files stay readable by 1.1 readers.
-VERSION_MINOR = 2
+#: Newest minor version this module reads and writes. Writers write the oldest minor a file needs:
+#: 3 with LAYER records, 2 with compressed META/GRAPH records, else 1 (readable by 1.1 readers).
+VERSION_MINOR = 3
 VERSION_MINOR_BASE = 1
+#: Minor versions that first added a feature, so writers write the oldest minor a file needs.
+VERSION_MINOR_COMPRESSED = 2
+VERSION_MINOR_LAYERS = 3
 FILE_HEADER_SIZE = 16
 RECORD_HEADER_SIZE = 16
 RECORD_TRAILER_SIZE = 4
@@ -57,6 +60,7 @@ REC_END = 7
 REC_SMALL = 8  # since 1.1: a tensor header and its one chunk in one record (always REQUIRED)
 REC_ZMETA = 9  # since 1.2: META compressed with zlib (always REQUIRED)
 REC_ZGRAPH = 10  # since 1.2: GRAPH whose blob is compressed with zlib (always REQUIRED)
+REC_LAYER = 11  # since 1.3: refinement pieces of layered progressive tensors (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -68,6 +72,7 @@ RECORD_NAMES = {
     REC_SMALL: "small tensor",
     REC_ZMETA: "compressed meta",
     REC_ZGRAPH: "compressed graph",
+    REC_LAYER: "layer",
 }
 FLAG_REQUIRED = 0x0001
 
@@ -76,11 +81,15 @@ ENTRY_TENSOR = 1
 ENTRY_ALIAS = 2
 ENTRY_META = 3
 ENTRY_GRAPH = 4
+ENTRY_LAYERS = 5  # since 1.3: the LAYER records, as one region (offset of the first, total length)
 #: META/GRAPH record types (plain and compressed) -> their index entry kind.
 LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH, REC_ZGRAPH: ENTRY_GRAPH}
 
 # Tensor flags.
 TENSOR_STRUCTURAL = 0x01
+#: Since 1.3: the tensor's chunk records hold only the start of each chunk's data; the rest follows in
+#: LAYER records after every tensor (progressive codecs only).
+TENSOR_LAYERED = 0x02
 
 # Hard limits of the format (spec: "Limits"). A file that exceeds one is invalid.
 MAX_NAME_BYTES = 1024
@@ -107,6 +116,7 @@ PAYLOAD_LIMITS = {
     REC_SMALL: MAX_TENSOR_HEADER_BYTES,
     REC_ZMETA: MAX_META_BYTES,
     REC_ZGRAPH: MAX_GRAPH_BYTES,
+    REC_LAYER: MAX_CHUNK_PAYLOAD_BYTES,
 }
 #: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
 #: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
@@ -697,9 +707,12 @@ def parse_index(payload: bytes, base: int, file_size: int | None) -> list[IndexE
     entries = []
     for _ in range(count):
         kind = r.u8("index entry kind")
-        if kind not in (ENTRY_TENSOR, ENTRY_ALIAS, ENTRY_META, ENTRY_GRAPH):
+        if kind not in (ENTRY_TENSOR, ENTRY_ALIAS, ENTRY_META, ENTRY_GRAPH, ENTRY_LAYERS):
             raise r.fail(f"unknown index entry kind {kind}")
-        name = r.text("index entry name", MAX_NAME_BYTES, allow_empty=kind in (ENTRY_META, ENTRY_GRAPH))
+        unnamed = kind in (ENTRY_META, ENTRY_GRAPH, ENTRY_LAYERS)
+        name = r.text("index entry name", MAX_NAME_BYTES, allow_empty=unnamed)
+        if unnamed and name:
+            raise r.fail(f"index entry of kind {kind} must have an empty name")
         offset = r.u64("index entry offset")
         length = r.u64("index entry length")
         if offset < FILE_HEADER_SIZE or (file_size is not None and offset + length > file_size):
