@@ -366,10 +366,15 @@ def _save_surp(tensors: Mapping[str, Any], target: str | os.PathLike | BinaryIO,
     stream = SP.encode_iter(tensors, stats, plan, options["chunk_bytes"], spec.workers)
     order = ((name, (array, enc)) for name, array, enc in stream)
 
+    # vectors (biases, norm gains) get a fine step as under the other lossy methods (relative error
+    # about 0.1%), unless fine=False or the caller chose the tensors
+    fine_names = RC.select_tensors(tensors, structural=structural, names=chosen, fine=spec.fine)[1]
+
     def encode(name: str, pair: tuple[Any, Any]) -> Any:
         array, enc = pair
         if enc is None:
-            return array
+            step = RC.fine_step(array, math.inf) if name in fine_names else None
+            return array if step is None else RC.prepare_tensor(array, step, "sq", fine=True).prepared
         encoded[name] = enc
         return enc.prepared()
 

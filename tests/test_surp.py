@@ -523,3 +523,21 @@ def test_sensitivity_steers_surp(tmp_path) -> None:
 def _saved(model, path, lossy):
     rdformat.save(model, path, lossy=lossy)
     return path
+
+
+def test_surp_gives_vectors_a_fine_step_like_the_other_lossy_methods(tmp_path):
+    rng = np.random.default_rng(7)
+    model = {"w": rng.laplace(0, 0.02, (120, 90)).astype(np.float32),
+             "b": rng.normal(0, 0.1, 120).astype(np.float32), "tiny": np.ones(3, np.float32)}
+    sizes = {}
+    for fine in (True, False):
+        path = tmp_path / f"fine{fine}.rdc"
+        sizes[fine] = rdformat.save(model, path, sparsity=0.8, fine=fine).bytes
+        got = rdformat.load(path)
+        with rdformat.open(path) as f:
+            assert f.info("b").codec == ("sq" if fine else "bytesplit")
+            assert f.info("tiny").codec != "sq"  # under 64 values: lossless
+            assert f.info("w").codec == "surp"
+        err = np.abs(got["b"] - model["b"]).max() / np.abs(model["b"]).max()
+        assert (0 < err < 0.002) if fine else err == 0
+    assert sizes[True] < sizes[False]
