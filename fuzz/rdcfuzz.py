@@ -28,7 +28,7 @@ MAX_INPUT = 1 << 16  # inputs stay below 64 KB (a hang is > 1 s on such an input
 MAGIC = b"\x89RDC\r\n\x1a\n"
 REC_META, REC_GRAPH, REC_TENSOR, REC_CHUNK, REC_ALIAS, REC_INDEX, REC_END, REC_SMALL = range(1, 9)
 REC_ZMETA, REC_ZGRAPH = 9, 10  # format 1.2: zlib-compressed META / GRAPH (indexed as META / GRAPH)
-REC_LAYER = 11  # format 1.3: pieces of layered tensors (indexed as one region, entry kind 5)
+REC_LAYER = 12  # format 1.3: pieces of layered tensors (indexed as one region, entry kind 6)
 _HEAD = struct.Struct("<HHQ")
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128, 255, 256, 1023, 1024, 4095, 4096,
                65535, 65536, (1 << 20), (1 << 24) - 1, 1 << 24, (1 << 26), (1 << 28), (1 << 28) + 1, (1 << 31) - 1,
@@ -491,7 +491,7 @@ class RdcFile:
                     current = None
                 if rec.rtype == REC_INDEX:
                     if layers:
-                        entries.append((5, b"", layers[0], layers[1] - layers[0]))
+                        entries.append((6, b"", layers[0], layers[1] - layers[0]))
                     payload = struct.pack("<Q", len(entries)) + b"".join(
                         bytes([k]) + str16(n) + struct.pack("<QQ", o, ln) for k, n, o, ln in entries)
             start = len(out)

@@ -246,7 +246,7 @@ def run(seeds: int, steps: int, quick: bool) -> dict:
     torch.set_num_threads(1)
     xtr, ytr, xte, yte = data(0)
     res: dict = {"dense": [], "oneshot_surp": {}, "oneshot_mag": {}, "iter_surp": {}, "iter_surp_none": {},
-                 "iter_gmag": {}, "iter_lmag": {}, "size": {}, "budget": []}
+                 "iter_surp_fisher": {}, "iter_gmag": {}, "iter_lmag": {}, "size": {}, "budget": []}
     tmp = tempfile.mkdtemp(prefix="surp_digits_")
     report = REPORT if not quick else (0.5, 0.9, 0.99)
     for seed in range(seeds):
@@ -264,8 +264,8 @@ def run(seeds: int, steps: int, quick: bool) -> dict:
             mk = magnitude_masks(w0, s, layerwise=False)
             load_weights(probe, {k: (v * mk[k] if k in mk else v) for k, v in w0.items()})
             res["oneshot_mag"].setdefault(s, []).append(accuracy(probe, xte, yte))
-        snaps: dict[str, dict[float, dict]] = {"iter_surp": {}, "iter_surp_none": {}, "iter_gmag": {},
-                                               "iter_lmag": {}}
+        snaps: dict[str, dict[float, dict]] = {"iter_surp": {}, "iter_surp_none": {}, "iter_surp_fisher": {},
+                                               "iter_gmag": {}, "iter_lmag": {}}
 
         def recorder(key):
             def on_stage(stage, s, model):
@@ -274,16 +274,18 @@ def run(seeds: int, steps: int, quick: bool) -> dict:
                     snaps[key][s] = weights_of(model)
             return on_stage
 
-        for key, kind in (("iter_surp", "l2"), ("iter_surp_none", "none"), ("iter_gmag", False), ("iter_lmag", True)):
+        for key, kind in (("iter_surp", "l2"), ("iter_surp_none", "none"), ("iter_surp_fisher", "fisher"),
+                          ("iter_gmag", False), ("iter_lmag", True)):
             torch.manual_seed(seed)
             model = mlp()
             load_weights(model, w0)
             step = Trainer(model, xtr, ytr, seed + 1000, lr=5e-4)
             sched = SCHEDULE if not quick else tuple(s for s in SCHEDULE if s <= 0.5) + (0.9, 0.99)
-            if kind in ("l2", "none"):
+            if kind in ("l2", "none", "fisher"):
                 S.iterative_surp(model, step, schedule=sched, steps_per_stage=steps,
-                                 params=S.SurpParams(refine_passes=8, normalize=kind),
-                                 select=lambda n, p: n in WEIGHTS, on_stage=recorder(key))
+                                 params=S.SurpParams(refine_passes=8, normalize="none" if kind != "l2" else "l2"),
+                                 select=lambda n, p: n in WEIGHTS, on_stage=recorder(key),
+                                 emphasis="fisher" if kind == "fisher" else None)
             else:
                 iterative_magnitude(model, step, steps, kind, recorder(key), sched)
         # file sizes of the retrained models
@@ -321,11 +323,28 @@ def run(seeds: int, steps: int, quick: bool) -> dict:
     return res
 
 
+#: two-sided 95% Student t quantiles by degrees of freedom (confidence intervals over a few seeds)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def _ci(v: np.ndarray) -> float:
+    """Half-width of the 95% confidence interval of the mean."""
+    return _T95.get(v.size - 1, 1.96) * v.std(ddof=1) / np.sqrt(v.size)
+
+
 def _m(values) -> str:
     v = np.asarray(values, dtype=np.float64)
     if v.size > 1:
-        return f"{100 * v.mean():.1f} ± {100 * v.std():.1f}"
+        return f"{100 * v.mean():.1f} ± {100 * _ci(v):.1f}"
     return f"{100 * v.mean():.1f}"
+
+
+def _diff(a, b) -> str:
+    """Paired difference a - b over seeds (same seed, same dense model), mean ± 95% CI, in points."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size > 1:
+        return f"{100 * d.mean():+.1f} ± {100 * _ci(d):.1f}"
+    return f"{100 * d.mean():+.1f}"
 
 
 def tables(res: dict, seeds: int, steps: int) -> str:
@@ -333,21 +352,24 @@ def tables(res: dict, seeds: int, steps: int) -> str:
     lines = [
         "# SuRP on 8x8 digits (MLP 64-300-100-10)",
         "",
-        f"Test accuracy in % (mean ± std over {seeds} seed(s)); dense model: {_m(res['dense'])} "
+        f"Test accuracy in % (mean ± half-width of the 95% confidence interval over {seeds} seed(s), "
+        f"Student t); dense model: {_m(res['dense'])} "
         f"({dense_bytes} bytes as float32). Iterative methods share the schedule "
         f"{', '.join(f'{s:g}' for s in SCHEDULE)} with {steps} Adam steps (batch 64) of retraining per stage.",
         "",
         "## Accuracy vs sparsity",
         "",
         "| sparsity | one-shot SuRP | one-shot global magnitude | iterative SuRP + retrain | "
-        "iterative SuRP, no layer normalisation, + retrain | global magnitude + retrain | "
-        "layer-wise magnitude + retrain |",
-        "|---|---|---|---|---|---|---|",
+        "iterative SuRP, no layer normalisation, + retrain | iterative SuRP, Fisher emphasis, + retrain | "
+        "global magnitude + retrain | layer-wise magnitude + retrain | Fisher SuRP - global magnitude "
+        "(paired) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sorted(res["oneshot_surp"]):
         lines.append(f"| {100 * s:g}% | {_m(res['oneshot_surp'][s])} | {_m(res['oneshot_mag'][s])} | "
-                     f"{_m(res['iter_surp'][s])} | {_m(res['iter_surp_none'][s])} | {_m(res['iter_gmag'][s])} | "
-                     f"{_m(res['iter_lmag'][s])} |")
+                     f"{_m(res['iter_surp'][s])} | {_m(res['iter_surp_none'][s])} | "
+                     f"{_m(res['iter_surp_fisher'][s])} | {_m(res['iter_gmag'][s])} | "
+                     f"{_m(res['iter_lmag'][s])} | {_diff(res['iter_surp_fisher'][s], res['iter_gmag'][s])} |")
     extra = sorted({k[:-6] for e in res["size"].values() for k in e if k.endswith("_bytes")}
                    - {"surp", "surp6", "csr", "zstd"})
     head = ("| sparsity | SuRP .rdc bytes | SuRP acc (decoded) | SuRP +6 refine bytes | SuRP +6 refine acc | "
@@ -388,6 +410,7 @@ def plot(res: dict, path: str) -> None:
     for key, label, style in (("oneshot_surp", "one-shot SuRP", "o--"), ("oneshot_mag", "one-shot global magnitude", "s--"),
                               ("iter_surp", "iterative SuRP + retrain", "o-"),
                               ("iter_surp_none", "iterative SuRP (no layer norm.) + retrain", "d-"),
+                              ("iter_surp_fisher", "iterative SuRP (Fisher emphasis) + retrain", "v-"),
                               ("iter_gmag", "global magnitude + retrain", "s-"),
                               ("iter_lmag", "layer-wise magnitude + retrain", "^-")):
         a1.plot(x, [100 * np.mean(res[key][s]) for s in sp], style, label=label)

@@ -807,7 +807,7 @@ def build() -> dict[str, bytes]:
     no_entry = bytearray(layered_file[:index_at]) + C.frame(C.REC_INDEX, C.index_payload(kept))
     no_entry += C.frame(C.REC_END, C.end_payload(index_at, len(no_entry) + C.END_RECORD_SIZE))
     b.invalid("layer_index_no_entry", bytes(no_entry), "CorruptDataError",
-              "an INDEX without the layers entry (kind 5) of a file with LAYER records")
+              "an INDEX without the layers entry (kind 6) of a file with LAYER records")
     b.invalid("layer_truncated", layered_file[: C.FILE_HEADER_SIZE + sum(20 + len(r[2]) for r in l_recs[: layer_at[1]]) - 3],
               "TruncatedError", "a layered file cut inside its second LAYER record (without partial reading)")
 

@@ -25,7 +25,7 @@ def iterative_surp(model: Any, train_step: Callable[[Any], Any], *, schedule: Se
                    steps_per_stage: int = 100, state_dir: str | os.PathLike | None = None,
                    params: SurpParams | None = None, select: Callable[[str, Any], bool] | None = None,
                    optimizer: Any = None, on_stage: Callable[[int, float, Any], Any] | None = None,
-                   ) -> list[dict]:
+                   emphasis: str | None = None) -> list[dict]:
     """Prune with SuRP along ``schedule``, retraining between stages; resumable.
 
     For each sparsity ``s`` of ``schedule`` (increasing): one-shot SuRP of the selected parameters
@@ -39,7 +39,9 @@ def iterative_surp(model: Any, train_step: Callable[[Any], Any], *, schedule: Se
     ``state_dir``: after every stage the model (and ``optimizer``) state, the masks and the log are
     saved there; calling again with the same directory resumes after the last finished stage.
     ``on_stage(stage, sparsity, model)`` runs after each stage (e.g. evaluation); its return value
-    is logged. Returns the log: one dict per stage.
+    is logged. ``emphasis="fisher"``: the squared gradients seen while retraining (a diagonal Fisher
+    estimate, read from ``.grad`` after each step) weight each tensor's error at the next stage, so
+    tensors the loss is sensitive to keep more weights. Returns the log: one dict per stage.
     """
     import torch  # noqa: PLC0415 - torch only when this function is used
 
@@ -50,11 +52,14 @@ def iterative_surp(model: Any, train_step: Callable[[Any], Any], *, schedule: Se
     sched = [float(s) for s in schedule]
     if any(b <= a for a, b in zip(sched, sched[1:])):
         raise InvalidInputError("schedule must be strictly increasing")
+    if emphasis not in (None, "fisher"):
+        raise InvalidInputError(f"emphasis must be None or 'fisher', not {emphasis!r}")
     sel = select or (lambda name, p: p.dtype.is_floating_point and p.dim() >= 2)
     named = {name: p for name, p in model.named_parameters() if sel(name, p)}
     if not named:
         raise InvalidInputError("no parameters selected for SuRP")
     log: list[dict] = []
+    fisher: dict[str, float] = {}
     start = 0
     state_path = Path(state_dir) if state_dir is not None else None
     masks: dict[str, Any] = {}
@@ -82,16 +87,25 @@ def iterative_surp(model: Any, train_step: Callable[[Any], Any], *, schedule: Se
         for stage in range(start, len(sched)):
             s = sched[stage]
             weights = {name: prm.detach().cpu().numpy().astype(np.float32) for name, prm in named.items()}
-            res = compress(weights, sparsity=s, params=params)
+            res = compress(weights, sparsity=s, params=params, sensitivity=fisher or None)
             dec = res.decode()
             with torch.no_grad():
                 for name, prm in named.items():
                     t = torch.from_numpy(np.ascontiguousarray(dec[name])).to(prm.dtype).to(prm.device)
                     prm.copy_(t)
                     masks[name] = (t != 0).to(prm.dtype)
+            grad2 = dict.fromkeys(named, 0.0)
             for _ in range(int(steps_per_stage)):
                 train_step(model)
+                if emphasis == "fisher":
+                    for name, prm in named.items():
+                        if prm.grad is not None:  # kept weights' gradients (pruned ones are masked to 0)
+                            grad2[name] += float(prm.grad.detach().double().square().sum())
                 apply_masks()
+            if emphasis == "fisher":
+                # per element of squared error: mean squared gradient over the tensor's kept weights
+                kept = {name: max(1.0, float(masks[name].sum())) for name in named}
+                fisher = {name: grad2[name] / kept[name] for name in named if grad2[name] > 0}
             entry = {"stage": stage, "sparsity": s, "bits_per_weight": res.bits_per_weight,
                      "kept": int(sum(int(m.sum().item()) for m in masks.values()))}
             if on_stage is not None:

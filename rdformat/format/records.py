@@ -60,7 +60,7 @@ REC_END = 7
 REC_SMALL = 8  # since 1.1: a tensor header and its one chunk in one record (always REQUIRED)
 REC_ZMETA = 9  # since 1.2: META compressed with zlib (always REQUIRED)
 REC_ZGRAPH = 10  # since 1.2: GRAPH whose blob is compressed with zlib (always REQUIRED)
-REC_LAYER = 11  # since 1.3: refinement pieces of layered progressive tensors (always REQUIRED)
+REC_LAYER = 12  # since 1.3: refinement pieces of layered progressive tensors (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -81,7 +81,7 @@ ENTRY_TENSOR = 1
 ENTRY_ALIAS = 2
 ENTRY_META = 3
 ENTRY_GRAPH = 4
-ENTRY_LAYERS = 5  # since 1.3: the LAYER records, as one region (offset of the first, total length)
+ENTRY_LAYERS = 6  # since 1.3: the LAYER records, as one region (offset of the first, total length)
 #: META/GRAPH record types (plain and compressed) -> their index entry kind.
 LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH, REC_ZGRAPH: ENTRY_GRAPH}
 

@@ -59,7 +59,7 @@ numpy only at import; :func:`iterative_surp` imports torch when called.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -355,14 +355,16 @@ def encode_iter(source: Any, stats: Statistics, plan_: SurpPlan, chunk_bytes: in
 
 def compress(source: Any, *, sparsity: float | None = None, bits_per_weight: float | None = None,
              distortion: float | None = None, params: SurpParams | None = None, workers: int = 1,
-             chunk_bytes: int | None = None, select: Callable[[str, Any], bool] | None = None) -> SurpResult:
+             chunk_bytes: int | None = None, select: Callable[[str, Any], bool] | None = None,
+             sensitivity: Mapping[str, float] | None = None) -> SurpResult:
     """Global statistics (one pass), a plan, then every prunable tensor encoded independently.
 
     ``source``: a mapping name -> array, or a callable returning ``(name, array)`` pairs (read twice).
+    ``sensitivity``: per-tensor weight of squared error (sensitive tensors keep more weights).
     Returns a :class:`SurpResult` (encodings in memory; see :func:`save` to write a file).
     """
     params = params or SurpParams()
-    stats = collect_statistics(source, select, params.normalize)
+    stats = collect_statistics(source, select, params.normalize, sensitivity=sensitivity)
     p = plan(stats, sparsity=sparsity, bits_per_weight=bits_per_weight, distortion=distortion, params=params)
     encoded = {}
     for name, _, enc in encode_iter(source, stats, p, chunk_bytes or DEFAULT_CHUNK_BYTES, workers):
