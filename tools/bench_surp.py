@@ -150,7 +150,7 @@ def side_by_side(w: np.ndarray, surp_rows: list[tuple[float, float]]) -> list[st
     b = float(np.abs(x).mean())
     curves: dict[str, list[tuple[float, float]]] = {"sq": [], "dq": [], "NNCodec": []}
     for method, fn, steps in (("sq", quantize_rdo, (4.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.12)),
-                              ("dq", quantize_trellis, (2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.12, 0.07))):
+                              ("dq", quantize_trellis, (4.0, 3.0, 2.0, 1.2, 0.8, 0.5, 0.3, 0.2, 0.12, 0.07))):
         for step in steps:
             q = fn(w, step, distortion="mae")
             buf = io.BytesIO()

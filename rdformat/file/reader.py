@@ -80,6 +80,7 @@ class TensorInfo:
     codec: str
     codec_config: dict
     structural: bool
+    #: bytes of its records (for a layered tensor: plus the data of its pieces in the layer records)
     stored_bytes: int
     alias_of: str | None = None
 
@@ -896,8 +897,11 @@ class RdcReader:
                 entry = self._entry(alias_of)
             header, _head, _inline = self._tensor_header(entry)
             dtype = by_code(header.dtype_code).numpy
+            stored = entry.length
+            if header.flags & C.TENSOR_LAYERED:  # and its pieces in the layer records
+                stored += sum(piece.length for piece, _h in self._layer_directory().get(self._ordinals[entry.name], []))
             return TensorInfo(name, dtype, header.shape, header.codec_id, header.codec_config,
-                              header.structural, entry.length, alias_of)
+                              header.structural, stored, alias_of)
 
     def close(self) -> None:
         """Close the underlying file if this reader opened it."""
