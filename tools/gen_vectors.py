@@ -109,14 +109,15 @@ def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
 
 
 def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
-          codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False) -> bytes:
+          codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False,
+          pack_records=False) -> bytes:
     """A file written by rdformat.Writer (tensors: list of (name, array)).
 
     Most vectors use TENSOR + CHUNK records only (``small_records=False``), so that they exercise those
-    records; the ``small_*`` vectors cover SMALL records."""
+    records; the ``small_*`` vectors cover SMALL records and the ``pack_*`` ones PACK records."""
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
-                         chunk_bytes=chunk_bytes, small_records=small_records) as w:
+                         chunk_bytes=chunk_bytes, small_records=small_records, pack_records=pack_records) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
