@@ -215,20 +215,8 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
         "lossy_payload_bytes": int(lossy["payload"]),
         "lossy_weights": int(lossy["weights"]),
         "lossless_payload_bytes": payload_bytes - int(lossy["payload"]),
+        "lossy_bits_per_weight": 8 * int(lossy["payload"]) / int(lossy["weights"]) if lossy["weights"] else None,
     }
 
 
-def format_breakdown(b: dict) -> str:
-    """A few lines for ``rdc info``: payload, overhead and its parts."""
-    n = b["file_bytes"] or 1
-    cats = b["categories"]
-    parts = ", ".join(f"{k} {v}" for k, v in cats.items() if k != "payload" and v)
-    lines = [f"payload {b['payload_bytes']} bytes ({100 * b['payload_bytes'] / n:.1f}%), "
-             f"overhead {b['overhead_bytes']} bytes ({100 * b['overhead_bytes'] / n:.1f}%): {parts}"]
-    if b["lossy_weights"]:
-        lines.append(f"quantized weights: {b['lossy_weights']} at {8 * b['lossy_payload_bytes'] / b['lossy_weights']:.3f} "
-                     "bits/weight of payload (overhead and lossless tensors not included)")
-    return "\n".join(lines)
-
-
-__all__ = ["breakdown", "format_breakdown", "CATEGORIES"]
+__all__ = ["breakdown", "CATEGORIES"]

@@ -364,6 +364,18 @@ class RdcReader:
     def _decode_group(self, head: C.RecordHead, members: list, group: "C.PackGroup") -> np.ndarray:
         header = self._group_header(head, members, group)
         data = group.data if isinstance(group.data, memoryview) else memoryview(group.data)
+        try:
+            info = by_code(header.dtype_code)
+            need = codec_from_config(header.codec_id, header.codec_config).min_data_bytes(group.numel, info)
+        except RdcError as exc:
+            raise exc.with_context(offset=group.offset, record="pack", tensor=header.name)
+        except (TypeError, ValueError) as exc:
+            raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}", offset=group.offset,
+                                   record="pack", tensor=header.name) from None
+        if group.numel and len(data) < need:  # refused before the output is allocated
+            raise CorruptDataError(f"pack group of {group.numel} elements holds {len(data)} bytes of "
+                                   f"{header.codec_id} data, fewer than the {need} it needs",
+                                   offset=group.offset, record="pack", tensor=header.name)
         return self._finish_tensors([self._plan_tensor(header, head, data)])[0][1]
 
     def _read_pack(self, entry: C.IndexEntry) -> tuple[C.RecordHead, bytes]:

@@ -79,18 +79,38 @@ def _pack_config(codec: Codec) -> dict:
     return config
 
 
+def _lossy_groups(queued: list[tuple], idx: list[int]) -> list[tuple[list[int], "C.PackGroup"]]:
+    """Lossy tensors with one configuration (same step...): one group when that codes smaller than one
+    group each. Levels decode the same concatenated as alone, except for ``dq``'s chains, which run on
+    across a member boundary unless every member before the last fills whole chains."""
+    info, codec = queued[idx[0]][1], queued[idx[0]][4]
+    own = [([i], _group_data(queued[i][4], [queued[i][5]], info)) for i in idx]
+    sets: list[list[int]] = [[idx[0]]]
+    multiple = codec.chunk_multiple
+    for i in idx[1:]:
+        if queued[sets[-1][-1]][5].size % multiple == 0:
+            sets[-1].append(i)
+        else:
+            sets.append([i])
+    shared = [(m, _group_data(codec, [queued[i][5] for i in m], info)) for m in sets]
+    best = min((own, shared), key=lambda groups: sum(_group_cost(*coded) for _m, coded in groups))
+    return [(m, C.PackGroup(chosen.codec_id, _pack_config(chosen), data)) for m, (chosen, data) in best]
+
+
 def _pack_groups(queued: list[tuple]) -> list[tuple[list[int], "C.PackGroup"]]:
     """Split queued tensors into PACK groups: lossless tensors of one dtype and codec share one group (one
-    set of entropy tables) unless a large one codes smaller on its own; a lossy tensor is its own group."""
+    set of entropy tables) unless a large one codes smaller on its own; lossy tensors share one when their
+    configurations are equal and that codes smaller (:func:`_lossy_groups`)."""
     keyed: dict[tuple, list[int]] = {}
     for i, (_name, info, _shape, _structural, codec, _flat) in enumerate(queued):
-        if codec.lossless:
-            key = (info.code, codec.codec_id, C._config_json(codec.get_config(), "pack"))
-        else:
-            key = ("own", i)
+        key = (info.code, codec.codec_id, C._config_json(_pack_config(codec), "pack"))
         keyed.setdefault(key, []).append(i)
     out = []
     for idx in keyed.values():
+        codec = queued[idx[0]][4]
+        if not codec.lossless:
+            out += _lossy_groups(queued, idx)
+            continue
         sets = [list(idx)]
         info, codec = queued[idx[0]][1], queued[idx[0]][4]
         coded = {}
@@ -272,7 +292,7 @@ class Writer:
             payloads = iter(coded)
         chunk_count = -(-numel // chunk_elements)
         if (self.pack_records and coded is None and chunk_count <= 1 and not chosen.progressive
-                and numel * info.itemsize <= C.PACK_TENSOR_BYTES
+                and numel * info.itemsize <= (C.PACK_TENSOR_BYTES if chosen.lossless else C.PACK_LOSSY_BYTES)
                 and not (isinstance(chosen, RawCodec) and numel * info.itemsize >= C.SMALL_DATA_BYTES)):
             # (raw data of 4 KiB or more stays in an aligned CHUNK record, where it can be memory-mapped)
             self._pack_add(name, info, shape, structural, chosen, flat)
@@ -337,7 +357,8 @@ class Writer:
         """Queue a small tensor for the next PACK record (written when a tensor that is not packed, an
         alias or the end of the file comes, or when the queue holds PACK_FLUSH_BYTES)."""
         self._pack.append((name, info, shape, structural, codec, flat))
-        self._pack_bytes += flat.nbytes
+        # what the tensor adds to the record, about: lossy levels take a few bits per element
+        self._pack_bytes += flat.nbytes if codec.lossless else flat.size // 2
         self._names.add(name)
         self._tensors.add(name)
         if self._pack_bytes >= C.PACK_FLUSH_BYTES:
@@ -348,6 +369,9 @@ class Writer:
         if not self._pack:
             return
         queued, self._pack, self._pack_bytes = self._pack, [], 0
+        self._pack_write(queued)
+
+    def _pack_write(self, queued: list[tuple]) -> None:
         groups = _pack_groups(queued)
         members, packed = [], []
         number: dict[int, int] = {}  # group key -> number, in order of first use
@@ -365,8 +389,13 @@ class Writer:
             members.append(C.PackMember(name, info.code, shape, C.TENSOR_STRUCTURAL if structural else 0,
                                         number[key], pair))
         payload = C.pack_payload(members, packed)
-        if len(payload) > C.MAX_PACK_BYTES:  # cannot happen with PACK_FLUSH_BYTES well below the limit
-            raise InvalidInputError(f"pack record of {len(payload)} bytes is over the limit")
+        if len(payload) > C.MAX_PACK_BYTES and len(queued) > 1:  # levels coded larger than estimated
+            half = len(queued) // 2
+            self._pack_write(queued[:half])
+            self._pack_write(queued[half:])
+            return
+        if len(payload) > C.MAX_PACK_BYTES:
+            raise InvalidInputError(f"tensor {queued[0][0]!r}: pack record of {len(payload)} bytes is over the limit")
         start = self._record(C.REC_PACK, payload, flags=C.FLAG_REQUIRED)
         self._entries.append((C.ENTRY_PACK, "", start, self.pos - start))
         self._packed = True

@@ -105,6 +105,9 @@ MAX_PACK_BYTES = 4 << 20
 #: Writers pack single-chunk tensors of at most this many decoded bytes, and write a PACK record once
 #: the tensors waiting for it hold PACK_FLUSH_BYTES.
 PACK_TENSOR_BYTES = 64 << 10
+#: ... and lossy (quantized) single-chunk tensors of at most this many decoded bytes (their levels code to
+#: a few bits per element, so the record stays small).
+PACK_LOSSY_BYTES = 2 << 20
 PACK_FLUSH_BYTES = 1 << 20
 
 PAYLOAD_LIMITS = {
