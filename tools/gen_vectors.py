@@ -758,6 +758,19 @@ def build() -> dict[str, bytes]:
     b.invalid("pack_lossy_int", pack_file_of([C.PackMember("a.i", i16, (4,), 0, 0)],
                                              [C.PackGroup("sq", {"step": 0.5}, b"\x00")]),
               "CorruptDataError", "pack group coded with sq whose member is int16")
+    repeat = pack_file_of([C.PackMember("x.w", f32, (2,), 0, 0), C.PackMember("x.i", i16, (3,), 0, 1),
+                           C.PackMember("y.w", f32, (1,), 0, 2)],
+                          [C.PackGroup("raw", {}, two[:8]), C.PackGroup("raw", {}, np.arange(3, dtype="<i2").tobytes()),
+                           C.PackGroup("raw", {}, two[8:12])])
+    assert repeat.count(b"\x03raw") == 1
+    b.valid("pack_repeat_codec", repeat,
+            "format 1.3: a PACK record of three raw groups (float32, int16, float32) of which the last two "
+            "have codec length 0: the previous group's codec and configuration")
+    rpayload = C.pack_payload([C.PackMember("x.w", f32, (2,), 0, 0)], [C.PackGroup("raw", {}, two[:8])])
+    at = rpayload.index(b"\x03raw")
+    b.invalid("pack_repeat_first", assemble([[C.REC_PACK, C.FLAG_REQUIRED, rpayload[:at] + b"\x00" + rpayload[at + 7:]]],
+                                            header=C.file_header(3)),
+              "CorruptDataError", "pack group 0 with codec length 0 (no previous group to repeat)")
     b.invalid("pack_bomb", pack_file_of([C.PackMember("huge", f32, (1 << 40,), 0, 0)],
                                         [C.PackGroup("bytesplit", {"transform": "none"}, bytes([1, 0] * 4) + b"\x00\x00")]),
               "LimitExceededError", "pack member of 2^40 float32 elements from 10 bytes of group data")

@@ -806,9 +806,14 @@ def pack_payload(members: list[PackMember], groups: list[PackGroup]) -> bytes:
             err = err if err == err and abs(err) < 3.4e38 else 3.4e38
             parts.append(_STATS.pack(err, int(round(min(max(sparsity, 0.0), 1.0) * 65535))))
     parts.append(leb128(len(groups)))
+    prev_codec = None
     for g in groups:
         codec = g.codec_id.encode("ascii")
         config = _config_json(g.codec_config, "pack").encode("utf-8")
+        if (codec, config) == prev_codec:  # codec length 0: the previous group's codec and configuration
+            parts += [b"\x00", leb128(len(g.data)), bytes(g.data)]
+            continue
+        prev_codec = (codec, config)
         parts += [bytes([len(codec)]), codec, leb128(len(config)), config, leb128(len(g.data)), bytes(g.data)]
     return b"".join(parts)
 
@@ -863,10 +868,13 @@ def parse_pack(payload: bytes, base: int) -> tuple[list[PackMember], list[PackGr
     groups: list[PackGroup] = []
     for gi in range(gcount):
         r.tensor = next(m.name for m in members if m.group == gi)
-        codec_id = r.text("codec id", MAX_CODEC_ID_BYTES, width=1)
-        config_start = r.pos
-        config_raw = r.take(r.varint("codec config length", MAX_PACK_BYTES), "codec config")
-        config = parse_json_object(config_raw, "codec configuration", base + config_start, r.tensor)
+        codec_id = r.text("codec id", MAX_CODEC_ID_BYTES, width=1, allow_empty=bool(groups))
+        if not codec_id:  # the previous group's codec and configuration (a copy: codecs may not share state)
+            codec_id, config = groups[-1].codec_id, json.loads(json.dumps(groups[-1].codec_config))
+        else:
+            config_start = r.pos
+            config_raw = r.take(r.varint("codec config length", MAX_PACK_BYTES), "codec config")
+            config = parse_json_object(config_raw, "codec configuration", base + config_start, r.tensor)
         size = r.varint("group data length", MAX_PACK_BYTES)
         at = r.pos
         data = memoryview(payload)[at : at + size]
