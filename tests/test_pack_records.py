@@ -198,3 +198,15 @@ def test_damaged_pack_files_raise_rdc_errors(seed):
                 continue
             for n, a in tensors.items():  # accepted: only when the damage missed the data (e.g. a CRC flip
                 assert got[n].tobytes() == a.tobytes()  # cannot be accepted: CRCs cover every byte)
+
+
+def test_a_queued_tensor_is_copied_when_added():
+    """Packing defers coding: an array the caller reuses after add() must not change the file."""
+    buf = io.BytesIO()
+    reused = np.arange(6, dtype=np.float32)
+    with rdformat.Writer(buf) as w:
+        w.add("first", reused)
+        reused[:] = -1
+        w.add("second", reused)
+    back = rdformat.load(buf.getvalue())
+    assert back["first"].tolist() == [0, 1, 2, 3, 4, 5] and back["second"].tolist() == [-1] * 6

@@ -356,7 +356,8 @@ class Writer:
                   flat: np.ndarray) -> None:
         """Queue a small tensor for the next PACK record (written when a tensor that is not packed, an
         alias or the end of the file comes, or when the queue holds PACK_FLUSH_BYTES)."""
-        self._pack.append((name, info, shape, structural, codec, flat))
+        # a copy: the caller may reuse its array before the pack is written
+        self._pack.append((name, info, shape, structural, codec, np.array(flat, copy=True)))
         # what the tensor adds to the record, about: lossy levels take a few bits per element
         self._pack_bytes += flat.nbytes if codec.lossless else flat.size // 2
         self._names.add(name)
