@@ -210,3 +210,12 @@ def test_a_queued_tensor_is_copied_when_added():
         w.add("second", reused)
     back = rdformat.load(buf.getvalue())
     assert back["first"].tolist() == [0, 1, 2, 3, 4, 5] and back["second"].tolist() == [-1] * 6
+
+
+def test_a_file_opened_for_appending_gets_1_3_up_front(tmp_path):
+    path = tmp_path / "a.rdc"
+    with open(path, "ab") as fh:
+        _write({"s": np.arange(3, dtype=np.int16)}, target=fh)
+    data = path.read_bytes()
+    assert struct.unpack_from("<HH", data, 8) == (1, 3)
+    assert rdformat.load(data)["s"].tolist() == [0, 1, 2]

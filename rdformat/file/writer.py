@@ -47,7 +47,10 @@ def _check_name(name: object, what: str = "tensor name") -> str:
 
 
 def _tell(stream) -> int | None:
-    """The stream's position when it can seek back there later, else None."""
+    """The stream's position when it can seek back there later, else None (pipes; files opened for
+    appending, where every write lands at the end whatever the position)."""
+    if "a" in str(getattr(stream, "mode", "")):
+        return None
     try:
         if stream.seekable():
             return stream.tell()
