@@ -28,6 +28,7 @@ MAX_INPUT = 1 << 16  # inputs stay below 64 KB (a hang is > 1 s on such an input
 MAGIC = b"\x89RDC\r\n\x1a\n"
 REC_META, REC_GRAPH, REC_TENSOR, REC_CHUNK, REC_ALIAS, REC_INDEX, REC_END, REC_SMALL = range(1, 9)
 REC_ZMETA, REC_ZGRAPH = 9, 10  # format 1.2: zlib-compressed META / GRAPH (indexed as META / GRAPH)
+REC_PACK = 11  # format 1.3: several small tensors in one record (indexed by one unnamed entry, kind 5)
 _HEAD = struct.Struct("<HHQ")
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128, 255, 256, 1023, 1024, 4095, 4096,
                65535, 65536, (1 << 20), (1 << 24) - 1, 1 << 24, (1 << 26), (1 << 28), (1 << 28) + 1, (1 << 31) - 1,
@@ -505,6 +506,8 @@ class RdcFile:
                 entries.append((2 if rec.rtype == REC_ALIAS else 1, payload[2 : 2 + n], start, len(out) - start))
             elif rec.rtype in (REC_META, REC_GRAPH, REC_ZMETA, REC_ZGRAPH):
                 entries.append((3 if rec.rtype in (REC_META, REC_ZMETA) else 4, b"", start, len(out) - start))
+            elif rec.rtype == REC_PACK:  # since 1.3: one unnamed index entry for the whole record
+                entries.append((5, b"", start, len(out) - start))
             elif rec.rtype == REC_INDEX:
                 index_at = start
             elif rec.rtype == REC_END and fix and not rec.frozen:
