@@ -29,6 +29,7 @@ MAGIC = b"\x89RDC\r\n\x1a\n"
 REC_META, REC_GRAPH, REC_TENSOR, REC_CHUNK, REC_ALIAS, REC_INDEX, REC_END, REC_SMALL = range(1, 9)
 REC_ZMETA, REC_ZGRAPH = 9, 10  # format 1.2: zlib-compressed META / GRAPH (indexed as META / GRAPH)
 REC_LAYER = 12  # format 1.3: pieces of layered tensors (indexed as one region, entry kind 6)
+REC_PACK = 11  # format 1.3: several small tensors in one record (indexed by one unnamed entry, kind 5)
 _HEAD = struct.Struct("<HHQ")
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128, 255, 256, 1023, 1024, 4095, 4096,
                65535, 65536, (1 << 20), (1 << 24) - 1, 1 << 24, (1 << 26), (1 << 28), (1 << 28) + 1, (1 << 31) - 1,
@@ -511,6 +512,8 @@ class RdcFile:
                 entries.append((3 if rec.rtype in (REC_META, REC_ZMETA) else 4, b"", start, len(out) - start))
             elif rec.rtype == REC_LAYER:
                 layers[:] = [layers[0] if layers else start, len(out)]
+            elif rec.rtype == REC_PACK:  # since 1.3: one unnamed index entry for the whole record
+                entries.append((5, b"", start, len(out) - start))
             elif rec.rtype == REC_INDEX:
                 index_at = start
             elif rec.rtype == REC_END and fix and not rec.frozen:

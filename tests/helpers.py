@@ -108,7 +108,8 @@ def pipe_reader(data: bytes) -> io.BufferedReader:
 
 def stored_chunks(data: bytes):
     """(header, [(element count, codec data), ...]) of the first tensor of an .rdc file, read record by
-    record: a TENSOR record and its CHUNK records, or one SMALL record."""
+    record: a TENSOR record and its CHUNK records, one SMALL record, or the group of the first member of
+    a PACK record (its only member in these tests' files)."""
     from rdformat.format import records as C
 
     src = C.Source(io.BytesIO(data))
@@ -118,6 +119,13 @@ def stored_chunks(data: bytes):
     if head.rtype == C.REC_SMALL:
         header, inline = C.parse_small(payload, head.offset + 16)
         return header, ([(header.numel, inline)] if header.chunk_count else [])
+    if head.rtype == C.REC_PACK:
+        members, groups = C.parse_pack(payload, head.offset + 16)
+        m, g = members[0], groups[members[0].group]
+        assert g.members == [0], "the first member shares its group"
+        header = C.TensorHeader(m.name, m.dtype_code, m.shape, m.flags, max(m.numel, 1), 1 if m.numel else 0,
+                                g.codec_id, g.codec_config)
+        return header, ([(m.numel, g.data)] if m.numel else [])
     header = C.parse_tensor_header(payload, head.offset + 16)
     chunks = []
     for i in range(header.chunk_count):

@@ -35,14 +35,13 @@ def _records(data: bytes) -> list[tuple[int, int, int, bytes]]:
 
 
 def _save(**kwargs) -> bytes:
-    buf = io.BytesIO()
-    rdformat.save(TENSORS, buf, **kwargs)
-    return buf.getvalue()
+    return _write(compress=True, **kwargs)
 
 
 def _write(*, compress: bool, **kwargs) -> bytes:
+    """Without PACK records (format 1.3), so that the minor version shows the 1.2 features alone."""
     buf = io.BytesIO()
-    with rdformat.Writer(buf, compress_records=compress, **kwargs) as w:
+    with rdformat.Writer(buf, compress_records=compress, pack_records=False, **kwargs) as w:
         for name, arr in TENSORS.items():
             w.add(name, arr)
     return buf.getvalue()

@@ -433,8 +433,10 @@ def _tensor_config(payload: bytes) -> dict:
 def test_bad_stats_are_shown_as_unknown(tmp_path):
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
-    rdformat.save({"w": rng.standard_normal((256, 256)).astype(np.float32)}, buf, bits=4)
+    # in chunks (a TENSOR record with JSON stats; a single-chunk tensor would go into a PACK record)
+    rdformat.save({"w": rng.standard_normal((256, 256)).astype(np.float32)}, buf, bits=4, chunk_bytes=1 << 16)
     recs = G.records(buf.getvalue())
+    assert any(rec[0] == C.REC_TENSOR for rec in recs)
     for rec in recs:
         if rec[0] == C.REC_TENSOR:
             cfg = _tensor_config(rec[2])

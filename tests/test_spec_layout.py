@@ -113,7 +113,8 @@ def test_writer_output_follows_the_same_layout():
     rdformat.save({"w": np.arange(2048, dtype=np.float32).reshape(2, 1024), "s": np.arange(3, dtype=np.int16)},
                   buf, codec="raw")
     data = buf.getvalue()
-    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 1)
+    # a PACK record (format 1.3) holds the small tensor "s": the writer raised the minor version to 3
+    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 3)
     pos, types = 16, []
     while pos < len(data):
         rtype, flags, length = struct.unpack_from("<HHQ", data, pos)
@@ -139,8 +140,16 @@ def test_writer_output_follows_the_same_layout():
             p += 4
             assert payload[p] == 2 and payload[p + 1:p + 3] == b"{}"
             assert np.frombuffer(payload[p + 3:], "<i2").tolist() == [0, 1, 2]
+        if rtype == 11:  # PACK: varint n; per member: varint shared, varint suffix length, suffix, u8 dtype
+            # byte, u8 rank, varint dims, varint group; varint g; per group: str8 codec, varint config, varint data
+            assert flags == 1  # REQUIRED
+            assert payload[:4] == b"\x01\x00\x01s"  # one member, nothing shared, name "s"
+            assert payload[4:8] == bytes([5, 1, 3, 0])  # int16, rank 1, dims (3,), group 0
+            assert payload[8] == 1  # one group
+            assert payload[9:13] == b"\x03raw" and payload[13:16] == b"\x02{}"
+            assert payload[16] == 6 and np.frombuffer(payload[17:], "<i2").tolist() == [0, 1, 2]
         types.append(rtype)
         pos += 20 + length
-    assert types == [3, 4, 8, 6, 7]
+    assert types == [3, 4, 11, 6, 7]
     index_offset, length = struct.unpack_from("<QQ", data, len(data) - 20)
     assert length == len(data) and struct.unpack_from("<H", data, index_offset)[0] == 6

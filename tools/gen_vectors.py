@@ -110,15 +110,15 @@ def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
 
 def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
           codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False,
-          layered=False, layer_bytes=None) -> bytes:
+          layered=False, layer_bytes=None, pack_records=False) -> bytes:
     """A file written by rdformat.Writer (tensors: list of (name, array)).
 
     Most vectors use TENSOR + CHUNK records only (``small_records=False``), so that they exercise those
-    records; the ``small_*`` vectors cover SMALL records."""
+    records; the ``small_*`` vectors cover SMALL records and the ``pack_*`` ones PACK records."""
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
                          chunk_bytes=chunk_bytes, small_records=small_records, layered=layered,
-                         layer_bytes=layer_bytes) as w:
+                         layer_bytes=layer_bytes, pack_records=pack_records) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
@@ -173,6 +173,8 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
         elif rtype == C.REC_SMALL:
             name = payload[2 : 2 + struct.unpack_from("<H", payload)[0]].decode()
             entries.append((C.ENTRY_TENSOR, name, start, len(out) - start))
+        elif rtype == C.REC_PACK:
+            entries.append((C.ENTRY_PACK, "", start, len(out) - start))
         elif rtype == C.REC_ALIAS:
             entries.append((C.ENTRY_ALIAS, C.parse_alias(payload, 0)[0], start, len(out) - start))
         elif rtype in C.LEADING_KINDS:  # META / GRAPH, plain or compressed
@@ -702,6 +704,82 @@ def build() -> dict[str, bytes]:
     dq_data = bytes(c_dq[2][9:])
     b.invalid("dq_bad_mode", assemble([t_dq, chunk(0, b"\x07" + dq_data[1:])]), "CorruptDataError",
               "dq chunk with level-payload mode 7")
+
+    # -- PACK records (since 1.3) -------------------------------------------------------------------------
+    levels = np.array([(v % 7) - 3 for v in lcg_ints(401, 48, 0, 1000)], dtype=np.int32)
+    sq_member = Prepared(SQCodec(0.125, stats={"err": 0.25, "sparsity": 0.125}), levels, np.dtype("<f4"), (6, 8))
+    body = np.array([(v - 500) / 256.0 for v in lcg_ints(402, 64, 0, 1000)], dtype="<f4")
+    pack_file = write([
+        ("layer1.weight", body[:40].reshape(5, 8)),
+        ("layer1.bias", body[40:45]),
+        ("layer1.scale", np.array(0.5, "<f4")),
+        ("layer1.shape", np.array([1, -1, 8], "<i2")),
+        ("layer1.empty", np.zeros((0, 3), "<f4")),
+        ("layer2.weight", sq_member),
+        ("big", np.arange(100, dtype="<f4") / 7),
+        ("layer3.weight", body[45:].reshape(1, 19)),
+    ], chunk_bytes=256, small_records=True, pack_records=True, structural=["layer1.shape"],
+        aliases=[("layer2.weight_tied", "layer2.weight")])
+    precs = records(pack_file)
+    assert [r[0] for r in precs] == [C.REC_PACK, C.REC_ALIAS, C.REC_TENSOR, C.REC_CHUNK, C.REC_CHUNK, C.REC_PACK,
+                                     C.REC_INDEX, C.REC_END], [r[0] for r in precs]
+    assert pack_file[8:12] == b"\x01\x00\x03\x00"
+    b.valid("pack_records", pack_file,
+            "format 1.3: two PACK records (type 11, REQUIRED, index entry kind 5): float32 tensors sharing one "
+            "bytesplit group (a 5x8, a 5, a 0-d and an empty 0x3 tensor), an int16 STRUCTURAL tensor in its own "
+            "group, an sq tensor with binary statistics, names sharing prefixes; an alias to a packed tensor "
+            "(which ends the first pack), a two-chunk TENSOR record, then a pack of one float32 tensor")
+
+    def pack_file_of(members, groups, tail: bytes = b"") -> bytes:
+        return assemble([[C.REC_PACK, C.FLAG_REQUIRED, C.pack_payload(members, groups) + tail]],
+                        header=C.file_header(3))
+
+    f32, i16 = 12, 5
+    two = np.arange(4, dtype="<f4").tobytes()
+    good = [C.PackMember("a.w", f32, (2,), 0, 0), C.PackMember("a.b", f32, (2,), 0, 0)]
+    raw_group = C.PackGroup("raw", {}, two)
+    assert rdformat.load(pack_file_of(good, [raw_group]))["a.b"].tolist() == [2.0, 3.0]
+    payload = C.pack_payload(good, [raw_group])
+    assert payload[10] == 2  # the second member shares "a." with the first
+    b.invalid("pack_shared_too_long", assemble([[C.REC_PACK, C.FLAG_REQUIRED, payload[:10] + b"\x04" + payload[11:]]],
+                                               header=C.file_header(3)),
+              "CorruptDataError", "pack member name sharing 4 bytes with a previous name of 3 bytes")
+    b.invalid("pack_group_dtype_mix", pack_file_of([good[0], C.PackMember("a.b", i16, (4,), 0, 0)], [raw_group]),
+              "CorruptDataError", "pack group holding a float32 and an int16 member")
+    b.invalid("pack_group_order", pack_file_of([C.PackMember("a.w", f32, (2,), 0, 1), C.PackMember("a.b", f32, (2,), 0, 0)],
+                                               [C.PackGroup("raw", {}, two[:8]), C.PackGroup("raw", {}, two[8:])]),
+              "CorruptDataError", "pack member using group 1 before any member used group 0")
+    b.invalid("pack_trailing", pack_file_of(good, [raw_group], b"\x00"), "CorruptDataError",
+              "pack record with one byte after its last group")
+    b.invalid("pack_group_count", pack_file_of(good, [raw_group, C.PackGroup("raw", {}, b"")]), "CorruptDataError",
+              "pack record declaring 2 groups whose members use only 1")
+    b.invalid("pack_duplicate_name", pack_file_of([good[0], C.PackMember("a.w", f32, (2,), 0, 0)], [raw_group]),
+              "CorruptDataError", "pack record naming two members a.w")
+    b.invalid("pack_group_short", pack_file_of(good, [C.PackGroup("raw", {}, two[:12])]), "CorruptDataError",
+              "raw pack group one float32 element short of its members' 4")
+    b.invalid("pack_progressive", pack_file_of(good, [C.PackGroup("surp", {"norm": 1.0, "t0": 0.5, "decay": 0.5,
+                                                                          "umax": 1.0, "offset": 0.0, "seed": 0},
+                                                                  b"")]),
+              "CorruptDataError", "pack group coded with the progressive codec surp")
+    b.invalid("pack_lossy_int", pack_file_of([C.PackMember("a.i", i16, (4,), 0, 0)],
+                                             [C.PackGroup("sq", {"step": 0.5}, b"\x00")]),
+              "CorruptDataError", "pack group coded with sq whose member is int16")
+    repeat = pack_file_of([C.PackMember("x.w", f32, (2,), 0, 0), C.PackMember("x.i", i16, (3,), 0, 1),
+                           C.PackMember("y.w", f32, (1,), 0, 2)],
+                          [C.PackGroup("raw", {}, two[:8]), C.PackGroup("raw", {}, np.arange(3, dtype="<i2").tobytes()),
+                           C.PackGroup("raw", {}, two[8:12])])
+    assert repeat.count(b"\x03raw") == 1
+    b.valid("pack_repeat_codec", repeat,
+            "format 1.3: a PACK record of three raw groups (float32, int16, float32) of which the last two "
+            "have codec length 0: the previous group's codec and configuration")
+    rpayload = C.pack_payload([C.PackMember("x.w", f32, (2,), 0, 0)], [C.PackGroup("raw", {}, two[:8])])
+    at = rpayload.index(b"\x03raw")
+    b.invalid("pack_repeat_first", assemble([[C.REC_PACK, C.FLAG_REQUIRED, rpayload[:at] + b"\x00" + rpayload[at + 7:]]],
+                                            header=C.file_header(3)),
+              "CorruptDataError", "pack group 0 with codec length 0 (no previous group to repeat)")
+    b.invalid("pack_bomb", pack_file_of([C.PackMember("huge", f32, (1 << 40,), 0, 0)],
+                                        [C.PackGroup("bytesplit", {"transform": "none"}, bytes([1, 0] * 4) + b"\x00\x00")]),
+              "LimitExceededError", "pack member of 2^40 float32 elements from 10 bytes of group data")
 
     # -- surp: progressive index streams, built from explicit runs (spec section 5.5) ----------------
     from rdformat.codecs import surp as SC  # noqa: E402

@@ -226,6 +226,14 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
               "(higher: finer steps)")
     print(f"total: tensor data {summary['raw_bytes']:,} bytes, file {summary['file_bytes']:,} bytes, "
           f"ratio {summary['ratio']:.3f}x")
+    b = summary["breakdown"]
+    cats = b["categories"]
+    parts = ", ".join(f"{k} {v:,}" for k, v in cats.items() if k != "payload" and v)
+    print(f"payload (coded weights) {b['payload_bytes']:,} bytes, overhead {b['overhead_bytes']:,} bytes "
+          f"({100 * b['overhead_fraction']:.1f}% of the file): {parts}")
+    if b["lossy_weights"]:
+        print(f"quantized weights: {b['lossy_weights']:,} at {b['lossy_bits_per_weight']:.2f} bits/weight of payload "
+              "(what --bits counts; overhead and lossless tensors come on top)")
     return EXIT_OK
 
 
@@ -334,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lossless")
     lossy.add_argument("--bits", type=_positive_float, default=None, metavar="B",
                        help="target bits per weight of the quantized tensors' levels, e.g. 4 (headers, tables "
-                            "and lossless tensors come on top: rdc info shows the whole file's figures)")
+                            "and lossless tensors come on top: rdc info shows the payload and the overhead "
+                            "separately)")
     lossy.add_argument("--rel-error", type=_positive_float, default=None, metavar="E",
                        help="target relative L2 error of the whole model, e.g. 0.01")
     lossy.add_argument("--size", type=_byte_size, default=None, metavar="S",

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .. import adapters, convert
+from ..file.breakdown import breakdown as file_breakdown
 from .output import EXIT_FAIL, EXIT_OK, PROG, Out
 from .summary import ratio
 
@@ -103,6 +104,11 @@ def cmd_demo(args: argparse.Namespace, out: Out) -> int:
         out.say(f"  lossy      {lossy.name:<34} {s_lossy:>10,} bytes  ratio {ratio(s_src, s_lossy):.3f}x "
                 f"(--bits 4: relative L2 error {100 * rel:.1f}%, {8 * s_lossy / params:.1f} bits per parameter "
                 "in the file, headers and tables included)")
+        b = file_breakdown(lossy)
+        if b["lossy_weights"]:
+            out.say(f"             of which: {b['lossy_weights']:,} quantized weights at "
+                    f"{b['lossy_bits_per_weight']:.2f} bits each, {b['lossless_payload_bytes']:,} bytes of lossless "
+                    f"tensors, {b['overhead_bytes']:,} bytes of names, headers, tables and metadata")
         out.say(f"  bit-exact: {'yes, every tensor identical' if exact else 'NO - tensors differ'}")
         if keep is not None:
             out.say(f"  files kept in {keep}")

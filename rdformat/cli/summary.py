@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import adapters
 from ..errors import RdcError
+from ..file.breakdown import breakdown as file_breakdown
 
 def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -144,6 +145,7 @@ def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
             "ratio": round(ratio(raw, file_bytes), 4),
             "graph": {"format": f.graph_format, "bytes": len(f.graph)} if f.graph is not None else None,
             "metadata": f.metadata,
+            "breakdown": file_breakdown(path),
             "tensors": rows,
         }
 

@@ -301,7 +301,7 @@ class RdcReader:
                         pos = self._src.pos  # just after this record's head, which stays pending
                 if ready or finished:
                     pass
-                elif layer_first is not None and head.rtype in (C.REC_TENSOR, C.REC_SMALL, C.REC_ALIAS):
+                elif layer_first is not None and head.rtype in (C.REC_TENSOR, C.REC_SMALL, C.REC_PACK, C.REC_ALIAS):
                     raise CorruptDataError(f"{head.name} record after a layer record (layers follow every tensor)",
                                            offset=head.offset, record=head.name)
                 elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
@@ -324,6 +324,19 @@ class RdcReader:
                     head = None
                     pos = self._src.pos
                     continue
+                elif head.rtype == C.REC_PACK:
+                    payload = C.read_payload(self._src, head)
+                    ready = self._decode_pack(head, payload)
+                    for tname, _a in ready:
+                        if tname in names:
+                            raise CorruptDataError(f"duplicate name {tname!r}", offset=head.offset,
+                                                   record=head.name, tensor=tname)
+                        names.add(tname)
+                        tensors.add(tname)
+                        order.append(tname)
+                    entries.append((C.ENTRY_PACK, "", rel, head.end - head.offset))
+                    head = None
+                    pos = self._src.pos
                 elif head.rtype == C.REC_ALIAS:
                     payload = C.read_payload(self._src, head)
                     alias, target = C.parse_alias(payload, head.offset + C.RECORD_HEADER_SIZE)
@@ -430,6 +443,71 @@ class RdcReader:
                 yield alias, array
             if finished:
                 return
+
+    # ------------------------------------------------------------------ PACK records (format 1.3)
+    def _decode_pack(self, head: C.RecordHead, payload: bytes, only: str | None = None) -> list[tuple[str, np.ndarray]]:
+        """The tensors of a PACK record in order (``only``: just that member, decoding only its group)."""
+        members, groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
+        arrays: dict[int, np.ndarray] = {}
+        out = []
+        for m in members:
+            if only is not None and m.name != only:
+                continue
+            if m.group not in arrays:
+                arrays[m.group] = self._decode_group(head, members, groups[m.group])
+            flat = arrays[m.group][m.start : m.start + m.numel]
+            out.append((m.name, flat.reshape(m.shape)))
+        return out
+
+    def _group_header(self, head: C.RecordHead, members: list, group: "C.PackGroup") -> C.TensorHeader:
+        """A group of a PACK record as a one-chunk tensor of its members' concatenated elements."""
+        first = members[group.members[0]]
+        itemsize = 1
+        try:
+            itemsize = by_code(group.dtype_code).itemsize
+            if get_codec_class(group.codec_id).progressive:
+                raise CorruptDataError(f"progressive codec {group.codec_id!r} in a pack record")
+        except RdcError as exc:
+            raise exc.with_context(offset=group.offset, record="pack", tensor=first.name)
+        for i in group.members:
+            span = itemsize  # numpy must be able to represent each member's shape
+            for d in members[i].shape:
+                span *= d or 1
+            if span > _MAX_INTP:
+                raise LimitExceededError(f"shape {members[i].shape} is too large to represent",
+                                         offset=head.offset, record="pack", tensor=members[i].name)
+        flags = C.TENSOR_STRUCTURAL if any(members[i].flags for i in group.members) else 0
+        return C.TensorHeader(first.name, group.dtype_code, (group.numel,), flags, max(group.numel, 1),
+                              1 if group.numel else 0, group.codec_id, group.codec_config)
+
+    def _decode_group(self, head: C.RecordHead, members: list, group: "C.PackGroup") -> np.ndarray:
+        header = self._group_header(head, members, group)
+        data = group.data if isinstance(group.data, memoryview) else memoryview(group.data)
+        try:
+            info = by_code(header.dtype_code)
+            need = codec_from_config(header.codec_id, header.codec_config).min_data_bytes(group.numel, info)
+        except RdcError as exc:
+            raise exc.with_context(offset=group.offset, record="pack", tensor=header.name)
+        except (TypeError, ValueError) as exc:
+            raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}", offset=group.offset,
+                                   record="pack", tensor=header.name) from None
+        if group.numel and len(data) < need:  # refused before the output is allocated
+            raise CorruptDataError(f"pack group of {group.numel} elements holds {len(data)} bytes of "
+                                   f"{header.codec_id} data, fewer than the {need} it needs",
+                                   offset=group.offset, record="pack", tensor=header.name)
+        return self._finish_tensors([self._plan_tensor(header, head, data)])[0][1]
+
+    def _read_pack(self, entry: C.IndexEntry) -> tuple[C.RecordHead, bytes]:
+        """The PACK record an index entry points to (its head and payload)."""
+        self._src.seek(entry.offset)
+        head = C.read_record_head(self._src, tensor=entry.name or None)
+        if head.rtype != C.REC_PACK or head.end - head.offset != entry.length:
+            raise CorruptDataError(f"index entry {entry.name!r} does not point to a pack record of its length",
+                                   offset=entry.offset, record=head.name, tensor=entry.name or None)
+        return head, C.read_payload(self._src, head, tensor=entry.name or None)
+
+    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None = None) -> np.ndarray:
+        return self._finish_tensors([self._plan_tensor(header, head, inline)])[0][1]
 
     def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead,
                      inline: memoryview | None = None) -> "_PendingTensor":
@@ -805,7 +883,17 @@ class RdcReader:
             entry.offset += self._start
             if entry.kind == C.ENTRY_TENSOR:
                 ordinals[entry.name] = len(ordinals)
-            if entry.kind in (C.ENTRY_TENSOR, C.ENTRY_ALIAS):
+            if entry.kind == C.ENTRY_PACK:
+                # the members' names are in the record: one entry per member, all pointing at the record
+                head, payload = self._read_pack(entry)
+                members, _groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
+                for m in members:
+                    if m.name in index:
+                        raise CorruptDataError(f"index lists {m.name!r} twice", offset=head.offset, record="pack",
+                                               tensor=m.name)
+                    index[m.name] = C.IndexEntry(C.ENTRY_PACK, m.name, entry.offset, entry.length)
+                    order.append(m.name)
+            elif entry.kind in (C.ENTRY_TENSOR, C.ENTRY_ALIAS):
                 if entry.name in index:
                     raise CorruptDataError(f"index lists {entry.name!r} twice", offset=ihead.offset, record="index")
                 index[entry.name] = entry
@@ -828,7 +916,7 @@ class RdcReader:
         name, target = C.parse_alias(C.read_payload(self._src, head, tensor=entry.name), entry.offset + C.RECORD_HEADER_SIZE)
         target_entry = index.get(target)
         if (name != entry.name or head.end - head.offset != entry.length or target_entry is None
-                or target_entry.kind != C.ENTRY_TENSOR or target_entry.offset > entry.offset):
+                or target_entry.kind not in (C.ENTRY_TENSOR, C.ENTRY_PACK) or target_entry.offset > entry.offset):
             raise CorruptDataError(f"alias {entry.name!r} is inconsistent with the index",
                                    offset=entry.offset, record="alias", tensor=entry.name)
         return target
@@ -856,6 +944,9 @@ class RdcReader:
         entry = self._entry(name)
         if entry.kind == C.ENTRY_ALIAS:
             entry = self._entry(self._aliases[name])
+        if entry.kind == C.ENTRY_PACK:
+            head, payload = self._read_pack(entry)
+            return self._decode_pack(head, payload, only=entry.name)[0][1]
         header, head, inline = self._tensor_header(entry)
         pend = self._plan_tensor(header, head, inline)
         if self._src.pos != entry.offset + entry.length:
@@ -895,6 +986,8 @@ class RdcReader:
             if entry.kind == C.ENTRY_ALIAS:
                 alias_of = self._aliases[name]
                 entry = self._entry(alias_of)
+            if entry.kind == C.ENTRY_PACK:
+                return self._pack_info(name, entry, alias_of)
             header, _head, _inline = self._tensor_header(entry)
             dtype = by_code(header.dtype_code).numpy
             stored = entry.length
@@ -902,6 +995,24 @@ class RdcReader:
                 stored += sum(piece.length for piece, _h in self._layer_directory().get(self._ordinals[entry.name], []))
             return TensorInfo(name, dtype, header.shape, header.codec_id, header.codec_config,
                               header.structural, stored, alias_of)
+
+    def _pack_info(self, name: str, entry: C.IndexEntry, alias_of: str | None) -> TensorInfo:
+        """TensorInfo of a packed tensor: its group's codec; stored bytes are its share of the group's data
+        (by element count); binary statistics shown as the ``stats`` of its configuration."""
+        head, payload = self._read_pack(entry)
+        members, groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
+        m = next(m for m in members if m.name == entry.name)
+        g = groups[m.group]
+        config = dict(g.codec_config)
+        if m.stats is not None:
+            config["stats"] = {"err": m.stats[0], "sparsity": m.stats[1]}
+        stored = round(len(g.data) * m.numel / g.numel) if g.numel else 0
+        try:
+            dtype = by_code(m.dtype_code).numpy
+        except RdcError as exc:
+            raise exc.with_context(offset=head.offset, record="pack", tensor=m.name)
+        return TensorInfo(name, dtype, m.shape, g.codec_id, config, bool(m.flags & C.TENSOR_STRUCTURAL), stored,
+                          alias_of)
 
     def close(self) -> None:
         """Close the underlying file if this reader opened it."""

@@ -47,6 +47,101 @@ def _check_name(name: object, what: str = "tensor name") -> str:
     return name
 
 
+def _tell(stream) -> int | None:
+    """The stream's position when it can seek back there later, else None (pipes; files opened for
+    appending, where every write lands at the end whatever the position)."""
+    if "a" in str(getattr(stream, "mode", "")):
+        return None
+    try:
+        if stream.seekable():
+            return stream.tell()
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def _group_data(codec: Codec, parts: list[np.ndarray], info) -> tuple[Codec, bytes]:
+    """A group's codec and data: ``codec`` over the concatenated elements, or raw when that is no larger."""
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if not flat.size:
+        return RawCodec(), b""
+    data = codec.encode_chunk(flat, info)
+    if codec.lossless and not isinstance(codec, RawCodec) and len(data) >= flat.nbytes:
+        return RawCodec(), flat.tobytes()
+    return codec, data
+
+
+def _group_cost(codec: Codec, data: bytes) -> int:
+    config = C._config_json(_pack_config(codec), "pack")
+    return len(data) + len(codec.codec_id) + len(config) + 4
+
+
+def _pack_config(codec: Codec) -> dict:
+    """A codec's configuration in a PACK group: statistics go to the members' binary fields instead."""
+    config = dict(codec.get_config())
+    config.pop("stats", None)
+    return config
+
+
+def _lossy_groups(queued: list[tuple], idx: list[int]) -> list[tuple[list[int], "C.PackGroup"]]:
+    """Lossy tensors with one configuration (same step...): one group when that codes smaller than one
+    group each. Levels decode the same concatenated as alone, except for ``dq``'s chains, which run on
+    across a member boundary unless every member before the last fills whole chains."""
+    info, codec = queued[idx[0]][1], queued[idx[0]][4]
+    own = [([i], _group_data(queued[i][4], [queued[i][5]], info)) for i in idx]
+    sets: list[list[int]] = [[idx[0]]]
+    multiple = codec.chunk_multiple
+    for i in idx[1:]:
+        if queued[sets[-1][-1]][5].size % multiple == 0:
+            sets[-1].append(i)
+        else:
+            sets.append([i])
+    shared = [(m, _group_data(codec, [queued[i][5] for i in m], info)) for m in sets]
+    best = min((own, shared), key=lambda groups: sum(_group_cost(*coded) for _m, coded in groups))
+    return [(m, C.PackGroup(chosen.codec_id, _pack_config(chosen), data)) for m, (chosen, data) in best]
+
+
+def _pack_groups(queued: list[tuple]) -> list[tuple[list[int], "C.PackGroup"]]:
+    """Split queued tensors into PACK groups: lossless tensors of one dtype and codec share one group (one
+    set of entropy tables) unless a large one codes smaller on its own; lossy tensors share one when their
+    configurations are equal and that codes smaller (:func:`_lossy_groups`)."""
+    keyed: dict[tuple, list[int]] = {}
+    for i, (_name, info, _shape, _structural, codec, _flat) in enumerate(queued):
+        key = (info.code, codec.codec_id, C._config_json(_pack_config(codec), "pack"))
+        keyed.setdefault(key, []).append(i)
+    out = []
+    for idx in keyed.values():
+        codec = queued[idx[0]][4]
+        if not codec.lossless:
+            out += _lossy_groups(queued, idx)
+            continue
+        sets = [list(idx)]
+        info, codec = queued[idx[0]][1], queued[idx[0]][4]
+        coded = {}
+
+        def encode(members: list[int]) -> tuple[Codec, bytes]:
+            key = tuple(members)
+            if key not in coded:
+                coded[key] = _group_data(codec, [queued[i][5] for i in members], info)
+            return coded[key]
+
+        if codec.lossless and len(idx) > 1:
+            # Large tensors whose statistics differ from the rest code smaller with tables of their own.
+            for i in sorted(idx, key=lambda i: -queued[i][5].nbytes):
+                if queued[i][5].nbytes < 4096 or len(sets[0]) == 1:
+                    break
+                rest = [j for j in sets[0] if j != i]
+                now = _group_cost(*encode(sets[0]))
+                split = _group_cost(*encode(rest)) + _group_cost(*encode([i]))
+                if split < now:
+                    sets[0] = rest
+                    sets.append([i])
+        for members in sets:
+            chosen, data = encode(members)
+            out.append((members, C.PackGroup(chosen.codec_id, _pack_config(chosen), data)))
+    return out
+
+
 class Writer:
     """Write an .rdc file tensor by tensor without holding the model in memory.
 
@@ -74,6 +169,7 @@ class Writer:
         compress_records: bool = True,
         layered: bool = False,
         layer_bytes: int | None = None,
+        pack_records: bool = True,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
@@ -84,6 +180,12 @@ class Writer:
         #: store the metadata and the graph zlib-compressed (format 1.2) when that saves at least
         #: C.ZLIB_MIN_SAVING bytes; False writes plain META/GRAPH records, which 1.1 readers can read.
         self.compress_records = compress_records
+        #: store runs of small single-chunk tensors as PACK records (format 1.3): compact headers, one index
+        #: entry per pack, and coded data shared by tensors of one dtype; False writes 1.2 records only.
+        self.pack_records = pack_records and small_records
+        self._pack: list[tuple] = []  # tensors waiting for the next PACK record
+        self._pack_bytes = 0
+        self._packed = False
         self.chunk_bytes = chunk_bytes
         #: progressive tensors (SuRP) are layered (format 1.3): their segments of all tensors follow
         #: the tensors in LAYER records, by value, so a prefix of the file refines the whole model.
@@ -120,9 +222,14 @@ class Writer:
                 leading.append(C.graph_record(fmt, bytes(graph), compress=compress_records) + (C.ENTRY_GRAPH,))
             # The file is 1.2 only when it holds a compressed record (1.1 readers read every other file).
             compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH) for rtype, _p, _k in leading)
-            minor = (C.VERSION_MINOR_LAYERS if layered else
-                     C.VERSION_MINOR_COMPRESSED if compressed else C.VERSION_MINOR_BASE)
-            self._write(C.file_header(minor))
+            self._minor = (C.VERSION_MINOR_LAYERS if layered else
+                           C.VERSION_MINOR_ZLIB if compressed else C.VERSION_MINOR_BASE)
+            # The minor version is raised to 1.3 at close if a PACK record was written: in place when the
+            # target can seek back, else announced now (readers never depend on the minor version).
+            self._header_at = _tell(self._stream)
+            if self.pack_records and self._header_at is None:
+                self._minor = C.VERSION_MINOR_PACK
+            self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
                 flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH) else 0
                 self._record(rtype, payload, kind=kind, name="", flags=flags)
@@ -200,6 +307,13 @@ class Writer:
             chunk_elements = max(1, chunk_elements)
             payloads = iter(coded)
         chunk_count = -(-numel // chunk_elements)
+        if (self.pack_records and coded is None and chunk_count <= 1 and not chosen.progressive
+                and numel * info.itemsize <= (C.PACK_TENSOR_BYTES if chosen.lossless else C.PACK_LOSSY_BYTES)
+                and not (isinstance(chosen, RawCodec) and numel * info.itemsize >= C.SMALL_DATA_BYTES)):
+            # (raw data of 4 KiB or more stays in an aligned CHUNK record, where it can be memory-mapped)
+            self._pack_add(name, info, shape, structural, chosen, flat)
+            return
+        self._pack_flush()
         flags = C.TENSOR_STRUCTURAL if structural else 0
         if self.layered and chosen.progressive and coded is not None and any(len(c) for c in coded):
             flags |= C.TENSOR_LAYERED
@@ -263,15 +377,67 @@ class Writer:
             raise InvalidInputError(f"duplicate tensor name {name!r}")
         if target not in self._tensors:
             raise InvalidInputError(f"alias {name!r} targets {target!r}, which has not been written as a tensor")
+        self._pack_flush()
         payload = C.pack_str(name) + C.pack_str(target)
         self._record(C.REC_ALIAS, payload, kind=C.ENTRY_ALIAS, name=name)
         self._names.add(name)
+
+    # ------------------------------------------------------------------ PACK records
+    def _pack_add(self, name: str, info, shape: tuple[int, ...], structural: bool, codec: Codec,
+                  flat: np.ndarray) -> None:
+        """Queue a small tensor for the next PACK record (written when a tensor that is not packed, an
+        alias or the end of the file comes, or when the queue holds PACK_FLUSH_BYTES)."""
+        # a copy: the caller may reuse its array before the pack is written
+        self._pack.append((name, info, shape, structural, codec, np.array(flat, copy=True)))
+        # what the tensor adds to the record, about: lossy levels take a few bits per element
+        self._pack_bytes += flat.nbytes if codec.lossless else flat.size // 2
+        self._names.add(name)
+        self._tensors.add(name)
+        if self._pack_bytes >= C.PACK_FLUSH_BYTES:
+            self._pack_flush()
+
+    def _pack_flush(self) -> None:
+        """Write the queued tensors as one PACK record."""
+        if not self._pack:
+            return
+        queued, self._pack, self._pack_bytes = self._pack, [], 0
+        self._pack_write(queued)
+
+    def _pack_write(self, queued: list[tuple]) -> None:
+        groups = _pack_groups(queued)
+        members, packed = [], []
+        number: dict[int, int] = {}  # group key -> number, in order of first use
+        for i, (name, info, shape, structural, codec, _flat) in enumerate(queued):
+            key = next(k for k, (idx, _g) in enumerate(groups) if i in idx)
+            if key not in number:
+                number[key] = len(number)
+                packed.append(groups[key][1])
+            stats = getattr(codec, "stats", None) or None
+            pair = None
+            if stats is not None:
+                err, sparsity = stats.get("err"), stats.get("sparsity")
+                if isinstance(err, (int, float)) and isinstance(sparsity, (int, float)):
+                    pair = (float(err), float(sparsity))
+            members.append(C.PackMember(name, info.code, shape, C.TENSOR_STRUCTURAL if structural else 0,
+                                        number[key], pair))
+        payload = C.pack_payload(members, packed)
+        if len(payload) > C.MAX_PACK_BYTES and len(queued) > 1:  # levels coded larger than estimated
+            half = len(queued) // 2
+            self._pack_write(queued[:half])
+            self._pack_write(queued[half:])
+            return
+        if len(payload) > C.MAX_PACK_BYTES:
+            raise InvalidInputError(f"tensor {queued[0][0]!r}: pack record of {len(payload)} bytes is over the limit")
+        start = self._record(C.REC_PACK, payload, flags=C.FLAG_REQUIRED)
+        self._entries.append((C.ENTRY_PACK, "", start, self.pos - start))
+        self._packed = True
 
     def close(self) -> None:
         """Write the index and footer, then publish the file atomically."""
         if self._closed:
             return
         try:
+            self._pack_flush()
             if self._spool is not None and len(self._spool):
                 first = self.pos
                 for payload in self._spool.payloads(self.layer_bytes):
@@ -281,6 +447,10 @@ class Writer:
             self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
             file_length = self.pos + C.END_RECORD_SIZE
             self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
+            if self._packed and self._minor < C.VERSION_MINOR_PACK:
+                self._stream.seek(self._header_at)
+                self._stream.write(C.file_header(C.VERSION_MINOR_PACK))
+                self._stream.seek(self._header_at + file_length)
             self._stream.flush()
             if self._file is not None:
                 self._file.commit()

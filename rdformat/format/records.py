@@ -32,12 +32,14 @@ from .wire import crc32, leb128, read_leb128
 
 MAGIC = b"\x89RDC\r\n\x1a\n"
 VERSION_MAJOR = 1
-#: Newest minor version this module reads and writes. Writers write the oldest minor a file needs:
-#: 3 with LAYER records, 2 with compressed META/GRAPH records, else 1 (readable by 1.1 readers).
+#: Newest minor version this module reads and writes. Writers write 3 when a file holds a PACK or LAYER
+#: record (1.3), 2 when it uses a 1.2 feature (compressed META/GRAPH records) and 1 otherwise, so files
+#: without newer features stay readable by older readers.
 VERSION_MINOR = 3
+VERSION_MINOR_ZLIB = 2
+VERSION_MINOR_PACK = 3
 VERSION_MINOR_BASE = 1
-#: Minor versions that first added a feature, so writers write the oldest minor a file needs.
-VERSION_MINOR_COMPRESSED = 2
+VERSION_MINOR_COMPRESSED = VERSION_MINOR_ZLIB
 VERSION_MINOR_LAYERS = 3
 FILE_HEADER_SIZE = 16
 RECORD_HEADER_SIZE = 16
@@ -61,6 +63,7 @@ REC_SMALL = 8  # since 1.1: a tensor header and its one chunk in one record (alw
 REC_ZMETA = 9  # since 1.2: META compressed with zlib (always REQUIRED)
 REC_ZGRAPH = 10  # since 1.2: GRAPH whose blob is compressed with zlib (always REQUIRED)
 REC_LAYER = 12  # since 1.3: refinement pieces of layered progressive tensors (always REQUIRED)
+REC_PACK = 11  # since 1.3: several small tensors with compact headers and shared coded data (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -73,6 +76,7 @@ RECORD_NAMES = {
     REC_ZMETA: "compressed meta",
     REC_ZGRAPH: "compressed graph",
     REC_LAYER: "layer",
+    REC_PACK: "pack",
 }
 FLAG_REQUIRED = 0x0001
 
@@ -82,6 +86,7 @@ ENTRY_ALIAS = 2
 ENTRY_META = 3
 ENTRY_GRAPH = 4
 ENTRY_LAYERS = 6  # since 1.3: the LAYER records, as one region (offset of the first, total length)
+ENTRY_PACK = 5  # since 1.3: a PACK record (empty name); its members' names are in the record
 #: META/GRAPH record types (plain and compressed) -> their index entry kind.
 LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH, REC_ZGRAPH: ENTRY_GRAPH}
 
@@ -104,6 +109,14 @@ MAX_CHUNK_PAYLOAD_BYTES = 1 << 28
 MAX_CHUNK_DECODED_BYTES = 1 << 28
 MAX_UNKNOWN_RECORD_BYTES = 1 << 30
 MAX_DIM = (1 << 63) - 1
+MAX_PACK_BYTES = 4 << 20
+#: Writers pack single-chunk tensors of at most this many decoded bytes, and write a PACK record once
+#: the tensors waiting for it hold PACK_FLUSH_BYTES.
+PACK_TENSOR_BYTES = 64 << 10
+#: ... and lossy (quantized) single-chunk tensors of at most this many decoded bytes (their levels code to
+#: a few bits per element, so the record stays small).
+PACK_LOSSY_BYTES = 2 << 20
+PACK_FLUSH_BYTES = 1 << 20
 
 PAYLOAD_LIMITS = {
     REC_META: MAX_META_BYTES,
@@ -117,6 +130,7 @@ PAYLOAD_LIMITS = {
     REC_ZMETA: MAX_META_BYTES,
     REC_ZGRAPH: MAX_GRAPH_BYTES,
     REC_LAYER: MAX_CHUNK_PAYLOAD_BYTES,
+    REC_PACK: MAX_PACK_BYTES,
 }
 #: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
 #: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
@@ -707,9 +721,9 @@ def parse_index(payload: bytes, base: int, file_size: int | None) -> list[IndexE
     entries = []
     for _ in range(count):
         kind = r.u8("index entry kind")
-        if kind not in (ENTRY_TENSOR, ENTRY_ALIAS, ENTRY_META, ENTRY_GRAPH, ENTRY_LAYERS):
+        if kind not in (ENTRY_TENSOR, ENTRY_ALIAS, ENTRY_META, ENTRY_GRAPH, ENTRY_PACK, ENTRY_LAYERS):
             raise r.fail(f"unknown index entry kind {kind}")
-        unnamed = kind in (ENTRY_META, ENTRY_GRAPH, ENTRY_LAYERS)
+        unnamed = kind in (ENTRY_META, ENTRY_GRAPH, ENTRY_PACK, ENTRY_LAYERS)
         name = r.text("index entry name", MAX_NAME_BYTES, allow_empty=unnamed)
         if unnamed and name:
             raise r.fail(f"index entry of kind {kind} must have an empty name")
@@ -727,3 +741,166 @@ def parse_end(payload: bytes, base: int) -> tuple[int, int]:
     if len(payload) != END_PAYLOAD_SIZE:
         raise CorruptDataError("end record has the wrong size", offset=base, record="end")
     return _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# PACK records (since 1.3): several small tensors in one record, spec section 2.6
+
+#: Member dtype byte: bits 0-5 the dtype code, bit 6 STRUCTURAL, bit 7 binary statistics follow.
+PACK_DTYPE_MASK = 0x3F
+PACK_STRUCTURAL = 0x40
+PACK_HAS_STATS = 0x80
+_STATS = struct.Struct("<fH")
+
+
+@dataclass
+class PackMember:
+    """One tensor of a PACK record: its header fields and where its elements sit in its group."""
+
+    name: str
+    dtype_code: int
+    shape: tuple[int, ...]
+    flags: int
+    group: int
+    #: (relative L2 error, fraction of zero levels) written by a lossy encoder; informational.
+    stats: tuple[float, float] | None = None
+    start: int = 0  # first element within the group's elements (set by parse_pack)
+
+    @property
+    def numel(self) -> int:
+        """Number of elements (1 for a 0-d tensor)."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class PackGroup:
+    """The coded data of one group of a PACK record: the concatenated elements of its members."""
+
+    codec_id: str
+    codec_config: dict
+    data: bytes | memoryview
+    dtype_code: int = 0  # the members' dtype (set by parse_pack)
+    numel: int = 0  # elements of all its members (set by parse_pack)
+    offset: int = 0  # absolute offset of the group's data in the file (set by parse_pack)
+    members: list = field(default_factory=list)  # member positions (set by parse_pack)
+
+
+def _shared_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b), 127)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def pack_payload(members: list[PackMember], groups: list[PackGroup]) -> bytes:
+    """Serialise a PACK record payload (spec 2.6). Members come in file order; each names its group,
+    and the groups are numbered in order of first use."""
+    parts = [leb128(len(members))]
+    prev = b""
+    for m in members:
+        raw = m.name.encode("utf-8")
+        shared = _shared_prefix(prev, raw)
+        prev = raw
+        flags = m.dtype_code | (PACK_STRUCTURAL if m.flags & TENSOR_STRUCTURAL else 0)
+        if m.stats is not None:
+            flags |= PACK_HAS_STATS
+        parts += [leb128(shared), leb128(len(raw) - shared), raw[shared:], bytes([flags, len(m.shape)]),
+                  b"".join(leb128(d) for d in m.shape), leb128(m.group)]
+        if m.stats is not None:
+            err, sparsity = m.stats
+            err = err if err == err and abs(err) < 3.4e38 else 3.4e38
+            parts.append(_STATS.pack(err, int(round(min(max(sparsity, 0.0), 1.0) * 65535))))
+    parts.append(leb128(len(groups)))
+    prev_codec = None
+    for g in groups:
+        codec = g.codec_id.encode("ascii")
+        config = _config_json(g.codec_config, "pack").encode("utf-8")
+        if (codec, config) == prev_codec:  # codec length 0: the previous group's codec and configuration
+            parts += [b"\x00", leb128(len(g.data)), bytes(g.data)]
+            continue
+        prev_codec = (codec, config)
+        parts += [bytes([len(codec)]), codec, leb128(len(config)), config, leb128(len(g.data)), bytes(g.data)]
+    return b"".join(parts)
+
+
+def parse_pack(payload: bytes, base: int) -> tuple[list[PackMember], list[PackGroup]]:
+    """Parse a PACK record payload -> (members in order, groups); every field is checked (spec 2.6)."""
+    r = PayloadReader(payload, base, "pack")
+    count = r.varint("pack member count", len(payload))
+    if count == 0:
+        raise r.fail("pack record holds no tensor")
+    members: list[PackMember] = []
+    prev = b""
+    seen: set[str] = set()
+    used = 0  # groups are numbered in order of first use
+    for _ in range(count):
+        r.tensor = None
+        shared = r.varint("shared name prefix length", MAX_NAME_BYTES)
+        if shared > len(prev):
+            raise r.fail(f"name shares {shared} bytes with the previous name of {len(prev)} bytes")
+        suffix = r.take(r.varint("name suffix length", MAX_NAME_BYTES), "tensor name")
+        raw = prev[:shared] + suffix
+        if not raw or len(raw) > MAX_NAME_BYTES:
+            raise r.fail(f"tensor name of {len(raw)} bytes (1..{MAX_NAME_BYTES} allowed)")
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise r.fail("tensor name is not valid UTF-8") from None
+        prev = raw
+        r.tensor = name
+        if name in seen:
+            raise r.fail(f"duplicate name {name!r} in the pack record")
+        seen.add(name)
+        flags = r.u8("member dtype")
+        rank = r.u8("rank")
+        if rank > MAX_RANK:
+            raise r.fail(f"rank {rank} is over the limit of {MAX_RANK}", LimitExceededError)
+        shape = tuple(r.varint("dimension", MAX_DIM) for _ in range(rank))
+        group = r.varint("group number", count)
+        if group > used:
+            raise r.fail(f"group {group} used before group {used}")
+        used = max(used, group + 1)
+        stats = None
+        if flags & PACK_HAS_STATS:
+            err, sparsity = _STATS.unpack(r.take(_STATS.size, "statistics"))
+            stats = (float(err), sparsity / 65535)
+        members.append(PackMember(name, flags & PACK_DTYPE_MASK, shape,
+                                  TENSOR_STRUCTURAL if flags & PACK_STRUCTURAL else 0, group, stats))
+    r.tensor = None
+    gcount = r.varint("pack group count", count)
+    if gcount != used:
+        raise r.fail(f"pack record declares {gcount} groups, its members use {used}")
+    groups: list[PackGroup] = []
+    for gi in range(gcount):
+        r.tensor = next(m.name for m in members if m.group == gi)
+        codec_id = r.text("codec id", MAX_CODEC_ID_BYTES, width=1, allow_empty=bool(groups))
+        if not codec_id:  # the previous group's codec and configuration (a copy: codecs may not share state)
+            codec_id, config = groups[-1].codec_id, json.loads(json.dumps(groups[-1].codec_config))
+        else:
+            config_start = r.pos
+            config_raw = r.take(r.varint("codec config length", MAX_PACK_BYTES), "codec config")
+            config = parse_json_object(config_raw, "codec configuration", base + config_start, r.tensor)
+        size = r.varint("group data length", MAX_PACK_BYTES)
+        at = r.pos
+        data = memoryview(payload)[at : at + size]
+        r.take(size, "group data")
+        groups.append(PackGroup(codec_id, config, data, offset=base + at))
+    r.finish()
+    for i, m in enumerate(members):
+        g = groups[m.group]
+        if g.members and m.dtype_code != g.dtype_code:
+            raise CorruptDataError(f"pack group {m.group} mixes dtype codes {g.dtype_code} and {m.dtype_code}",
+                                   offset=base, record="pack", tensor=m.name)
+        g.dtype_code = m.dtype_code
+        m.start = g.numel
+        g.numel += m.numel
+        g.members.append(i)
+    for gi, g in enumerate(groups):
+        if g.numel == 0 and len(g.data):
+            raise CorruptDataError(f"pack group {gi} has no elements but {len(g.data)} bytes of data",
+                                   offset=g.offset, record="pack", tensor=members[g.members[0]].name)
+    return members, groups
