@@ -655,3 +655,54 @@ def test_many_tiny_tables_cost_memory_linear_in_the_file():
             assert err is None, err
             assert peak < 64 * len(data) + (1 << 20), (mode, peak)  # was 13.5 MB (100 x 2 x 64 KiB)
         assert rdformat.load(data)["t"].tobytes() == want.tobytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON nesting: one fixed bound for every path (issue 15, item 8)
+
+
+def test_json_nesting_bound_is_the_same_on_every_path(tmp_path):
+    """Python's parser fails at the recursion limit counted from the caller's stack depth, so a deep text
+    could parse by one path (rdc verify) and not by another (rdc decompress): now 512 levels, fixed."""
+    for depth, ok in ((C.MAX_JSON_DEPTH, True), (C.MAX_JSON_DEPTH + 1, False)):
+        text = b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+        data = G.assemble([[C.REC_META, 0, text]] + W_RECS)
+        path = tmp_path / "d.rdc"
+        path.write_bytes(data)
+        if ok:
+            inner, levels = rdformat.open(data).metadata["a"], 1
+            while inner:
+                inner, levels = inner[0], levels + 1
+            assert inner == [] and levels == depth - 1
+            assert _cli("verify", path)[0] == 0 and _cli("decompress", path, tmp_path / "o.npz")[0] == 0
+        else:
+            with pytest.raises(CorruptDataError, match="nests deeper than 512"):
+                rdformat.open(data).metadata
+            assert_all_raise(data, CorruptDataError, only=("bytes", "stream"))  # by name: metadata unused
+            assert _cli("verify", path)[0] == 1 and _cli("decompress", path, tmp_path / "o2.npz")[0] == 1
+
+
+def test_json_depth_scan_ignores_brackets_in_strings():
+    import json
+
+    rng = np.random.default_rng(8)
+    pieces = ["[", "]", "{", "}", '"', "\\", "a"]
+
+    def value(level: int):
+        r = rng.random()
+        if level > 9 or r < 0.3:
+            return "".join(rng.choice(pieces, int(rng.integers(0, 6))))
+        if r < 0.65:
+            return [value(level + 1) for _ in range(int(rng.integers(0, 4)))]
+        return {"".join(rng.choice(pieces, 3)) + str(i): value(level + 1) for i in range(int(rng.integers(0, 4)))}
+
+    def depth(v) -> int:
+        inner = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        return 0 if inner is None else 1 + max(map(depth, inner), default=0)
+
+    for trial in range(300):
+        v = {"r": value(1)}
+        text, d = json.dumps(v).encode(), depth(v)
+        assert not C.json_depth_exceeds(text, d) and (d == 0 or C.json_depth_exceeds(text, d - 1)), text
+    slow = b"[" * 600 + b'"' + b'\\"' * 200_000  # escaped quotes only: linear, whatever the text holds
+    assert C.json_depth_exceeds(slow, 512)
