@@ -10,6 +10,7 @@ import builtins
 import contextlib
 import io
 import math
+import numbers
 import os
 import threading
 import weakref
@@ -78,10 +79,10 @@ class Limits:
             value = getattr(self, name)
             if value is None and name == "max_output_bytes":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise InvalidInputError(f"Limits.{name} must be an integer >= 0, not {value!r}")
         ratio = self.max_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
                                   or not 0 < ratio < math.inf):
             raise InvalidInputError(f"Limits.max_ratio must be a positive finite number or None, not {ratio!r}")
 
