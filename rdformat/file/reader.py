@@ -10,6 +10,7 @@ import builtins
 import contextlib
 import io
 import math
+import numbers
 import os
 import threading
 import weakref
@@ -40,11 +41,23 @@ from ..errors import (
 #: instead of being allocated up front, so memory follows the data that actually arrived.
 STREAM_PREALLOC_BYTES = 64 << 20
 _MAX_INTP = np.iinfo(np.intp).max
+#: Default :attr:`Limits.max_output_bytes`: 4 GiB decoded per read (a model of 2 G float16 weights).
+DEFAULT_MAX_OUTPUT_BYTES = 4 << 30
+#: Default :attr:`Limits.max_ratio`: lossless float data compresses 1.1-1.5x, 2-bit quantization 16x,
+#: 99%-sparse SuRP about 250x; 1024x leaves room above all of them.
+DEFAULT_MAX_RATIO = 1024.0
+#: Default :attr:`Limits.ratio_floor_bytes`: 64 MiB, what any file may decode to whatever its size.
+DEFAULT_RATIO_FLOOR_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Reader-side caps, checked before anything is allocated (lower them on small devices)."""
+    """Reader-side caps, checked from headers and the index before anything is allocated.
+
+    The defaults fit a small device (a board with 1-4 GiB of memory) and every model up to a few GiB;
+    raise them (or pass ``None`` where allowed) for larger trusted files. A read is one ``load``, one
+    iteration, or all by-name reads of one open reader (each distinct tensor counted once).
+    """
 
     #: Largest decoded tensor accepted, in bytes.
     max_tensor_bytes: int = 1 << 36
@@ -52,6 +65,79 @@ class Limits:
     #: (format 1.2), the decompressed size, checked before decompressing.
     max_meta_bytes: int = C.MAX_META_BYTES
     max_graph_bytes: int = C.MAX_GRAPH_BYTES
+    #: Total decoded bytes of one read (``None``: no limit). ``rdc --max-output``.
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES
+    #: Decoded bytes per stored byte of the file (or, on a stream, of the bytes read so far) that a read
+    #: may produce beyond ``ratio_floor_bytes`` (``None``: no limit). ``rdc --max-ratio``.
+    max_ratio: float | None = DEFAULT_MAX_RATIO
+    #: Output always allowed whatever the ratio, so small legitimate files (an all-zero tensor, a very
+    #: sparse SuRP model) still load.
+    ratio_floor_bytes: int = DEFAULT_RATIO_FLOOR_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_tensor_bytes", "max_meta_bytes", "max_graph_bytes", "ratio_floor_bytes",
+                     "max_output_bytes"):
+            value = getattr(self, name)
+            if value is None and name == "max_output_bytes":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise InvalidInputError(f"Limits.{name} must be an integer >= 0, not {value!r}")
+        ratio = self.max_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
+                                  or not 0 < ratio < math.inf):
+            raise InvalidInputError(f"Limits.max_ratio must be a positive finite number or None, not {ratio!r}")
+
+    def output_allowance(self, stored_bytes: int) -> int | None:
+        """Decoded bytes a read of ``stored_bytes`` stored bytes may produce (None: unlimited)."""
+        allowed = self.max_output_bytes
+        if self.max_ratio is not None:
+            by_ratio = max(int(self.max_ratio * stored_bytes), self.ratio_floor_bytes)
+            allowed = by_ratio if allowed is None else min(allowed, by_ratio)
+        return allowed
+
+
+class _OutputMeter:
+    """Decoded bytes of one read, checked against :class:`Limits` before each allocation.
+
+    ``names``: for by-name reads, the tensors already counted (reading one again costs nothing more, so a
+    long-lived reader serving the same tensors never runs out); ``None`` for an iteration.
+    """
+
+    __slots__ = ("limits", "decoded", "names")
+
+    def __init__(self, limits: Limits, *, by_name: bool = False) -> None:
+        self.limits = limits
+        self.decoded = 0
+        self.names: set[str] | None = set() if by_name else None
+
+    def charge(self, nbytes: int, stored: int, *, known_size: bool, offset: int, record: str, tensor: str) -> None:
+        """Count ``nbytes`` more decoded bytes; LimitExceededError (nothing counted) if a limit is passed.
+
+        ``stored``: the file's size (``known_size``) or, on a stream, the bytes read so far.
+        """
+        if self.names is not None and tensor in self.names:
+            return  # read again by name: counted once
+        lim = self.limits
+        total = self.decoded + nbytes
+        if lim.max_output_bytes is not None and total > lim.max_output_bytes:
+            raise LimitExceededError(
+                f"decoding this would bring the read's output to {total} bytes, over the reader's total "
+                f"output limit of {lim.max_output_bytes} bytes (raise Limits.max_output_bytes, "
+                "rdc --max-output, if the file is trusted)",
+                offset=offset, record=record, tensor=tensor)
+        if lim.max_ratio is not None:
+            allowed = max(int(lim.max_ratio * stored), lim.ratio_floor_bytes)
+            if total > allowed:
+                what = "file" if known_size else "stream read so far"
+                raise LimitExceededError(
+                    f"decoding this would bring the read's output to {total} bytes from a {what} of {stored} "
+                    f"bytes, over the reader's compression-ratio limit ({lim.max_ratio:g}x, at least "
+                    f"{lim.ratio_floor_bytes} bytes: {allowed}); a decompression bomb? (raise Limits.max_ratio, "
+                    "rdc --max-ratio, if the file is trusted)",
+                    offset=offset, record=record, tensor=tensor)
+        self.decoded = total
+        if self.names is not None:
+            self.names.add(tensor)
 
 
 @dataclass(frozen=True)
@@ -139,7 +225,12 @@ class RdcReader:
         self._salvage: tuple[list, int] | None = None  # after a partial read of a truncated file
         self._pending: C.RecordHead | None = None
         self._leading: list[tuple[int, int, int]] = []  # (kind, offset, length) of META/GRAPH records
-        self.metadata: dict = {}
+        self._metadata: dict = {}
+        # The metadata's JSON text (checked: CRC, size, zlib) until first use: parsing a large text costs
+        # far more time and memory than its bytes, and reading one tensor by name never needs it.
+        self._meta_text: tuple[bytes, str, int] | None = None  # (text, what, offset)
+        # by-name reads of this reader form one read for the output limits (each tensor counted once)
+        self._named_meter = _OutputMeter(self.limits, by_name=True)
         self.graph: bytes | None = None
         self.graph_format: str | None = None
         try:
@@ -196,8 +287,25 @@ class RdcReader:
         return float(min(1.0, max(0.0, (budget - (size - progressive)) / progressive)))
 
     # ------------------------------------------------------------------ leading records
-    def _read_leading_records(self) -> None:
-        """Read META/GRAPH records at the start; keep the first other record head for iteration."""
+    @property
+    def metadata(self) -> dict:
+        """The file's metadata (a JSON object; ``{}`` when the file has none), parsed on first use.
+
+        Raises CorruptDataError when the stored text is not a JSON object (reading every tensor, by
+        iteration or :func:`load`, checks it too).
+        """
+        with self._lock:
+            if self._meta_text is not None:
+                text, what, offset = self._meta_text
+                self._metadata = C.parse_json_object(text, what, offset)
+                self._meta_text = None
+            return self._metadata
+
+    def _read_leading_records(self, *, again: bool = False) -> None:
+        """Read META/GRAPH records at the start; keep the first other record head for iteration.
+
+        ``again`` (a second iteration of a seekable file): the payloads were checked at open; skip them.
+        """
         self._leading = []
         while True:
             head = C.read_record_head(self._src)
@@ -207,7 +315,10 @@ class RdcReader:
                     raise CorruptDataError(f"unexpected {head.name} record (at most one META, then one GRAPH, "
                                            "plain or compressed)",
                                            offset=head.offset, record=head.name)
-                self._consume_leading(head)
+                if again:
+                    self._src.skip(head.length + C.RECORD_TRAILER_SIZE, what=f"a {head.name} record")
+                else:
+                    self._consume_leading(head)
                 self._leading.append((kind, head.offset - self._start, head.end - head.offset))
             elif head.rtype in C.RECORD_NAMES:
                 self._pending = head
@@ -225,10 +336,9 @@ class RdcReader:
         payload = C.read_payload(self._src, head)
         base = head.offset + C.RECORD_HEADER_SIZE
         if head.rtype == C.REC_META:
-            self.metadata = C.parse_json_object(payload, "metadata", base)
+            self._meta_text = (payload, "metadata", base)
         elif head.rtype == C.REC_ZMETA:
-            text = C.parse_zmeta(payload, base, cap)
-            self.metadata = C.parse_json_object(text, "metadata (decompressed)", base + 8)
+            self._meta_text = (C.parse_zmeta(payload, base, cap), "metadata (decompressed)", base + 8)
         elif head.rtype == C.REC_GRAPH:
             self.graph_format, self.graph = C.parse_graph(payload, base)
         else:
@@ -243,9 +353,11 @@ class RdcReader:
                     raise RdcError("a non-seekable stream can be iterated only once")
                 self._src.seek(self._start)
                 C.read_file_header(self._src)
-                self._read_leading_records()
+                self._read_leading_records(again=True)
             self._iterated = True
             head, self._pending = self._pending, None
+        self.metadata  # noqa: B018 - a whole read checks the metadata too (parsed lazily otherwise)
+        meter = _OutputMeter(self.limits)
         recent: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         # What the index must list (kind, name, offset, stored length), and the names in use.
         entries = [(kind, "", offset, length) for kind, offset, length in self._leading]
@@ -254,7 +366,7 @@ class RdcReader:
         self._stream_order = order = []
         index_at: int | None = None
         queue: list[_PendingTensor] = []  # tensors read and planned, decoded together (ans.decode_many)
-        queued = 0
+        queued = queued_chunks = 0
         # Layered tensors (1.3) by ordinal: decoded once their LAYER records are read (at the index).
         layered: dict[int, _PendingTensor] = {}
         deferred: list[tuple[str, str]] = []  # aliases of layered tensors, yielded after them
@@ -294,10 +406,11 @@ class RdcReader:
                         raise CorruptDataError(f"{head.name} record after the index record (only the end record "
                                                "may follow it)", offset=head.offset, record=head.name)
                     rel = head.offset - self._start
-                    if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES):
+                    if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES
+                                  or queued_chunks >= DECODE_BATCH_CHUNKS):
                         # decode what is queued (aliases need their targets; the batch is big enough)
                         ready = self._finish_tensors(queue)
-                        queue, queued = [], 0
+                        queue, queued, queued_chunks = [], 0, 0
                         pos = self._src.pos  # just after this record's head, which stays pending
                 if ready or finished:
                     pass
@@ -310,12 +423,13 @@ class RdcReader:
                     if header.name in names:
                         raise CorruptDataError(f"duplicate name {header.name!r}", offset=head.offset,
                                                record=head.name, tensor=header.name)
-                    pending = self._plan_tensor(header, head, inline)
+                    pending = self._plan_tensor(header, head, inline, meter)
                     if pending.layered is not None:
                         layered[ordinal] = pending
                     else:
                         queue.append(pending)
                         queued += pending.nbytes
+                        queued_chunks += len(pending.chunks)
                     ordinal += 1
                     order.append(header.name)
                     names.add(header.name)
@@ -326,7 +440,7 @@ class RdcReader:
                     continue
                 elif head.rtype == C.REC_PACK:
                     payload = C.read_payload(self._src, head)
-                    ready = self._decode_pack(head, payload)
+                    ready = self._decode_pack(head, payload, meter)
                     for tname, _a in ready:
                         if tname in names:
                             raise CorruptDataError(f"duplicate name {tname!r}", offset=head.offset,
@@ -445,7 +559,8 @@ class RdcReader:
                 return
 
     # ------------------------------------------------------------------ PACK records (format 1.3)
-    def _decode_pack(self, head: C.RecordHead, payload: bytes, only: str | None = None) -> list[tuple[str, np.ndarray]]:
+    def _decode_pack(self, head: C.RecordHead, payload: bytes, meter: "_OutputMeter",
+                     only: str | None = None) -> list[tuple[str, np.ndarray]]:
         """The tensors of a PACK record in order (``only``: just that member, decoding only its group)."""
         members, groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
         arrays: dict[int, np.ndarray] = {}
@@ -454,7 +569,7 @@ class RdcReader:
             if only is not None and m.name != only:
                 continue
             if m.group not in arrays:
-                arrays[m.group] = self._decode_group(head, members, groups[m.group])
+                arrays[m.group] = self._decode_group(head, members, groups[m.group], meter)
             flat = arrays[m.group][m.start : m.start + m.numel]
             out.append((m.name, flat.reshape(m.shape)))
         return out
@@ -480,7 +595,8 @@ class RdcReader:
         return C.TensorHeader(first.name, group.dtype_code, (group.numel,), flags, max(group.numel, 1),
                               1 if group.numel else 0, group.codec_id, group.codec_config)
 
-    def _decode_group(self, head: C.RecordHead, members: list, group: "C.PackGroup") -> np.ndarray:
+    def _decode_group(self, head: C.RecordHead, members: list, group: "C.PackGroup",
+                      meter: "_OutputMeter") -> np.ndarray:
         header = self._group_header(head, members, group)
         data = group.data if isinstance(group.data, memoryview) else memoryview(group.data)
         try:
@@ -495,7 +611,7 @@ class RdcReader:
             raise CorruptDataError(f"pack group of {group.numel} elements holds {len(data)} bytes of "
                                    f"{header.codec_id} data, fewer than the {need} it needs",
                                    offset=group.offset, record="pack", tensor=header.name)
-        return self._finish_tensors([self._plan_tensor(header, head, data)])[0][1]
+        return self._finish_tensors([self._plan_tensor(header, head, data, meter)])[0][1]
 
     def _read_pack(self, entry: C.IndexEntry) -> tuple[C.RecordHead, bytes]:
         """The PACK record an index entry points to (its head and payload)."""
@@ -506,14 +622,17 @@ class RdcReader:
                                    offset=entry.offset, record=head.name, tensor=entry.name or None)
         return head, C.read_payload(self._src, head, tensor=entry.name or None)
 
-    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None = None) -> np.ndarray:
-        return self._finish_tensors([self._plan_tensor(header, head, inline)])[0][1]
+    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None,
+                     meter: "_OutputMeter") -> np.ndarray:
+        return self._finish_tensors([self._plan_tensor(header, head, inline, meter)])[0][1]
 
     def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead,
-                     inline: memoryview | None = None) -> "_PendingTensor":
+                     inline: memoryview | None, meter: "_OutputMeter") -> "_PendingTensor":
         """Read a tensor's chunk records and plan their decoding (ANS blocks not decoded yet).
 
         ``inline``: the data of the one chunk of a SMALL record (no CHUNK records follow it).
+        ``meter``: the read's output so far; the tensor's decoded bytes are charged to it before its
+        output is allocated (on a stream, chunk by chunk as they arrive).
         """
         name = header.name
         try:
@@ -547,11 +666,15 @@ class RdcReader:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
         rem = self._src.remaining()
+        known = rem is not None
+        # what the output limits measure against: the whole file, or on a stream the bytes read so far
+        stored = (self._src.size if known else self._src.pos) - self._start
         layered = bool(header.flags & C.TENSOR_LAYERED)
         if layered and not codec.progressive:
             raise CorruptDataError(f"tensor is marked layered but its codec {header.codec_id!r} is not progressive",
                                    offset=head.offset, record=head.name, tensor=name)
         if inline is not None:
+            meter.charge(nbytes, stored, known_size=known, offset=head.offset, record=head.name, tensor=name)
             dtype = info.numpy.newbyteorder("<")
             if layered:  # decoded after its layers: the output is allocated then
                 pend = _PendingTensor(header, head, info, np.empty(0, dtype))
@@ -578,12 +701,18 @@ class RdcReader:
                     offset=head.offset, record="tensor", tensor=name,
                 )
         dtype = info.numpy.newbyteorder("<")
-        # On a stream of unknown length a large output grows as chunks arrive (memory follows data).
-        grow = rem is None and nbytes > STREAM_PREALLOC_BYTES
-        if layered:
+        if known:
+            meter.charge(nbytes, stored, known_size=True, offset=head.offset, record=head.name, tensor=name)
+            grow = False
+        else:
+            # On a stream of unknown length a large output, or one the bytes read so far do not justify
+            # yet, grows as its chunks arrive and are charged (memory follows data).
+            allowance = self.limits.output_allowance(stored)
+            grow = nbytes > STREAM_PREALLOC_BYTES or (allowance is not None and meter.decoded + nbytes > allowance)
+        if layered:  # decoded after its layers: the output is allocated then
             out = np.empty(0, dtype)
         else:
-            out = self._allocate(min(numel, header.chunk_elements) if grow else numel, dtype, nbytes, head, name)
+            out = self._allocate(0 if grow else numel, dtype, nbytes, head, name)
         pend = _PendingTensor(header, head, info, out)
         if layered:
             pend.layered, pend.codec = [], codec
@@ -597,16 +726,20 @@ class RdcReader:
             payload = C.read_payload(self._src, chead, tensor=name)
             base = chead.offset + C.RECORD_HEADER_SIZE
             data = C.parse_chunk(payload, base, index, name)
+            start = index * header.chunk_elements
+            count = min(header.chunk_elements, numel - start)
+            if not known:
+                meter.charge(count * info.itemsize, self._src.pos - self._start, known_size=False,
+                             offset=chead.offset, record="chunk", tensor=name)
             if layered:
                 pend.layered.append(bytearray(data))
                 continue
-            start = index * header.chunk_elements
-            count = min(header.chunk_elements, numel - start)
             with _chunk_errors(index, chead, name):
                 plan = codec.plan_chunk(data, count, info, max_bytes=self._chunk_budget(codec, data))
             pend.chunks.append((index, chead, start, count, plan))
             pend.nbytes += count * info.itemsize
-            if pend.nbytes >= DECODE_BATCH_BYTES:  # a big tensor: decode what is planned so far
+            if pend.nbytes >= DECODE_BATCH_BYTES or len(pend.chunks) >= DECODE_BATCH_CHUNKS:
+                # a big tensor, or one of many chunks: decode what is planned so far
                 self._decode_pending([pend])
         return pend
 
@@ -867,6 +1000,13 @@ class RdcReader:
             prev_end = entry.offset + entry.length
         if prev_end > index_offset:
             raise CorruptDataError("an index entry runs into the index record", offset=ihead.offset, record="index")
+        # Between the entries there may be only unknown optional records (what iteration skips): a record
+        # the index leaves out would otherwise be invisible by name while iteration refuses the file.
+        at = C.FILE_HEADER_SIZE
+        for start, length in [(e.offset, e.length) for e in entries] + [(index_offset, 0)]:
+            if start > at:
+                self._check_unlisted(at, start, ihead.offset)
+            at = start + length
         if [(e.kind, e.offset, e.length) for e in entries if e.kind in (C.ENTRY_META, C.ENTRY_GRAPH)] != self._leading:
             raise CorruptDataError("index META/GRAPH entries do not match the records at the start of the file",
                                    offset=ihead.offset, record="index")
@@ -907,6 +1047,22 @@ class RdcReader:
         self._index, self._order, self._aliases = index, order, aliases
         return index
 
+    def _check_unlisted(self, start: int, end: int, index_at: int) -> None:
+        """The records from ``start`` to ``end`` (relative offsets), which the index does not list, must be
+        unknown optional ones, ending exactly at ``end``; the same rules as iteration applies to them."""
+        pos = self._start + start
+        while pos < self._start + end:
+            self._src.seek(pos)
+            head = C.read_record_head(self._src)
+            if head.rtype in C.RECORD_NAMES:
+                raise CorruptDataError(f"the index does not list the {head.name} record at byte offset {pos}",
+                                       offset=index_at, record="index")
+            C.skip_record(self._src, head)  # an unknown REQUIRED record: UnsupportedFeatureError
+            pos = head.end
+        if pos != self._start + end:
+            raise CorruptDataError(f"a record the index does not list overlaps the record at byte offset "
+                                   f"{self._start + end}", offset=index_at, record="index")
+
     def _read_alias(self, entry: C.IndexEntry, index: dict[str, C.IndexEntry]) -> str:
         self._src.seek(entry.offset)
         head = C.read_record_head(self._src, tensor=entry.name)
@@ -946,9 +1102,9 @@ class RdcReader:
             entry = self._entry(self._aliases[name])
         if entry.kind == C.ENTRY_PACK:
             head, payload = self._read_pack(entry)
-            return self._decode_pack(head, payload, only=entry.name)[0][1]
+            return self._decode_pack(head, payload, self._named_meter, only=entry.name)[0][1]
         header, head, inline = self._tensor_header(entry)
-        pend = self._plan_tensor(header, head, inline)
+        pend = self._plan_tensor(header, head, inline, self._named_meter)
         if self._src.pos != entry.offset + entry.length:
             raise CorruptDataError(f"index entry {entry.name!r} does not match the length of its records",
                                    offset=entry.offset, record="tensor", tensor=entry.name)
@@ -1078,6 +1234,9 @@ def salvage(source: str | os.PathLike | bytes | BinaryIO, *,
 
 #: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
 DECODE_BATCH_BYTES = 64 << 20
+#: ... and up to this many chunks: what a planned chunk holds (its tables, blocks, plan) costs a few KiB
+#: whatever its size, so a file of many tiny chunks is decoded in batches of bounded memory.
+DECODE_BATCH_CHUNKS = 1024
 
 
 class _PendingTensor:
