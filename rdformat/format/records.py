@@ -12,6 +12,7 @@ here as they do in ``spec/rdc-v1.md`` section 2, so a change to a record changes
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -204,10 +205,7 @@ class TensorHeader:
     @property
     def numel(self) -> int:
         """Number of elements (product of the shape; 1 for a 0-d tensor)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def structural(self) -> bool:
@@ -819,10 +817,7 @@ class PackMember:
     @property
     def numel(self) -> int:
         """Number of elements (1 for a 0-d tensor)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass
