@@ -292,3 +292,13 @@ def test_refined_sensitivity_corrects_a_gaussian_misranking_and_lowers_the_real_
     assert errors["refined"] < errors["gaussian"] * 0.7
     with pytest.raises(rdformat.InvalidInputError, match="starting sensitivity"):
         refine_sensitivity(weights, {"a": 1.0}, lambda o: 0.0, lossy=["a", "b"], bits=3)
+
+
+def test_onnx_probe_refines_with_the_real_quantization_error():
+    probe = OnnxProbe(_fragile_mlp())
+    sens = probe.output_sensitivity()
+    refined = probe.refine_sensitivity(sens, bits=2, iterations=1)
+    assert set(refined) == {"w1", "wf", "w3"}
+    assert max(refined, key=refined.get) == "wf"  # still the fragile one, now measured at 2 bits/weight
+    assert refined == probe.refine_sensitivity(sens, bits=2, iterations=1)
+    assert refined != {n: float(sens[n]) for n in refined}  # the measurement moved the values
