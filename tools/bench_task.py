@@ -427,7 +427,7 @@ def write_results(results: list[dict], timing: dict, path_md: Path, path_png: Pa
              "payload (all float tensors) for every method; task run with the decoded weights. task-aware: "
              "sensitivity from `rdformat.onnx_calibration.onnx_output_sensitivity` / "
              "`rdformat.torch_sensitivity.output_sensitivity` on synthetic inputs (no data); +cal: on "
-             f"{args.calibration_samples} real calibration inputs (never the evaluation ones); +cal+q: that estimate "
+             "real calibration inputs (never the evaluation ones; how many: under each task's curves); +cal+q: that estimate "
              "refined at each point with the real quantization error "
              "(`rdformat.producers.sensitivity.refine_sensitivity`, one iteration, calibration inputs). "
              "Bytes at the bar interpolated on each curve (log bytes); negative = larger.",
@@ -455,7 +455,7 @@ def write_results(results: list[dict], timing: dict, path_md: Path, path_png: Pa
                   f"matrices, synthetic inputs): {timing['seconds']:.2f} s.", "", "## Curves (bytes: quality)", ""]
     for r in results:
         lines.append(f"### {r['task']['name']}")
-        lines.append(f"{r['task']['note']}")
+        lines.append(f"{r['task']['note']}; {r['task']['n_cal']} calibration inputs")
         lines.append("")
         for m, pts in r["curves"].items():
             lines.append(f"- {m}: " + ", ".join(f"{p['bytes']:,} B: {p['quality']:.4f}"
