@@ -35,12 +35,15 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import CalibrationUnavailable, InvalidInputError
+from .producers.ratecontrol import select_tensors
 from .producers.sensitivity import (
     DEFAULT_GROUP,
     DEFAULT_NOISE,
+    DEFAULT_REFINE_ITERATIONS,
     DEFAULT_ROUNDS,
     default_probe_names,
     estimate_output_sensitivity,
+    refine_sensitivity,
     relative_output_error,
 )
 
@@ -466,6 +469,17 @@ class OnnxProbe:
             names = default_probe_names(self.weights)
         return estimate_output_sensitivity(self.weights, self.run, names, noise=noise, seed=seed, rounds=rounds,
                                            group=group, reference=self.reference)
+
+    def refine_sensitivity(self, sensitivity: Mapping[str, float], *, iterations: int = DEFAULT_REFINE_ITERATIONS,
+                           method: str = "auto", **target: float) -> dict[str, float]:
+        """``sensitivity`` re-measured with the real quantization error of ``target`` (``bits=``,
+        ``rel_error=`` or ``size=``) on this probe's inputs; see
+        :func:`rdformat.producers.sensitivity.refine_sensitivity`. One forward pass per quantized tensor
+        and iteration, plus one quantization of the model per iteration.
+        """
+        lossy, _fine = select_tensors(self.weights)
+        return refine_sensitivity(self.weights, sensitivity, lambda o: self.output_error(o) ** 2, lossy=lossy,
+                                  iterations=iterations, method=method, **target)
 
     def output_error(self, tensors: Mapping[str, np.ndarray]) -> float:
         """Relative RMS output change with the probed initializers replaced by ``tensors`` (by name).

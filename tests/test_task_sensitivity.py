@@ -12,6 +12,8 @@ from rdformat.producers.sensitivity import (
     estimate_output_sensitivity,
     forward_passes,
     predicted_output_error,
+    quantization_sensitivity,
+    refine_sensitivity,
     relative_output_error,
 )
 
@@ -229,3 +231,74 @@ def test_calibration_samples_are_capped_for_the_estimate():
     assert sum(f["x"].shape[0] for f in probe.feeds) == 16
     probe = OnnxProbe(model, [{"x": many[:10]}, {"x": many[10:20]}], max_samples=16)
     assert [f["x"].shape[0] for f in probe.feeds] == [10, 6]
+
+
+def _masked_pair():
+    """Two linear branches: ``a`` sees one input feature 100x louder than the others, but its weights
+    there are tiny (far below any step, so quantization zeroes them with a tiny error); ``b`` sees every
+    feature at sqrt(20). White noise on ``a`` hits the loud feature (Gaussian estimate: ``a`` first);
+    real quantization error does not (``b`` is the one that matters at the operating point)."""
+    rng = np.random.default_rng(0)
+    x, x2 = rng.standard_normal((128, 64)), rng.standard_normal((128, 64))
+    gain = np.ones(128)
+    gain[0] = 100.0
+    a = (rng.standard_normal((16, 128)) * 0.1).astype(np.float32)
+    a[:, 0] = 1e-4
+    b = (rng.standard_normal((16, 128)) * 0.1).astype(np.float32)
+    weights = {"a": a, "b": b}
+
+    def run(overrides):
+        w = {**weights, **overrides}
+        return [w["a"].astype(np.float64) @ (gain[:, None] * x) + np.sqrt(20) * w["b"].astype(np.float64) @ x2]
+
+    return weights, run
+
+
+def test_quantization_sensitivity_is_the_measured_error_per_squared_weight_error():
+    weights, run = _masked_pair()
+    ref = run({})
+    calls = []
+
+    def squared_error(overrides):
+        calls.append(sorted(overrides))
+        return relative_output_error(ref, run(overrides)) ** 2
+
+    quantized = {"a": np.round(weights["a"] * 8) / 8, "b": weights["b"].copy()}  # b unchanged
+    got = quantization_sensitivity(weights, quantized, squared_error)
+    assert calls == [["a"]]  # one pass per changed tensor, one tensor at a time
+    assert set(got) == {"a"}
+    d = quantized["a"].astype(np.float64) - weights["a"]
+    want = relative_output_error(ref, run({"a": quantized["a"]})) ** 2 / float(np.sum(d * d))
+    assert got["a"] == pytest.approx(want, rel=1e-12)
+
+
+def test_refined_sensitivity_corrects_a_gaussian_misranking_and_lowers_the_real_error():
+    weights, run = _masked_pair()
+    ref = run({})
+    gaussian = estimate_output_sensitivity(weights, run, seed=0)
+    assert gaussian["a"] > gaussian["b"]  # white noise sees the loud feature
+    refined = refine_sensitivity(weights, gaussian, lambda o: relative_output_error(ref, run(o)) ** 2,
+                                 lossy=["a", "b"], bits=3)
+    assert refined == refine_sensitivity(weights, gaussian, lambda o: relative_output_error(ref, run(o)) ** 2,
+                                         lossy=["a", "b"], bits=3)  # deterministic
+    assert refined["b"] > 3 * refined["a"]
+    errors, sizes = {}, {}
+    for label, s in (("gaussian", gaussian), ("refined", refined)):
+        buf = io.BytesIO()
+        rdformat.save(weights, buf, bits=3, sensitivity=s)
+        sizes[label] = len(buf.getvalue())
+        errors[label] = relative_output_error(ref, run(rdformat.load(buf.getvalue())))
+    assert sizes["refined"] <= sizes["gaussian"] * 1.05
+    assert errors["refined"] < errors["gaussian"] * 0.7
+    with pytest.raises(rdformat.InvalidInputError, match="starting sensitivity"):
+        refine_sensitivity(weights, {"a": 1.0}, lambda o: 0.0, lossy=["a", "b"], bits=3)
+
+
+def test_onnx_probe_refines_with_the_real_quantization_error():
+    probe = OnnxProbe(_fragile_mlp())
+    sens = probe.output_sensitivity()
+    refined = probe.refine_sensitivity(sens, bits=2, iterations=1)
+    assert set(refined) == {"w1", "wf", "w3"}
+    assert max(refined, key=refined.get) == "wf"  # still the fragile one, now measured at 2 bits/weight
+    assert refined == probe.refine_sensitivity(sens, bits=2, iterations=1)
+    assert refined != {n: float(sens[n]) for n in refined}  # the measurement moved the values

@@ -5,6 +5,9 @@ Methods, on each task:
   * task-aware    -- the same with ``sensitivity=`` from the noise-injection estimator on synthetic
                      inputs built from the model's declared shapes (no data at all);
   * task-aware+cal-- the same with the estimator on a few real calibration inputs;
+  * task-aware+cal+q -- that estimate refined at each point with the real quantization error
+                     (``refine_sensitivity``: plan, quantize, measure each tensor's output error on the
+                     calibration inputs, re-plan; one iteration), never with the evaluation data;
   * NNCodec       -- NNCodec 2.1.3 (tools/nncodec_peer.py, DeepCABAC + dependent quantization).
 
 Tasks (all real, all run here):
@@ -51,14 +54,38 @@ QPS = [-49, -46, -43, -40, -37, -34, -31, -28, -25, -22, -19, -16, -13, -10, -7,
 # Curves
 
 
-def rdformat_curve(weights: dict, evaluate, bits_list, sensitivity=None) -> list[dict]:
+def rdformat_curve(weights: dict, evaluate, bits_list, sensitivity=None, refine=None) -> list[dict]:
+    """``refine(bits) -> (sensitivity, seconds)``: a sensitivity made for that point (overrides ``sensitivity``)."""
     points = []
     for bits in bits_list:
+        seconds = None
+        sens = sensitivity
+        if refine is not None:
+            sens, seconds = refine(bits)
         buf = io.BytesIO()
-        rdformat.save(weights, buf, bits=bits, sensitivity=sensitivity)
+        rdformat.save(weights, buf, bits=bits, sensitivity=sens)
         decoded = rdformat.load(buf.getvalue())
-        points.append({"bits": bits, "bytes": len(buf.getvalue()), "quality": evaluate(decoded)})
+        point = {"bits": bits, "bytes": len(buf.getvalue()), "quality": evaluate(decoded)}
+        if seconds is not None:
+            point["refine_s"] = seconds
+        points.append(point)
     return points
+
+
+def refiner(weights: dict, sensitivity: dict, squared_error, iterations: int = 1):
+    """``bits -> (refined sensitivity, seconds)`` for :func:`rdformat_curve`; ``squared_error`` runs the
+    model on the calibration inputs only."""
+    from rdformat.producers.ratecontrol import select_tensors
+    from rdformat.producers.sensitivity import refine_sensitivity
+
+    lossy, _fine = select_tensors(weights)
+
+    def refine(bits):
+        t0 = time.perf_counter()
+        out = refine_sensitivity(weights, sensitivity, squared_error, lossy=lossy, bits=bits, iterations=iterations)
+        return out, time.perf_counter() - t0
+
+    return refine
 
 
 def nncodec_curve(weights: dict, evaluate, qps) -> list[dict] | None:
@@ -147,7 +174,7 @@ def magika_features(limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
 def task_magika(args) -> dict:
     model = magika_model_path()
     # magika costs ~40 ms per file on this machine, and each curve point re-runs every file.
-    n_eval, n_cal = (300, 16) if args.quick else (args.magika_files, 16)
+    n_eval, n_cal = (300, 16) if args.quick else (args.magika_files, args.calibration_samples)
     X, _names = magika_features(n_eval + n_cal, seed=0)
     X_eval, X_cal = X[:n_eval], X[n_eval:]
     # Evaluate in chunks: one run over thousands of files would hold gigabytes of activations.
@@ -162,10 +189,12 @@ def task_magika(args) -> dict:
     sens = onnx_output_sensitivity(model)
     t_syn = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sens_cal = onnx_output_sensitivity(model, {"bytes": X_cal})
+    cal_probe = OnnxProbe(model, {"bytes": X_cal}, max_samples=None)
+    sens_cal = cal_probe.output_sensitivity()
     t_cal = time.perf_counter() - t0
     return {"name": "magika (ONNX, top-1 agreement)", "weights": weights, "evaluate": evaluate, "bar": 0.99,
             "higher": True, "sens": sens, "sens_cal": sens_cal, "t_syn": t_syn, "t_cal": t_cal,
+            "squared_error": lambda o: cal_probe.output_error(o) ** 2, "n_cal": n_cal,
             "bits": [1.5, 2.0, 2.5, 3.0, 4.0, 5.0], "qps": QPS[1::2],
             "note": f"{n_eval} real files (stdlib + repo), {sum(v.size for v in weights.values())} weights"}
 
@@ -235,10 +264,12 @@ def task_digits(args) -> dict:
     sens = onnx_output_sensitivity(model)
     t_syn = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sens_cal = onnx_output_sensitivity(model, {"x": X_train[:64]})
+    cal_probe = OnnxProbe(model, {"x": X_train[:args.calibration_samples]}, max_samples=None)
+    sens_cal = cal_probe.output_sensitivity()
     t_cal = time.perf_counter() - t0
     return {"name": f"digits CNN (ONNX, accuracy; float {base:.4f})", "weights": weights, "evaluate": evaluate,
             "bar": base - 0.01, "higher": True, "sens": sens, "sens_cal": sens_cal, "t_syn": t_syn, "t_cal": t_cal,
+            "squared_error": lambda o: cal_probe.output_error(o) ** 2, "n_cal": args.calibration_samples,
             "note": f"{len(y_test)} test images, {sum(v.size for v in weights.values())} weights"}
 
 
@@ -269,13 +300,14 @@ def task_mtcnn(args) -> dict:
     import torch
 
     from mtcnn import load_mtcnn
-    from rdformat.torch_sensitivity import output_sensitivity
+    from rdformat.torch_sensitivity import output_error, output_sensitivity
 
     nets = dict(zip(("pnet", "rnet", "onet"), load_mtcnn()))
     sides = {"pnet": 48, "rnet": 24, "onet": 48}
     n_eval = 64 if args.quick else 256
     eval_inputs = {k: torch.from_numpy(photo_crops(sides[k], n_eval, seed=1)) for k in nets}
-    cal_inputs = {k: torch.from_numpy(photo_crops(sides[k], 16, seed=2)) for k in nets}
+    n_cal = 16 if args.quick else args.calibration_samples
+    cal_inputs = {k: torch.from_numpy(photo_crops(sides[k], n_cal, seed=2)) for k in nets}
     syn_inputs = {k: torch.randn(4, 3, sides[k], sides[k], generator=torch.Generator().manual_seed(0)) for k in nets}
     weights = {f"{k}.{n}": v.detach().numpy().copy() for k, net in nets.items() for n, v in net.state_dict().items()}
     with torch.no_grad():
@@ -299,6 +331,14 @@ def task_mtcnn(args) -> dict:
                 out[f"{k}.{n}"] = s
         return out
 
+    def squared_error(overrides):  # the metric's own form (mean over the nets), on the calibration crops
+        total = 0.0
+        for k, net in nets.items():
+            sub = {n[len(k) + 1:]: v for n, v in overrides.items() if n.startswith(k + ".")}
+            if sub:
+                total += output_error(net, sub, cal_inputs[k]) ** 2
+        return total / len(nets)
+
     t0 = time.perf_counter()
     sens = sensitivity(syn_inputs)
     t_syn = time.perf_counter() - t0
@@ -307,6 +347,7 @@ def task_mtcnn(args) -> dict:
     t_cal = time.perf_counter() - t0
     return {"name": "MTCNN P/R/O-Net (PyTorch, rel. output error)", "weights": weights, "evaluate": evaluate,
             "bar": 0.03, "higher": False, "sens": sens, "sens_cal": sens_cal, "t_syn": t_syn, "t_cal": t_cal,
+            "squared_error": squared_error, "n_cal": n_cal,
             "note": f"{n_eval} crops per net of sklearn's 2 photos, {sum(v.size for v in weights.values())} weights"}
 
 
@@ -355,6 +396,10 @@ def run_task(task: dict, args) -> dict:
     curves["weight-error"] = rdformat_curve(weights, evaluate, bits)
     curves["task-aware"] = rdformat_curve(weights, evaluate, bits, task["sens"])
     curves["task-aware+cal"] = rdformat_curve(weights, evaluate, bits, task["sens_cal"])
+    if not args.no_refine:
+        curves["task-aware+cal+q"] = rdformat_curve(
+            weights, evaluate, bits, refine=refiner(weights, task["sens_cal"], task["squared_error"]))
+        task["t_refine"] = float(np.mean([p["refine_s"] for p in curves["task-aware+cal+q"]]))
     if not args.no_nncodec:
         nn = nncodec_curve(weights, evaluate, qps)
         if nn:
@@ -367,13 +412,28 @@ def run_task(task: dict, args) -> dict:
 
 
 def write_results(results: list[dict], timing: dict, path_md: Path, path_png: Path, args) -> None:
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += " (+ uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
     lines = ["# Task-aware compression (issue 12)", "",
-             "`python tools/bench_task.py` (2-core CPU). Bytes = weight payload (all float tensors) for every "
-             "method; task run with the decoded weights. task-aware: sensitivity from "
-             "`rdformat.onnx_calibration.onnx_output_sensitivity` / `rdformat.torch_sensitivity.output_sensitivity` "
-             "on synthetic inputs (no data); +cal: on a few real inputs. Bytes at the bar interpolated on each curve.",
-             "", "| task | bar | weight-error | task-aware | task-aware+cal | NNCodec | task-aware vs weight-error | "
-             "task-aware vs NNCodec | estimator s (syn / cal) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"`python tools/bench_task.py` on commit {commit} (2-core CPU shared with other jobs). Bytes = weight "
+             "payload (all float tensors) for every method; task run with the decoded weights. task-aware: "
+             "sensitivity from `rdformat.onnx_calibration.onnx_output_sensitivity` / "
+             "`rdformat.torch_sensitivity.output_sensitivity` on synthetic inputs (no data); +cal: on "
+             "real calibration inputs (never the evaluation ones; how many: under each task's curves); +cal+q: that estimate "
+             "refined at each point with the real quantization error "
+             "(`rdformat.producers.sensitivity.refine_sensitivity`, one iteration, calibration inputs). "
+             "Bytes at the bar interpolated on each curve (log bytes); negative = larger.",
+             "", "| task | bar | weight-error | task-aware | +cal | +cal+q | NNCodec | task-aware vs weight-error / "
+             "NNCodec | +cal+q vs weight-error / NNCodec | estimator s (syn / cal / refine per point) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, at = r["task"], r["at"]
 
@@ -381,18 +441,21 @@ def write_results(results: list[dict], timing: dict, path_md: Path, path_png: Pa
             return f"{v:,.0f}" if v else "n/a"
 
         def rel(a, b):
-            return f"{100 * (1 - a / b):+.1f}% smaller" if a and b else "n/a"
+            return f"{100 * (1 - a / b):+.1f}%" if a and b else "n/a"
 
         bar = f"{'>=' if t['higher'] else '<='} {t['bar']:.4f}"
-        lines.append(f"| {t['name']} | {bar} | {fmt(at.get('weight-error'))} | {fmt(at.get('task-aware'))} | "
-                     f"{fmt(at.get('task-aware+cal'))} | {fmt(at.get('NNCodec'))} | "
-                     f"{rel(at.get('task-aware'), at.get('weight-error'))} | {rel(at.get('task-aware'), at.get('NNCodec'))} | "
-                     f"{t['t_syn']:.2f} / {t['t_cal']:.2f} |")
+        ta, q = at.get("task-aware"), at.get("task-aware+cal+q")
+        refine_s = f"{t['t_refine']:.2f}" if "t_refine" in t else "-"
+        lines.append(f"| {t['name']} | {bar} | {fmt(at.get('weight-error'))} | {fmt(ta)} | "
+                     f"{fmt(at.get('task-aware+cal'))} | {fmt(q)} | {fmt(at.get('NNCodec'))} | "
+                     f"{rel(ta, at.get('weight-error'))} / {rel(ta, at.get('NNCodec'))} | "
+                     f"{rel(q, at.get('weight-error'))} / {rel(q, at.get('NNCodec'))} | "
+                     f"{t['t_syn']:.2f} / {t['t_cal']:.2f} / {refine_s} |")
     lines += ["", f"Estimator on a {timing['weights'] / 1e6:.2f} M-weight ONNX MLP ({timing['tensors']} weight "
                   f"matrices, synthetic inputs): {timing['seconds']:.2f} s.", "", "## Curves (bytes: quality)", ""]
     for r in results:
         lines.append(f"### {r['task']['name']}")
-        lines.append(f"{r['task']['note']}")
+        lines.append(f"{r['task']['note']}; {r['task']['n_cal']} calibration inputs")
         lines.append("")
         for m, pts in r["curves"].items():
             lines.append(f"- {m}: " + ", ".join(f"{p['bytes']:,} B: {p['quality']:.4f}"
@@ -429,6 +492,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer files and points")
     ap.add_argument("--no-nncodec", action="store_true")
     ap.add_argument("--magika-files", type=int, default=800, help="real files magika's agreement is measured on")
+    ap.add_argument("--calibration-samples", type=int, default=64,
+                    help="real calibration inputs (files, images, crops per net) for the +cal estimates")
+    ap.add_argument("--no-refine", action="store_true", help="skip the task-aware+cal+q curve")
     ap.add_argument("--tasks", default="magika,digits,mtcnn")
     ap.add_argument("--out", default=str(TOOLS / "results" / "bench_task"))
     args = ap.parse_args(argv)

@@ -213,7 +213,9 @@ def plan(
 
     sampled = _Sampled(tensors, names, sample, seed)
     candidates = []
-    bracket = (math.log(amax / 16000.0), math.log(amax * 4.0))  # tiny step: many bits; huge step: ~0 bits
+    # tiny step: many bits; huge step: ~0 bits -- for every tensor, whatever its sensitivity weight (a
+    # bracket of the unweighted step would stop the finest-weighted tensors' steps short of a high target)
+    bracket = (math.log(amax / 16000.0 / max(weights.values())), math.log(amax * 4.0 / min(weights.values())))
     for m in (METHODS if method == "auto" else (method,)):
         step, b, e = _search(sampled, bracket, weights, lam, m, target_err if rel_error is not None else None,
                              None if rel_error is not None else target_bits, overhead=bits is None)
