@@ -13,6 +13,7 @@ Run them with atheris through ``fuzz/fuzz_rdc.py`` (see README.md) or without at
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
@@ -158,6 +159,7 @@ def _adapter_base() -> Path:
     if _ADAPTER_BASE is None or not _ADAPTER_BASE.is_dir():
         root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         _ADAPTER_BASE = Path(tempfile.mkdtemp(prefix="rdc-fuzz-adapters-", dir=root))
+        atexit.register(shutil.rmtree, _ADAPTER_BASE, True)
         (_ADAPTER_BASE / "outside.txt").write_bytes(b"outside")
     return _ADAPTER_BASE
 
