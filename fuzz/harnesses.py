@@ -346,6 +346,7 @@ class Harness:
     mutate: Callable[[np.random.Generator, bytes, list], bytes]  # (rng, data, parsed pool) -> data
     seeds: Callable[[], list[bytes]]
     fix_crcs: bool  # after a generic byte mutation, re-frame as .rdc (CRCs recomputed)
+    warmup: bool = False  # run the seeds once before fuzzing (first-call imports would count as hangs)
 
 
 def _file_mutate(rng, data, pool):
@@ -408,7 +409,7 @@ HARNESSES: dict[str, Harness] = {
         Harness("by_name", by_name, _file_mutate, M.file_seeds, True),
         Harness("meta", meta, _meta_mutate, M.meta_seeds, True),
         Harness("small", load_bytes, _small_mutate, M.small_seeds, True),
-        Harness("adapters", adapters, _adapters_mutate, _adapter_seeds, True),
+        Harness("adapters", adapters, _adapters_mutate, _adapter_seeds, True, warmup=True),
         Harness("codec_raw", codec_one_input("raw"), _codec_mutate("raw"), lambda: M.chunk_seeds("raw"), False),
         Harness("codec_bytesplit", codec_one_input("bytesplit"), _codec_mutate("bytesplit"),
                 lambda: M.chunk_seeds("bytesplit"), False),
