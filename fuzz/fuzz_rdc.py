@@ -3,8 +3,9 @@
     python fuzz/fuzz_rdc.py HARNESS [libFuzzer flags...] [CORPUS_DIR...]
     python fuzz/fuzz_rdc.py --list
 
-HARNESS is one of load_bytes, load_stream, by_name, codec_raw, codec_bytesplit, ans_decode,
-table_from_bytes, or codec_<id> for any other registered codec. Without a corpus directory the
+HARNESS is one of load_bytes, load_stream, by_name, meta, small, adapters, codec_raw,
+codec_bytesplit, codec_sq, codec_dq, codec_surp, ans_decode, table_from_bytes, or codec_<id> for any
+other registered codec. Without a corpus directory the
 harness uses a fresh one under $RDC_FUZZ_WORK (default /tmp/rdc-fuzz/HARNESS), seeded from the
 conformance vectors in spec/vectors/. Typical flags: -max_total_time=600 -timeout=1 -max_len=65536
 -rss_limit_mb=2048 -print_final_stats=1. See fuzz/README.md.
