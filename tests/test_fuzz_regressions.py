@@ -52,3 +52,28 @@ def test_moderately_nested_restored_entry_still_works(tmp_path):
     torch_adapter.decompress_file(src, tmp_path / "out.pt")
     sd = torch_adapter.torch.load(tmp_path / "out.pt", weights_only=True)
     assert sd["e"] == nested(64)
+
+
+@pytest.mark.parametrize("relative", [[10 ** 400], [-(10 ** 400)], [0], [-1.0], ["1"], [True]])
+def test_recorded_sensitivity_out_of_float_range_is_ignored(tmp_path, relative):
+    """Found by review for the `adapters` harness (which runs `rdc info`'s summary): a recorded
+    sensitivity value beyond float range (a 400-digit JSON integer) made `rdc info` fail with an
+    internal OverflowError; an implausible value now means "no sensitivity shown"."""
+    from rdformat.cli import summary
+
+    path = tmp_path / "s.rdc"
+    with rdformat.Writer(path, metadata={"rdformat": {"source_format": "npz", "adapter_version": 1,
+                                                      "sensitivity": {"index": [0], "relative": relative}}}) as w:
+        w.add("w", np.zeros(3, np.float32))
+    rows = summary.tensor_summary(path)["tensors"]
+    assert rows[0]["sensitivity"] is None
+
+
+def test_recorded_sensitivity_plausible_value_is_shown(tmp_path):
+    from rdformat.cli import summary
+
+    path = tmp_path / "s.rdc"
+    with rdformat.Writer(path, metadata={"rdformat": {"source_format": "npz", "adapter_version": 1,
+                                                      "sensitivity": {"index": [0], "relative": [2]}}}) as w:
+        w.add("w", np.zeros(3, np.float32))
+    assert summary.tensor_summary(path)["tensors"][0]["sensitivity"] == 2.0
