@@ -161,13 +161,15 @@ def rdc_bytes(items: Iterable[tuple[str, np.ndarray]], **kwargs: Any) -> bytes:
     return buf.getvalue()
 
 
-def open_rdc(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *, budget: int | None = None):
-    """Open an .rdc container from a path, bytes, or a binary stream (``budget``: see ``rdformat.open``)."""
+def open_rdc(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, *, budget: int | None = None,
+             limits: api.Limits | None = None) -> api.RdcReader:
+    """Open an .rdc container from a path, bytes, or a binary stream (``budget``, ``limits``: see
+    ``rdformat.open``; the reader's default limits when None)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     elif isinstance(source, os.PathLike):
         source = os.fspath(source)
-    return api.open(source, budget=budget)
+    return api.open(source, budget=budget, limits=limits)
 
 
 def writable(array: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from .adapters import FORMATS, Progress, detect_format, format_from_suffix, refuse_input_as_output, require
+from .api import Limits
 from .errors import InvalidInputError
 
 #: Output suffixes :func:`decompress_file` understands.
@@ -60,17 +61,19 @@ def output_format(dst: str | os.PathLike) -> str:
 
 
 def decompress_file(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None,
-                    progress: Progress | None = None, budget: int | None = None, **options: Any) -> str:
+                    progress: Progress | None = None, budget: int | None = None, limits: Limits | None = None,
+                    **options: Any) -> str:
     """Restore an .rdc container into a framework file chosen by ``dst``'s suffix; returns the format.
 
     ``budget``: read at most about that many bytes, progressive tensors decoded from a prefix of their
-    streams (a coarser model; see ``rdformat.open``). ``options`` go to the adapter (e.g. ONNX's
+    streams (a coarser model; see ``rdformat.open``). ``limits``: the reader limits (decompression bombs;
+    the defaults when None). ``options`` go to the adapter (e.g. ONNX's
     ``external_data``).
     """
     fmt = fmt or output_format(dst)
     if isinstance(src, (str, os.PathLike)):
         refuse_input_as_output(dst, [src], what="decompress")
-    adapter_for(fmt).decompress_file(src, dst, progress=progress, budget=budget, **options)
+    adapter_for(fmt).decompress_file(src, dst, progress=progress, budget=budget, limits=limits, **options)
     return fmt
 
 

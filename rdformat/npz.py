@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .api import Limits
 from .adapters import (FormatError, InvalidInputError, Progress, UnsafeInputError, _progress, atomic_output,
                        check_shape, is_structural_dtype, make_metadata, open_rdc, write_rdc)
 from .format.dtypes import numpy_dtype
@@ -196,9 +197,11 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *, 
 
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *, progress: Progress | None = None,
-                    budget: int | None = None) -> None:
-    """Restore an .rdc container as an ``.npz`` archive (aliases as separate copies)."""
-    with open_rdc(src, budget=budget) as f:
+                    budget: int | None = None, limits: Limits | None = None) -> None:
+    """Restore an .rdc container as an ``.npz`` archive (aliases as separate copies; ``budget``, ``limits``:
+    see ``rdformat.open``)."""
+    with open_rdc(src, budget=budget, limits=limits) as f:
+        f.metadata  # noqa: B018 - .npz keeps none, but a whole read checks it (as rdc verify and load do)
         names = f.keys()
         items = _progress(progress)(((n, f.get_tensor(n)) for n in names), total=len(names), desc="decompress")
         write_npz(dst, items)

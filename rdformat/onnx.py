@@ -51,6 +51,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from .adapters import (FormatError, Progress, adapter_info, atomic_output, check_shape, make_metadata, no_progress,
                        open_rdc, open_regular, path_inside, rdc_bytes, refuse_input_as_output, same_file, write_rdc)
+from .api import Limits
 from .errors import CorruptDataError, InvalidInputError, LimitExceededError
 from .format.atomic import AtomicFile, fresh_name
 from .format.dtypes import numpy_dtype
@@ -553,15 +554,17 @@ def _fill_inline(f, model: ModelProto, progress: Progress | None = None) -> Mode
     return model
 
 
-def load(data: bytes | bytearray | memoryview | BinaryIO) -> ModelProto:
-    """Decode .rdc bytes into an ``onnx.ModelProto`` with inline weights (models under 2 GB)."""
-    with open_rdc(data) as f:
+def load(data: bytes | bytearray | memoryview | BinaryIO, *, limits: Limits | None = None) -> ModelProto:
+    """Decode .rdc bytes into an ``onnx.ModelProto`` with inline weights (models under 2 GB; ``limits``:
+    reader limits)."""
+    with open_rdc(data, limits=limits) as f:
         return _fill_inline(f, _parse_graph(f))
 
 
-def load_file(path: str | os.PathLike) -> ModelProto:
-    """Read an .rdc file into an ``onnx.ModelProto`` with inline weights (models under 2 GB)."""
-    with open_rdc(path) as f:
+def load_file(path: str | os.PathLike, *, limits: Limits | None = None) -> ModelProto:
+    """Read an .rdc file into an ``onnx.ModelProto`` with inline weights (models under 2 GB; ``limits``:
+    reader limits)."""
+    with open_rdc(path, limits=limits) as f:
         return _fill_inline(f, _parse_graph(f))
 
 
@@ -634,8 +637,9 @@ def _remove_old_sidecars(dst: Path, keep: str | None, src: Any) -> None:
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
                     external_data: bool | None = None, progress: Progress | None = None,
-                    external_min_bytes: int = EXTERNAL_MIN_BYTES, budget: int | None = None) -> None:
-    """Restore an .rdc container as an ``.onnx`` model (``budget``: see ``rdformat.open``).
+                    external_min_bytes: int = EXTERNAL_MIN_BYTES, budget: int | None = None,
+                    limits: Limits | None = None) -> None:
+    """Restore an .rdc container as an ``.onnx`` model (``budget``, ``limits``: see ``rdformat.open``).
 
     ``external_data``: True writes main-graph weights of ``external_min_bytes`` or more into
     ``<dst>.data`` (tensor by tensor, for models over 2 GB); False keeps everything inline; None (default)
@@ -652,7 +656,7 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
     if isinstance(src, (str, os.PathLike)):
         refuse_input_as_output(dst, [src], what="decompress")
         refuse_input_as_output(dst.with_name(dst.name + ".data"), [src], what="decompress: external data file")
-    with open_rdc(src, budget=budget) as f:
+    with open_rdc(src, budget=budget, limits=limits) as f:
         model = _parse_graph(f)
         refs = _refs(model)
         total = 0

@@ -37,6 +37,7 @@ import numpy as np
 from .adapters import (FormatError, Progress, adapter_info, atomic_output, is_structural_dtype,
                        make_metadata, no_progress, open_rdc, open_regular, plain_file_name,
                        rdc_bytes, refuse_input_as_output, same_file, write_rdc)
+from .api import Limits
 from .errors import CorruptDataError, InvalidInputError, UnsafeInputError
 from .format.atomic import AtomicFile, fresh_name
 
@@ -83,15 +84,15 @@ def save_file(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray
     write_rdc(path, items, metadata=meta, structural=structural, codec=codec, lossy=lossy)
 
 
-def load(data: bytes | bytearray | memoryview | BinaryIO) -> dict[str, np.ndarray]:
-    """Decode .rdc bytes into numpy arrays (aliases as extra keys)."""
-    with open_rdc(data) as f:
+def load(data: bytes | bytearray | memoryview | BinaryIO, *, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Decode .rdc bytes into numpy arrays (aliases as extra keys; ``limits``: reader limits)."""
+    with open_rdc(data, limits=limits) as f:
         return {n: f.get_tensor(n) for n in f.keys()}
 
 
-def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read an .rdc file into numpy arrays (aliases as extra keys)."""
-    with open_rdc(path) as f:
+def load_file(path: str | os.PathLike, *, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Read an .rdc file into numpy arrays (aliases as extra keys; ``limits``: reader limits)."""
+    with open_rdc(path, limits=limits) as f:
         return {n: f.get_tensor(n) for n in f.keys()}
 
 
@@ -222,7 +223,7 @@ def _old_shards(index: Path) -> list[str]:
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
                     progress: Progress | None = None, metadata: Mapping[str, str] | None = None,
-                    budget: int | None = None) -> None:
+                    budget: int | None = None, limits: Limits | None = None) -> None:
     """Restore an .rdc container as ``.safetensors`` (or as shards + index when ``dst`` ends with ``.json``).
 
     Aliases (tied weights) are written as separate copies: safetensors has no shared tensors.
@@ -240,7 +241,7 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
     wrap = progress or no_progress
     if isinstance(src, (str, os.PathLike)):
         refuse_input_as_output(dst, [src], what="decompress")
-    with open_rdc(src, budget=budget) as f:
+    with open_rdc(src, budget=budget, limits=limits) as f:
         info = adapter_info(f.metadata)
         names = f.keys()
         specs = []

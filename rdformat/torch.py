@@ -48,6 +48,7 @@ import torch
 
 from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_metadata, no_progress,
                        open_rdc, rdc_bytes, refuse_input_as_output, writable, write_rdc)
+from .api import Limits
 from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
 from .format.dtypes import numpy_dtype
 from .torch_sensitivity import output_error, output_sensitivity  # noqa: F401  (rdformat.torch.output_sensitivity)
@@ -392,15 +393,18 @@ def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
     return out
 
 
-def load(data: bytes | bytearray | memoryview | BinaryIO) -> "OrderedDict[str, torch.Tensor]":
-    """Decode .rdc bytes (or a binary stream) into a state_dict of CPU tensors."""
-    with open_rdc(data) as f:
+def load(data: bytes | bytearray | memoryview | BinaryIO, *,
+         limits: Limits | None = None) -> "OrderedDict[str, torch.Tensor]":
+    """Decode .rdc bytes (or a binary stream) into a state_dict of CPU tensors (``limits``: reader limits)."""
+    with open_rdc(data, limits=limits) as f:
         return _restore(f)
 
 
-def load_file(path: str | os.PathLike, *, progress: Progress | None = None) -> "OrderedDict[str, torch.Tensor]":
-    """Read an .rdc file into a state_dict of CPU tensors (tied names share one tensor)."""
-    with open_rdc(path) as f:
+def load_file(path: str | os.PathLike, *, progress: Progress | None = None,
+              limits: Limits | None = None) -> "OrderedDict[str, torch.Tensor]":
+    """Read an .rdc file into a state_dict of CPU tensors (tied names share one tensor; ``limits``: reader
+    limits)."""
+    with open_rdc(path, limits=limits) as f:
         return _restore(f, progress)
 
 
@@ -534,13 +538,13 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *, 
 
 
 def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
-                    progress: Progress | None = None, budget: int | None = None) -> None:
+                    progress: Progress | None = None, budget: int | None = None, limits: Limits | None = None) -> None:
     """Restore an .rdc container (from any source format) as a ``.pt`` state_dict checkpoint
-    (``budget``: see ``rdformat.open``)."""
+    (``budget``, ``limits``: see ``rdformat.open``)."""
     source = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src
     if isinstance(src, (str, os.PathLike)):
         refuse_input_as_output(dst, [src], what="decompress")
-    with open_rdc(source, budget=budget) as f:
+    with open_rdc(source, budget=budget, limits=limits) as f:
         state_dict = _restore(f, progress)
     write_checkpoint(state_dict, dst)
 

@@ -82,10 +82,10 @@ def pytest_sessionstart(session):  # noqa: ANN001 - pytest hook
 
     real = ans_numpy.decode_lockstep
 
-    def counting(blocks):  # noqa: ANN001
+    def counting(blocks, **options):  # noqa: ANN001
         global _numpy_decodes
         _numpy_decodes += len(blocks)
-        return real(blocks)
+        return real(blocks, **options)
 
     ans_numpy.decode_lockstep = counting
 

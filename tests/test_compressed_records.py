@@ -207,8 +207,12 @@ def test_corrupt_zlib_streams_are_corrupt_data(stream, size, match):
 
 
 def test_decompressed_metadata_must_be_a_json_object():
+    """The JSON text is parsed on first use of .metadata (issue 15: lazy metadata) and by every whole read."""
+    data = _with_zmeta(6, zlib.compress(b"[1, 2]"))
     with pytest.raises(CorruptDataError, match="JSON"):
-        rdformat.open(_with_zmeta(6, zlib.compress(b"[1, 2]")))
+        rdformat.open(data).metadata
+    with pytest.raises(CorruptDataError, match="JSON"):
+        rdformat.load(data)
 
 
 def test_compressed_record_after_a_tensor_is_refused():

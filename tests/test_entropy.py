@@ -195,6 +195,44 @@ def test_numpy_scalar_and_lockstep_paths_agree(tv):
     assert results[0] == results[1]
 
 
+def test_search_path_matches_expanded_tables_on_mixed_batches():
+    """Tables whose symbols do not justify 2**Q slots are searched (issue 15: a file of tiny chunks cost
+    64 KiB per table); the search decodes the same symbols, and the same first failing block, on every
+    backend, for batches mixing both kinds of table, precisions 1-16 and lockstep and scalar lanes."""
+    rng = np.random.default_rng(15)
+    items, want = [], []
+    for i in range(120):
+        m = int(rng.integers(2, 300))
+        precision = int(rng.integers(max(1, int(np.ceil(np.log2(m)))), 17))
+        table = FrequencyTable.from_counts(np.arange(m) * 5 + i % 3, rng.integers(1, 500, m) ** 2,
+                                           precision=precision)
+        n = int(rng.integers(1, 4000)) if i % 4 else int(rng.integers(20000, 60000))
+        values = rng.choice(table.symbols, size=n, p=table.freqs / table.freqs.sum())
+        items.append((encode(values, table, lanes=int(rng.integers(1, min(n, 80) + 1)), backend="numpy"), n, table))
+        want.append(values)
+    blocks = [ans_mod._parse_block(b, n, t, np.dtype(np.uint32), i) for i, (b, n, t) in enumerate(items)]
+    worth = ans_numpy.tables_worth_expanding([b for b in blocks if isinstance(b, ans_numpy.Block)])
+    parsed = [b for b in blocks if isinstance(b, ans_numpy.Block)]
+    kind = {b.index: w for b, w in zip(parsed, worth)}
+    assert any(worth) and not all(worth) and kind[40] and not kind[41] and not kind[23]
+    for expand in (True, False):
+        got = ans_numpy.decode_lockstep(parsed, expand=expand)
+        assert all(np.array_equal(g, want[b.index]) for g, b in zip(got, parsed))
+    for be in BACKENDS:
+        got = ans_mod.decode_many(items, backend=be)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want)), be
+    for corrupt, first in (((41, 40), 40), ((23, 40), 23)):  # one block of each kind: the first is reported
+        bad = list(items)
+        for j in corrupt:
+            raw = bytearray(bad[j][0])
+            raw[-1] ^= 0x10
+            bad[j] = (bytes(raw), bad[j][1], bad[j][2])
+        for be in BACKENDS:
+            with pytest.raises(CorruptDataError) as exc:
+                ans_mod.decode_many(bad, backend=be)
+            assert exc.value.block_index == first, be
+
+
 @settings(max_examples=25, deadline=None)
 @given(table_and_values(max_n=300))
 def test_matches_scalar_reference(tv):

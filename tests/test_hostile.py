@@ -23,8 +23,10 @@ from rdformat.entropy import FrequencyTable, ans
 from rdformat.errors import (
     ChecksumError,
     CorruptDataError,
+    InvalidInputError,
     LimitExceededError,
     TruncatedError,
+    UnsupportedFeatureError,
 )
 
 from helpers import NonSeekable
@@ -346,3 +348,361 @@ def test_time_is_linear_in_chunks():
     t_small = _best_time(lambda: rdformat.load(small))
     t_big = _best_time(lambda: rdformat.load(big))
     assert t_big < 24 * t_small + 0.05, (t_small, t_big)
+
+
+# ------------------------------------------------------------------------------------------------
+# decompression bombs: total-output and compression-ratio limits (issue 15, item 5)
+
+
+def zeros_file(tensors: int, numel: int, chunk_elements: int) -> bytes:
+    """float32 tensors of zeros in bytesplit chunks of 8 bytes each, whatever their element count
+    (four single-symbol byte planes): the shape of a decompression bomb, valid at any size."""
+    recs = []
+    count = -(-numel // chunk_elements)
+    for t in range(tensors):
+        recs.append(tensor(f"z{t}", 12, [numel], chunk_elements, count, "bytesplit", '{"transform":"none"}'))
+        recs += [raw_chunk(i, b"\x01\x00" * 4) for i in range(count)]
+    return G.assemble(recs)
+
+
+def limited_modes(data: bytes, limits: rdformat.Limits):
+    """:func:`modes` with reader limits."""
+
+    def by_name():
+        with rdformat.open(io.BytesIO(data), limits=limits) as f:
+            return {n: f.get_tensor(n) for n in f.keys()}
+
+    return {"bytes": lambda: rdformat.load(data, limits=limits),
+            "stream": lambda: rdformat.load(NonSeekable(data), limits=limits), "by_name": by_name}
+
+
+def test_bomb_shaped_file_is_valid_when_small():
+    out = rdformat.load(zeros_file(2, 1000, 300))
+    assert list(out) == ["z0", "z1"] and out["z1"].shape == (1000,) and out["z1"].dtype == np.float32
+    assert not out["z0"].any() and not out["z1"].any()
+
+
+def test_few_hundred_bytes_declaring_a_gib_fail_before_allocating():
+    """336 bytes declaring 1 GiB decoded (the issue's 341-byte bomb): every path refuses it from the
+    headers, naming the tensor, the limit and how to raise it; nothing large is allocated."""
+    data = zeros_file(1, 1 << 28, 1 << 26)
+    assert len(data) < 400
+    for mode, fn in modes(data).items():
+        peak, err = peak_traced(fn)
+        assert isinstance(err, LimitExceededError), (mode, err)
+        assert err.tensor == "z0" and err.offset is not None, (mode, err)
+        assert "1024x" in str(err) and "Limits.max_ratio" in str(err) and "--max-ratio" in str(err), str(err)
+        assert peak < 1 << 20, (mode, peak)
+
+
+def test_output_limit_counts_the_whole_read():
+    data = zeros_file(6, 1 << 18, 1 << 16)  # six tensors of 1 MiB each, about 1.6 KB of file
+    for mode, fn in limited_modes(data, rdformat.Limits(max_output_bytes=5 << 20)).items():
+        with pytest.raises(LimitExceededError, match="--max-output") as exc:
+            fn()
+        assert exc.value.tensor == "z5", mode
+    for mode, fn in limited_modes(data, rdformat.Limits(max_output_bytes=6 << 20)).items():
+        assert len(fn()) == 6, mode
+    with rdformat.open(data, limits=rdformat.Limits(max_output_bytes=1 << 20)) as f:
+        for _ in range(10):  # by name, reading one tensor again costs nothing more
+            assert f.get_tensor("z1").nbytes == 1 << 20
+        with pytest.raises(LimitExceededError):
+            f.get_tensor("z2")
+
+
+def test_ratio_limit_has_a_floor_and_counts_the_whole_read():
+    data = zeros_file(6, 1 << 18, 1 << 16)
+    assert 1024 * len(data) < 2 << 20
+    for mode, fn in limited_modes(data, rdformat.Limits(ratio_floor_bytes=2 << 20)).items():
+        with pytest.raises(LimitExceededError, match="ratio") as exc:
+            fn()
+        assert exc.value.tensor == "z2", mode  # z0 and z1 fill the 2 MiB floor exactly
+    for mode, fn in limited_modes(data, rdformat.Limits(ratio_floor_bytes=6 << 20)).items():
+        assert len(fn()) == 6, mode
+    for mode, fn in limited_modes(data, rdformat.Limits(max_ratio=None, max_output_bytes=None,
+                                                         ratio_floor_bytes=0)).items():
+        assert len(fn()) == 6, mode
+
+
+def test_default_floor_lets_small_legitimate_files_load():
+    """An all-zero tensor compresses far beyond 1024x (the floor admits it); a 99%-sparse SuRP tensor
+    about 256x (under the ratio)."""
+    rng = np.random.default_rng(0)
+    for tensors, kwargs, ratio in (({"zeros": np.zeros((1024, 1024), np.float32)}, {}, 1024),
+                                   ({"s": rng.laplace(0, 1, (512, 512)).astype(np.float32)}, {"sparsity": 0.99}, 100)):
+        buf = io.BytesIO()
+        rdformat.save(tensors, buf, **kwargs)
+        data = buf.getvalue()
+        name, array = next(iter(tensors.items()))
+        assert array.nbytes > ratio * len(data)
+        for mode, fn in modes(data).items():
+            out = fn()[name]
+            assert out.shape == array.shape and np.mean(out == 0) > 0.98, mode
+
+
+def test_stream_memory_follows_the_bytes_read():
+    """On a stream the output of a tensor grows with the chunks that arrive and are charged: a 256 MiB
+    tensor of tiny chunks fails after a few of them, with the memory of those few."""
+    data = zeros_file(1, 1 << 26, 1 << 16)  # 1024 chunks of 256 KiB decoded, 37 bytes stored each
+    limits = rdformat.Limits(ratio_floor_bytes=1 << 20)
+    peak, err = peak_traced(lambda: rdformat.load(NonSeekable(data), limits=limits))
+    assert isinstance(err, LimitExceededError) and err.record == "chunk", err
+    assert peak < 4 << 20, peak
+    # a legitimate stream whose output the bytes read so far justify only gradually still loads
+    w = np.arange(1 << 21, dtype=np.float32)  # 8 MiB, raw: 1 stored byte per decoded byte
+    raw = G.assemble([tensor("w", 12, [w.size], 1 << 18, 8)]
+                     + [raw_chunk(i, w[i << 18:(i + 1) << 18].tobytes()) for i in range(8)])
+    got = rdformat.load(NonSeekable(raw, max_read=1 << 16), limits=rdformat.Limits(max_ratio=2, ratio_floor_bytes=1 << 20))
+    assert got["w"].tobytes() == w.tobytes()
+
+
+def test_limits_are_validated():
+    for bad in ({"max_output_bytes": -1}, {"max_ratio": 0}, {"max_ratio": float("inf")}, {"ratio_floor_bytes": None},
+                {"max_tensor_bytes": 1.5}):
+        with pytest.raises(InvalidInputError):
+            rdformat.Limits(**bad)
+
+
+def _cli(*args) -> tuple[int, str]:
+    """Run ``rdc`` in-process; (exit code, stderr)."""
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from rdformat.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        code = main([str(a) for a in args])
+    return code, err.getvalue()
+
+
+def test_rdc_verify_and_decompress_refuse_a_3kb_file_claiming_10gib(tmp_path):
+    """`rdc verify` used to decode 10 GiB from 3 KB; now it fails from the headers, in little memory."""
+    data = zeros_file(20, 1 << 27, 1 << 26)  # 20 tensors of 512 MiB
+    assert len(data) < 4096
+    path = tmp_path / "bomb.rdc"
+    path.write_bytes(data)
+    for args in (("verify", path), ("decompress", path, tmp_path / "out.npz")):
+        peak, res = 0, None
+        tracemalloc.start()
+        try:
+            res = _cli(*args)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        code, err = res
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "--max-ratio" in err, err
+        assert "'z0'" in err and peak < 4 << 20, (err, peak)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_rdc_limit_flags(tmp_path):
+    path = tmp_path / "z.rdc"
+    path.write_bytes(zeros_file(6, 1 << 18, 1 << 16))  # 6 MiB decoded
+    code, err = _cli("verify", path, "--max-output", "5MiB")
+    assert code == 1 and "--max-output" in err and "'z5'" in err, err
+    assert _cli("verify", path, "--max-output", "6MiB") == (0, "")
+    code, err = _cli("decompress", path, tmp_path / "o.npz", "--max-output", "5M")
+    assert code == 1 and "--max-output" in err and not (tmp_path / "o.npz").exists()
+    assert _cli("decompress", path, tmp_path / "o.npz", "--max-output", "none", "--max-ratio", "2")[0] == 0
+    from rdformat.cli.commands import _limits_from_args, build_parser
+
+    args = build_parser().parse_args(["verify", "f", "--max-output", "8G", "--max-ratio", "0"])
+    assert _limits_from_args(args) == rdformat.Limits(max_output_bytes=8 * 10 ** 9, max_ratio=None)
+    args = build_parser().parse_args(["decompress", "f", "o.npz", "--max-output", "off", "--max-ratio", "16"])
+    assert _limits_from_args(args) == rdformat.Limits(max_output_bytes=None, max_ratio=16.0)
+    assert _limits_from_args(build_parser().parse_args(["verify", "f"])) is None
+    with pytest.raises(SystemExit) as exc:  # a usage error
+        _cli("verify", path, "--max-ratio", "-1")
+    assert exc.value.code == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# every read path applies the same rules (issue 15, item 8)
+
+
+def _with_index(good: bytes, edit) -> bytes:
+    """``good`` with its INDEX entries replaced by ``edit(entries)`` (END rebuilt to match)."""
+    recs = G.records(good)
+    entries = [(e.kind, e.name, e.offset, e.length) for e in C.parse_index(recs[-2][2], 0, None)]
+    body = good[: len(good) - C.END_RECORD_SIZE - len(recs[-2][2]) - C.RECORD_OVERHEAD]
+    out = bytearray(body)
+    out += C.frame(C.REC_INDEX, C.index_payload(edit(entries)))
+    out += C.frame(C.REC_END, C.end_payload(len(body), len(out) + C.END_RECORD_SIZE))
+    return bytes(out)
+
+
+X_RECS = [tensor("x", 2, [3], 3, 1), raw_chunk(0, b"abc")]
+
+
+def _every_path_raises(tmp_path: Path, data: bytes, cls: type) -> None:
+    """load (bytes, stream), open().get_tensor by name, rdc verify and rdc decompress all refuse ``data``."""
+    assert_all_raise(data, cls)
+    path = tmp_path / "f.rdc"
+    path.write_bytes(data)
+    code, err = _cli("verify", path)
+    assert code == 1 and err.count("\n") == 1, err
+    code, err = _cli("decompress", path, tmp_path / "o.npz")
+    assert code == 1 and err.count("\n") == 1 and not (tmp_path / "o.npz").exists(), err
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_index_omitting_a_tensor_is_refused_on_every_path(tmp_path, where):
+    """By name, a tensor the index left out was invisible: decompress dropped it while verify refused."""
+    y_recs = [tensor("y", 2, [2], 2, 1), raw_chunk(0, b"yz")]
+    good = G.assemble([META] + W_RECS + X_RECS + y_recs)
+    drop = {"first": "w", "middle": "x", "last": "y"}[where]
+    bad = _with_index(good, lambda es: [e for e in es if e[1] != drop])
+    _every_path_raises(tmp_path, bad, CorruptDataError)
+
+
+def test_unknown_required_record_in_the_body_is_refused_on_every_path(tmp_path):
+    """An unknown REQUIRED record between tensors (not in the index) was skipped by name."""
+    data = G.assemble(W_RECS + [[99, C.FLAG_REQUIRED, b"future"]] + X_RECS)
+    _every_path_raises(tmp_path, data, UnsupportedFeatureError)
+    # an unknown optional record there is skipped by every path alike
+    data = G.assemble(W_RECS + [[99, 0, b"future"]] + X_RECS)
+    for mode, fn in modes(data).items():
+        assert list(fn()) == ["w", "x"], mode
+    path = tmp_path / "ok.rdc"
+    path.write_bytes(data)
+    assert _cli("verify", path)[0] == 0
+
+
+def test_unlisted_record_overlapping_a_listed_one_is_refused():
+    """The gap before a listed record must hold whole records: one running into it is corrupt."""
+    good = G.assemble(W_RECS + [[99, 0, b"future"]] + X_RECS)
+    recs = G.records(good)
+    # grow the unknown record by 3 bytes, eating into x's TENSOR record
+    at = len(C.file_header()) + sum(len(r[2]) + C.RECORD_OVERHEAD for r in recs[:2])
+    forged = bytearray(good)
+    forged[at:at + 16] = C.record_head(99, len(b"future") + 3)  # an unknown record's payload CRC is not read
+    with pytest.raises(CorruptDataError, match="overlaps"):
+        rdformat.open(io.BytesIO(bytes(forged))).keys()
+
+
+# ------------------------------------------------------------------------------------------------
+# metadata is parsed lazily (issue 15, item 9)
+
+
+def test_large_metadata_is_parsed_only_when_used(monkeypatch):
+    """A large META made get_tensor on a 4-byte tensor parse all of it (seconds, GBs); now reading a tensor
+    by name never parses it, and .metadata parses it once."""
+    meta = {f"k{i}": [i, {"x": i}] for i in range(100_000)}  # ~2.4 MB of JSON, ~10x that as objects
+    buf = io.BytesIO()
+    with rdformat.Writer(buf, metadata=meta, compress_records=False) as w:
+        w.add("t", np.ones(1, np.float32))
+    data = buf.getvalue()
+    parses = []
+    real = C.parse_json_object
+
+    def counting(text, what, *a, **k):
+        if what.startswith("metadata"):
+            parses.append(len(text))
+        return real(text, what, *a, **k)
+
+    monkeypatch.setattr(C, "parse_json_object", counting)
+    with rdformat.open(io.BytesIO(data)) as f:
+        peak, err = peak_traced(lambda: f.get_tensor("t"))
+        assert err is None and peak < 1 << 20 and parses == []
+        assert f.metadata == meta and f.metadata == meta and len(parses) == 1
+    peak, err = peak_traced(lambda: rdformat.open(io.BytesIO(data)).get_tensor("t"))
+    assert err is None and peak < 2 * len(data) + (1 << 20) and len(parses) == 1  # the text's bytes, no objects
+    rdformat.load(data)  # a whole read checks the metadata too
+    assert len(parses) == 2
+    with pytest.raises(LimitExceededError):  # and the cap still applies to the stored text
+        rdformat.open(data, limits=rdformat.Limits(max_meta_bytes=len(data) // 2))
+
+
+def test_invalid_metadata_is_refused_by_whole_reads_and_by_metadata_access(tmp_path):
+    for text in (b'{"a": ', b"[1]", b"[" * 100_000 + b"]" * 100_000):
+        data = G.assemble([[C.REC_META, 0, text]] + W_RECS)
+        with rdformat.open(io.BytesIO(data)) as f:
+            assert f.get_tensor("w").tobytes() == W.tobytes()  # by name: the metadata is not needed
+            with pytest.raises(CorruptDataError):
+                f.metadata
+        for load in (lambda: rdformat.load(data), lambda: rdformat.load(NonSeekable(data))):
+            with pytest.raises(CorruptDataError):
+                load()
+        path = tmp_path / "m.rdc"
+        path.write_bytes(data)
+        assert _cli("verify", path)[0] == 1
+        assert _cli("decompress", path, tmp_path / "o.npz")[0] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# numpy ANS decoder: memory linear in the file and output sizes (issue 15, item 6)
+
+
+def _tiny_chunks_file(chunks: int, count: int = 16) -> tuple[bytes, np.ndarray]:
+    """A uint8 tensor of ``chunks`` bytesplit chunks of ``count`` elements, each an ANS plane with its own
+    16-bit-precision table (as a file of tiny tensors or chunks has)."""
+    table = FrequencyTable(16, [0, 1], [40000, 25536])
+    values = (np.arange(count) % 3 == 0).astype(np.uint8)
+    block = ans.encode(values, table, lanes=1)
+    data = bytes([2]) + table.to_bytes() + len(block).to_bytes(8, "little") + block  # PLANE_ANS
+    recs = [tensor("t", 2, [chunks * count], count, chunks, "bytesplit", '{"transform":"none"}')]
+    recs += [raw_chunk(i, data) for i in range(chunks)]
+    return G.assemble(recs), np.tile(values, chunks)
+
+
+def test_many_tiny_tables_cost_memory_linear_in_the_file():
+    """Every table was expanded to 2**16 slots: 64 KiB per tiny chunk (a 1.1 MB file took 2.7 GB)."""
+    data, want = _tiny_chunks_file(100)
+    assert len(data) < 8 << 10
+    with ans.use_backend("numpy"):
+        for mode in ("bytes", "by_name"):
+            peak, err = peak_traced(modes(data)[mode])
+            assert err is None, err
+            assert peak < 64 * len(data) + (1 << 20), (mode, peak)  # was 13.5 MB (100 x 2 x 64 KiB)
+        assert rdformat.load(data)["t"].tobytes() == want.tobytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON nesting: one fixed bound for every path (issue 15, item 8)
+
+
+def test_json_nesting_bound_is_the_same_on_every_path(tmp_path):
+    """Python's parser fails at the recursion limit counted from the caller's stack depth, so a deep text
+    could parse by one path (rdc verify) and not by another (rdc decompress): now 512 levels, fixed."""
+    for depth, ok in ((C.MAX_JSON_DEPTH, True), (C.MAX_JSON_DEPTH + 1, False)):
+        text = b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+        data = G.assemble([[C.REC_META, 0, text]] + W_RECS)
+        path = tmp_path / "d.rdc"
+        path.write_bytes(data)
+        if ok:
+            inner, levels = rdformat.open(data).metadata["a"], 1
+            while inner:
+                inner, levels = inner[0], levels + 1
+            assert inner == [] and levels == depth - 1
+            assert _cli("verify", path)[0] == 0 and _cli("decompress", path, tmp_path / "o.npz")[0] == 0
+        else:
+            with pytest.raises(CorruptDataError, match="nests deeper than 512"):
+                rdformat.open(data).metadata
+            assert_all_raise(data, CorruptDataError, only=("bytes", "stream"))  # by name: metadata unused
+            assert _cli("verify", path)[0] == 1 and _cli("decompress", path, tmp_path / "o2.npz")[0] == 1
+
+
+def test_json_depth_scan_ignores_brackets_in_strings():
+    import json
+
+    rng = np.random.default_rng(8)
+    pieces = ["[", "]", "{", "}", '"', "\\", "a"]
+
+    def value(level: int):
+        r = rng.random()
+        if level > 9 or r < 0.3:
+            return "".join(rng.choice(pieces, int(rng.integers(0, 6))))
+        if r < 0.65:
+            return [value(level + 1) for _ in range(int(rng.integers(0, 4)))]
+        return {"".join(rng.choice(pieces, 3)) + str(i): value(level + 1) for i in range(int(rng.integers(0, 4)))}
+
+    def depth(v) -> int:
+        inner = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        return 0 if inner is None else 1 + max(map(depth, inner), default=0)
+
+    for trial in range(300):
+        v = {"r": value(1)}
+        text, d = json.dumps(v).encode(), depth(v)
+        assert not C.json_depth_exceeds(text, d) and (d == 0 or C.json_depth_exceeds(text, d - 1)), text
+    slow = b"[" * 600 + b'"' + b'\\"' * 200_000  # escaped quotes only: linear, whatever the text holds
+    assert C.json_depth_exceeds(slow, 512)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import adapters, convert
+from ..api import Limits
 from ..errors import CommandLineError, InvalidInputError, RdcError, UnsupportedFeatureError
 from .demo import cmd_demo
 from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, Out
@@ -173,7 +174,8 @@ def cmd_decompress(args: argparse.Namespace, out: Out) -> int:
     elif args.external_data != "auto":
         raise adapters.FormatError("--external-data applies to .onnx outputs only")
     # --max-bytes: progressive (SuRP) tensors decode from a prefix of their streams (a coarser model).
-    convert.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes, **options)
+    convert.decompress_file(src, dst, fmt=fmt, progress=out.progress, budget=args.max_bytes,
+                            limits=_limits_from_args(args), **options)
     out.say(f"{src} -> {dst} ({fmt}): {output_bytes(dst, fmt):,} bytes")
     return EXIT_OK
 
@@ -225,10 +227,11 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     path = args.file
-    with adapters.open_rdc(path) as f:  # the index: what the file claims to hold
+    limits = _limits_from_args(args)
+    with adapters.open_rdc(path, limits=limits) as f:  # the index: what the file claims to hold
         names = f.keys()
         aliases = dict(f.aliases)
-    with adapters.open_rdc(path) as f:  # a fresh pass over every record, in file order
+    with adapters.open_rdc(path, limits=limits) as f:  # a fresh pass over every record, in file order
         count = nbytes = 0
         seen = set()
         for name, array in out.progress(iter(f), total=len(names), desc="verify"):
@@ -283,6 +286,43 @@ def _byte_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
     return int(value)
+
+
+_NO_LIMIT = ("0", "none", "off")
+
+
+def _size_or_none(text: str) -> int | str:
+    """A byte size (``8G``, ``512MiB``...), or ``"none"`` for 0/none/off (no limit)."""
+    return "none" if text.strip().lower() in _NO_LIMIT else _byte_size(text)
+
+
+def _ratio_or_none(text: str) -> float | str:
+    """A positive ratio, or ``"none"`` for 0/none/off (no limit)."""
+    return "none" if text.strip().lower() in _NO_LIMIT else _positive_float(text)
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """The reader-limit options of every command that decodes tensors (decompression bombs)."""
+    d = Limits()
+    group = p.add_argument_group(
+        "reader limits", "a hostile file cannot make a read decode more than these (the error names the option "
+        "to raise for a trusted file)")
+    group.add_argument("--max-output", type=_size_or_none, default=None, metavar="SIZE",
+                       help=f"total decoded bytes of the read (default {d.max_output_bytes >> 30}GiB; k/M/G/KiB/MiB/"
+                            "GiB suffixes; 0 or none: no limit)")
+    group.add_argument("--max-ratio", type=_ratio_or_none, default=None, metavar="R",
+                       help=f"decoded bytes per stored byte of the file (default {d.max_ratio:g}; any file may decode "
+                            f"to {d.ratio_floor_bytes >> 20} MiB whatever its size; 0 or none: no limit)")
+
+
+def _limits_from_args(args: argparse.Namespace) -> Limits | None:
+    """The reader limits --max-output / --max-ratio ask for (None: the defaults)."""
+    changes: dict[str, Any] = {}
+    if args.max_output is not None:
+        changes["max_output_bytes"] = None if args.max_output == "none" else args.max_output
+    if args.max_ratio is not None:
+        changes["max_ratio"] = None if args.max_ratio == "none" else args.max_ratio
+    return Limits(**changes) if changes else None
 
 
 def _command(sub: Any, common: argparse.ArgumentParser, name: str, summary: str, description: str,
@@ -367,15 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=_byte_size, default=None, metavar="N",
                    help="read budget: progressive (SuRP) tensors decode from a prefix of their streams, "
                         "the budget shared in proportion to their sizes (a sparser, coarser model)")
+    _add_limit_options(p)
 
     p = _command(sub, common, "info", "list the tensors of an .rdc file",
                  "Show tensors, dtypes, shapes, codecs, sizes and compression ratios.", cmd_info,
                  ("file", "FILE", "the .rdc file"))
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
-    _command(sub, common, "verify", "decode everything and check all checksums",
-             "Decode every tensor and check every checksum. Exit code 0 when the file is intact, 1 otherwise.",
-             cmd_verify, ("file", "FILE", "the .rdc file"))
+    p = _command(sub, common, "verify", "decode everything and check all checksums",
+                 "Decode every tensor and check every checksum. Exit code 0 when the file is intact, 1 otherwise.",
+                 cmd_verify, ("file", "FILE", "the .rdc file"))
+    _add_limit_options(p)
 
     p = _command(sub, common, "demo", "compress and restore a built-in model",
                  "Compress a small built-in model, restore it, print the sizes and the ratio and confirm the round "

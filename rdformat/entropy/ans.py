@@ -392,9 +392,37 @@ def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: 
 
 
 def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list[np.ndarray]:
-    """Decode parsed blocks with the backend ``name`` (module ``mod``); lane errors carry ``block_index``."""
+    """Decode parsed blocks with the backend ``name`` (module ``mod``); lane errors carry ``block_index``.
+
+    Blocks whose table's ``2**Q`` slots their symbols do not justify (many tiny chunks, each with its own
+    table) go to the numpy decoder's search path whatever the backend (the numpy and numba lookups
+    expand every table), so decoding costs memory and time linear in the file and output sizes.
+    """
     if not blocks:
         return []
+    worth = _np.tables_worth_expanding(blocks)
+    if all(worth):
+        return _decode_expanded(blocks, name, mod, free)
+    groups = [([b for b, w in zip(blocks, worth) if w], lambda g: _decode_expanded(g, name, mod, free)),
+              ([b for b, w in zip(blocks, worth) if not w], lambda g: _np.decode_lockstep(g, expand=False))]
+    results: dict[int, np.ndarray] = {}
+    errors = []
+    for group, decode_group in groups:
+        if not group:
+            continue
+        try:
+            results.update(zip(map(id, group), decode_group(group)))
+        except RdcError as exc:
+            if getattr(exc, "block_index", None) is None:
+                raise
+            errors.append(exc)
+    if errors:  # the first failing block of the batch, whichever group it was in
+        raise min(errors, key=lambda e: e.block_index)  # type: ignore[attr-defined]
+    return [results[id(b)] for b in blocks]
+
+
+def _decode_expanded(blocks: list[Block], name: str, mod: Any, free: bool) -> list[np.ndarray]:
+    """:func:`_decode_parsed` for blocks whose tables are worth expanding to ``2**Q`` slots."""
     if name == "numba":
         out, err = mod.decode(blocks)
         if err is not None:

@@ -218,9 +218,40 @@ class _Tables:
         kc[:, 1] = c
         return slot_rank, kc
 
+    def search_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted search keys, ``[km, c]`` per global rank): what replaces the slot table when expanding
+        the tables would cost more than their blocks' symbols justify.
+
+        Key of global rank ``rbase[i] + r``: ``(i << 24) | c_r`` (c scaled to 24 bits); a state ``S`` of a
+        lane of table ``i`` decodes to the last key ``<= (i << 24) | (S & (2**24-1))``, so the memory is
+        linear in the tables' symbol counts (which their stored bytes bound), whatever their precision.
+        """
+        encs = [enc_arrays(t) for t in self.tabs]
+        k = np.concatenate([e[0] for e in encs])
+        keys = np.concatenate([e[1] | _U64(i << CODER_PRECISION) for i, e in enumerate(encs)])
+        kc = np.empty((k.size, 2), dtype=_U64)
+        kc[:, 0] = k - _U64(1 << CODER_PRECISION)  # wraps modulo 2**64 on purpose
+        kc[:, 1] = keys & _U64(_MASK24)
+        return keys, kc
 
 
-def decode_lockstep(blocks: list[Block]) -> list[np.ndarray]:
+#: The numpy decoder expands a table to ``2**Q`` slots (one lookup per symbol) only when its blocks in a
+#: batch decode at least ``2**Q / SLOTS_PER_SYMBOL`` symbols; other tables are searched (log m per symbol),
+#: so the memory of a batch's lookup tables stays below this many bytes per decoded symbol (a file of
+#: thousands of tiny chunks, each with its own table, used to cost 64 KiB per table).
+SLOTS_PER_SYMBOL = 8
+
+
+def tables_worth_expanding(blocks: list[Block]) -> list[bool]:
+    """Per block: whether its table's symbols in this batch justify a ``2**Q``-slot lookup table."""
+    use: dict[int, int] = {}
+    for b in blocks:
+        use[id(b.table)] = use.get(id(b.table), 0) + b.n
+    return [(1 << b.table.precision) <= SLOTS_PER_SYMBOL * use[id(b.table)] for b in blocks]
+
+
+
+def decode_lockstep(blocks: list[Block], *, expand: bool = True) -> list[np.ndarray]:
     """Decode every lane of every block at once: one numpy operation advances all active lanes by one symbol.
 
     Lanes are sorted by their symbol count (descending), so the lanes still running at step ``t`` are a
@@ -228,6 +259,7 @@ def decode_lockstep(blocks: list[Block]) -> list[np.ndarray]:
     in ``rows``, step after step (step ``t`` holds one entry per active lane). When few lanes are left
     (``<= _SCALAR_MAX_LANES``, where numpy's per-call overhead dominates) they are finished one by one in
     Python. Lanes without words (every symbol has rank 0) never change state and are not stepped at all.
+    ``expand=False`` looks symbols up by a search instead of ``2**Q``-slot tables (see :data:`SLOTS_PER_SYMBOL`).
     """
     nb = len(blocks)
     # -- per-lane arrays, in block order ---------------------------------------------------------
@@ -291,7 +323,7 @@ def decode_lockstep(blocks: list[Block]) -> list[np.ndarray]:
         offs = np.concatenate([offs, np.full(longest + 1 - offs.size, offs[-1], dtype=np.int64)])
     t_switch = int(np.searchsorted(-active, -_SCALAR_MAX_LANES, side="left")) if steps else 0
     if t_switch:
-        _lockstep_steps(tabs, lane_tab_s, flat, state, pos, lo_s, rows, offs, active, t_switch)
+        _lockstep_steps(tabs, lane_tab_s, flat, state, pos, lo_s, rows, offs, active, t_switch, expand)
     # -- stragglers: lanes still running at t_switch, one at a time in Python ---------------------
     n_left = int(active[t_switch]) if t_switch < steps else 0
     for s in range(n_left):
@@ -347,9 +379,18 @@ def decode_lockstep(blocks: list[Block]) -> list[np.ndarray]:
 
 
 def _lockstep_steps(tabs: _Tables, lane_tab: np.ndarray, flat: np.ndarray, state: np.ndarray, pos: np.ndarray,
-                    lo: np.ndarray, rows: np.ndarray, offs: np.ndarray, active: np.ndarray, t_end: int) -> None:
+                    lo: np.ndarray, rows: np.ndarray, offs: np.ndarray, active: np.ndarray, t_end: int,
+                    expand: bool = True) -> None:
     """Steps ``0..t_end-1`` of :func:`decode_lockstep` for the lanes active at each step (a prefix)."""
-    slot_rank, kc_tab = tabs.slot_rank()
+    if expand:
+        slot_rank, kc_tab = tabs.slot_rank()
+    else:
+        keys, kc_tab = tabs.search_keys()
+        slot_rank = None
+        key_base = lane_tab.astype(_U64) << _U64(CODER_PRECISION)  # each lane's table, in the key's top bits
+        lane_rbase = tabs.rbase[lane_tab]
+        mask24 = _U64(_MASK24)
+        search = keys.searchsorted
     multi = len(tabs.tabs) > 1
     base = (lane_tab << tabs.bits) if multi else None  # each table's slots
     rbase = tabs.rbase[lane_tab] if multi else None  # each table's first global rank
@@ -369,7 +410,8 @@ def _lockstep_steps(tabs: _Tables, lane_tab: np.ndarray, flat: np.ndarray, state
     rshift, lshift, mul, add, sub, less, greater, bor, copyto = (
         np.right_shift, np.left_shift, np.multiply, np.add, np.subtract, np.less, np.greater, np.bitwise_or,
         np.copyto)
-    take_r, take_kc, take_w = slot_rank.take, kc_tab.take, flat.take
+    take_r = slot_rank.take if slot_rank is not None else None
+    take_kc, take_w = kc_tab.take, flat.take
     pos_u = pos.view(_U64)
     lo_u = lo.view(_U64)
     # segments of constant active-lane count
@@ -394,8 +436,15 @@ def _lockstep_steps(tabs: _Tables, lane_tab: np.ndarray, flat: np.ndarray, state
             stop = t + 1 if check else safe
             for u in range(t, stop):
                 row = rows[offs_l[u]:offs_l[u] + A]
+                if not expand:
+                    # the last key <= (table << 24) | (S & (2**24-1)) is the symbol's global rank
+                    np.bitwise_and(st, mask24, out=h_)
+                    np.bitwise_or(h_, key_base[:A], out=h_)
+                    r_[...] = search(h_, side="right")
+                    r_ -= 1
+                    np.subtract(r_, lane_rbase[:A], out=row, casting="unsafe")
                 # the slot identifies the symbol's rank in its table
-                if sh is None and base_ is None:
+                elif sh is None and base_ is None:
                     take_r(slot16, out=row, mode="clip")
                 else:
                     if sh is None:
@@ -405,7 +454,9 @@ def _lockstep_steps(tabs: _Tables, lane_tab: np.ndarray, flat: np.ndarray, state
                         if base_ is not None:
                             add(g, base_, out=g)
                     take_r(g, out=row, mode="clip")
-                if rbase_ is None:
+                if not expand:
+                    pass  # r_ holds the global rank already
+                elif rbase_ is None:
                     copyto(r_, row)
                 else:
                     add(row, rbase_, out=r_)

@@ -10,6 +10,7 @@ import builtins
 import contextlib
 import io
 import math
+import numbers
 import os
 import threading
 import weakref
@@ -39,11 +40,23 @@ from ..errors import (
 #: instead of being allocated up front, so memory follows the data that actually arrived.
 STREAM_PREALLOC_BYTES = 64 << 20
 _MAX_INTP = np.iinfo(np.intp).max
+#: Default :attr:`Limits.max_output_bytes`: 4 GiB decoded per read (a model of 2 G float16 weights).
+DEFAULT_MAX_OUTPUT_BYTES = 4 << 30
+#: Default :attr:`Limits.max_ratio`: lossless float data compresses 1.1-1.5x, 2-bit quantization 16x,
+#: 99%-sparse SuRP about 250x; 1024x leaves room above all of them.
+DEFAULT_MAX_RATIO = 1024.0
+#: Default :attr:`Limits.ratio_floor_bytes`: 64 MiB, what any file may decode to whatever its size.
+DEFAULT_RATIO_FLOOR_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Reader-side caps, checked before anything is allocated (lower them on small devices)."""
+    """Reader-side caps, checked from headers and the index before anything is allocated.
+
+    The defaults fit a small device (a board with 1-4 GiB of memory) and every model up to a few GiB;
+    raise them (or pass ``None`` where allowed) for larger trusted files. A read is one ``load``, one
+    iteration, or all by-name reads of one open reader (each distinct tensor counted once).
+    """
 
     #: Largest decoded tensor accepted, in bytes.
     max_tensor_bytes: int = 1 << 36
@@ -51,6 +64,79 @@ class Limits:
     #: (format 1.2), the decompressed size, checked before decompressing.
     max_meta_bytes: int = C.MAX_META_BYTES
     max_graph_bytes: int = C.MAX_GRAPH_BYTES
+    #: Total decoded bytes of one read (``None``: no limit). ``rdc --max-output``.
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES
+    #: Decoded bytes per stored byte of the file (or, on a stream, of the bytes read so far) that a read
+    #: may produce beyond ``ratio_floor_bytes`` (``None``: no limit). ``rdc --max-ratio``.
+    max_ratio: float | None = DEFAULT_MAX_RATIO
+    #: Output always allowed whatever the ratio, so small legitimate files (an all-zero tensor, a very
+    #: sparse SuRP model) still load.
+    ratio_floor_bytes: int = DEFAULT_RATIO_FLOOR_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_tensor_bytes", "max_meta_bytes", "max_graph_bytes", "ratio_floor_bytes",
+                     "max_output_bytes"):
+            value = getattr(self, name)
+            if value is None and name == "max_output_bytes":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise InvalidInputError(f"Limits.{name} must be an integer >= 0, not {value!r}")
+        ratio = self.max_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
+                                  or not 0 < ratio < math.inf):
+            raise InvalidInputError(f"Limits.max_ratio must be a positive finite number or None, not {ratio!r}")
+
+    def output_allowance(self, stored_bytes: int) -> int | None:
+        """Decoded bytes a read of ``stored_bytes`` stored bytes may produce (None: unlimited)."""
+        allowed = self.max_output_bytes
+        if self.max_ratio is not None:
+            by_ratio = max(int(self.max_ratio * stored_bytes), self.ratio_floor_bytes)
+            allowed = by_ratio if allowed is None else min(allowed, by_ratio)
+        return allowed
+
+
+class _OutputMeter:
+    """Decoded bytes of one read, checked against :class:`Limits` before each allocation.
+
+    ``names``: for by-name reads, the tensors already counted (reading one again costs nothing more, so a
+    long-lived reader serving the same tensors never runs out); ``None`` for an iteration.
+    """
+
+    __slots__ = ("limits", "decoded", "names")
+
+    def __init__(self, limits: Limits, *, by_name: bool = False) -> None:
+        self.limits = limits
+        self.decoded = 0
+        self.names: set[str] | None = set() if by_name else None
+
+    def charge(self, nbytes: int, stored: int, *, known_size: bool, offset: int, record: str, tensor: str) -> None:
+        """Count ``nbytes`` more decoded bytes; LimitExceededError (nothing counted) if a limit is passed.
+
+        ``stored``: the file's size (``known_size``) or, on a stream, the bytes read so far.
+        """
+        if self.names is not None and tensor in self.names:
+            return  # read again by name: counted once
+        lim = self.limits
+        total = self.decoded + nbytes
+        if lim.max_output_bytes is not None and total > lim.max_output_bytes:
+            raise LimitExceededError(
+                f"decoding this would bring the read's output to {total} bytes, over the reader's total "
+                f"output limit of {lim.max_output_bytes} bytes (raise Limits.max_output_bytes, "
+                "rdc --max-output, if the file is trusted)",
+                offset=offset, record=record, tensor=tensor)
+        if lim.max_ratio is not None:
+            allowed = max(int(lim.max_ratio * stored), lim.ratio_floor_bytes)
+            if total > allowed:
+                what = "file" if known_size else "stream read so far"
+                raise LimitExceededError(
+                    f"decoding this would bring the read's output to {total} bytes from a {what} of {stored} "
+                    f"bytes, over the reader's compression-ratio limit ({lim.max_ratio:g}x, at least "
+                    f"{lim.ratio_floor_bytes} bytes: {allowed}); a decompression bomb? (raise Limits.max_ratio, "
+                    "rdc --max-ratio, if the file is trusted)",
+                    offset=offset, record=record, tensor=tensor)
+        self.decoded = total
+        if self.names is not None:
+            self.names.add(tensor)
 
 
 @dataclass(frozen=True)
@@ -108,7 +194,12 @@ class RdcReader:
         self._iterated = False
         self._pending: C.RecordHead | None = None
         self._leading: list[tuple[int, int, int]] = []  # (kind, offset, length) of META/GRAPH records
-        self.metadata: dict = {}
+        self._metadata: dict = {}
+        # The metadata's JSON text (checked: CRC, size, zlib) until first use: parsing a large text costs
+        # far more time and memory than its bytes, and reading one tensor by name never needs it.
+        self._meta_text: tuple[bytes, str, int] | None = None  # (text, what, offset)
+        # by-name reads of this reader form one read for the output limits (each tensor counted once)
+        self._named_meter = _OutputMeter(self.limits, by_name=True)
         self.graph: bytes | None = None
         self.graph_format: str | None = None
         try:
@@ -157,8 +248,25 @@ class RdcReader:
         return float(min(1.0, max(0.0, (budget - (size - progressive)) / progressive)))
 
     # ------------------------------------------------------------------ leading records
-    def _read_leading_records(self) -> None:
-        """Read META/GRAPH records at the start; keep the first other record head for iteration."""
+    @property
+    def metadata(self) -> dict:
+        """The file's metadata (a JSON object; ``{}`` when the file has none), parsed on first use.
+
+        Raises CorruptDataError when the stored text is not a JSON object (reading every tensor, by
+        iteration or :func:`load`, checks it too).
+        """
+        with self._lock:
+            if self._meta_text is not None:
+                text, what, offset = self._meta_text
+                self._metadata = C.parse_json_object(text, what, offset)
+                self._meta_text = None
+            return self._metadata
+
+    def _read_leading_records(self, *, again: bool = False) -> None:
+        """Read META/GRAPH records at the start; keep the first other record head for iteration.
+
+        ``again`` (a second iteration of a seekable file): the payloads were checked at open; skip them.
+        """
         self._leading = []
         while True:
             head = C.read_record_head(self._src)
@@ -168,7 +276,10 @@ class RdcReader:
                     raise CorruptDataError(f"unexpected {head.name} record (at most one META, then one GRAPH, "
                                            "plain or compressed)",
                                            offset=head.offset, record=head.name)
-                self._consume_leading(head)
+                if again:
+                    self._src.skip(head.length + C.RECORD_TRAILER_SIZE, what=f"a {head.name} record")
+                else:
+                    self._consume_leading(head)
                 self._leading.append((kind, head.offset - self._start, head.end - head.offset))
             elif head.rtype in C.RECORD_NAMES:
                 self._pending = head
@@ -186,10 +297,9 @@ class RdcReader:
         payload = C.read_payload(self._src, head)
         base = head.offset + C.RECORD_HEADER_SIZE
         if head.rtype == C.REC_META:
-            self.metadata = C.parse_json_object(payload, "metadata", base)
+            self._meta_text = (payload, "metadata", base)
         elif head.rtype == C.REC_ZMETA:
-            text = C.parse_zmeta(payload, base, cap)
-            self.metadata = C.parse_json_object(text, "metadata (decompressed)", base + 8)
+            self._meta_text = (C.parse_zmeta(payload, base, cap), "metadata (decompressed)", base + 8)
         elif head.rtype == C.REC_GRAPH:
             self.graph_format, self.graph = C.parse_graph(payload, base)
         else:
@@ -204,9 +314,11 @@ class RdcReader:
                     raise RdcError("a non-seekable stream can be iterated only once")
                 self._src.seek(self._start)
                 C.read_file_header(self._src)
-                self._read_leading_records()
+                self._read_leading_records(again=True)
             self._iterated = True
             head, self._pending = self._pending, None
+        self.metadata  # noqa: B018 - a whole read checks the metadata too (parsed lazily otherwise)
+        meter = _OutputMeter(self.limits)
         recent: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         # What the index must list (kind, name, offset, stored length), and the names in use.
         entries = [(kind, "", offset, length) for kind, offset, length in self._leading]
@@ -214,7 +326,7 @@ class RdcReader:
         tensors: set[str] = set()
         index_at: int | None = None
         queue: list[_PendingTensor] = []  # tensors read and planned, decoded together (ans.decode_many)
-        queued = 0
+        queued = queued_chunks = 0
         # Where this iteration continues: by-name reads from other threads may move the file.
         pos = head.offset + C.RECORD_HEADER_SIZE if head is not None else self._src.pos
         while True:
@@ -228,10 +340,11 @@ class RdcReader:
                                            "follow it)", offset=head.offset, record=head.name)
                 rel = head.offset - self._start
                 ready: list[tuple[str, np.ndarray]] = []
-                if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES):
+                if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES
+                              or queued_chunks >= DECODE_BATCH_CHUNKS):
                     # decode what is queued (aliases need their targets; the batch is big enough)
                     ready = self._finish_tensors(queue)
-                    queue, queued = [], 0
+                    queue, queued, queued_chunks = [], 0, 0
                     pos = self._src.pos  # just after this record's head, which stays pending
                 if ready:
                     pass
@@ -241,9 +354,10 @@ class RdcReader:
                     if header.name in names:
                         raise CorruptDataError(f"duplicate name {header.name!r}", offset=head.offset,
                                                record=head.name, tensor=header.name)
-                    pending = self._plan_tensor(header, head, inline)
+                    pending = self._plan_tensor(header, head, inline, meter)
                     queue.append(pending)
                     queued += pending.nbytes
+                    queued_chunks += len(pending.chunks)
                     names.add(header.name)
                     tensors.add(header.name)
                     entries.append((C.ENTRY_TENSOR, header.name, rel, self._src.pos - head.offset))
@@ -313,14 +427,17 @@ class RdcReader:
             else:
                 yield alias, array
 
-    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None = None) -> np.ndarray:
-        return self._finish_tensors([self._plan_tensor(header, head, inline)])[0][1]
+    def _read_chunks(self, header: C.TensorHeader, head: C.RecordHead, inline: memoryview | None,
+                     meter: "_OutputMeter") -> np.ndarray:
+        return self._finish_tensors([self._plan_tensor(header, head, inline, meter)])[0][1]
 
     def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead,
-                     inline: memoryview | None = None) -> "_PendingTensor":
+                     inline: memoryview | None, meter: "_OutputMeter") -> "_PendingTensor":
         """Read a tensor's chunk records and plan their decoding (ANS blocks not decoded yet).
 
         ``inline``: the data of the one chunk of a SMALL record (no CHUNK records follow it).
+        ``meter``: the read's output so far; the tensor's decoded bytes are charged to it before its
+        output is allocated (on a stream, chunk by chunk as they arrive).
         """
         name = header.name
         try:
@@ -354,7 +471,11 @@ class RdcReader:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
         rem = self._src.remaining()
+        known = rem is not None
+        # what the output limits measure against: the whole file, or on a stream the bytes read so far
+        stored = (self._src.size if known else self._src.pos) - self._start
         if inline is not None:
+            meter.charge(nbytes, stored, known_size=known, offset=head.offset, record=head.name, tensor=name)
             dtype = info.numpy.newbyteorder("<")
             pend = _PendingTensor(header, head, info, self._allocate(numel, dtype, nbytes, head, name))
             if numel:
@@ -377,9 +498,15 @@ class RdcReader:
                     offset=head.offset, record="tensor", tensor=name,
                 )
         dtype = info.numpy.newbyteorder("<")
-        # On a stream of unknown length a large output grows as chunks arrive (memory follows data).
-        grow = rem is None and nbytes > STREAM_PREALLOC_BYTES
-        out = self._allocate(min(numel, header.chunk_elements) if grow else numel, dtype, nbytes, head, name)
+        if known:
+            meter.charge(nbytes, stored, known_size=True, offset=head.offset, record=head.name, tensor=name)
+            grow = False
+        else:
+            # On a stream of unknown length a large output, or one the bytes read so far do not justify
+            # yet, grows as its chunks arrive and are charged (memory follows data).
+            allowance = self.limits.output_allowance(stored)
+            grow = nbytes > STREAM_PREALLOC_BYTES or (allowance is not None and meter.decoded + nbytes > allowance)
+        out = self._allocate(0 if grow else numel, dtype, nbytes, head, name)
         pend = _PendingTensor(header, head, info, out)
         for index in range(header.chunk_count):
             chead = C.read_record_head(self._src, tensor=name)
@@ -393,11 +520,15 @@ class RdcReader:
             data = C.parse_chunk(payload, base, index, name)
             start = index * header.chunk_elements
             count = min(header.chunk_elements, numel - start)
+            if not known:
+                meter.charge(count * info.itemsize, self._src.pos - self._start, known_size=False,
+                             offset=chead.offset, record="chunk", tensor=name)
             with _chunk_errors(index, chead, name):
                 plan = codec.plan_chunk(data, count, info, max_bytes=self._chunk_budget(codec, data))
             pend.chunks.append((index, chead, start, count, plan))
             pend.nbytes += count * info.itemsize
-            if pend.nbytes >= DECODE_BATCH_BYTES:  # a big tensor: decode what is planned so far
+            if pend.nbytes >= DECODE_BATCH_BYTES or len(pend.chunks) >= DECODE_BATCH_CHUNKS:
+                # a big tensor, or one of many chunks: decode what is planned so far
                 self._decode_pending([pend])
         return pend
 
@@ -517,6 +648,13 @@ class RdcReader:
             prev_end = entry.offset + entry.length
         if prev_end > index_offset:
             raise CorruptDataError("an index entry runs into the index record", offset=ihead.offset, record="index")
+        # Between the entries there may be only unknown optional records (what iteration skips): a record
+        # the index leaves out would otherwise be invisible by name while iteration refuses the file.
+        at = C.FILE_HEADER_SIZE
+        for start, length in [(e.offset, e.length) for e in entries] + [(index_offset, 0)]:
+            if start > at:
+                self._check_unlisted(at, start, ihead.offset)
+            at = start + length
         if [(e.kind, e.offset, e.length) for e in entries if e.kind in (C.ENTRY_META, C.ENTRY_GRAPH)] != self._leading:
             raise CorruptDataError("index META/GRAPH entries do not match the records at the start of the file",
                                    offset=ihead.offset, record="index")
@@ -536,6 +674,22 @@ class RdcReader:
         # Published only once complete: a failed load leaves the reader without a half-built index.
         self._index, self._order, self._aliases = index, order, aliases
         return index
+
+    def _check_unlisted(self, start: int, end: int, index_at: int) -> None:
+        """The records from ``start`` to ``end`` (relative offsets), which the index does not list, must be
+        unknown optional ones, ending exactly at ``end``; the same rules as iteration applies to them."""
+        pos = self._start + start
+        while pos < self._start + end:
+            self._src.seek(pos)
+            head = C.read_record_head(self._src)
+            if head.rtype in C.RECORD_NAMES:
+                raise CorruptDataError(f"the index does not list the {head.name} record at byte offset {pos}",
+                                       offset=index_at, record="index")
+            C.skip_record(self._src, head)  # an unknown REQUIRED record: UnsupportedFeatureError
+            pos = head.end
+        if pos != self._start + end:
+            raise CorruptDataError(f"a record the index does not list overlaps the record at byte offset "
+                                   f"{self._start + end}", offset=index_at, record="index")
 
     def _read_alias(self, entry: C.IndexEntry, index: dict[str, C.IndexEntry]) -> str:
         self._src.seek(entry.offset)
@@ -575,7 +729,7 @@ class RdcReader:
         if entry.kind == C.ENTRY_ALIAS:
             entry = self._entry(self._aliases[name])
         header, head, inline = self._tensor_header(entry)
-        array = self._read_chunks(header, head, inline)
+        array = self._read_chunks(header, head, inline, self._named_meter)
         if self._src.pos != entry.offset + entry.length:
             raise CorruptDataError(f"index entry {entry.name!r} does not match the length of its records",
                                    offset=entry.offset, record="tensor", tensor=entry.name)
@@ -646,6 +800,9 @@ def load(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None 
 
 #: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
 DECODE_BATCH_BYTES = 64 << 20
+#: ... and up to this many chunks: what a planned chunk holds (its tables, blocks, plan) costs a few KiB
+#: whatever its size, so a file of many tiny chunks is decoded in batches of bounded memory.
+DECODE_BATCH_CHUNKS = 1024
 
 
 class _PendingTensor:

@@ -530,8 +530,58 @@ class PayloadReader:
             raise self.fail(f"{len(self.data) - self.pos} unexpected trailing bytes in the {self.record} record")
 
 
+#: JSON texts nesting deeper than this are refused (spec 1.3: readers accept 64 levels). A fixed bound,
+#: so whether a text parses never depends on how deep in the call stack a reader happens to parse it
+#: (Python's parser fails at the interpreter's recursion limit, counted from the caller's depth).
+MAX_JSON_DEPTH = 512
+_DEPTH_SLICE = 1 << 18
+
+
+def json_depth_exceeds(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text opens more than ``limit`` arrays/objects at once (brackets in strings ignored).
+
+    A text with at most ``limit`` opening brackets is decided at once; others are scanned with numpy in
+    slices of 256 KiB, in time linear in the text whatever it holds: a quote preceded by an even run of
+    backslashes opens or closes a string, a bracket outside strings moves the depth.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    import numpy as np  # noqa: PLC0415 - only texts with many brackets need it
+
+    depth = 0
+    quotes = 0  # string delimiters so far (odd: inside a string)
+    run = 0  # backslashes just before the slice
+    for at in range(0, len(data), _DEPTH_SLICE):
+        a = np.frombuffer(data, np.uint8, min(_DEPTH_SLICE, len(data) - at), at)
+        n = a.size
+        delim = np.flatnonzero(a == 0x22)
+        backslash = a == 0x5C
+        if run or backslash.any():  # a quote after an odd run of backslashes is escaped
+            last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(n, dtype=np.int64)))
+            prev = last_other[np.maximum(delim - 1, 0)]
+            before = np.where(prev >= 0, delim - 1 - prev, delim + run)
+            before[delim == 0] = run
+            delim = delim[before % 2 == 0]
+            run = n - 1 - int(last_other[-1]) if last_other[-1] >= 0 else run + n
+        opens = (a == 0x5B) | (a == 0x7B)
+        brackets = np.flatnonzero(opens | (a == 0x5D) | (a == 0x7D))
+        step = np.where(opens[brackets], 1, -1)
+        step[(np.searchsorted(delim, brackets) + quotes) % 2 == 1] = 0  # inside a string
+        if step.size:
+            running = np.cumsum(step)
+            running += depth
+            if int(running.max()) > limit:
+                return True
+            depth = int(running[-1])
+        quotes += delim.size
+    return False
+
+
 def parse_json_object(data: bytes, what: str, offset: int, tensor: str | None = None) -> dict:
-    """Parse a UTF-8 JSON object (metadata, codec configuration)."""
+    """Parse a UTF-8 JSON object (metadata, codec configuration) nesting at most :data:`MAX_JSON_DEPTH` deep."""
+    data = bytes(data) if not isinstance(data, bytes) else data
+    if json_depth_exceeds(data):
+        raise CorruptDataError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", offset=offset, tensor=tensor)
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
