@@ -91,8 +91,8 @@ def jtext(v, ascii_only: bool = True) -> str:
         return "null"
     if v is True or v is False:
         return "true" if v else "false"
-    if isinstance(v, int):
-        return int.__repr__(v)
+    if isinstance(v, int):  # grown past Python's 4300-digit str limit by stacked mutations: a 4301-digit token
+        return int.__repr__(v) if v.bit_length() < 14000 else ("-" if v < 0 else "") + "9" * 4301
     if isinstance(v, float):
         if v != v:
             return "NaN"
