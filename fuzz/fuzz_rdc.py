@@ -3,8 +3,9 @@
     python fuzz/fuzz_rdc.py HARNESS [libFuzzer flags...] [CORPUS_DIR...]
     python fuzz/fuzz_rdc.py --list
 
-HARNESS is one of load_bytes, load_stream, by_name, codec_raw, codec_bytesplit, ans_decode,
-table_from_bytes, or codec_<id> for any other registered codec. Without a corpus directory the
+HARNESS is one of load_bytes, load_stream, by_name, meta, small, adapters, codec_raw,
+codec_bytesplit, codec_sq, codec_dq, codec_surp, ans_decode, table_from_bytes, or codec_<id> for any
+other registered codec. Without a corpus directory the
 harness uses a fresh one under $RDC_FUZZ_WORK (default /tmp/rdc-fuzz/HARNESS), seeded from the
 conformance vectors in spec/vectors/. Typical flags: -max_total_time=600 -timeout=1 -max_len=65536
 -rss_limit_mb=2048 -print_final_stats=1. See fuzz/README.md.
@@ -49,9 +50,15 @@ def main() -> None:
     if not any(a.startswith("-max_len") for a in args):
         args.insert(1, f"-max_len={F.MAX_INPUT}")
     pool = [F.RdcFile.parse(s) for s in seeds] if harness.fix_crcs else None
+    if harness.warmup:  # imports (torch, onnx) and compilations happen here, not in a timed input
+        for s in seeds:
+            harness.one_input(s)
+
+    # One generator for the whole run: building one per call from libFuzzer's seed costs more than many
+    # mutations (SeedSequence); libFuzzer saves every interesting input, so nothing needs the seed.
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
 
     def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
-        rng = np.random.default_rng(seed)
         if not data:
             data = seeds[int(rng.integers(len(seeds)))]
         if rng.random() < 0.2:  # libFuzzer's own byte-level mutation ...
@@ -63,7 +70,6 @@ def main() -> None:
         return out[:max_size]
 
     def custom_crossover(data1: bytes, data2: bytes, max_size: int, seed: int) -> bytes:
-        rng = np.random.default_rng(seed)
         if harness.fix_crcs:  # splice records of one file into the other
             a, b = F.RdcFile.parse(data1), F.RdcFile.parse(data2)
             if b.records and a.records:

@@ -13,8 +13,14 @@ Run them with atheris through ``fuzz/fuzz_rdc.py`` (see README.md) or without at
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
+import shutil
+import tempfile
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,11 +32,12 @@ from rdformat.format.dtypes import by_code
 from rdformat.entropy import FrequencyTable, ans
 from rdformat.errors import RdcError
 
+import fieldmut as M
 import rdcfuzz as F
 
 #: Reader caps used while fuzzing: small enough that every input decodes in well under a second
 #: (a valid 60-byte chunk may legitimately declare a 256 MiB constant plane).
-LIMITS = rdformat.Limits(max_tensor_bytes=1 << 22)
+LIMITS = rdformat.Limits(max_tensor_bytes=1 << 22, max_meta_bytes=1 << 20, max_graph_bytes=1 << 20)
 MAX_CHUNK_BYTES = 1 << 22  # codec harness: largest decoded chunk tried
 MAX_ANS_COUNT = 1 << 20  # ANS harness: most symbols tried (auto backend)
 MAX_ANS_COUNT_NUMPY = 1 << 14  # ... with the numpy backend (pure-Python speed)
@@ -74,6 +81,24 @@ def load_bytes(data: bytes) -> None:
         raise Finding("load(bytes) and load(stream) return different tensors")
     if not same_arrays(got, named):
         raise Finding("load(bytes) and get_tensor() return different tensors")
+
+
+def meta(data: bytes) -> None:
+    """Metadata and graph by name and as a stream (must agree), then ``load_bytes``'s oracle."""
+    try:
+        with rdformat.open(io.BytesIO(data), limits=LIMITS) as f:
+            got = (f.metadata, f.graph_format, f.graph)
+    except RdcError:
+        got = None
+    if got is not None:
+        try:
+            with rdformat.open(F.NonSeekable(data), limits=LIMITS) as f:
+                streamed = (f.metadata, f.graph_format, f.graph)
+        except RdcError:
+            streamed = None  # the stream reader may meet a later error first; load_bytes decides below
+        if streamed is not None and repr(streamed) != repr(got):
+            raise Finding("metadata or graph differ between the seekable and the streaming reader")
+    load_bytes(data)
 
 
 def load_stream(data: bytes) -> None:
@@ -121,6 +146,101 @@ def by_name(data: bytes) -> None:
                 pass
         except RdcError:
             pass
+
+
+# ------------------------------------------------------------------------------------------------
+# adapters: what the file's metadata makes rdc decompress / rdc info do
+
+_ADAPTER_BASE: Path | None = None
+#: Files that exist in the output folder before every export: decompress must never change them.
+CANARIES = {"model-00001-of-00002.safetensors": b"canary 1", "a.safetensors": b"canary 2",
+            "x.npz": b"canary 3", "model.safetensors.index.json.bak": b"canary 4"}
+MAX_ADAPTER_BYTES = 1 << 24  # decoded bytes of a file given to the adapters (they use default limits)
+
+
+def _adapter_base() -> Path:
+    global _ADAPTER_BASE
+    if _ADAPTER_BASE is None or not _ADAPTER_BASE.is_dir():
+        root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        _ADAPTER_BASE = Path(tempfile.mkdtemp(prefix="rdc-fuzz-adapters-", dir=root))
+        atexit.register(shutil.rmtree, _ADAPTER_BASE, True)
+        (_ADAPTER_BASE / "outside.txt").write_bytes(b"outside")
+    return _ADAPTER_BASE
+
+
+def _tree(base: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            rel = str(p.relative_to(base))
+            if p.is_symlink():
+                out[rel] = "symlink"
+            elif p.is_file():
+                out[rel] = p.read_bytes() if p.stat().st_size <= 4096 else "file"
+            else:
+                out[rel] = "dir"
+    return out
+
+
+def adapters(data: bytes) -> None:
+    """The adapters' export paths on a file ``rdformat.load`` accepts: ``.npz``, ``.safetensors``
+    (single and sharded, whose shard names come from the metadata), ``.pt`` (strides, key order, extra
+    entries), ``.onnx`` when there is a graph, and ``rdc info``'s summary (recorded sensitivity).
+    Only RdcError may escape; nothing may be written outside the output folder, no existing file in it
+    may change, and the input must stay intact."""
+    try:
+        ref = rdformat.load(data, limits=LIMITS)
+    except RdcError:
+        return
+    if sum(a.nbytes for a in ref.values()) > MAX_ADAPTER_BYTES:
+        return
+    base = _adapter_base()
+    out = base / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    src = out / "input.rdc"
+    src.write_bytes(data)
+    for name, content in CANARIES.items():
+        (out / name).write_bytes(content)
+    before = _tree(base)
+    from rdformat import npz, safetensors  # noqa: PLC0415
+    from rdformat.cli import summary  # noqa: PLC0415
+
+    sel = zlib.crc32(data)
+    calls = [(npz.decompress_file, "model.npz"), (safetensors.decompress_file, "model.safetensors"),
+             (safetensors.decompress_file, "model.safetensors.index.json"),
+             (safetensors.decompress_file, "sub.json")]
+    if sel % 4 == 0:
+        from rdformat import torch as rtorch  # noqa: PLC0415
+        calls.append((rtorch.decompress_file, "model.pt"))
+    if b"onnx" in data:
+        from rdformat import onnx as ronnx  # noqa: PLC0415
+        calls.append((ronnx.decompress_file, "model.onnx"))
+    done = []
+    for fn, dst in calls:
+        try:
+            fn(src, out / dst)
+            done.append(dst)
+        except RdcError:
+            pass
+    try:
+        summary.tensor_summary(src)
+    except RdcError:
+        pass
+    after = _tree(base)
+    for rel, content in before.items():
+        if after.get(rel) != content:
+            raise Finding(f"an export changed or removed {rel!r}, which existed before (not its output)")
+    for rel, kind in after.items():
+        if rel in before:
+            continue
+        if not rel.startswith("out" + os.sep) or os.sep in rel[4:] or kind in ("dir", "symlink"):
+            raise Finding(f"an export created {rel!r}: outside its output folder, a folder or a link")
+    if "model.npz" in done:
+        with np.load(out / "model.npz") as z:
+            if sorted(z.files) != sorted(ref):
+                raise Finding(f"npz export holds {sorted(z.files)[:5]}, expected the file's tensors {list(ref)[:5]}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,14 +350,39 @@ class Harness:
     mutate: Callable[[np.random.Generator, bytes, list], bytes]  # (rng, data, parsed pool) -> data
     seeds: Callable[[], list[bytes]]
     fix_crcs: bool  # after a generic byte mutation, re-frame as .rdc (CRCs recomputed)
+    warmup: bool = False  # run the seeds once before fuzzing (first-call imports would count as hangs)
 
 
 def _file_mutate(rng, data, pool):
-    return F.mutate_file(rng, data, pool)
+    return M.mutate_file(rng, data, pool)
+
+
+def _meta_mutate(rng, data, pool):
+    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_META)
+
+
+def _adapter_seeds() -> list[bytes]:
+    """The metadata seeds that load (invalid files never reach the adapters)."""
+    out = []
+    for s in M.meta_seeds():
+        try:
+            rdformat.load(s, limits=LIMITS)
+        except RdcError:
+            continue
+        out.append(s)
+    return out
+
+
+def _adapters_mutate(rng, data, pool):
+    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_ADAPTERS)
+
+
+def _small_mutate(rng, data, pool):
+    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_SMALL)
 
 
 def _codec_mutate(codec_id):
-    return lambda rng, data, pool: F.mutate_codec_input(rng, data, codec_id)
+    return lambda rng, data, pool: M.mutate_codec_input(rng, data, codec_id)
 
 
 def _table_seeds() -> list[bytes]:
@@ -263,14 +408,19 @@ def _table_mutate(rng, data, pool):
 HARNESSES: dict[str, Harness] = {
     h.name: h
     for h in [
-        Harness("load_bytes", load_bytes, _file_mutate, F.vector_files, True),
-        Harness("load_stream", load_stream, _file_mutate, F.vector_files, True),
-        Harness("by_name", by_name, _file_mutate, F.vector_files, True),
-        Harness("codec_raw", codec_one_input("raw"), _codec_mutate("raw"), lambda: F.chunk_seeds("raw"), False),
+        Harness("load_bytes", load_bytes, _file_mutate, M.file_seeds, True),
+        Harness("load_stream", load_stream, _file_mutate, M.file_seeds, True),
+        Harness("by_name", by_name, _file_mutate, M.file_seeds, True),
+        Harness("meta", meta, _meta_mutate, M.meta_seeds, True),
+        Harness("small", load_bytes, _small_mutate, M.small_seeds, True),
+        Harness("adapters", adapters, _adapters_mutate, _adapter_seeds, True, warmup=True),
+        Harness("codec_raw", codec_one_input("raw"), _codec_mutate("raw"), lambda: M.chunk_seeds("raw"), False),
         Harness("codec_bytesplit", codec_one_input("bytesplit"), _codec_mutate("bytesplit"),
-                lambda: F.chunk_seeds("bytesplit"), False),
-        Harness("codec_sq", codec_one_input("sq"), _codec_mutate("sq"), lambda: F.chunk_seeds("sq"), False),
-        Harness("codec_dq", codec_one_input("dq"), _codec_mutate("dq"), lambda: F.chunk_seeds("dq"), False),
+                lambda: M.chunk_seeds("bytesplit"), False),
+        Harness("codec_sq", codec_one_input("sq"), _codec_mutate("sq"), lambda: M.chunk_seeds("sq"), False),
+        Harness("codec_dq", codec_one_input("dq"), _codec_mutate("dq"), lambda: M.chunk_seeds("dq"), False),
+        Harness("codec_surp", codec_one_input("surp"), _codec_mutate("surp"), lambda: M.chunk_seeds("surp"),
+                False),
         Harness("ans_decode", ans_decode, lambda rng, data, pool: F.mutate_ans_input(rng, data), F.ans_seeds, False),
         Harness("table_from_bytes", table_from_bytes, _table_mutate, _table_seeds, False),
     ]

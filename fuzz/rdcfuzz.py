@@ -744,7 +744,7 @@ def m_record(rng: np.random.Generator, f: RdcFile, pool: list[RdcFile] | None = 
     i = int(rng.integers(len(recs)))
     rec = recs[i]
     if op == 0:
-        rec.rtype = pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 8, 99, 0xFFFF])
+        rec.rtype = pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 99, 0xFFFF])
     elif op == 1:
         rec.flags = pick(rng, [0, 1, 2, 0xFFFE, 0xFFFF])
     elif op == 2:
@@ -802,13 +802,15 @@ FILE_MUTATORS: list[tuple[float, Callable]] = [
 
 
 def mutate_file(rng: np.random.Generator, data: bytes, pool: list[RdcFile] | None = None,
-                max_len: int = MAX_INPUT) -> bytes:
-    """1-3 structure-aware mutations of an .rdc file, CRCs (and usually INDEX/END) fixed up."""
+                max_len: int = MAX_INPUT, mutators: list[tuple[float, Callable]] | None = None) -> bytes:
+    """1-3 structure-aware mutations of an .rdc file, CRCs (and usually INDEX/END) fixed up.
+    ``mutators``: (weight, function) pairs, default FILE_MUTATORS (fieldmut.py adds more)."""
+    mutators = FILE_MUTATORS if mutators is None else mutators
     f = RdcFile.parse(data)
-    weights = np.array([w for w, _ in FILE_MUTATORS])
+    weights = np.array([w for w, _ in mutators])
     for _ in range(int(rng.integers(1, 4))):
         for _attempt in range(4):
-            fn = FILE_MUTATORS[int(rng.choice(len(FILE_MUTATORS), p=weights / weights.sum()))][1]
+            fn = mutators[int(rng.choice(len(mutators), p=weights / weights.sum()))][1]
             done = fn(rng, f, pool) if fn is m_record else fn(rng, f)
             if done:
                 break

@@ -102,9 +102,24 @@ def load_metadata(path: str | os.PathLike | bytes) -> dict[str, str] | None:
         return _st_metadata(adapter_info(f.metadata))
 
 
+def _text_map(meta: Any) -> bool:
+    """True when ``meta`` maps strings to strings that UTF-8 can encode (a file's metadata may hold
+    unpaired surrogates, ``"\\ud800"``, which no safetensors header can)."""
+    def text(s: Any) -> bool:
+        if not isinstance(s, str):
+            return False
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    return isinstance(meta, Mapping) and all(text(k) and text(v) for k, v in meta.items())
+
+
 def _st_metadata(info: Mapping[str, Any]) -> dict[str, str] | None:
     meta = info.get("safetensors_metadata")
-    if isinstance(meta, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+    if _text_map(meta):
         return dict(meta)
     if info.get("source_format") == "pytorch":
         return {"format": "pt"}
@@ -195,8 +210,7 @@ def _shard_layout(info: Mapping[str, Any], names: list[str], index_name: str) ->
                 raise CorruptDataError(f"metadata: tensor {n!r} is in more than one shard")
             seen.add(n)
         smeta = s.get("metadata")
-        if smeta is not None and not (isinstance(smeta, Mapping) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in smeta.items())):
+        if smeta is not None and not _text_map(smeta):
             raise CorruptDataError(f"metadata: shards[{i}].metadata must map strings to strings")
         layout.append((fname, list(tensors), smeta))
     if seen != known:

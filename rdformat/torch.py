@@ -311,6 +311,26 @@ def save_file(state_dict: Mapping[str, Any], path: str | os.PathLike | BinaryIO,
     _write(path, state_dict, metadata=metadata, codec=codec, lossy=lossy, progress=progress)
 
 
+#: Deepest nesting of lists/objects accepted in the non-tensor values a file's metadata restores
+#: (``extra_entries``, ``state_dict_metadata``): pickling a deeper value (``torch.save``) recurses past
+#: Python's limit. JSON readers must accept 64 levels (spec 1.3), so real files stay far below this.
+MAX_ENTRY_DEPTH = 128
+
+
+def _too_deep(value: Any) -> bool:
+    """True when ``value`` nests lists/objects more than MAX_ENTRY_DEPTH levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, Mapping) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > MAX_ENTRY_DEPTH:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
 def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
     """The state_dict of an open container; every metadata field it uses is checked first (the file
     is hostile: a malformed field is a :class:`CorruptDataError`, never a crash or a silent loss)."""
@@ -331,6 +351,9 @@ def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
     clash = sorted(set(extras) & set(names))
     if clash:
         raise CorruptDataError(f"metadata: 'extra_entries' repeats tensor names: {clash[:5]}")
+    for key in ("extra_entries", "state_dict_metadata"):
+        if _too_deep(info.get(key)):
+            raise CorruptDataError(f"metadata: '{key}' nests deeper than {MAX_ENTRY_DEPTH} levels")
     out: OrderedDict[str, Any] = OrderedDict()
     wrap = progress or no_progress
     tensors: dict[str, torch.Tensor] = {}

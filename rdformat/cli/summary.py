@@ -166,8 +166,9 @@ def _recorded_sensitivity(info: dict, count: int) -> list[tuple[int, float]]:
     for i, v in zip(index, relative):
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
             return []
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+        value = _stat(v, 0.0, float("inf"))  # a finite real number (None for 10**400, NaN, a string...)
+        if value is None or value <= 0:
             return []
-        pairs.append((i, float(v)))
+        pairs.append((i, value))
     return pairs
 
