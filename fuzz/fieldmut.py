@@ -10,6 +10,9 @@ the mutation reaches the decoders. Only ``rdformat.entropy`` is used, through ``
 *valid* ANS blocks for mutated tables.
 
 Every function takes a ``numpy.random.Generator``: the same seed gives the same mutations.
+
+One module on purpose (over 500 lines): its parsers and mutators for metadata, SMALL records, configs
+and codec payloads share one re-serialisation step (lengths and CRCs recomputed).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ payload CRC, zlib CRC-32) and, by default, the INDEX and END records rebuilt to 
 mutation reaches the code behind the checksums. A few mutations break a CRC on purpose.
 
 Every function takes a ``numpy.random.Generator``: the same seed gives the same mutations.
+
+One module on purpose (over 500 lines): the lenient file model, its mutations and its re-serialisation
+must agree field by field; split, each half would need the other's record layouts.
 """
 
 from __future__ import annotations

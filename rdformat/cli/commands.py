@@ -9,6 +9,9 @@
 Errors are reported as one line on stderr with a non-zero exit code (1: the operation failed,
 2: bad usage); progress bars go to stderr when it is a terminal (``--quiet`` silences everything
 but errors).
+
+One module on purpose (about 500 lines): every command's handler next to its argparse definition, so a
+flag and what it does are read together.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ to lane ``i % L``. Block byte format (normative text: ``spec/entropy.md``, secti
 
 Set ``RDFORMAT_NO_NUMBA=1`` and/or ``RDFORMAT_NO_CONSTRICTION=1`` to disable an accelerator (or call
 :func:`set_backend` / :func:`use_backend`).
+
+One module on purpose (over 500 lines): the public coder API and the backend choice share the block
+format checks that every backend must apply identically.
 """
 
 from __future__ import annotations
