@@ -375,6 +375,16 @@ class RdcReader:
         layer_end = 0
         layer_count = 0
         finished = False
+
+        def stop(cut: int | None) -> list[tuple[str, np.ndarray]]:
+            """End the iteration early: a truncated file read partially (``cut``: where its last whole
+            record ends) or a budget reached; what is planned so far is decoded."""
+            if cut is not None:
+                self.truncation = Truncation(cut - self._start, layer_count, layer_end - (layer_first or 0))
+                self._salvage = self._salvage_plan(entries, layer_first, layer_end, index_at, cut)
+            if index_at is not None:  # cut after the index: everything was yielded there
+                return []
+            return self._finish_tensors(queue) + self._finish_layered(layered, deferred, False)
         # Where this iteration continues: by-name reads from other threads may move the file.
         pos = head.offset + C.RECORD_HEADER_SIZE if head is not None else self._src.pos
         while True:
@@ -392,13 +402,9 @@ class RdcReader:
                 ready: list[tuple[str, np.ndarray]] = []
                 if head is None or (self._layer_limit is not None and head.rtype == C.REC_LAYER
                                     and head.end > self._layer_limit):
-                    if head is None:
-                        self.truncation = Truncation(pos - self._start, layer_count, layer_end - (layer_first or 0))
-                        self._salvage = self._salvage_plan(entries, layer_first, layer_end, index_at, pos)
-                    else:  # a budget stops before this layer: what was read must agree with the index
-                        self._check_budget_prefix(entries, layer_first, layer_end)
-                    if index_at is None:
-                        ready = self._finish_tensors(queue) + self._finish_layered(layered, deferred, False)
+                    if head is not None:  # a budget stops before this layer: what was read must agree with the index
+                        self._check_budget_prefix(entries, layer_first)
+                    ready = stop(pos if head is None else None)
                     finished = True
                     head = None
                 else:
@@ -484,18 +490,10 @@ class RdcReader:
                 elif head.rtype == C.REC_LAYER:
                     try:
                         payload = C.read_payload(self._src, head)
-                    except TruncatedError:
+                    except TruncatedError:  # on a stream of unknown length the cut shows inside the record
                         if not self.partial:
                             raise
-                        self.truncation = Truncation(head.offset - self._start, layer_count,
-                                                     layer_end - (layer_first if layer_first is not None else 0))
-                        self._salvage = self._salvage_plan(entries, layer_first, layer_end, index_at, head.offset)
-                        ready = self._finish_layered(layered, deferred, False)
-                        finished = True
-                        head = None
-                        payload = None
-                    if payload is None:
-                        pass
+                        ready, finished, head = stop(head.offset), True, None
                     else:
                         self._add_layer(head, payload, layered)
                         if layer_first is None:
@@ -770,7 +768,7 @@ class RdcReader:
             raise LimitExceededError(f"chunk {piece.chunk}'s data grows over {C.MAX_CHUNK_PAYLOAD_BYTES} bytes",
                                      offset=piece.offset, record="layer", tensor=name)
         chunk += data
-        pend.nbytes += 1  # pieces so far (the count of decoded bytes starts when the chunks are planned)
+        pend.pieces += 1
 
     def _finish_layered(self, layered: dict[int, "_PendingTensor"], deferred: list[tuple[str, str]],
                         complete: bool = True) -> list[tuple[str, np.ndarray]]:
@@ -781,11 +779,10 @@ class RdcReader:
         pends = list(layered.values())
         layered.clear()
         for pend in pends:
-            if complete and not pend.nbytes:
+            if complete and not pend.pieces:
                 raise CorruptDataError("layered tensor without any layer piece (are the file's layer records or its "
                                        "index's layers entry missing?)", offset=pend.head.offset,
                                        record=pend.head.name, tensor=pend.header.name)
-            pend.nbytes = 0
             self._plan_layered(pend)
         done = self._finish_tensors(pends)
         arrays = dict(done)
@@ -802,19 +799,16 @@ class RdcReader:
             start = index * header.chunk_elements
             count = min(header.chunk_elements, numel - start)
             with _chunk_errors(index, head, header.name):
-                plan = pend.codec.plan_chunk(memoryview(bytes(data)), count, info, max_bytes=None)
+                plan = pend.codec.plan_chunk(memoryview(data), count, info, max_bytes=None)
             pend.chunks.append((index, head, start, count, plan))
             pend.nbytes += count * info.itemsize
         pend.layered = None
 
-    def _check_budget_prefix(self, entries: list, layer_first: int | None, layer_end: int) -> None:
+    def _check_budget_prefix(self, entries: list, layer_first: int | None) -> None:
         """A budgeted read stopped in the layers: the records read must be what the index lists."""
         expected = self._index_list or []
-        seen = list(entries)
-        listed_layers = [e for e in expected if e[0] == C.ENTRY_LAYERS]
-        if layer_first is not None and listed_layers and listed_layers[0][2] != layer_first:
-            raise CorruptDataError("the index does not list the records of the file", record="index")
-        if seen + listed_layers != expected:
+        listed = [e for e in expected if e[0] == C.ENTRY_LAYERS]
+        if entries + listed != expected or (layer_first is not None and listed[0][2] != layer_first):
             raise CorruptDataError("the index does not list the records of the file", record="index")
 
     def _salvage_plan(self, entries: list, layer_first: int | None, layer_end: int, index_at: int | None,
@@ -1242,7 +1236,7 @@ DECODE_BATCH_CHUNKS = 1024
 class _PendingTensor:
     """A tensor whose chunk records are read and planned, waiting for its ANS blocks to be decoded."""
 
-    __slots__ = ("header", "head", "info", "out", "nbytes", "chunks", "layered", "codec")
+    __slots__ = ("header", "head", "info", "out", "nbytes", "chunks", "layered", "codec", "pieces")
 
     def __init__(self, header, head, info, out: np.ndarray) -> None:
         self.header, self.head, self.info, self.out = header, head, info, out
@@ -1251,6 +1245,7 @@ class _PendingTensor:
         #: A layered tensor: each chunk's data so far (its chunk record's, then its layer pieces).
         self.layered: list[bytearray] | None = None
         self.codec = None
+        self.pieces = 0  # layer pieces added to ``layered``
 
 
 def _parse_tensor_record(head: C.RecordHead, payload: bytes) -> tuple[C.TensorHeader, memoryview | None]:
