@@ -26,6 +26,7 @@ from .file.reader import Limits, RdcReader, load, open  # noqa: F401  (re-export
 from .file.writer import CODEC_ALIASES, DEFAULT_CHUNK_BYTES, Writer
 from .producers import ratecontrol as RC
 from .producers import surp as SP
+from .producers.channels import DEFAULT_STRENGTH, axis_scales, split_sensitivity
 
 #: Lossy methods: scalar and trellis-coded quantization under rate control, SuRP pruning.
 LOSSY_METHODS = ("auto", "sq", "dq", "surp")
@@ -41,7 +42,10 @@ class Lossy:
     ``sparsity`` (fraction of pruned weights) or ``distortion`` (relative L1 error of the pruned
     tensors). ``method``: ``"auto"`` (``sq`` or ``dq``, whichever the plan predicts smaller), ``"sq"``,
     ``"dq"`` or ``"surp"``. ``sensitivity`` maps tensor names to the weight of their squared error
-    (output sensitivity, Fisher information): sensitive tensors get finer steps. ``fine`` quantizes
+    (output sensitivity, Fisher information): sensitive tensors get finer steps; a value that is a
+    :class:`rdformat.producers.channels.ChannelSensitivity` also gives the tensor's channels their own
+    steps (axis scales, format 1.4), following ``channel_strength`` of the measured spread (0: off).
+    ``fine`` quantizes
     1-D float vectors with a fine step instead of keeping them lossless. ``params`` are the method's
     tuning parameters (:class:`rdformat.producers.surp.SurpParams` for SuRP) and ``workers`` the
     processes SuRP may use.
@@ -53,10 +57,11 @@ class Lossy:
     sparsity: float | None = None
     distortion: float | None = None
     method: str = "auto"
-    sensitivity: Mapping[str, float] | None = None
+    sensitivity: Mapping[str, Any] | None = None
     fine: bool = True
     params: Any = None
     workers: int = 1
+    channel_strength: float = DEFAULT_STRENGTH
 
     def __post_init__(self) -> None:
         if self.method not in LOSSY_METHODS:
@@ -257,9 +262,19 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
         written = _write(target, _pairs(tensors), encode=lambda _n, a: a, structural=structural,
                          aliases=aliases, **options)
         return SaveSummary(bytes=written)
+    sens, channels = split_sensitivity(spec.sensitivity)
     if spec.sensitivity:
-        options = {**options, "metadata": _record_sensitivity(options.get("metadata"), tensors, names,
-                                                              spec.sensitivity)}
+        options = {**options, "metadata": _record_sensitivity(options.get("metadata"), tensors, names, sens)}
+    # Channel profiles: each such tensor is planned and quantized divided by its axis scales (spec 5.5).
+    scales, planned = {}, tensors
+    for name in names:
+        if name in channels and spec.channel_strength > 0:
+            array = np.asarray(tensors[name])
+            sc, sens[name] = axis_scales(channels[name], array.shape, spec.channel_strength)
+            if sc:
+                scales[name] = sc
+                planned = dict(planned) if planned is tensors else planned
+                planned[name] = sc.divide(array).astype(array.dtype)
     lossless_bytes = 0
     if kind == "size":
         lossless_bytes = _write(io.BytesIO(), ((n, a) for n, a in tensors.items() if n not in names),
@@ -269,14 +284,14 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
     # A size target is a ceiling: when the sample underestimated, aim lower and write again (into
     # memory first, so that a stream target receives one file).
     for _attempt in range(4):
-        rp = RC.plan(tensors, **{kind: goal}, lossy=names, sensitivity=spec.sensitivity,
+        rp = RC.plan(planned, **{kind: goal}, lossy=names, sensitivity=sens or None,
                      lossless_bytes=lossless_bytes, method=spec.method)
         err2 = 0.0
 
         def encode(name: str, array: Any) -> Any:
             nonlocal err2
             if name in rp.steps:
-                done = RC.prepare_tensor(array, rp.steps[name], rp.method)
+                done = RC.prepare_tensor(array, rp.steps[name], rp.method, scales=scales.get(name))
             else:
                 step = RC.fine_step(array, rp.global_step) if name in fine_names else None
                 if step is None:
@@ -353,7 +368,8 @@ def _save_surp(tensors: Mapping[str, Any], target: str | os.PathLike | BinaryIO,
     params = spec.params or SP.SurpParams()
     if not isinstance(params, SP.SurpParams):
         raise InvalidInputError(f"SuRP parameters must be a SurpParams, not {type(params).__name__}")
-    stats = SP.collect_statistics(tensors, select, params.normalize, sensitivity=spec.sensitivity)
+    per_tensor = split_sensitivity(spec.sensitivity)[0] or None  # SuRP weighs whole tensors
+    stats = SP.collect_statistics(tensors, select, params.normalize, sensitivity=per_tensor)
     kind, value = spec.target
     plan = SP.plan(stats, sparsity=value if kind == "sparsity" else None,
                    bits_per_weight=value if kind == "bits" else None,
@@ -361,7 +377,7 @@ def _save_surp(tensors: Mapping[str, Any], target: str | os.PathLike | BinaryIO,
     meta = dict(options.pop("metadata") or {})
     meta.setdefault("surp", {"target": plan.target, "weights": stats.n})
     if spec.sensitivity:
-        meta = _record_sensitivity(meta, tensors, list(stats.tensors), spec.sensitivity)
+        meta = _record_sensitivity(meta, tensors, list(stats.tensors), per_tensor)
     encoded: dict[str, SP.EncodedTensor] = {}
     stream = SP.encode_iter(tensors, stats, plan, options["chunk_bytes"], spec.workers)
     order = ((name, (array, enc)) for name, array, enc in stream)

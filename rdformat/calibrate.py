@@ -28,6 +28,7 @@ from .api import Lossy
 from .errors import InvalidInputError
 from .file.reader import load as _load
 from .format.atomic import atomic_output
+from .producers.channels import ChannelSensitivity
 
 #: ``--max-output-error`` searches bits per weight in this range (levels only, as ``--bits``).
 SEARCH_BITS = (0.5, 16.0)
@@ -39,15 +40,17 @@ SEARCH_STEPS = 9
 class TaskAware:
     """The sensitivity chosen for a model and how it was obtained (``notice``: one line for the user)."""
 
-    sensitivity: dict[str, float] | None
+    sensitivity: dict[str, Any] | None
     notice: str
     seconds: float = 0.0
 
 
-def read_sensitivity_file(path: str | os.PathLike) -> dict[str, float]:
+def read_sensitivity_file(path: str | os.PathLike) -> dict[str, Any]:
     """A sensitivity JSON: ``{"tensor name": value, ...}`` (or that mapping under a ``"sensitivity"`` key).
 
-    Values must be positive finite numbers; anything else is a one-line :class:`InvalidInputError`.
+    A value is a positive finite number, or ``{"mean": number, "axis0": [...], "axis1": [...]}`` for a
+    tensor with channel profiles (:class:`~rdformat.producers.channels.ChannelSensitivity`); anything
+    else is a one-line :class:`InvalidInputError`.
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -59,15 +62,22 @@ def read_sensitivity_file(path: str | os.PathLike) -> dict[str, float]:
         raise InvalidInputError(f"sensitivity file {path}: expected a JSON object of tensor name -> number")
     out = {}
     for name, value in data.items():
+        if isinstance(value, dict):
+            try:
+                out[str(name)] = ChannelSensitivity.from_json(value, str(name))
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"sensitivity file {path}: {exc.message}") from None
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise InvalidInputError(f"sensitivity file {path}: {name!r} has {value!r}; values must be positive numbers")
         out[str(name)] = float(value)
     return out
 
 
-def write_sensitivity_file(sensitivity: Mapping[str, float], path: str | os.PathLike) -> None:
+def write_sensitivity_file(sensitivity: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a sensitivity mapping as JSON (atomically), for ``rdc compress --sensitivity``."""
-    text = json.dumps({"sensitivity": {k: float(v) for k, v in sensitivity.items()}}, indent=1)
+    text = json.dumps({"sensitivity": {k: v.to_json() if isinstance(v, ChannelSensitivity) else float(v)
+                                       for k, v in sensitivity.items()}}, indent=1)
     with atomic_output(path) as fh:
         fh.write(text.encode("utf-8"))
 

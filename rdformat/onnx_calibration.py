@@ -28,6 +28,7 @@ inputs, and the two measurements built on it share the model's declared shapes a
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -35,13 +36,17 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import CalibrationUnavailable, InvalidInputError
+from .producers.channels import ChannelSensitivity
 from .producers.ratecontrol import select_tensors
 from .producers.sensitivity import (
     DEFAULT_GROUP,
     DEFAULT_NOISE,
     DEFAULT_REFINE_ITERATIONS,
     DEFAULT_ROUNDS,
+    DEFAULT_CHANNEL_GROUP,
+    DEFAULT_MAX_SLICES,
     default_probe_names,
+    estimate_channel_profiles,
     estimate_output_sensitivity,
     refine_sensitivity,
     relative_output_error,
@@ -56,6 +61,9 @@ DEFAULT_SAMPLES = 4
 #: Calibration samples the sensitivity estimate uses at most: every forward pass of the estimate
 #: runs all of them, and a few inputs already average the model's response well (issue 12 used 4).
 DEFAULT_MAX_SAMPLES = 16
+#: Wall time the channel profiles of :meth:`OnnxProbe.output_sensitivity` may take (their slice count
+#: follows from the time of one forward pass); the per-tensor estimate comes on top.
+DEFAULT_CHANNEL_SECONDS = 20.0
 #: Size given to a dynamic non-batch axis (sequence length, image side) when nothing else is known.
 DEFAULT_DYNAMIC_DIM = 64
 #: Integer inputs of unknown range get values in [0, this).
@@ -463,12 +471,28 @@ class OnnxProbe:
         return outs
 
     def output_sensitivity(self, names: Sequence[str] | None = None, *, noise: float = DEFAULT_NOISE, seed: int = 0,
-                           rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP) -> dict[str, float]:
+                           rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP, channels: bool = True,
+                           max_slices: int = DEFAULT_MAX_SLICES,
+                           channel_seconds: float = DEFAULT_CHANNEL_SECONDS) -> dict[str, Any]:
         """Per-initializer output sensitivity; see :func:`onnx_output_sensitivity`."""
         if names is None:
             names = default_probe_names(self.weights)
-        return estimate_output_sensitivity(self.weights, self.run, names, noise=noise, seed=seed, rounds=rounds,
-                                           group=group, reference=self.reference)
+        result: dict[str, Any] = estimate_output_sensitivity(self.weights, self.run, names, noise=noise, seed=seed,
+                                                             rounds=rounds, group=group, reference=self.reference)
+        if channels:
+            # About one forward pass per slice: a slow model gets fewer (coarser) slices, so the profile
+            # costs at most ``channel_seconds`` (a model too slow for a few dozen passes gets none).
+            start = time.perf_counter()
+            self.run({})
+            per_pass = max(time.perf_counter() - start, 1e-4)
+            affordable = int(channel_seconds / per_pass * DEFAULT_CHANNEL_GROUP / 16)
+            slices = min(max_slices, affordable)
+            profiles = {} if slices < 16 else estimate_channel_profiles(
+                self.weights, self.run, list(result), noise=noise, seed=seed, max_slices=slices,
+                reference=self.reference)
+            for n, (axis0, axis1) in profiles.items():
+                result[n] = ChannelSensitivity(result[n], axis0, axis1)
+        return result
 
     def refine_sensitivity(self, sensitivity: Mapping[str, float], *, iterations: int = DEFAULT_REFINE_ITERATIONS,
                            method: str = "auto", **target: float) -> dict[str, float]:
@@ -521,7 +545,10 @@ def onnx_output_sensitivity(
     group: int = DEFAULT_GROUP,
     samples: int = DEFAULT_SAMPLES,
     max_samples: int | None = DEFAULT_MAX_SAMPLES,
-) -> dict[str, float]:
+    channels: bool = True,
+    max_slices: int = DEFAULT_MAX_SLICES,
+    channel_seconds: float = DEFAULT_CHANNEL_SECONDS,
+) -> dict[str, Any]:
     """Per-initializer output sensitivity of an ONNX model, keyed by initializer name.
 
     Args:
@@ -534,6 +561,11 @@ def onnx_output_sensitivity(
         samples: synthetic batch size (or feed count for a fixed batch).
         max_samples: calibration samples used at most (the first ones; None: all). Every forward
             pass of the estimate runs all of them, so this bounds its cost.
+        channels: also measure each probed initializer's profile along axes 0 and 1
+            (:func:`rdformat.producers.sensitivity.estimate_channel_profiles`, about one forward pass
+            per slice, at most ``max_slices`` and as many as ``channel_seconds`` of forward passes
+            allow); such initializers map to a ``ChannelSensitivity``, which gives their channels
+            their own steps.
 
     Returns:
         ``{initializer name: sensitivity}``, ready for ``rdformat.save(..., sensitivity=...)``.
@@ -544,7 +576,8 @@ def onnx_output_sensitivity(
     """
     probe = OnnxProbe(model_or_path, inputs, input_shapes=input_shapes, names=None if names is None else names,
                       samples=samples, seed=seed, max_samples=max_samples)
-    return probe.output_sensitivity(names, noise=noise, seed=seed, rounds=rounds, group=group)
+    return probe.output_sensitivity(names, noise=noise, seed=seed, rounds=rounds, group=group, channels=channels,
+                                    max_slices=max_slices, channel_seconds=channel_seconds)
 
 
 def onnx_output_error(

@@ -8,14 +8,19 @@ bit for bit afterwards, whatever happens (the module is never left modified, eve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InvalidInputError
+from .producers.channels import ChannelSensitivity
 from .producers.sensitivity import (DEFAULT_GROUP, DEFAULT_NOISE, DEFAULT_ROUNDS, default_probe_names,
                                     estimate_output_sensitivity, relative_output_error)
+
+#: Random output projections of :func:`channel_profiles` (one backward pass each per batch).
+DEFAULT_PROBES = 32
 
 if TYPE_CHECKING:  # annotations only: torch is imported inside the functions
     import torch
@@ -64,7 +69,9 @@ def output_sensitivity(
     seed: int = 0,
     rounds: int = DEFAULT_ROUNDS,
     group: int = DEFAULT_GROUP,
-) -> dict[str, float]:
+    channels: bool = True,
+    probes: int = DEFAULT_PROBES,
+) -> dict[str, Any]:
     """Per-parameter output sensitivity of ``module`` on ``inputs``, for ``rdformat.save(sensitivity=)``.
 
     Args:
@@ -75,10 +82,16 @@ def output_sensitivity(
         names: parameter names (as in ``state_dict``) to probe; default: float parameters with two
             or more dimensions and 16+ elements (those rate control quantises).
         noise, seed, rounds, group: see :func:`rdformat.producers.sensitivity.estimate_output_sensitivity`.
+        channels: also measure each parameter's profile along its first two axes (output and input
+            channels) with :func:`channel_profiles`; those parameters then map to a
+            :class:`~rdformat.producers.channels.ChannelSensitivity` (mean from noise injection,
+            profile from gradients), which gives their channels their own steps.
+        probes: random output projections of :func:`channel_profiles`.
 
     Returns:
         ``{parameter name: sensitivity}``: squared relative output error per unit of squared weight
-        error, per element (only ratios matter to rate control).
+        error, per element (only ratios matter to rate control); a ``ChannelSensitivity`` for
+        profiled parameters (``float()`` of it is the same per-tensor figure).
 
     The parameters are bit-identical afterwards, also when the forward pass raises.
     """
@@ -110,12 +123,115 @@ def output_sensitivity(
 
     module.eval()
     try:
-        return estimate_output_sensitivity(weights, run, probe, noise=noise, seed=seed, rounds=rounds, group=group)
+        result: dict[str, Any] = estimate_output_sensitivity(weights, run, probe, noise=noise, seed=seed,
+                                                             rounds=rounds, group=group)
     finally:
         with torch.no_grad():
             for n, original in saved.items():
                 params[n].copy_(original)
         module.train(was_training)
+    if channels:
+        try:
+            profiles = channel_profiles(module, inputs, [n for n in probe if weights[n].ndim >= 2],
+                                        probes=probes, seed=seed)
+        except RuntimeError:  # a module that autograd cannot differentiate keeps per-tensor figures
+            profiles = {}
+        for n, (axis0, axis1) in profiles.items():
+            result[n] = ChannelSensitivity(result[n], axis0, axis1)
+    return result
+
+
+def channel_profiles(module: "torch.nn.Module", inputs: Any, names: Sequence[str] | None = None, *,
+                     probes: int = DEFAULT_PROBES, seed: int = 0) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
+    """How the output sensitivity of each parameter varies along its axes 0 and 1 (channels).
+
+    The per-element sensitivity of the module's relative output error (the normalisation of
+    :mod:`rdformat.producers.sensitivity`) is the diagonal of ``J^T W J``; with random Gaussian output
+    projections ``v`` (random signs), the squared gradient of ``v . y`` has exactly that expectation (Hutchinson's
+    diagonal estimator), so ``probes`` backward passes measure every element at once. Slices are then
+    averaged along axis 0 and along axis 1.
+
+    Returns:
+        ``{name: (axis0 profile or None, axis1 profile or None)}`` for parameters of rank >= 2
+        (an axis of length 1 has no profile). Parameters and their ``.grad`` are left untouched.
+
+    Raises:
+        RuntimeError: the outputs do not depend differentiably on the parameters.
+    """
+    import torch
+
+    params = dict(module.named_parameters())
+    chosen = [n for n in (names if names is not None else params) if params[n].is_floating_point()
+              and params[n].dim() >= 2]
+    if not chosen or probes < 1:
+        return {}
+    batches = _batches(inputs)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = module.training
+    module.eval()
+    flags = {n: p.requires_grad for n, p in params.items()}
+    try:
+        with torch.no_grad():  # ||y_o||^2 over all batches, as the relative output error defines it
+            energies = [[float(y.double().pow(2).sum()) for y in _float_tensors(_call(module, b))] for b in batches]
+        count = len(energies[0])
+        totals = [sum(e[o] for e in energies) for o in range(count)]
+        weights = [1.0 / math.sqrt(max(t, 1e-300)) for t in totals]
+        sums = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in chosen}
+        for n in chosen:
+            params[n].requires_grad_(True)
+        with torch.enable_grad():
+            for _ in range(probes):
+                for b in batches:
+                    ys = _float_tensors(_call(module, b))
+                    # Rademacher projections: the lowest-variance Hutchinson estimate of the diagonal
+                    loss = sum(((torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(y.dtype) * y).sum() * w
+                               for y, w in zip(ys, weights))
+                    grads = torch.autograd.grad(loss, [params[n] for n in chosen], allow_unused=True)
+                    for n, g in zip(chosen, grads):
+                        if g is not None:
+                            sums[n] += g.double() ** 2
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+        module.train(was_training)
+    out = {}
+    for n in chosen:
+        diag = (sums[n] / (probes * max(count, 1))).numpy()
+        profiles = separable_profiles(diag.reshape(diag.shape[0], diag.shape[1], -1).mean(axis=2))
+        if profiles is not None:
+            out[n] = profiles
+    return out
+
+
+def separable_profiles(matrix: np.ndarray, floor: float = 1e-6) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """Axis profiles ``a``, ``b`` of the best separable fit ``log m_ij ~ log a_i + log b_j`` (least squares).
+
+    A log-domain fit rather than slice means: per-element estimates are noisy (a scaled chi-square
+    each) and a few large ones would dominate an arithmetic mean of their slice. Entries are floored
+    at ``floor`` times the largest. ``None`` if the matrix is all zero.
+    """
+    top = float(matrix.max()) if matrix.size else 0.0
+    if not top > 0:
+        return None
+    logs = np.log(np.maximum(matrix, top * floor))
+    row = logs.mean(axis=1)
+    col = logs.mean(axis=0) - logs.mean()  # the two-way additive fit (exact for a complete table)
+    axis0 = np.exp(row - row.max()) if matrix.shape[0] > 1 else None
+    axis1 = np.exp(col - col.max()) if matrix.shape[1] > 1 else None
+    return axis0, axis1
+
+
+def _float_tensors(out: Any) -> list:
+    """The floating-point tensors of a module's output (the same walk as :func:`_flatten_outputs`)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, Mapping):
+        return [a for k in out for a in _float_tensors(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [a for item in out for a in _float_tensors(item)]
+    return []
 
 
 def output_error(module: "torch.nn.Module", state_dict: Mapping[str, Any], inputs: Any) -> float:

@@ -195,7 +195,7 @@ def task_magika(args) -> dict:
     return {"name": "magika (ONNX, top-1 agreement)", "weights": weights, "evaluate": evaluate, "bar": 0.99,
             "higher": True, "sens": sens, "sens_cal": sens_cal, "t_syn": t_syn, "t_cal": t_cal,
             "squared_error": lambda o: cal_probe.output_error(o) ** 2, "n_cal": n_cal,
-            "bits": [1.5, 2.0, 2.5, 3.0, 4.0, 5.0], "qps": QPS[1::2],
+            "bits": [3.0, 4.0, 5.0, 6.0, 7.0], "qps": QPS[1::2],
             "note": f"{n_eval} real files (stdlib + repo), {sum(v.size for v in weights.values())} weights"}
 
 

@@ -35,6 +35,7 @@ from rdformat.codecs.base import Prepared  # noqa: E402
 from rdformat.codecs.bytesplit import PLANE_ANS, PLANE_ANS_PAIRS, ByteSplitCodec  # noqa: E402
 from rdformat.codecs.dq import DQCodec  # noqa: E402
 from rdformat.codecs.sq import SQCodec  # noqa: E402
+from rdformat.codecs.axis_scales import AxisScales  # noqa: E402
 from rdformat.format.dtypes import DTYPES  # noqa: E402
 from rdformat.entropy import FrequencyTable, ans  # noqa: E402
 
@@ -705,6 +706,41 @@ def build() -> dict[str, bytes]:
     b.invalid("dq_bad_mode", assemble([t_dq, chunk(0, b"\x07" + dq_data[1:])]), "CorruptDataError",
               "dq chunk with level-payload mode 7")
 
+    # -- axis scales of sq and dq (since 1.4, spec 5.6) ----------------------------------------------------
+    e0 = np.array([(v % 9) - 4 for v in lcg_ints(501, 6, 0, 1000)], dtype=np.int8)
+    e1 = np.array([(v % 13) - 6 for v in lcg_ints(502, 5, 0, 1000)], dtype=np.int8)
+    e1[0] = -64  # the extremes of the range
+    e0[1] = 64
+    scaled_file = write([
+        ("sq_rows_cols_f32", prepared(SQCodec(0.05, 0.1, 0.25, scales=AxisScales(e0, e1)),
+                                      levels(503, (6, 5, 3), -6, 6), "<f4")),
+        ("dq_cols_bf16", prepared(DQCodec(0.1, 4, scales=AxisScales(None, e1[::-1].copy())),
+                                  levels(504, (4, 5), -4, 4), "bfloat16")),
+        ("sq_rows_f16", prepared(SQCodec(0.25, scales=AxisScales(e0[:4].copy())), levels(505, (4, 7), -3, 3),
+                                 "<f2")),
+    ], chunk_bytes=32, small_records=True, pack_records=True)
+    assert scaled_file[8:12] == b"\x01\x00\x04\x00"
+    b.valid("axis_scales", scaled_file,
+            "format 1.4 axis scales (spec 5.6): an sq float32 tensor of shape 6x5x3 in chunks with exponents "
+            "on axes 0 and 1 (64 and -64 included), a dq bfloat16 tensor with axis-1 exponents only, an sq "
+            "float16 tensor with axis-0 exponents only (each value rounded to its dtype twice, as 5.6 states)")
+    srecs = records(write([("t", prepared(SQCodec(0.5, scales=AxisScales(e0[:4].copy())), levels(506, (4, 3), -3, 3),
+                                          "<f4"))]))
+    t_s, c_s = srecs[0], srecs[1]
+    scale0 = AxisScales(e0[:4].copy()).config()["scale0"]
+    for name, cfg, what in (
+            ("axis_scales_bad_base64", '{"step":0.5,"scale0":"@@@@"}', "a scale0 that is not base64"),
+            ("axis_scales_wrong_length", '{"step":0.5,"scale0":"' + AxisScales(e0[:3].copy()).config()["scale0"] + '"}',
+             "3 axis-0 exponents for an axis of length 4"),
+            ("axis_scales_exponent_range", '{"step":0.5,"scale1":"QUFB"}', "an axis-1 exponent of 65"),
+            ("axis_scales_empty", '{"step":0.5,"scale0":""}', "an empty scale0"),
+            ("axis_scales_not_string", '{"step":0.5,"scale0":[1,2,3,4]}', "a scale0 that is a JSON array")):
+        b.invalid(name, assemble([[3, 0, set_tensor_field(t_s[2], config=cfg)], c_s]), "CorruptDataError",
+                  f"sq configuration with {what}")
+    b.invalid("axis_scales_rank1", assemble([[3, 0, set_tensor_field(t_s[2], dims=[12],
+                                                                      config='{"step":0.5,"scale0":"' + scale0 + '"}')],
+                                             c_s]), "CorruptDataError", "axis scales on a rank-1 tensor")
+
     # -- PACK records (since 1.3) -------------------------------------------------------------------------
     levels = np.array([(v % 7) - 3 for v in lcg_ints(401, 48, 0, 1000)], dtype=np.int32)
     sq_member = Prepared(SQCodec(0.125, stats={"err": 0.25, "sparsity": 0.125}), levels, np.dtype("<f4"), (6, 8))
@@ -761,6 +797,10 @@ def build() -> dict[str, bytes]:
                                                                           "umax": 1.0, "offset": 0.0, "seed": 0},
                                                                   b"")]),
               "CorruptDataError", "pack group coded with the progressive codec surp")
+    b.invalid("pack_axis_scales", pack_file_of([C.PackMember("a.m", f32, (2, 2), 0, 0)],
+                                               [C.PackGroup("sq", {"step": 0.5, **AxisScales(np.array([1, -1])).config()},
+                                                            b"\x00")]),
+              "CorruptDataError", "pack group whose sq configuration carries axis scales (spec 5.6)")
     b.invalid("pack_lossy_int", pack_file_of([C.PackMember("a.i", i16, (4,), 0, 0)],
                                              [C.PackGroup("sq", {"step": 0.5}, b"\x00")]),
               "CorruptDataError", "pack group coded with sq whose member is int16")

@@ -202,8 +202,9 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
     rows = summary["tensors"]
     if rows:
         sensitive = any(r.get("sensitivity") is not None for r in rows)
+        channels = any(r.get("channel_steps") for r in rows)
         headers = ("name", "dtype", "shape", "codec", "stored", "raw", "ratio", "bits/w", "sparsity", "rel.err",
-                   *(("sens.",) if sensitive else ()), "flags")
+                   *(("sens.",) if sensitive else ()), *(("ch. steps",) if channels else ()), "flags")
         table = []
         for r in rows:
             flags = []
@@ -218,9 +219,11 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
                           "-" if r["sparsity"] is None else f"{100 * r['sparsity']:.1f}%",
                           "-" if r["rel_error"] is None else ("0" if r["rel_error"] == 0 else f"{r['rel_error']:.2e}"),
                           *((("-" if r.get("sensitivity") is None else f"{r['sensitivity']:.3g}x"),) if sensitive else ()),
+                          *((("-" if not r.get("channel_steps") else
+                              "x{:.3g}..x{:.3g}".format(*r["channel_steps"])),) if channels else ()),
                           ", ".join(flags)))
         widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-        right = {4, 5, 6, 7, 8, 9, 10} if sensitive else {4, 5, 6, 7, 8, 9}
+        right = set(range(4, 10 + sensitive + channels))
         fmt_row = lambda cells: "  ".join(  # noqa: E731
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
         print(fmt_row(headers))
@@ -229,6 +232,9 @@ def cmd_info(args: argparse.Namespace, out: Out) -> int:
     if any(r.get("sensitivity") is not None for r in rows):
         print("sens.: the tensor's output sensitivity relative to the mean, as rate control used it "
               "(higher: finer steps)")
+    if any(r.get("channel_steps") for r in rows):
+        print("ch. steps: range of the per-channel step factors (axis scales) within the tensor "
+              "(below 1: channels the outputs feel more get finer steps)")
     print(f"total: tensor data {summary['raw_bytes']:,} bytes, file {summary['file_bytes']:,} bytes, "
           f"ratio {summary['ratio']:.3f}x")
     b = summary["breakdown"]

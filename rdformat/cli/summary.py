@@ -9,9 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import adapters
+from ..codecs.axis_scales import KEYS as SCALE_KEYS, AxisScales, factor
 from ..errors import RdcError
 from ..file.breakdown import breakdown as file_breakdown
+
 
 def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -94,6 +98,19 @@ def _stat(value: Any, lo: float, hi: float) -> float | None:
     return value if math.isfinite(value) and lo <= value <= hi else None
 
 
+def _channel_steps(config: Any, shape: tuple[int, ...]) -> list[float] | None:
+    """Smallest and largest factor the axis scales (spec 5.6) put on the tensor's step, or None."""
+    if not isinstance(config, dict) or not any(k in config for k in SCALE_KEYS):
+        return None
+    try:
+        scales = AxisScales.from_config(config, "info")
+        scales.check_shape(shape, "info")
+    except RdcError:
+        return None  # what the file says is not plausible: shown as unknown
+    e = scales.exponents(shape)
+    return [float(factor(np.min(e))), float(factor(np.max(e)))]
+
+
 def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
     """Per-tensor facts of an .rdc file (for ``info`` and the compress summary)."""
     file_bytes = os.path.getsize(path)
@@ -124,6 +141,7 @@ def tensor_summary(path: str | os.PathLike) -> dict[str, Any]:
             row["rel_error"] = _stat(stats.get("err"), 0.0, float("inf"))
             if row["rel_error"] is None and ti.codec in ("raw", "bytesplit"):
                 row["rel_error"] = 0.0  # lossless codecs
+            row["channel_steps"] = _channel_steps(ti.codec_config, tuple(ti.shape))
             if not alias_of:
                 raw += row["raw_bytes"]
                 stored += row["stored_bytes"]

@@ -34,6 +34,21 @@ class Codec:
         cannot hold their declared chunks before allocating outputs)."""
         return 0
 
+    @property
+    def transforms_tensor(self) -> bool:
+        """True when decoding needs the whole tensor's shape (:meth:`finish_tensor` is not the identity);
+        such a configuration cannot share a PACK group with other tensors."""
+        return False
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse a configuration that does not fit the tensor's shape (raise CorruptDataError).
+
+        Readers call it before decoding anything of the tensor."""
+
+    def finish_tensor(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The tensor's final flat elements from its decoded chunks (e.g. sq/dq axis scales, spec 5.5)."""
+        return flat
+
     def get_config(self) -> dict:
         """JSON-able parameters a decoder needs (stored in the tensor header)."""
         return {}

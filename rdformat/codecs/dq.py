@@ -23,6 +23,7 @@ from ..format.dtypes import DtypeInfo
 from ..entropy import ans, entropy_bits
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
+from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
 from .base import ChunkPlan, Codec
 from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, unzigzag, zigzag
 
@@ -167,20 +168,22 @@ def encode_dq_levels(levels: np.ndarray, segment_hint: int | None = None) -> byt
 
 
 @register_codec
-class DQCodec(Codec):
+class DQCodec(AxisScaled, Codec):
     """Trellis-coded quantization levels (see module docstring).
 
     Args:
         step: the step ``S`` (> 0, finite); reconstructions are integer multiples of it.
         chain: elements per trellis chain (1..65536).
         stats: informational figures recorded at encode time (ignored by decoders).
+        segment_hint: encoder hint, not stored (see below).
+        scales: per-channel step factors (spec 5.5), applied to the whole decoded tensor.
     """
 
     codec_id = "dq"
     lossless = False
 
     def __init__(self, step: float, chain: int = DEFAULT_CHAIN, stats: dict | None = None,
-                 segment_hint: int | None = None) -> None:
+                 segment_hint: int | None = None, scales: AxisScales | None = None) -> None:
         if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step) or step <= 0:
             raise CorruptDataError(f"dq: step must be a finite number > 0, got {step!r}")
         if not isinstance(chain, int) or isinstance(chain, bool) or not 1 <= chain <= MAX_CHAIN:
@@ -190,6 +193,7 @@ class DQCodec(Codec):
         self.stats = dict(stats or {})
         #: encoder hint, not stored: a natural segment length for CLASSES (the row length)
         self.segment_hint = segment_hint
+        self.scales = scales if scales is not None else AxisScales()
 
     @property
     def chunk_multiple(self) -> int:
@@ -197,8 +201,9 @@ class DQCodec(Codec):
         return self.chain
 
     def get_config(self) -> dict:
-        """Step and chain length."""
+        """Step, chain length and axis scales."""
         config = {"step": self.step, "chain": self.chain}
+        config.update(self.scales.config())
         if self.stats:
             config["stats"] = self.stats
         return config
@@ -206,10 +211,11 @@ class DQCodec(Codec):
     @classmethod
     def from_config(cls, config: dict) -> "DQCodec":
         """Rebuild from a tensor header; unknown keys are refused except ``stats``."""
-        if set(config) - {"step", "chain", "stats"} or "step" not in config or "chain" not in config:
+        if set(config) - {"step", "chain", "stats", *SCALE_KEYS} or "step" not in config or "chain" not in config:
             raise CorruptDataError(f"dq: bad configuration keys {sorted(config)}")
         stats = config.get("stats")
-        return cls(config["step"], config["chain"], stats if isinstance(stats, dict) else None)
+        return cls(config["step"], config["chain"], stats if isinstance(stats, dict) else None,
+                   scales=AxisScales.from_config(config, "dq"))
 
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
         """Store the chunk's levels (the ``sq`` level payload, or CLASSES)."""

@@ -23,6 +23,7 @@ from ..format.dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, InvalidInputError, RdcError
 from .registry import register_codec
+from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
 from .base import ChunkPlan, Codec
 
 MODE_ZERO = 0
@@ -56,7 +57,7 @@ def dequantize(levels: np.ndarray, step: float, offset1: float, offset2: float, 
 
 
 @register_codec
-class SQCodec(Codec):
+class SQCodec(AxisScaled, Codec):
     """Entropy-coded scalar-quantized levels (see module docstring).
 
     Args:
@@ -64,12 +65,14 @@ class SQCodec(Codec):
         offset1: reconstruction offset for ``|q| == 1``, in steps, in [0, 1).
         offset2: reconstruction offset for ``|q| >= 2``, in steps, in [0, 1).
         stats: informational figures recorded at encode time (ignored by decoders).
+        scales: per-channel step factors (spec 5.5), applied to the whole decoded tensor.
     """
 
     codec_id = "sq"
     lossless = False
 
-    def __init__(self, step: float, offset1: float = 0.0, offset2: float = 0.0, stats: dict | None = None) -> None:
+    def __init__(self, step: float, offset1: float = 0.0, offset2: float = 0.0, stats: dict | None = None,
+                 scales: AxisScales | None = None) -> None:
         for name, value, lo, hi in (("step", step, 0.0, math.inf), ("offset1", offset1, 0.0, 1.0),
                                     ("offset2", offset2, 0.0, 1.0)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -80,15 +83,17 @@ class SQCodec(Codec):
         self.offset1 = float(offset1)
         self.offset2 = float(offset2)
         self.stats = dict(stats or {})
+        self.scales = scales if scales is not None else AxisScales()
 
     def get_config(self) -> dict:
-        """Step and offsets (exact float64 values round-trip through JSON)."""
+        """Step, offsets and axis scales (exact float64 values round-trip through JSON)."""
         config = {"step": self.step}
         # Zero offsets are the default: leaving them out keeps small tensors' headers short.
         if self.offset1:
             config["offset1"] = self.offset1
         if self.offset2:
             config["offset2"] = self.offset2
+        config.update(self.scales.config())
         if self.stats:
             config["stats"] = self.stats
         return config
@@ -96,12 +101,12 @@ class SQCodec(Codec):
     @classmethod
     def from_config(cls, config: dict) -> "SQCodec":
         """Rebuild from a tensor header; unknown keys are refused except ``stats``."""
-        extra = set(config) - {"step", "offset1", "offset2", "stats"}
+        extra = set(config) - {"step", "offset1", "offset2", "stats", *SCALE_KEYS}
         if extra or "step" not in config:
             raise CorruptDataError(f"sq: bad configuration keys {sorted(config)}")
         stats = config.get("stats")
         return cls(config["step"], config.get("offset1", 0.0), config.get("offset2", 0.0),
-                   stats if isinstance(stats, dict) else None)
+                   stats if isinstance(stats, dict) else None, AxisScales.from_config(config, "sq"))
 
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
         """Encode a chunk of integer levels with the cheapest model: explicit table or parametric."""

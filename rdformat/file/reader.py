@@ -599,7 +599,10 @@ class RdcReader:
         data = group.data if isinstance(group.data, memoryview) else memoryview(group.data)
         try:
             info = by_code(header.dtype_code)
-            need = codec_from_config(header.codec_id, header.codec_config).min_data_bytes(group.numel, info)
+            codec = codec_from_config(header.codec_id, header.codec_config)
+            if codec.transforms_tensor:  # a group's elements span several tensors: no per-tensor axes
+                raise CorruptDataError(f"{header.codec_id} configuration with axis scales in a pack group")
+            need = codec.min_data_bytes(group.numel, info)
         except RdcError as exc:
             raise exc.with_context(offset=group.offset, record="pack", tensor=header.name)
         except (TypeError, ValueError) as exc:
@@ -663,6 +666,10 @@ class RdcReader:
         except (TypeError, ValueError) as exc:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
+        try:
+            codec.check_shape(header.shape)  # e.g. axis scales (spec 5.5) must match the tensor's axes
+        except RdcError as exc:
+            raise exc.with_context(offset=head.offset, record="tensor", tensor=name)
         rem = self._src.remaining()
         known = rem is not None
         # what the output limits measure against: the whole file, or on a stream the bytes read so far
@@ -679,6 +686,7 @@ class RdcReader:
                 pend.layered, pend.codec = ([bytearray(inline)] if numel else []), codec
                 return pend
             pend = _PendingTensor(header, head, info, self._allocate(numel, dtype, nbytes, head, name))
+            pend.codec = codec
             if numel:
                 with _chunk_errors(0, head, name):
                     plan = codec.plan_chunk(inline, numel, info, max_bytes=self._chunk_budget(codec, inline))
@@ -712,6 +720,7 @@ class RdcReader:
         else:
             out = self._allocate(0 if grow else numel, dtype, nbytes, head, name)
         pend = _PendingTensor(header, head, info, out)
+        pend.codec = codec
         if layered:
             pend.layered, pend.codec = [], codec
         for index in range(header.chunk_count):
@@ -937,6 +946,8 @@ class RdcReader:
             if info.kind == "bool" and header.numel and out.view(np.uint8).max() > 1:
                 raise CorruptDataError("bool tensor holds values other than 0 and 1",
                                        offset=head.offset, record="tensor", tensor=header.name)
+            if pend.codec is not None and pend.codec.transforms_tensor:
+                out = pend.codec.finish_tensor(out, header.shape)
             out_list.append((header.name, out.reshape(header.shape)))
         return out_list
 

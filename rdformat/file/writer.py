@@ -186,6 +186,7 @@ class Writer:
         self._pack: list[tuple] = []  # tensors waiting for the next PACK record
         self._pack_bytes = 0
         self._packed = False
+        self._needed_minor = 0  # raised by features used (1.4: axis scales); the header is patched at close
         self.chunk_bytes = chunk_bytes
         #: progressive tensors (SuRP) are layered (format 1.3): their segments of all tensors follow
         #: the tensors in LAYER records, by value, so a prefix of the file refines the whole model.
@@ -224,11 +225,11 @@ class Writer:
             compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH) for rtype, _p, _k in leading)
             self._minor = (C.VERSION_MINOR_LAYERS if layered else
                            C.VERSION_MINOR_ZLIB if compressed else C.VERSION_MINOR_BASE)
-            # The minor version is raised to 1.3 at close if a PACK record was written: in place when the
+            # The minor version is raised at close (1.3: a PACK record, 1.4: axis scales): in place when the
             # target can seek back, else announced now (readers never depend on the minor version).
             self._header_at = _tell(self._stream)
-            if self.pack_records and self._header_at is None:
-                self._minor = C.VERSION_MINOR_PACK
+            if self._header_at is None:  # cannot seek back: announce the newest minor (features may follow)
+                self._minor = C.VERSION_MINOR
             self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
                 flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH) else 0
@@ -294,6 +295,8 @@ class Writer:
             if structural and not chosen.lossless:
                 chosen = resolve_codec("lossless")
             chosen = chosen.for_tensor(arr, info)
+        if chosen.transforms_tensor:
+            self._needed_minor = max(self._needed_minor, C.VERSION_MINOR_SCALES)
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
         if coded is None:
@@ -308,6 +311,7 @@ class Writer:
             payloads = iter(coded)
         chunk_count = -(-numel // chunk_elements)
         if (self.pack_records and coded is None and chunk_count <= 1 and not chosen.progressive
+                and not chosen.transforms_tensor
                 and numel * info.itemsize <= (C.PACK_TENSOR_BYTES if chosen.lossless else C.PACK_LOSSY_BYTES)
                 and not (isinstance(chosen, RawCodec) and numel * info.itemsize >= C.SMALL_DATA_BYTES)):
             # (raw data of 4 KiB or more stays in an aligned CHUNK record, where it can be memory-mapped)
@@ -447,9 +451,10 @@ class Writer:
             self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
             file_length = self.pos + C.END_RECORD_SIZE
             self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
-            if self._packed and self._minor < C.VERSION_MINOR_PACK:
+            needed = max(C.VERSION_MINOR_PACK if self._packed else 0, self._needed_minor)
+            if needed > self._minor:
                 self._stream.seek(self._header_at)
-                self._stream.write(C.file_header(C.VERSION_MINOR_PACK))
+                self._stream.write(C.file_header(needed))
                 self._stream.seek(self._header_at + file_length)
             self._stream.flush()
             if self._file is not None:

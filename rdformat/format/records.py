@@ -36,12 +36,13 @@ VERSION_MAJOR = 1
 #: Newest minor version this module reads and writes. Writers write 3 when a file holds a PACK or LAYER
 #: record (1.3), 2 when it uses a 1.2 feature (compressed META/GRAPH records) and 1 otherwise, so files
 #: without newer features stay readable by older readers.
-VERSION_MINOR = 3
+VERSION_MINOR = 4
 VERSION_MINOR_ZLIB = 2
 VERSION_MINOR_PACK = 3
 VERSION_MINOR_BASE = 1
 VERSION_MINOR_COMPRESSED = VERSION_MINOR_ZLIB
 VERSION_MINOR_LAYERS = 3
+VERSION_MINOR_SCALES = 4
 FILE_HEADER_SIZE = 16
 RECORD_HEADER_SIZE = 16
 RECORD_TRAILER_SIZE = 4

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..codecs.axis_scales import AxisScales
 from ..codecs.base import Prepared
 from ..errors import InvalidInputError
 from ..format.dtypes import is_float, is_quantizable_float
@@ -285,19 +286,29 @@ class PreparedTensor:
 
 
 def prepare_tensor(array: np.ndarray, step: float, method: str, *, fine: bool = False,
-                   lam: float = DEFAULT_LAMBDA) -> PreparedTensor:
+                   lam: float = DEFAULT_LAMBDA, scales: AxisScales | None = None) -> PreparedTensor:
     """Quantize one tensor with its planned step (``fine``: the uniform fine quantizer of vectors).
 
-    The stored configuration carries the tensor's relative L2 error and sparsity (what ``rdc info``
-    shows), rounded to three digits.
+    ``scales``: axis scales (spec 5.5): the tensor divided by them is quantized, and the codec
+    multiplies them back. The stored configuration carries the tensor's relative L2 error and
+    sparsity (what ``rdc info`` shows), rounded to three digits.
     """
-    q = quantize_uniform(array, step) if fine else quantize(array, step, method, lam)
+    source = np.asarray(array)
+    if scales:
+        source = scales.divide(source).astype(source.dtype)
+    q = quantize_uniform(source, step) if fine else quantize(source, step, method, lam)
+    decoded = q.dequantize()
+    if scales:
+        decoded = scales.apply(decoded.reshape(-1), decoded.shape).reshape(decoded.shape)
     a64 = np.asarray(array, dtype=np.float64)
-    diff = q.dequantize().astype(np.float64) - a64
+    diff = decoded.astype(np.float64) - a64
     e2 = float(np.sum(diff * diff))
     norm = float(np.sum(a64 * a64))
     stats = {"err": float(f"{math.sqrt(e2 / norm) if norm else 0.0:.3g}"), "sparsity": float(f"{q.sparsity:.3g}")}
-    return PreparedTensor(q.prepared(stats), e2, q.sparsity)
+    prepared = q.prepared(stats)
+    if scales:
+        prepared.codec.scales = scales
+    return PreparedTensor(prepared, e2, q.sparsity)
 
 
 def squared_norm(tensors: Mapping[str, np.ndarray]) -> float:

@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
+from .channels import ChannelSensitivity
 from .ratecontrol import plan, quantize
 
 #: ``run(overrides) -> outputs``: runs the model with the tensors named in ``overrides`` replaced by
@@ -360,7 +361,122 @@ def refine_sensitivity(
         # (a full jump oscillates between over- and under-protected tensors).
         sens = {n: sens[n] ** damping * measured[n] ** (1 - damping) if n in measured
                 else sens[n] * ratio ** (1 - damping) for n in names}
-    return sens
+    # Channel profiles (within-tensor ratios) are kept; only the tensors' levels were re-measured.
+    return {n: ChannelSensitivity(v, sensitivity[n].axis0, sensitivity[n].axis1)
+            if isinstance(sensitivity[n], ChannelSensitivity) else v for n, v in sens.items()}
+
+
+#: Slices perturbed together by :func:`estimate_channel_profiles` (16 passes per group).
+DEFAULT_CHANNEL_GROUP = 15
+#: Slices measured at most by :func:`estimate_channel_profiles` (about one forward pass each); longer
+#: axes are measured in bins of neighbouring indices so the cost stays bounded on large models.
+DEFAULT_MAX_SLICES = 4096
+
+
+def estimate_channel_profiles(
+    weights: Mapping[str, np.ndarray],
+    run: RunFn,
+    names: Sequence[str],
+    *,
+    noise: float = DEFAULT_NOISE,
+    seed: int = 0,
+    group: int = DEFAULT_CHANNEL_GROUP,
+    max_slices: int = DEFAULT_MAX_SLICES,
+    reference: Sequence[np.ndarray] | None = None,
+) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
+    """How each tensor's output sensitivity varies along its axes 0 and 1 (its channels).
+
+    The estimator of :func:`estimate_output_sensitivity` with *slices* as the probed units: slice ``i``
+    of axis 0 (or 1) of a tensor gets its own noise and its own Hadamard sign column, so one group of
+    ``group`` slices (of any tensors, overlapping ones included: the output changes still add) costs
+    the next power of two of forward passes. Each slice's figure is its mean per-element sensitivity.
+    If the tensors' axes hold more than ``max_slices`` slices together, each axis is measured in bins
+    of neighbouring indices (all indices of a bin share its figure).
+
+    Returns:
+        ``{name: (axis0 profile or None, axis1 profile or None)}`` for tensors of rank >= 2 (an axis of
+        length 1 has no profile); only ratios within a profile are meaningful.
+    """
+    if group < 1 or max_slices < 2:
+        raise InvalidInputError(f"group and max_slices must be positive, got group={group}, max_slices={max_slices}")
+    tensors = {n: np.asarray(weights[n]) for n in names if np.asarray(weights[n]).ndim >= 2}
+    axes = [(n, axis, tensors[n].shape[axis]) for n in tensors for axis in (0, 1) if tensors[n].shape[axis] > 1]
+    if not axes:
+        return {}
+    total = sum(length for _n, _a, length in axes)
+    ratio = min(1.0, max_slices / total)
+    units = []  # (name, axis, bin, indices)
+    bins_of = {}
+    for n, axis, length in axes:
+        bins = length if ratio >= 1 else max(2, int(length * ratio))
+        bins_of[(n, axis)] = (bins, np.arange(length) * bins // length)
+        for b in range(bins):
+            units.append((n, axis, b))
+    ref = float_outputs(run({}) if reference is None else reference)
+    if not ref:
+        raise InvalidInputError("the model has no floating-point output to measure")
+    out_w = _output_weights(ref)
+    rms_all = [float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) for a in tensors.values() if a.size]
+    fallback_rms = max([r for r in rms_all if r > 0], default=1.0)
+    rng = np.random.default_rng(seed)
+    values = np.zeros(len(units))
+    order = rng.permutation(len(units))
+    for start in range(0, len(order), group):
+        members = [int(u) for u in order[start:start + group]]
+        k = 1 << math.ceil(math.log2(len(members) + 1))
+        signs = _hadamard(k)[:, 1:len(members) + 1]
+        deltas = []
+        for u in members:
+            n, axis, b = units[u]
+            w = tensors[n]
+            sigma = _noise_scale(w, noise, fallback_rms)
+            mask = bins_of[(n, axis)][1] == b
+            index = (mask,) if axis == 0 else (slice(None), mask)
+            delta = np.zeros(w.shape, dtype=np.float64)
+            part = w[index].astype(np.float64)
+            # Random signs of a fixed size, not Gaussian noise: every element then weighs the same in
+            # the slice's figure (a Gaussian draw lets a few elements dominate a short slice).
+            plus = (part + (rng.integers(0, 2, part.shape) * 2.0 - 1.0) * sigma).astype(w.dtype)
+            delta[index] = plus.astype(np.float64) - part
+            deltas.append(delta)
+        projections = [[np.zeros_like(y) for y in ref] for _ in members]
+        for row in range(k):
+            combined: dict[str, np.ndarray] = {}
+            for j, u in enumerate(members):
+                n = units[u][0]
+                combined[n] = combined.get(n, 0.0) + signs[row, j] * deltas[j]
+            overrides = {n: (tensors[n].astype(np.float64) + d).astype(tensors[n].dtype) for n, d in combined.items()}
+            outs = float_outputs(run(overrides))
+            if len(outs) != len(ref):
+                raise InvalidInputError("the model returned a different number of outputs between runs")
+            for j in range(len(members)):
+                s = signs[row, j] / k
+                for acc, y, y0 in zip(projections[j], outs, ref):
+                    acc += s * (y - y0)
+        for j, u in enumerate(members):
+            energy = sum(w_o * float(np.vdot(p, p).real) for w_o, p in zip(out_w, projections[j]))
+            applied = float(np.vdot(deltas[j], deltas[j]))
+            values[u] = energy / applied if applied > 0 else 0.0
+    result: dict[str, list] = {n: [None, None] for n in tensors}
+    for (n, axis, _length) in axes:
+        bins, which = bins_of[(n, axis)]
+        per_bin = np.array([values[i] for i, (un, ua, _b) in enumerate(units) if un == n and ua == axis])
+        result[n][axis] = per_bin[which]
+    out = {}
+    for n, (a0, a1) in result.items():
+        if any(p is not None and p.max() > 0 for p in (a0, a1)):
+            out[n] = tuple(p if p is not None and p.max() > 0 else None for p in (a0, a1))
+    return out
+
+
+def channel_passes(shapes: Sequence[tuple[int, ...]], *, group: int = DEFAULT_CHANNEL_GROUP,
+                   max_slices: int = DEFAULT_MAX_SLICES) -> int:
+    """Number of ``run`` calls :func:`estimate_channel_profiles` makes for tensors of these shapes."""
+    total = sum(s[a] for s in shapes if len(s) >= 2 for a in (0, 1) if s[a] > 1)
+    units = min(total, max(max_slices, 2)) if total else 0
+    full, rest = divmod(units, group)
+    k = 1 << math.ceil(math.log2(group + 1))
+    return full * k + ((1 << math.ceil(math.log2(rest + 1))) if rest else 0)
 
 
 def forward_passes(tensor_count: int, *, rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP) -> int:
@@ -375,6 +491,8 @@ def forward_passes(tensor_count: int, *, rounds: int = DEFAULT_ROUNDS, group: in
 __all__ = [
     "RunFn",
     "estimate_output_sensitivity",
+    "estimate_channel_profiles",
+    "channel_passes",
     "relative_output_error",
     "predicted_output_error",
     "default_probe_names",
