@@ -26,7 +26,7 @@ from .file.reader import Limits, RdcReader, load, open  # noqa: F401  (re-export
 from .file.writer import CODEC_ALIASES, DEFAULT_CHUNK_BYTES, Writer
 from .producers import ratecontrol as RC
 from .producers import surp as SP
-from .producers.channels import DEFAULT_STRENGTH, axis_scales, split_sensitivity
+from .producers.channels import DEFAULT_STRENGTH, axis_scales, rate_strength, split_sensitivity
 
 #: Lossy methods: scalar and trellis-coded quantization under rate control, SuRP pruning.
 LOSSY_METHODS = ("auto", "sq", "dq", "surp")
@@ -265,21 +265,28 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
     sens, channels = split_sensitivity(spec.sensitivity)
     if spec.sensitivity:
         options = {**options, "metadata": _record_sensitivity(options.get("metadata"), tensors, names, sens)}
-    # Channel profiles: each such tensor is planned and quantized divided by its axis scales (spec 5.5).
-    scales, planned = {}, tensors
-    for name in names:
-        if name in channels and spec.channel_strength > 0:
-            array = np.asarray(tensors[name])
-            sc, sens[name] = axis_scales(channels[name], array.shape, spec.channel_strength)
-            if sc:
-                scales[name] = sc
-                planned = dict(planned) if planned is tensors else planned
-                planned[name] = sc.divide(array).astype(array.dtype)
     lossless_bytes = 0
     if kind == "size":
         lossless_bytes = _write(io.BytesIO(), ((n, a) for n, a in tensors.items() if n not in names),
                                 encode=lambda _n, a: a, structural=structural, aliases=None,
                                 chunk_bytes=options["chunk_bytes"])
+    # Channel profiles: each such tensor is planned and quantized divided by its axis scales (spec 5.6),
+    # following the profile as far as the rate makes it pay (a first plan tells the rate of other targets).
+    scales, planned = {}, tensors
+    strength = spec.channel_strength if any(n in channels for n in names) else 0.0
+    if strength > 0:
+        rate = value if kind == "bits" else RC.plan(
+            tensors, **{kind: value}, lossy=names, sensitivity=sens or None, lossless_bytes=lossless_bytes,
+            method=spec.method).predicted_bits_per_weight
+        strength = rate_strength(strength, rate)
+    for name in names:
+        if name in channels and strength > 0:
+            array = np.asarray(tensors[name])
+            sc, sens[name] = axis_scales(channels[name], array.shape, strength)
+            if sc:
+                scales[name] = sc
+                planned = dict(planned) if planned is tensors else planned
+                planned[name] = sc.divide(array).astype(array.dtype)
     goal = value
     # A size target is a ceiling: when the sample underestimated, aim lower and write again (into
     # memory first, so that a stream target receives one file).

@@ -718,7 +718,7 @@ def build() -> dict[str, bytes]:
                                   levels(504, (4, 5), -4, 4), "bfloat16")),
         ("sq_rows_f16", prepared(SQCodec(0.25, scales=AxisScales(e0[:4].copy())), levels(505, (4, 7), -3, 3),
                                  "<f2")),
-    ], chunk_bytes=32, small_records=True, pack_records=True)
+    ], chunk_bytes=128, small_records=True, pack_records=True)
     assert scaled_file[8:12] == b"\x01\x00\x04\x00"
     b.valid("axis_scales", scaled_file,
             "format 1.4 axis scales (spec 5.6): an sq float32 tensor of shape 6x5x3 in chunks with exponents "

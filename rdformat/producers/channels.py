@@ -155,6 +155,24 @@ def _pays(logs: np.ndarray, numel: int, strength: float) -> bool:
     return saving > PAY_MARGIN * EXPONENT_BITS * logs.size
 
 
+#: Bits per weight below which channel steps are off, and from which they follow ``strength`` fully.
+LOW_RATE, HIGH_RATE = 1.0, 3.0
+
+
+def rate_strength(strength: float, bits_per_weight: float) -> float:
+    """``strength`` scaled for the rate the model is quantized at: 0 up to :data:`LOW_RATE` bits per
+    weight, rising linearly to the full value at :data:`HIGH_RATE`.
+
+    Per-channel steps rest on high-rate theory (every weight's error is uniform noise of its step). At
+    about one bit per weight most weights quantize to zero whatever their step, and coarser steps on
+    channels measured as insensitive remove what little of them survives: on the digits CNN at 1
+    bit/weight channel steps cost 14% more bytes at equal accuracy, while on MTCNN at 3.7 bits/weight
+    they saved 10%.
+    """
+    ramp = (bits_per_weight - LOW_RATE) / (HIGH_RATE - LOW_RATE)
+    return strength * min(1.0, max(0.0, ramp))
+
+
 def split_sensitivity(sensitivity: Mapping[str, object] | None) -> tuple[dict[str, float], dict[str, ChannelSensitivity]]:
     """Per-tensor floats for rate control, and the entries that carry channel profiles."""
     floats: dict[str, float] = {}
