@@ -213,7 +213,7 @@ class Writer:
             leading = []  # (record type, payload, index entry kind) of the META and GRAPH records
             if metadata is not None:
                 try:
-                    meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
+                    meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
                 except (TypeError, ValueError) as exc:
                     raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
                 leading.append(C.meta_record(meta.encode("utf-8"), compress=compress_records) + (C.ENTRY_META,))
