@@ -33,6 +33,8 @@ REC_META, REC_GRAPH, REC_TENSOR, REC_CHUNK, REC_ALIAS, REC_INDEX, REC_END, REC_S
 REC_ZMETA, REC_ZGRAPH = 9, 10  # format 1.2: zlib-compressed META / GRAPH (indexed as META / GRAPH)
 REC_LAYER = 12  # format 1.3: pieces of layered tensors (indexed as one region, entry kind 6)
 REC_PACK = 11  # format 1.3: several small tensors in one record (indexed by one unnamed entry, kind 5)
+REC_DMETA = 13  # format 1.5: META deflated with the preset dictionary (indexed as META)
+REC_ZPACK = 14  # format 1.5: a PACK record with a deflated directory (indexed like PACK, kind 5)
 _HEAD = struct.Struct("<HHQ")
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128, 255, 256, 1023, 1024, 4095, 4096,
                65535, 65536, (1 << 20), (1 << 24) - 1, 1 << 24, (1 << 26), (1 << 28), (1 << 28) + 1, (1 << 31) - 1,
@@ -511,11 +513,12 @@ class RdcFile:
             elif rec.rtype in (REC_ALIAS, REC_SMALL) and len(payload) >= 2:
                 n = struct.unpack_from("<H", payload)[0]
                 entries.append((2 if rec.rtype == REC_ALIAS else 1, payload[2 : 2 + n], start, len(out) - start))
-            elif rec.rtype in (REC_META, REC_GRAPH, REC_ZMETA, REC_ZGRAPH):
-                entries.append((3 if rec.rtype in (REC_META, REC_ZMETA) else 4, b"", start, len(out) - start))
+            elif rec.rtype in (REC_META, REC_GRAPH, REC_ZMETA, REC_ZGRAPH, REC_DMETA):
+                entries.append((3 if rec.rtype in (REC_META, REC_ZMETA, REC_DMETA) else 4, b"", start,
+                                len(out) - start))
             elif rec.rtype == REC_LAYER:
                 layers[:] = [layers[0] if layers else start, len(out)]
-            elif rec.rtype == REC_PACK:  # since 1.3: one unnamed index entry for the whole record
+            elif rec.rtype in (REC_PACK, REC_ZPACK):  # since 1.3: one unnamed index entry for the whole record
                 entries.append((5, b"", start, len(out) - start))
             elif rec.rtype == REC_INDEX:
                 index_at = start

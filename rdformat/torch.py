@@ -228,6 +228,74 @@ def _json_able(value: Any) -> bool:
         return False
 
 
+def _reversed_strides(shape: tuple[int, ...]) -> list[int]:
+    """The strides of the layout whose dimensions are stored in reverse order (first dimension fastest,
+    as a transposed matrix or a column-major array): ``[1, d0, d0*d1, ...]``."""
+    out, step = [], 1
+    for d in shape:
+        out.append(step)
+        step *= d
+    return out
+
+
+def _derived_modules(keys: list[str]) -> list[str]:
+    """The module names a state_dict's keys imply, in order of first appearance: ``""`` and every dotted
+    prefix of every key (``"a.b.w"`` -> ``"a"``, ``"a.b"``)."""
+    out, seen = [""], {""}
+    for key in keys:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i])
+            if prefix not in seen:
+                seen.add(prefix)
+                out.append(prefix)
+    return out
+
+
+#: Most insertions a ``modules`` field may list (a hostile file cannot make the reader loop for long).
+MAX_MODULE_INSERTS = 1 << 16
+
+
+def _expand_modules(compact: Any, keys: list[str]) -> list[list]:
+    """The module-version pairs a ``modules`` field describes (spec A.2): the modules the keys imply, with
+    the listed names inserted at the listed positions, each mapped to the one value. Raises
+    CorruptDataError on any malformed part."""
+    bad = CorruptDataError("metadata: 'modules' is not [value, position, name, position, name, ...]")
+    if not isinstance(compact, list) or not compact or len(compact) % 2 != 1 \
+            or not isinstance(compact[0], Mapping) or len(compact) > 2 * MAX_MODULE_INSERTS + 1:
+        raise bad
+    names = _derived_modules(keys)
+    seen = set(names)
+    for at, name in zip(compact[1::2], compact[2::2]):
+        if not isinstance(at, int) or isinstance(at, bool) or not isinstance(name, str) \
+                or not 0 <= at <= len(names) or name in seen:
+            raise bad
+        seen.add(name)
+        names.insert(at, name)
+    return [[n, dict(compact[0])] for n in names]
+
+
+def _compact_modules(pairs: list[list], keys: list[str]) -> list | None:
+    """The ``modules`` field for a module-version map, or None when it has no compact form (the values
+    differ, or the map lacks a module the keys imply, or its order differs from theirs)."""
+    if not pairs or any(p[1] != pairs[0][1] or not isinstance(p[1], Mapping) for p in pairs):
+        return None
+    derived = _derived_modules(keys)
+    out: list = [pairs[0][1]]
+    j = 0
+    for i, (name, _value) in enumerate(pairs):
+        if j < len(derived) and name == derived[j]:
+            j += 1
+        else:
+            out += [i, name]
+    if j != len(derived) or len(out) > 2 * MAX_MODULE_INSERTS + 1:
+        return None
+    try:
+        return out if _expand_modules(out, keys) == [[k, dict(v)] for k, v in pairs] else None
+    except CorruptDataError:
+        return None
+
+
 def _prepare(
     state_dict: Mapping[str, Any], *, fold: bool = True
 ) -> tuple[list[str], dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
@@ -267,10 +335,21 @@ def _prepare(
         if st is not None:
             strides[name] = st
     fields: dict[str, Any] = {}
+    keys = [n for n in state_dict if isinstance(n, str)]
     sd_meta = getattr(state_dict, "_metadata", None)
     if isinstance(sd_meta, Mapping) and _json_able(dict(sd_meta)):
-        # a list of pairs: the container's JSON metadata does not keep key order
-        fields["state_dict_metadata"] = [[str(k), v] for k, v in sd_meta.items()]
+        pairs = [[str(k), v] for k, v in sd_meta.items()]
+        compact = _compact_modules(pairs, keys)
+        if compact is not None:
+            fields["modules"] = compact
+        else:  # a list of pairs: the container's JSON metadata does not keep key order
+            fields["state_dict_metadata"] = pairs
+    layouts = [1 if strides.get(n) == _reversed_strides(tuple(tensors[n].shape)) else 0 for n in order]
+    while layouts and not layouts[-1]:
+        layouts.pop()
+    strides = {n: st for n, st in strides.items() if st != _reversed_strides(tuple(tensors[n].shape))}
+    if layouts:
+        fields["layouts"] = layouts
     if strides:
         fields["strides"] = strides
     if folded:
@@ -278,7 +357,7 @@ def _prepare(
     if extras:
         fields["extra_entries"] = extras
     if aliases or extras:  # the container puts aliases right after their target: keep the original order
-        fields["key_order"] = [n for n in state_dict if isinstance(n, str)]
+        fields["key_order"] = keys
     return order, tensors, aliases, fields
 
 
@@ -345,6 +424,15 @@ def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
     if unknown:
         raise CorruptDataError(f"metadata: 'strides' names tensors the file does not store: {unknown[:5]}")
     strides = {n: _checked_strides(st, tuple(f.info(n).shape), n) for n, st in strides.items()}
+    layouts = info.get("layouts", [])
+    if not isinstance(layouts, list) or len(layouts) > len(stored) or not all(
+            type(v) is int and v in (0, 1) for v in layouts):
+        raise CorruptDataError("metadata: 'layouts' is not a list of 0/1, one per stored tensor at most")
+    for name, code in zip(stored, layouts):
+        if code:
+            if name in strides:
+                raise CorruptDataError(f"metadata: {name!r} has both 'strides' and 'layouts' entries", tensor=name)
+            strides[name] = _reversed_strides(tuple(f.info(name).shape))
     extras = info.get("extra_entries", {})
     if not isinstance(extras, Mapping):
         raise CorruptDataError("metadata: 'extra_entries' is not an object")
@@ -384,6 +472,12 @@ def _restore(f, progress: Progress | None = None) -> "OrderedDict[str, Any]":
     sd_meta = info.get("state_dict_metadata")
     if isinstance(sd_meta, Mapping):  # older files: an object (key order not kept)
         sd_meta = [[k, v] for k, v in sd_meta.items()]
+    if "modules" in info:
+        if sd_meta is not None:
+            raise CorruptDataError("metadata: both 'modules' and 'state_dict_metadata' are present")
+        if _too_deep(info["modules"]):
+            raise CorruptDataError(f"metadata: 'modules' nests deeper than {MAX_ENTRY_DEPTH} levels")
+        sd_meta = _expand_modules(info["modules"], list(out))
     if sd_meta is not None:
         if not isinstance(sd_meta, list) or not all(
                 isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], Mapping)

@@ -119,8 +119,8 @@ def stored_chunks(data: bytes):
     if head.rtype == C.REC_SMALL:
         header, inline = C.parse_small(payload, head.offset + 16)
         return header, ([(header.numel, inline)] if header.chunk_count else [])
-    if head.rtype == C.REC_PACK:
-        members, groups = C.parse_pack(payload, head.offset + 16)
+    if head.rtype in C.PACK_TYPES:
+        members, groups = C.parse_pack_record(head.rtype, payload, head.offset + 16)
         m, g = members[0], groups[members[0].group]
         assert g.members == [0], "the first member shares its group"
         header = C.TensorHeader(m.name, m.dtype_code, m.shape, m.flags, max(m.numel, 1), 1 if m.numel else 0,

@@ -136,13 +136,31 @@ def test_strides_must_be_dense_for_the_shape(tmp_path):
                                    {"extra_entries": {"a.bias": 1}}, {"key_order": [1, 2]},
                                    {"key_order": ["a.weight"]}, {"key_order": "ab"},
                                    {"state_dict_metadata": [[1]]}, {"state_dict_metadata": [["", 3]]},
-                                   {"state_dict_metadata": 5}])
+                                   {"state_dict_metadata": 5},
+                                   # compact fields (adapter fields of spec A.2 since format 1.5)
+                                   {"layouts": [1, 0, 1]}, {"layouts": [True]}, {"layouts": [2]}, {"layouts": "F"},
+                                   {"layouts": [1], "strides": {"a.weight": [1, 3]}},
+                                   {"modules": []}, {"modules": [{"version": 1}, 0]}, {"modules": [3]},
+                                   {"modules": [{}, 9, "x"]}, {"modules": [{}, -1, "x"]}, {"modules": [{}, 0, ""]},
+                                   {"modules": [{}, True, "x"]}, {"modules": [{}, 0, 5]},
+                                   {"modules": [{}], "state_dict_metadata": [["", {}]]}])
 def test_malformed_pytorch_fields_are_rdc_errors(tmp_path, field):
     pytest.importorskip("torch")
     src = crafted(tmp_path / "x.rdc", {**PT, **field})
     with pytest.raises(CorruptDataError):
         convert.decompress_file(src, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_compact_layout_and_modules_restored(tmp_path):
+    """``layouts`` 1 is the reversed-dimension layout; ``modules`` inserts names into the implied list."""
+    torch = pytest.importorskip("torch")
+    src = crafted(tmp_path / "x.rdc", {**PT, "layouts": [1], "modules": [{"version": 2}, 1, "act", 3, "z"]})
+    convert.decompress_file(src, tmp_path / "x.pt")
+    sd = torch.load(tmp_path / "x.pt", weights_only=True)
+    assert sd["a.weight"].stride() == (1, 3) and np.array_equal(sd["a.weight"].numpy(), W["a.weight"])
+    assert sd["a.bias"].stride() == (1,)
+    assert list(sd._metadata) == ["", "act", "a", "z"] and sd._metadata["a"] == {"version": 2}
 
 
 def test_dense_permuted_strides_still_restored(tmp_path):

@@ -6,6 +6,7 @@ If this test and the writer disagree, one of them no longer follows the spec.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import struct
 import zlib
 
@@ -153,3 +154,13 @@ def test_writer_output_follows_the_same_layout():
     assert types == [3, 4, 11, 6, 7]
     index_offset, length = struct.unpack_from("<QQ", data, len(data) - 20)
     assert length == len(data) and struct.unpack_from("<H", data, index_offset)[0] == 6
+
+
+def test_spec_preset_dictionary_is_the_code_s():
+    """Section 1.5 prints the preset dictionary of DMETA and ZPACK records; it must be the bytes the code uses."""
+    from rdformat.format.records import PRESET_DICT
+
+    text = (Path(__file__).resolve().parents[1] / "spec" / "rdc-v1.md").read_text()
+    block = text.split("with no line breaks", 1)[1].split("```", 2)[1]
+    assert "".join(block.strip().splitlines()).encode("ascii") == PRESET_DICT
+    assert f"{len(PRESET_DICT)} bytes" in text

@@ -39,6 +39,38 @@ def assert_state_dicts_identical(a, b, *, strides: bool = True) -> None:
 # real checkpoints
 
 
+@pytest.mark.parametrize("versions", ["same", "differ", "unordered", "missing"])
+def test_module_map_compact_or_explicit(versions):
+    """The module-version map takes the compact ``modules`` field when it describes the map exactly, else
+    the explicit list; both restore the same map, in order."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    sd = net.state_dict()
+    meta = sd._metadata
+    if versions == "differ":
+        meta["0"] = {"version": 7}
+    elif versions == "unordered":
+        meta.move_to_end("0")
+    elif versions == "missing":
+        del meta["2"]
+    back = rt.load(rt.save(sd))
+    assert list(back._metadata.items()) == list(meta.items())
+    with rdformat.open(rt.save(sd)) as f:
+        info = f.metadata["rdformat"]
+    assert ("modules" in info) == (versions == "same") and ("state_dict_metadata" in info) != (versions == "same")
+
+
+def test_transposed_and_permuted_layouts_restored():
+    """A reversed-dimension layout is one 0/1 entry in ``layouts``; other dense layouts keep ``strides``."""
+    sd = {"t": torch.arange(12.0).reshape(3, 4).t(), "c": torch.zeros(2),
+          "p": torch.arange(24.0).reshape(2, 3, 4).permute(0, 2, 1)}
+    data = rt.save(sd)
+    with rdformat.open(data) as f:
+        info = f.metadata["rdformat"]
+    assert info["layouts"] == [1] and set(info["strides"]) == {"p"}
+    back = rt.load(data)
+    assert_state_dicts_identical(sd, back)
+
+
 @pytest.mark.parametrize("name", MTCNN)
 def test_mtcnn_pt_roundtrip(tmp_path, name):
     src = MODELS / f"{name}.pt"

@@ -111,15 +111,16 @@ def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
 
 def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
           codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False,
-          layered=False, layer_bytes=None, pack_records=False) -> bytes:
+          layered=False, layer_bytes=None, pack_records=False, compact=False) -> bytes:
     """A file written by rdformat.Writer (tensors: list of (name, array)).
 
     Most vectors use TENSOR + CHUNK records only (``small_records=False``), so that they exercise those
-    records; the ``small_*`` vectors cover SMALL records and the ``pack_*`` ones PACK records."""
+    records; the ``small_*`` vectors cover SMALL records, the ``pack_*`` ones PACK records and the
+    ``compact_*`` ones the records and plane mode of format 1.5 (``compact=True``)."""
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
                          chunk_bytes=chunk_bytes, small_records=small_records, layered=layered,
-                         layer_bytes=layer_bytes, pack_records=pack_records) as w:
+                         layer_bytes=layer_bytes, pack_records=pack_records, compact=compact) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
@@ -174,7 +175,7 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
         elif rtype == C.REC_SMALL:
             name = payload[2 : 2 + struct.unpack_from("<H", payload)[0]].decode()
             entries.append((C.ENTRY_TENSOR, name, start, len(out) - start))
-        elif rtype == C.REC_PACK:
+        elif rtype in C.PACK_TYPES:
             entries.append((C.ENTRY_PACK, "", start, len(out) - start))
         elif rtype == C.REC_ALIAS:
             entries.append((C.ENTRY_ALIAS, C.parse_alias(payload, 0)[0], start, len(out) - start))
@@ -820,6 +821,81 @@ def build() -> dict[str, bytes]:
     b.invalid("pack_bomb", pack_file_of([C.PackMember("huge", f32, (1 << 40,), 0, 0)],
                                         [C.PackGroup("bytesplit", {"transform": "none"}, bytes([1, 0] * 4) + b"\x00\x00")]),
               "LimitExceededError", "pack member of 2^40 float32 elements from 10 bytes of group data")
+
+    # -- format 1.5: DMETA, ZPACK and bytesplit's shifted plane ------------------------------------------
+    scales = (1.0, 1 / 64, 8.0)
+    parts = [np.array([(v - 500) / 250.0 * sc for v in lcg_ints(900 + i, 60 + 30 * i, 0, 1000)], dtype="<f4")
+             for i, sc in enumerate(scales)]
+    compact_file = write([("encoder.layer1.weight", parts[0].reshape(6, 10)), ("encoder.layer1.bias", parts[1]),
+                          ("encoder.layer2.weight", parts[2].reshape(12, 10)), ("encoder.scale", np.array(0.5, "<f4")),
+                          ("steps", np.arange(5, dtype="<i2"))],
+                         metadata={"rdformat": {"source_format": "pytorch", "adapter_version": 1,
+                                                "modules": [{"version": 1}, 2, "act"]}, "note": "compact"},
+                         small_records=True, pack_records=True, compact=True, structural=["steps"])
+    crecs = records(compact_file)
+    assert [r[0] for r in crecs] == [C.REC_DMETA, C.REC_ZPACK, C.REC_INDEX, C.REC_END], [r[0] for r in crecs]
+    assert compact_file[8:12] == b"\x01\x00\x05\x00"
+    zmembers, zgroups = C.parse_pack_record(C.REC_ZPACK, crecs[1][2], 0)
+    from rdformat.codecs import bytesplit as BS  # noqa: E402
+    assert any(g.codec_id == "bytesplit" and BS.uses_shifted(g.data, g.numel, 4) for g in zgroups)
+    b.valid("compact_records", compact_file,
+            "format 1.5: metadata in a DMETA record (type 13: deflated with the preset dictionary) and a ZPACK "
+            "record (type 14: deflated directory, then the group data) whose float32 group codes its exponent "
+            "plane with bytesplit mode 4 (segments of one member each, shifted, one table), an int16 structural "
+            "member in a raw group")
+
+    def compact_of(recs) -> bytes:
+        return assemble(recs, header=C.file_header(5))
+
+    dmeta, zpack = crecs[0], crecs[1]
+    meta_text = b'{"a":1}'
+    b.invalid("dmeta_size_mismatch", compact_of([[C.REC_DMETA, C.FLAG_REQUIRED, C.leb128(8) + C.deflate_dict(meta_text)],
+                                                zpack]),
+              "CorruptDataError", "DMETA record declaring 8 decompressed bytes for a 7-byte text")
+    b.invalid("dmeta_bomb", compact_of([[C.REC_DMETA, C.FLAG_REQUIRED, C.leb128(1 << 40) + C.deflate_dict(meta_text)],
+                                       zpack]),
+              "LimitExceededError", "DMETA record declaring 2^40 decompressed bytes")
+    b.invalid("dmeta_trailing", compact_of([[C.REC_DMETA, C.FLAG_REQUIRED, dmeta[2] + b"\x00"], zpack]),
+              "CorruptDataError", "DMETA record with a byte after its deflate stream")
+    b.invalid("zpack_trailing", compact_of([dmeta, [C.REC_ZPACK, C.FLAG_REQUIRED, zpack[2] + b"\x00"]]),
+              "CorruptDataError", "ZPACK record with a byte after its last group's data")
+    b.invalid("zpack_short", compact_of([dmeta, [C.REC_ZPACK, C.FLAG_REQUIRED, zpack[2][:-1]]]),
+              "CorruptDataError", "ZPACK record whose last group's data is one byte short")
+    zdir = C.pack_payload(zmembers, zgroups, directory_only=True)
+    zdata = b"".join(bytes(g.data) for g in zgroups)
+    bad_dir = C.deflate_dict(zdir)
+    b.invalid("zpack_dir_overrun", compact_of([dmeta, [C.REC_ZPACK, C.FLAG_REQUIRED,
+                                                      C.leb128(len(zdir)) + C.leb128(len(bad_dir) + len(zdata) + 1)
+                                                      + bad_dir + zdata]]),
+              "CorruptDataError", "ZPACK record whose deflated directory length runs past the record")
+    # the shifted plane: its segments and shifts checked
+    g0 = next(g for g in zgroups if g.codec_id == "bytesplit")
+    gdata = bytes(g0.data)
+    top = gdata.index(bytes([BS.PLANE_ANS_SHIFTED]), 3 * 1)  # the exponent plane is the last plane
+    while True:
+        try:
+            segs, after = BS._read_segments(gdata, top + 1, g0.numel, 3)
+            break
+        except Exception:
+            top = gdata.index(bytes([BS.PLANE_ANS_SHIFTED]), top + 1)
+
+    def with_group0(data: bytes) -> bytes:
+        groups = [C.PackGroup(g.codec_id, g.codec_config, data if g is g0 else g.data) for g in zgroups]
+        return compact_of([dmeta, [C.REC_ZPACK, C.FLAG_REQUIRED, C.zpack_payload(zmembers, groups)]])
+
+    nseg = len(segs)
+    seg_bytes = b"".join(BS._varint(n) + bytes([sh]) for n, sh in segs)
+    assert gdata[top + 1 : after] == BS._varint(nseg) + seg_bytes
+    short = segs[:-1] + ((segs[-1][0] - 1, segs[-1][1]),)
+    b.invalid("bytesplit_shifted_cover", with_group0(gdata[: top + 1] + BS._varint(nseg) + b"".join(
+        BS._varint(n) + bytes([sh]) for n, sh in short) + gdata[after:]),
+              "CorruptDataError", "bytesplit shifted plane whose segments cover one element less than the chunk")
+    bad_shift = segs[:-1] + ((segs[-1][0], 255),)
+    b.invalid("bytesplit_shifted_shift", with_group0(gdata[: top + 1] + BS._varint(nseg) + b"".join(
+        BS._varint(n) + bytes([sh]) for n, sh in bad_shift) + gdata[after:]),
+              "CorruptDataError", "bytesplit shifted plane with a segment shift of 255 (at most 254)")
+    b.invalid("bytesplit_shifted_zero_segments", with_group0(gdata[: top + 1] + b"\x00" + gdata[after:]),
+              "CorruptDataError", "bytesplit shifted plane declaring 0 segments")
 
     # -- surp: progressive index streams, built from explicit runs (spec section 5.5) ----------------
     from rdformat.codecs import surp as SC  # noqa: E402

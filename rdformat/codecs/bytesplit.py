@@ -21,6 +21,11 @@ PLANE_RAW = 0
 PLANE_CONSTANT = 1
 PLANE_ANS = 2
 PLANE_ANS_PAIRS = 3
+#: Since format 1.5: the plane coded by segments (the members of a PACK group), each byte shifted by its
+#: segment's amount before one shared table codes them all (exponents relative to each tensor's scale).
+PLANE_ANS_SHIFTED = 4
+#: The byte a shifted plane maps each segment's median to (any value works; one value for all segments).
+SHIFT_CENTRE = 128
 TRANSFORMS = ("none", "rotl1")
 _UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
@@ -75,14 +80,21 @@ class ByteSplitCodec(Codec):
             words = _rotate(words, 8 * dtype.itemsize, left=True)
         return words
 
-    def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
-        """Encode each byte plane with the cheapest of raw / constant / ANS."""
+    def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo, *, segments: list[int] | None = None) -> bytes:
+        """Encode each byte plane with the cheapest of raw / constant / ANS. ``segments`` (element counts
+        summing to the chunk's, e.g. the members of a PACK group) also tries the top plane of a float dtype
+        coded per segment (PLANE_ANS_SHIFTED, format 1.5)."""
         w = dtype.itemsize
         planes = self._words(elements, dtype).view(np.uint8).reshape(-1, w)
         out = []
         for k in range(w):
             plane = np.ascontiguousarray(planes[:, k])
-            out.append(self._encode_plane(plane))
+            coded = self._encode_plane(plane)
+            if segments is not None and k == w - 1 and self.transform == "rotl1" and len(segments) > 1:
+                shifted = _encode_shifted(plane, segments, self.precision)
+                if shifted is not None and len(shifted) < len(coded):
+                    coded = shifted
+            out.append(coded)
         return b"".join(out)
 
     def _encode_plane(self, plane: np.ndarray) -> bytes:
@@ -146,21 +158,31 @@ class ByteSplitCodec(Codec):
                     raise CorruptDataError(f"bytesplit constant plane {k} is truncated", offset=pos)
                 fills.append((k, buf[pos]))
                 pos += 1
-            elif mode in (PLANE_ANS, PLANE_ANS_PAIRS):
+            elif mode in (PLANE_ANS, PLANE_ANS_PAIRS, PLANE_ANS_SHIFTED):
+                if mode == PLANE_ANS_SHIFTED:
+                    segs, pos = _read_segments(buf, pos, count, k)
                 try:
                     table, pos = FrequencyTable.from_bytes(buf, pos)
                 except RdcError as exc:
                     raise exc.with_context(record="chunk")
-                if pos + 8 > len(buf):
-                    raise CorruptDataError(f"bytesplit plane {k} block length is truncated", offset=pos)
-                n = int.from_bytes(buf[pos : pos + 8], "little")
-                pos += 8
+                if mode == PLANE_ANS_SHIFTED:
+                    n, pos = _read_varint(buf, pos, f"bytesplit plane {k} block length")
+                else:
+                    if pos + 8 > len(buf):
+                        raise CorruptDataError(f"bytesplit plane {k} block length is truncated", offset=pos)
+                    n = int.from_bytes(buf[pos : pos + 8], "little")
+                    pos += 8
                 if n > len(buf) - pos:
                     raise CorruptDataError(f"bytesplit plane {k} block runs past the chunk", offset=pos)
-                limit = 255 if mode == PLANE_ANS else 65535
+                limit = 65535 if mode == PLANE_ANS_PAIRS else 255
                 if table.symbols[-1] > limit:
                     raise CorruptDataError(f"bytesplit plane {k} table has symbols above {limit}", offset=pos)
                 block = memoryview(buf)[pos : pos + n]
+                if mode == PLANE_ANS_SHIFTED:
+                    blocks.append((block, count, table, np.uint8))
+                    coded.append((k, segs, pos))  # the segments stand for the mode: undone in finish
+                    pos += n
+                    continue
                 if mode == PLANE_ANS:
                     blocks.append((block, count, table, np.uint8))
                 else:
@@ -179,7 +201,9 @@ class ByteSplitCodec(Codec):
             for k, value in fills:
                 planes[:, k] = value
             for (k, mode, at), symbols in zip(coded, decoded):
-                if mode == PLANE_ANS:
+                if isinstance(mode, tuple):
+                    planes[:, k] = _unshift(symbols, mode)
+                elif mode == PLANE_ANS:
                     planes[:, k] = symbols
                 else:
                     as_bytes = symbols.astype("<u2").view(np.uint8)
@@ -199,7 +223,9 @@ class ByteSplitCodec(Codec):
             for k, value in fills:
                 planes[k] = value
             for (k, mode, at), symbols in zip(coded, decoded):
-                if mode == PLANE_ANS:
+                if isinstance(mode, tuple):
+                    planes[k] = _unshift(symbols, mode)
+                elif mode == PLANE_ANS:
                     planes[k] = symbols
                 else:
                     as_bytes = symbols.astype("<u2", copy=False).view(np.uint8)
@@ -223,3 +249,135 @@ def _pairs(plane: np.ndarray) -> np.ndarray:
     if plane.size % 2:
         plane = np.concatenate([plane, np.zeros(1, np.uint8)])
     return plane.view("<u2").astype(np.uint32)
+
+
+# ------------------------------------------------------------------------------------------------
+# PLANE_ANS_SHIFTED (format 1.5): u8 4, varint S, S x (varint length, u8 shift), table, varint n, block
+
+
+def _shift_bytes(plane: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Byte 0 stays 0; byte b >= 1 becomes ((b - 1 - shift) mod 255) + 1 (a bijection of 0..255 per shift)."""
+    b = plane.astype(np.int32)
+    return np.where(b == 0, 0, (b - 1 - shifts) % 255 + 1).astype(np.uint8)
+
+
+def _unshift(symbols: np.ndarray, segs: tuple) -> np.ndarray:
+    """Inverse of :func:`_shift_bytes` for the segments ``((length, shift), ...)``."""
+    lengths = np.fromiter((n for n, _s in segs), np.int64, len(segs))
+    shifts = np.repeat(np.fromiter((s for _n, s in segs), np.int32, len(segs)), lengths)
+    b = symbols.astype(np.int32)
+    return np.where(b == 0, 0, (b - 1 + shifts) % 255 + 1).astype(np.uint8)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
+    """A canonical unsigned LEB128 value of at most 2**63 - 1 at ``buf[pos]``."""
+    value, shift, start = 0, 0, pos
+    while True:
+        if pos >= len(buf):
+            raise CorruptDataError(f"{what} is truncated", offset=start)
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if byte == 0 and pos - start > 1:
+                raise CorruptDataError(f"{what} is not in its shortest encoding", offset=start)
+            break
+        shift += 7
+        if shift >= 63:
+            raise CorruptDataError(f"{what} is too long", offset=start)
+    return value, pos
+
+
+def _read_segments(buf: bytes, pos: int, count: int, k: int) -> tuple[tuple, int]:
+    """The segments of a shifted plane: 1..count of them, each of >= 1 elements and a shift <= 254, their
+    lengths summing to ``count``."""
+    what = f"bytesplit plane {k}"
+    nseg, pos = _read_varint(buf, pos, f"{what} segment count")
+    if not 1 <= nseg <= count:
+        raise CorruptDataError(f"{what} has {nseg} segments for {count} elements", offset=pos)
+    segs, total = [], 0
+    for _ in range(nseg):
+        n, pos = _read_varint(buf, pos, f"{what} segment length")
+        if n < 1 or n > count - total:
+            raise CorruptDataError(f"{what}: a segment of {n} elements does not fit the {count - total} left",
+                                   offset=pos)
+        if pos >= len(buf):
+            raise CorruptDataError(f"{what} segment shift is truncated", offset=pos)
+        shift = buf[pos]
+        if shift > 254:
+            raise CorruptDataError(f"{what} segment shift {shift} is over 254", offset=pos)
+        pos += 1
+        total += n
+        segs.append((n, shift))
+    if total != count:
+        raise CorruptDataError(f"{what} segments cover {total} of {count} elements", offset=pos)
+    return tuple(segs), pos
+
+
+def _encode_shifted(plane: np.ndarray, segments: list[int], precision: int) -> bytes | None:
+    """The plane as PLANE_ANS_SHIFTED: each segment's bytes shifted so that its median nonzero byte lands on
+    SHIFT_CENTRE (adjacent segments with one shift merged), then one table for all; None when it cannot
+    apply (a single symbol)."""
+    segs: list[list[int]] = []
+    start = 0
+    for n in segments:
+        part = plane[start : start + n]
+        start += n
+        nz = part[part != 0]
+        shift = (int(np.median(nz)) - SHIFT_CENTRE) % 255 if nz.size else 0
+        if segs and segs[-1][1] == shift:
+            segs[-1][0] += n
+        else:
+            segs.append([n, shift])
+    if start != plane.size or not segs:
+        return None
+    lengths = np.array([n for n, _s in segs], np.int64)
+    shifts = np.repeat(np.array([s for _n, s in segs], np.int32), lengths)
+    symbols = _shift_bytes(plane, shifts)
+    counts = np.bincount(symbols, minlength=256)
+    present = np.flatnonzero(counts)
+    if present.size < 2:
+        return None
+    best = None
+    for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 14) for p in (10, 12, precision)}):
+        table = FrequencyTable.from_counts(present, counts[present], precision=q)
+        cost = table.cost_bits(counts[present]) / 8 + len(table.to_bytes())
+        if best is None or cost < best[0]:
+            best = (cost, table)
+    table = best[1]
+    block = ans.encode(symbols, table)
+    head = [bytes([PLANE_ANS_SHIFTED]), _varint(len(segs))] + [_varint(n) + bytes([s]) for n, s in segs]
+    return b"".join(head + [table.to_bytes(), _varint(len(block)), block])
+
+
+def uses_shifted(data: bytes | memoryview, count: int, itemsize: int) -> bool:
+    """Whether bytesplit chunk ``data`` (of a valid file) holds a PLANE_ANS_SHIFTED plane (format 1.5)."""
+    buf = bytes(data)
+    pos = 0
+    for k in range(itemsize):
+        if pos >= len(buf):
+            return False
+        mode = buf[pos]
+        pos += 1
+        if mode == PLANE_ANS_SHIFTED:
+            return True
+        if mode == PLANE_RAW:
+            pos += count
+        elif mode == PLANE_CONSTANT:
+            pos += 1
+        else:
+            _table, pos = FrequencyTable.from_bytes(buf, pos)
+            pos += 8 + int.from_bytes(buf[pos : pos + 8], "little")
+    return False

@@ -7,7 +7,8 @@ byte into one category:
 * ``tables``: what codecs store around the payload: plane and mode bytes, frequency tables, parametric
   model parameters, block lengths and ANS lane headers, CLASSES maps headers;
 * ``names``, ``headers`` (dtype, shape, codec id and configuration, chunk fields), ``stats`` (the
-  informational statistics, JSON or binary), ``metadata``, ``graph``, ``framing`` (record headers and
+  informational statistics, JSON or binary; a ZPACK record's deflated directory is shared among these
+  three in proportion to their plain bytes), ``metadata``, ``graph``, ``framing`` (record headers and
   CRCs, the file header), ``index`` (INDEX without names) and ``end``.
 
 Everything but ``payload`` is overhead. ``payload_bits`` splits the payload of lossy (quantized) tensors
@@ -28,6 +29,7 @@ from typing import BinaryIO
 from ..format import records as C
 from ..format.dtypes import by_code
 from ..entropy import FrequencyTable
+from ..codecs.bytesplit import PLANE_ANS_SHIFTED, _read_segments, _read_varint
 
 CATEGORIES = ("payload", "tables", "names", "headers", "stats", "metadata", "graph", "framing", "index", "end")
 
@@ -72,6 +74,14 @@ def _codec_data(codec: str, data: bytes, count: int, itemsize: int, acc: Counter
             elif mode == 1:
                 acc["payload"] += 1
                 pos += 1
+            elif mode == PLANE_ANS_SHIFTED:  # segments, table, varint length: tables
+                start = pos
+                segs, pos = _read_segments(data, pos, count, _k)
+                _table, pos = FrequencyTable.from_bytes(data, pos)
+                n, pos = _read_varint(data, pos, "block length")
+                acc["tables"] += pos - start
+                _ans_block(data, pos, pos + n, acc)
+                pos += n
             else:
                 _table, after = FrequencyTable.from_bytes(data, pos)
                 n = int.from_bytes(data[after : after + 8], "little")
@@ -106,6 +116,48 @@ def _config_bytes(config: dict, acc: Counter, json_len: int) -> None:
         acc["headers"] += json_len
 
 
+def _pack_directory(members: list, groups: list, acc: Counter) -> None:
+    """Bytes of a PACK directory (the PACK payload without group data) by category."""
+    prev = b""
+    total = len(C.pack_payload(members, groups, directory_only=True))
+    named = 0
+    for m in members:
+        raw = m.name.encode("utf-8")
+        shared = C._shared_prefix(prev, raw)
+        prev = raw
+        n = len(C.leb128(shared)) + len(C.leb128(len(raw) - shared)) + len(raw) - shared
+        acc["names"] += n
+        named += n
+        if m.stats is not None:
+            acc["stats"] += C._STATS.size
+            named += C._STATS.size
+    acc["headers"] += total - named
+
+
+def _pack_groups_data(groups: list, acc: Counter, lossy: Counter) -> None:
+    """The coded data of a PACK record's groups (payload and tables)."""
+    for g in groups:
+        before = acc["payload"]
+        _codec_data(g.codec_id, bytes(g.data), g.numel, by_code(g.dtype_code).itemsize, acc)
+        if _lossy(g.codec_id):
+            lossy["payload"] += acc["payload"] - before
+            lossy["weights"] += g.numel
+
+
+def _split(total: int, shares: Counter, acc: Counter) -> None:
+    """Add ``total`` bytes to ``acc`` in proportion to ``shares`` (integers; the largest share takes the rest)."""
+    whole = sum(shares.values())
+    if not whole:
+        acc["headers"] += total
+        return
+    given = 0
+    for k, v in shares.items():
+        part = total * v // whole
+        acc[k] += part
+        given += part
+    acc[max(shares, key=shares.get)] += total - given
+
+
 def _lossy(codec: str) -> bool:
     return codec in ("sq", "dq", "surp")
 
@@ -131,7 +183,7 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
         payload = data[pos + C.RECORD_HEADER_SIZE : pos + C.RECORD_HEADER_SIZE + length]
         base = pos + C.RECORD_HEADER_SIZE
         acc["framing"] += C.RECORD_OVERHEAD
-        if rtype in (C.REC_META, C.REC_ZMETA):
+        if rtype in (C.REC_META, C.REC_ZMETA, C.REC_DMETA):
             acc["metadata"] += length
         elif rtype in (C.REC_GRAPH, C.REC_ZGRAPH):
             acc["graph"] += length
@@ -166,9 +218,17 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
             if _lossy(h.codec_id):
                 lossy["payload"] += acc["payload"] - before
                 lossy["weights"] += h.numel
-        elif rtype == C.REC_PACK:
-            members, groups = C.parse_pack(payload, base)
+        elif rtype in C.PACK_TYPES:
+            members, groups = C.parse_pack_record(rtype, payload, base)
             named = 0  # names and binary statistics of the members
+            if rtype == C.REC_ZPACK:  # the deflated directory is split by the shares of its plain bytes
+                plain = Counter()
+                _pack_directory(members, groups, plain)
+                used = sum(len(g.data) for g in groups)
+                _pack_groups_data(groups, acc, lossy)
+                _split(length - used, plain, acc)
+                pos += C.RECORD_OVERHEAD + length
+                continue
             prev = b""
             for m in members:
                 raw = m.name.encode("utf-8")

@@ -339,6 +339,8 @@ class RdcReader:
             self._meta_text = (payload, "metadata", base)
         elif head.rtype == C.REC_ZMETA:
             self._meta_text = (C.parse_zmeta(payload, base, cap), "metadata (decompressed)", base + 8)
+        elif head.rtype == C.REC_DMETA:
+            self._meta_text = (C.parse_dmeta(payload, base, cap), "metadata (decompressed)", base)
         elif head.rtype == C.REC_GRAPH:
             self.graph_format, self.graph = C.parse_graph(payload, base)
         else:
@@ -420,7 +422,7 @@ class RdcReader:
                         pos = self._src.pos  # just after this record's head, which stays pending
                 if ready or finished:
                     pass
-                elif layer_first is not None and head.rtype in (C.REC_TENSOR, C.REC_SMALL, C.REC_PACK, C.REC_ALIAS):
+                elif layer_first is not None and head.rtype in (C.REC_TENSOR, C.REC_SMALL, C.REC_ALIAS, *C.PACK_TYPES):
                     raise CorruptDataError(f"{head.name} record after a layer record (layers follow every tensor)",
                                            offset=head.offset, record=head.name)
                 elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
@@ -444,7 +446,7 @@ class RdcReader:
                     head = None
                     pos = self._src.pos
                     continue
-                elif head.rtype == C.REC_PACK:
+                elif head.rtype in C.PACK_TYPES:
                     payload = C.read_payload(self._src, head)
                     ready = self._decode_pack(head, payload, meter)
                     for tname, _a in ready:
@@ -560,7 +562,7 @@ class RdcReader:
     def _decode_pack(self, head: C.RecordHead, payload: bytes, meter: "_OutputMeter",
                      only: str | None = None) -> list[tuple[str, np.ndarray]]:
         """The tensors of a PACK record in order (``only``: just that member, decoding only its group)."""
-        members, groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
+        members, groups = C.parse_pack_record(head.rtype, payload, head.offset + C.RECORD_HEADER_SIZE)
         arrays: dict[int, np.ndarray] = {}
         out = []
         for m in members:
@@ -618,7 +620,7 @@ class RdcReader:
         """The PACK record an index entry points to (its head and payload)."""
         self._src.seek(entry.offset)
         head = C.read_record_head(self._src, tensor=entry.name or None)
-        if head.rtype != C.REC_PACK or head.end - head.offset != entry.length:
+        if head.rtype not in C.PACK_TYPES or head.end - head.offset != entry.length:
             raise CorruptDataError(f"index entry {entry.name!r} does not point to a pack record of its length",
                                    offset=entry.offset, record=head.name, tensor=entry.name or None)
         return head, C.read_payload(self._src, head, tensor=entry.name or None)
@@ -1031,7 +1033,7 @@ class RdcReader:
             if entry.kind == C.ENTRY_PACK:
                 # the members' names are in the record: one entry per member, all pointing at the record
                 head, payload = self._read_pack(entry)
-                members, _groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
+                members, _groups = C.parse_pack_record(head.rtype, payload, head.offset + C.RECORD_HEADER_SIZE)
                 for m in members:
                     if m.name in index:
                         raise CorruptDataError(f"index lists {m.name!r} twice", offset=head.offset, record="pack",
@@ -1161,7 +1163,7 @@ class RdcReader:
         """TensorInfo of a packed tensor: its group's codec; stored bytes are its share of the group's data
         (by element count); binary statistics shown as the ``stats`` of its configuration."""
         head, payload = self._read_pack(entry)
-        members, groups = C.parse_pack(payload, head.offset + C.RECORD_HEADER_SIZE)
+        members, groups = C.parse_pack_record(head.rtype, payload, head.offset + C.RECORD_HEADER_SIZE)
         m = next(m for m in members if m.name == entry.name)
         g = groups[m.group]
         config = dict(g.codec_config)

@@ -12,6 +12,8 @@ import numpy as np
 from ..format import records as C
 from ..format.atomic import AtomicFile
 from ..codecs import Codec, Prepared, get_codec_class
+from ..codecs import bytesplit
+from ..codecs.bytesplit import ByteSplitCodec
 from ..codecs.raw import RawCodec
 from ..format.dtypes import by_numpy, little_endian
 from ..errors import InvalidInputError
@@ -60,12 +62,16 @@ def _tell(stream) -> int | None:
     return None
 
 
-def _group_data(codec: Codec, parts: list[np.ndarray], info) -> tuple[Codec, bytes]:
-    """A group's codec and data: ``codec`` over the concatenated elements, or raw when that is no larger."""
+def _group_data(codec: Codec, parts: list[np.ndarray], info, compact: bool = False) -> tuple[Codec, bytes]:
+    """A group's codec and data: ``codec`` over the concatenated elements, or raw when that is no larger.
+    ``compact``: bytesplit may code the exponent plane member by member (format 1.5)."""
     flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if not flat.size:
         return RawCodec(), b""
-    data = codec.encode_chunk(flat, info)
+    if compact and isinstance(codec, ByteSplitCodec) and len(parts) > 1:
+        data = codec.encode_chunk(flat, info, segments=[p.size for p in parts if p.size])
+    else:
+        data = codec.encode_chunk(flat, info)
     if codec.lossless and not isinstance(codec, RawCodec) and len(data) >= flat.nbytes:
         return RawCodec(), flat.tobytes()
     return codec, data
@@ -101,7 +107,7 @@ def _lossy_groups(queued: list[tuple], idx: list[int]) -> list[tuple[list[int], 
     return [(m, C.PackGroup(chosen.codec_id, _pack_config(chosen), data)) for m, (chosen, data) in best]
 
 
-def _pack_groups(queued: list[tuple]) -> list[tuple[list[int], "C.PackGroup"]]:
+def _pack_groups(queued: list[tuple], compact: bool = False) -> list[tuple[list[int], "C.PackGroup"]]:
     """Split queued tensors into PACK groups: lossless tensors of one dtype and codec share one group (one
     set of entropy tables) unless a large one codes smaller on its own; lossy tensors share one when their
     configurations are equal and that codes smaller (:func:`_lossy_groups`)."""
@@ -122,7 +128,7 @@ def _pack_groups(queued: list[tuple]) -> list[tuple[list[int], "C.PackGroup"]]:
         def encode(members: list[int]) -> tuple[Codec, bytes]:
             key = tuple(members)
             if key not in coded:
-                coded[key] = _group_data(codec, [queued[i][5] for i in members], info)
+                coded[key] = _group_data(codec, [queued[i][5] for i in members], info, compact)
             return coded[key]
 
         if codec.lossless and len(idx) > 1:
@@ -170,6 +176,7 @@ class Writer:
         layered: bool = False,
         layer_bytes: int | None = None,
         pack_records: bool = True,
+        compact: bool = True,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
@@ -183,10 +190,14 @@ class Writer:
         #: store runs of small single-chunk tensors as PACK records (format 1.3): compact headers, one index
         #: entry per pack, and coded data shared by tensors of one dtype; False writes 1.2 records only.
         self.pack_records = pack_records and small_records
+        #: format 1.5 where it saves bytes: metadata and PACK directories deflated with the preset dictionary
+        #: (DMETA, ZPACK), the compact index, bytesplit exponent planes coded per packed member; False writes
+        #: 1.3 records only.
+        self.compact = compact and compress_records
+        self._minor_needed = C.VERSION_MINOR_BASE  # raised by the records and codec features the file uses
         self._pack: list[tuple] = []  # tensors waiting for the next PACK record
         self._pack_bytes = 0
         self._packed = False
-        self._needed_minor = 0  # raised by features used (1.4: axis scales); the header is patched at close
         self.chunk_bytes = chunk_bytes
         #: progressive tensors (SuRP) are layered (format 1.3): their segments of all tensors follow
         #: the tensors in LAYER records, by value, so a prefix of the file refines the whole model.
@@ -214,10 +225,11 @@ class Writer:
             leading = []  # (record type, payload, index entry kind) of the META and GRAPH records
             if metadata is not None:
                 try:
-                    meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
+                    meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
                 except (TypeError, ValueError) as exc:
                     raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from None
-                leading.append(C.meta_record(meta.encode("utf-8"), compress=compress_records) + (C.ENTRY_META,))
+                leading.append(C.meta_record(meta.encode("utf-8"), compress=compress_records,
+                                             dictionary=self.compact) + (C.ENTRY_META,))
             if graph is not None:
                 fmt = _check_name(graph_format, "graph format")
                 leading.append(C.graph_record(fmt, bytes(graph), compress=compress_records) + (C.ENTRY_GRAPH,))
@@ -228,11 +240,14 @@ class Writer:
             # The minor version is raised at close (1.3: a PACK record, 1.4: axis scales): in place when the
             # target can seek back, else announced now (readers never depend on the minor version).
             self._header_at = _tell(self._stream)
+            if any(rtype == C.REC_DMETA for rtype, _p, _k in leading):
+                self._minor_needed = C.VERSION_MINOR_DICT
             if self._header_at is None:  # cannot seek back: announce the newest minor (features may follow)
                 self._minor = C.VERSION_MINOR
+            self._minor = max(self._minor, self._minor_needed)
             self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
-                flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH) else 0
+                flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH, C.REC_DMETA) else 0
                 self._record(rtype, payload, kind=kind, name="", flags=flags)
         except BaseException:
             self.abort()
@@ -296,7 +311,7 @@ class Writer:
                 chosen = resolve_codec("lossless")
             chosen = chosen.for_tensor(arr, info)
         if chosen.transforms_tensor:
-            self._needed_minor = max(self._needed_minor, C.VERSION_MINOR_SCALES)
+            self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_SCALES)
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
         if coded is None:
@@ -408,7 +423,12 @@ class Writer:
         self._pack_write(queued)
 
     def _pack_write(self, queued: list[tuple]) -> None:
-        groups = _pack_groups(queued)
+        groups = _pack_groups(queued, self.compact)
+        if self.compact:
+            for members_, g in groups:
+                if g.codec_id == "bytesplit" and bytesplit.uses_shifted(
+                        g.data, sum(queued[i][5].size for i in members_), queued[members_[0]][1].itemsize):
+                    self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_DICT)
         members, packed = [], []
         number: dict[int, int] = {}  # group key -> number, in order of first use
         for i, (name, info, shape, structural, codec, _flat) in enumerate(queued):
@@ -424,7 +444,12 @@ class Writer:
                     pair = (float(err), float(sparsity))
             members.append(C.PackMember(name, info.code, shape, C.TENSOR_STRUCTURAL if structural else 0,
                                         number[key], pair))
-        payload = C.pack_payload(members, packed)
+        payload, rtype = C.pack_payload(members, packed), C.REC_PACK
+        if self.compact:
+            zpayload = C.zpack_payload(members, packed)
+            if len(zpayload) < len(payload):
+                payload, rtype = zpayload, C.REC_ZPACK
+                self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_DICT)
         if len(payload) > C.MAX_PACK_BYTES and len(queued) > 1:  # levels coded larger than estimated
             half = len(queued) // 2
             self._pack_write(queued[:half])
@@ -432,7 +457,7 @@ class Writer:
             return
         if len(payload) > C.MAX_PACK_BYTES:
             raise InvalidInputError(f"tensor {queued[0][0]!r}: pack record of {len(payload)} bytes is over the limit")
-        start = self._record(C.REC_PACK, payload, flags=C.FLAG_REQUIRED)
+        start = self._record(rtype, payload, flags=C.FLAG_REQUIRED)
         self._entries.append((C.ENTRY_PACK, "", start, self.pos - start))
         self._packed = True
 
@@ -451,10 +476,11 @@ class Writer:
             self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
             file_length = self.pos + C.END_RECORD_SIZE
             self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
-            needed = max(C.VERSION_MINOR_PACK if self._packed else 0, self._needed_minor)
-            if needed > self._minor:
+            if self._packed:
+                self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_PACK)
+            if self._minor < self._minor_needed:
                 self._stream.seek(self._header_at)
-                self._stream.write(C.file_header(needed))
+                self._stream.write(C.file_header(self._minor_needed))
                 self._stream.seek(self._header_at + file_length)
             self._stream.flush()
             if self._file is not None:

@@ -36,9 +36,12 @@ VERSION_MAJOR = 1
 #: Newest minor version this module reads and writes. Writers write 3 when a file holds a PACK or LAYER
 #: record (1.3), 2 when it uses a 1.2 feature (compressed META/GRAPH records) and 1 otherwise, so files
 #: without newer features stay readable by older readers.
-VERSION_MINOR = 4
+VERSION_MINOR = 5
 VERSION_MINOR_ZLIB = 2
 VERSION_MINOR_PACK = 3
+#: Since 1.5: metadata and PACK directories deflated with the preset dictionary (DMETA, ZPACK records),
+#: the compact index (CINDEX) and bytesplit's segmented exponent plane (1.4: sq/dq axis scales).
+VERSION_MINOR_DICT = 5
 VERSION_MINOR_BASE = 1
 VERSION_MINOR_COMPRESSED = VERSION_MINOR_ZLIB
 VERSION_MINOR_LAYERS = 3
@@ -66,6 +69,8 @@ REC_ZMETA = 9  # since 1.2: META compressed with zlib (always REQUIRED)
 REC_ZGRAPH = 10  # since 1.2: GRAPH whose blob is compressed with zlib (always REQUIRED)
 REC_LAYER = 12  # since 1.3: refinement pieces of layered progressive tensors (always REQUIRED)
 REC_PACK = 11  # since 1.3: several small tensors with compact headers and shared coded data (always REQUIRED)
+REC_DMETA = 13  # since 1.5: META deflated with the preset dictionary (always REQUIRED)
+REC_ZPACK = 14  # since 1.5: a PACK record whose directory is deflated with the preset dictionary (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -79,7 +84,11 @@ RECORD_NAMES = {
     REC_ZGRAPH: "compressed graph",
     REC_LAYER: "layer",
     REC_PACK: "pack",
+    REC_DMETA: "dictionary meta",
+    REC_ZPACK: "compressed pack",
 }
+#: Record types that hold a PACK (plain, or with a deflated directory); both are indexed as kind 5.
+PACK_TYPES = (REC_PACK, REC_ZPACK)
 FLAG_REQUIRED = 0x0001
 
 # Index entry kinds.
@@ -90,7 +99,8 @@ ENTRY_GRAPH = 4
 ENTRY_LAYERS = 6  # since 1.3: the LAYER records, as one region (offset of the first, total length)
 ENTRY_PACK = 5  # since 1.3: a PACK record (empty name); its members' names are in the record
 #: META/GRAPH record types (plain and compressed) -> their index entry kind.
-LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH, REC_ZGRAPH: ENTRY_GRAPH}
+LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_DMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH,
+                 REC_ZGRAPH: ENTRY_GRAPH}
 
 # Tensor flags.
 TENSOR_STRUCTURAL = 0x01
@@ -133,6 +143,8 @@ PAYLOAD_LIMITS = {
     REC_ZGRAPH: MAX_GRAPH_BYTES,
     REC_LAYER: MAX_CHUNK_PAYLOAD_BYTES,
     REC_PACK: MAX_PACK_BYTES,
+    REC_DMETA: MAX_META_BYTES,
+    REC_ZPACK: MAX_PACK_BYTES,
 }
 #: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
 #: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
@@ -141,6 +153,23 @@ SMALL_DATA_BYTES = 4096
 #: a smaller saving is not worth making the file need a 1.2 reader.
 ZLIB_MIN_SAVING = 64
 ZLIB_LEVEL = 9
+
+#: Since 1.5: the preset dictionary of DMETA and ZPACK records (spec 1.5): words that metadata JSON and
+#: tensor names of common models repeat, so that small texts compress too. Normative: these exact bytes.
+PRESET_DICT = (
+    b'running_mean.running_var.num_batches_tracked.downsample.shortcut.layer1.layer2.layer3.layer4.'
+    b'blocks.layers.encoder.decoder.model.backbone.stem.stage.attention.attn.self.query.key.value.'
+    b'dense.output.intermediate.mlp.fc1.fc2.proj.norm1.norm2.ln_f.embeddings.embed_tokens.lm_head.head.'
+    b'classifier.features.bn1.bn2.bn3.conv1.conv2.conv3.weight.bias'
+    b'{"transform":"rotl1"}bytesplit{"step":sq{"chain":dq'
+    b'{"rdformat":{"source_format":"onnx","adapter_version":1,"source_name":".onnx","graph_initializers":'
+    b'"external_data":"safetensors","safetensors_metadata":{"format":"pt"},"shards":[{"file":"tensors":['
+    b'"checkpoint_key":"state_dict","extra_entries":{"key_order":["folded_pruning":["strides":{'
+    b'"state_dict_metadata":[["",{"version":1}],"layouts":[1,0,0,1,0,0],"source_name":".pt"}}'
+    b'"pytorch","adapter_version":1,"modules":[{"version":1},'
+)
+#: Writers use a DMETA record instead of a plain META record only when that saves at least this many bytes.
+DICT_MIN_SAVING = 8
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -241,9 +270,20 @@ class TensorHeader:
         return b"".join(parts)
 
 
-def meta_record(meta: bytes, *, compress: bool = True) -> tuple[int, bytes]:
-    """(record type, payload) for the metadata JSON text ``meta``: a compressed META record when that
-    saves at least ZLIB_MIN_SAVING bytes (and ``compress``), else a plain one."""
+def deflate_dict(data: bytes) -> bytes:
+    """``data`` as a raw deflate stream (RFC 1951, no zlib header) primed with :data:`PRESET_DICT`."""
+    co = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, PRESET_DICT)
+    return co.compress(data) + co.flush()
+
+
+def meta_record(meta: bytes, *, compress: bool = True, dictionary: bool = True) -> tuple[int, bytes]:
+    """(record type, payload) for the metadata JSON text ``meta``: deflated with the preset dictionary
+    (DMETA, 1.5) when ``dictionary`` and that saves at least DICT_MIN_SAVING bytes; else compressed with
+    zlib when that saves at least ZLIB_MIN_SAVING bytes (and ``compress``), else a plain one."""
+    if compress and dictionary:
+        packed = leb128(len(meta)) + deflate_dict(meta)
+        if len(packed) + DICT_MIN_SAVING <= len(meta):
+            return REC_DMETA, packed
     if compress and len(meta) > ZLIB_MIN_SAVING:
         packed = _U64.pack(len(meta)) + zlib.compress(meta, ZLIB_LEVEL)
         if len(packed) + ZLIB_MIN_SAVING <= len(meta):
@@ -725,6 +765,43 @@ def inflate(r: PayloadReader, cap: int, limit: int) -> bytes:
     return out
 
 
+def inflate_dict(r: PayloadReader, size: int, end: int) -> bytes:
+    """Inflate the raw deflate stream (primed with :data:`PRESET_DICT`) in ``r.data[r.pos:end]``, which must
+    decompress to exactly ``size`` bytes (checked by the caller against its limits) and end exactly at
+    ``end``; never produces more than ``size + 1`` bytes."""
+    d = zlib.decompressobj(-15, PRESET_DICT)
+    try:
+        out = d.decompress(memoryview(r.data)[r.pos : end], size + 1)
+    except zlib.error as exc:
+        raise r.fail(f"{r.record} record: the deflate stream is corrupt ({exc})") from None
+    if len(out) > size:
+        raise r.fail(f"{r.record} record: the deflate stream decompresses to more than its declared {size} bytes",
+                     LimitExceededError)
+    if not d.eof:
+        raise r.fail(f"{r.record} record: the deflate stream ends early (incomplete) after {len(out)} bytes")
+    if d.unused_data:
+        r.pos = end - len(d.unused_data)
+        raise r.fail(f"{len(d.unused_data)} bytes after the deflate stream in the {r.record} record")
+    if len(out) != size:
+        raise r.fail(f"{r.record} record: the deflate stream decompresses to {len(out)} bytes, {size} declared")
+    r.pos = end
+    return out
+
+
+def parse_dmeta(payload: bytes, base: int, cap: int) -> bytes:
+    """Parse a DMETA payload (1.5) -> the metadata JSON text (at most ``cap`` bytes)."""
+    r = PayloadReader(payload, base, "dictionary meta")
+    size_at = r.pos
+    bound = min(cap, MAX_META_BYTES)
+    size = r.varint("decompressed size", 1 << 63)
+    if size > bound:
+        r.pos = size_at
+        which = "the format's limit" if size > MAX_META_BYTES else "the reader limit"
+        raise r.fail(f"dictionary meta record declares {size} decompressed bytes, over {which} of {bound}",
+                     LimitExceededError)
+    return inflate_dict(r, size, len(payload))
+
+
 def parse_zmeta(payload: bytes, base: int, cap: int) -> bytes:
     """Parse a compressed META payload -> the metadata JSON text (at most ``cap`` bytes)."""
     return inflate(PayloadReader(payload, base, "compressed meta"), cap, MAX_META_BYTES)
@@ -842,9 +919,18 @@ def _shared_prefix(a: bytes, b: bytes) -> int:
     return i
 
 
-def pack_payload(members: list[PackMember], groups: list[PackGroup]) -> bytes:
+def zpack_payload(members: list[PackMember], groups: list[PackGroup]) -> bytes:
+    """Serialise a ZPACK record payload (spec 2.6, since 1.5): the PACK directory (the PACK payload without
+    the group data bytes) deflated with the preset dictionary, then every group's data in order."""
+    directory = pack_payload(members, groups, directory_only=True)
+    packed = deflate_dict(directory)
+    return b"".join([leb128(len(directory)), leb128(len(packed)), packed] + [bytes(g.data) for g in groups])
+
+
+def pack_payload(members: list[PackMember], groups: list[PackGroup], *, directory_only: bool = False) -> bytes:
     """Serialise a PACK record payload (spec 2.6). Members come in file order; each names its group,
-    and the groups are numbered in order of first use."""
+    and the groups are numbered in order of first use. ``directory_only``: leave out the group data bytes
+    (their lengths stay), as in a ZPACK directory."""
     parts = [leb128(len(members))]
     prev = b""
     for m in members:
@@ -865,18 +951,40 @@ def pack_payload(members: list[PackMember], groups: list[PackGroup]) -> bytes:
     for g in groups:
         codec = g.codec_id.encode("ascii")
         config = _config_json(g.codec_config, "pack").encode("utf-8")
+        data = b"" if directory_only else bytes(g.data)
         if (codec, config) == prev_codec:  # codec length 0: the previous group's codec and configuration
-            parts += [b"\x00", leb128(len(g.data)), bytes(g.data)]
+            parts += [b"\x00", leb128(len(g.data)), data]
             continue
         prev_codec = (codec, config)
-        parts += [bytes([len(codec)]), codec, leb128(len(config)), config, leb128(len(g.data)), bytes(g.data)]
+        parts += [bytes([len(codec)]), codec, leb128(len(config)), config, leb128(len(g.data)), data]
     return b"".join(parts)
 
 
-def parse_pack(payload: bytes, base: int) -> tuple[list[PackMember], list[PackGroup]]:
-    """Parse a PACK record payload -> (members in order, groups); every field is checked (spec 2.6)."""
-    r = PayloadReader(payload, base, "pack")
-    count = r.varint("pack member count", len(payload))
+def parse_pack_record(rtype: int, payload: bytes, base: int) -> tuple[list[PackMember], list[PackGroup]]:
+    """Parse a PACK or ZPACK record payload (``rtype``, one of :data:`PACK_TYPES`)."""
+    return parse_pack(payload, base, compressed=rtype == REC_ZPACK)
+
+
+def parse_pack(payload: bytes, base: int, *, compressed: bool = False) -> tuple[list[PackMember], list[PackGroup]]:
+    """Parse a PACK record payload -> (members in order, groups); every field is checked (spec 2.6).
+
+    ``compressed``: a ZPACK payload (since 1.5): varint directory size (at most 4 MiB), varint length of the
+    deflated directory, the directory deflated with the preset dictionary, then the groups' data, in order,
+    filling the rest of the payload exactly. The directory is a PACK payload without the data bytes."""
+    region = None  # ZPACK: (the payload, where the next group's data starts)
+    if compressed:
+        z = PayloadReader(payload, base, "compressed pack")
+        size = z.varint("pack directory size", MAX_PACK_BYTES)
+        zlen = z.varint("deflated directory length", len(payload))
+        end = z.pos + zlen
+        if end > len(payload):
+            raise z.fail(f"deflated directory of {zlen} bytes runs past the record")
+        directory = inflate_dict(z, size, end)
+        region = end
+        r = PayloadReader(directory, base, "compressed pack")
+    else:
+        r = PayloadReader(payload, base, "pack")
+    count = r.varint("pack member count", len(r.data))
     if count == 0:
         raise r.fail("pack record holds no tensor")
     members: list[PackMember] = []
@@ -931,11 +1039,20 @@ def parse_pack(payload: bytes, base: int) -> tuple[list[PackMember], list[PackGr
             config_raw = r.take(r.varint("codec config length", MAX_PACK_BYTES), "codec config")
             config = parse_json_object(config_raw, "codec configuration", base + config_start, r.tensor)
         size = r.varint("group data length", MAX_PACK_BYTES)
-        at = r.pos
-        data = memoryview(payload)[at : at + size]
-        r.take(size, "group data")
-        groups.append(PackGroup(codec_id, config, data, offset=base + at))
+        if region is not None:
+            at = region
+            if size > len(payload) - at:
+                raise CorruptDataError(f"pack group {gi} data of {size} bytes runs past the record",
+                                       offset=base + at, record="compressed pack", tensor=r.tensor)
+            region += size
+        else:
+            at = r.pos
+            r.take(size, "group data")
+        groups.append(PackGroup(codec_id, config, memoryview(payload)[at : at + size], offset=base + at))
     r.finish()
+    if region is not None and region != len(payload):
+        raise CorruptDataError(f"{len(payload) - region} bytes after the last group's data",
+                               offset=base + region, record="compressed pack")
     for i, m in enumerate(members):
         g = groups[m.group]
         if g.members and m.dtype_code != g.dtype_code:
