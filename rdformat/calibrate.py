@@ -126,8 +126,11 @@ def onnx_sensitivity(model_path: str | os.PathLike, *, calibration: str | os.Pat
     seconds = time.perf_counter() - start
     if not sens:
         return TaskAware(None, "note: no float weight to probe; allocating bits by weight error", seconds)
-    return TaskAware(sens, f"task-aware: output sensitivity of {len(sens)} tensors measured with onnxruntime on "
-                           f"{source} ({seconds:.1f} s; --no-calibrate turns this off)", seconds)
+    profiled = sum(isinstance(v, ChannelSensitivity) for v in sens.values())
+    return TaskAware(sens, f"task-aware: output sensitivity of {len(sens)} tensors"
+                           + (f" ({profiled} with channel profiles)" if profiled else "")
+                           + f" measured with onnxruntime on {source} ({seconds:.1f} s; --no-calibrate turns this off)",
+                     seconds)
 
 
 def search_output_error(compress: Callable[[Lossy, Any], Any], evaluate: Callable[[Mapping[str, Any]], float],

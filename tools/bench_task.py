@@ -3,8 +3,10 @@
 Methods, on each task:
   * weight-error  -- ``rdformat.save(weights, bits=B)``: one Lagrangian slope, every weight equal;
   * task-aware    -- the same with ``sensitivity=`` from the noise-injection estimator on synthetic
-                     inputs built from the model's declared shapes (no data at all);
-  * task-aware+cal-- the same with the estimator on a few real calibration inputs;
+                     inputs built from the model's declared shapes (no data at all; per tensor only:
+                     channel profiles need real inputs, as in ``rdc compress`` without --calibration);
+  * task-aware+cal-- the same with the estimator on a few real calibration inputs, channel profiles
+                     included (per-channel steps, format 1.4 axis scales);
   * task-aware+cal+q -- that estimate refined at each point with the real quantization error
                      (``refine_sensitivity``: plan, quantize, measure each tensor's output error on the
                      calibration inputs, re-plan; one iteration), never with the evaluation data;
@@ -324,10 +326,10 @@ def task_mtcnn(args) -> dict:
             errs.append(relative_output_error(refs[k], outs) ** 2)
         return math.sqrt(sum(errs) / len(errs))
 
-    def sensitivity(inputs):
+    def sensitivity(inputs, channels=True):
         out = {}
         for k, net in nets.items():
-            for n, s in output_sensitivity(net, inputs[k]).items():
+            for n, s in output_sensitivity(net, inputs[k], channels=channels).items():
                 out[f"{k}.{n}"] = s
         return out
 
@@ -340,7 +342,7 @@ def task_mtcnn(args) -> dict:
         return total / len(nets)
 
     t0 = time.perf_counter()
-    sens = sensitivity(syn_inputs)
+    sens = sensitivity(syn_inputs, channels=False)  # as the ONNX path: channel profiles need real inputs
     t_syn = time.perf_counter() - t0
     t0 = time.perf_counter()
     sens_cal = sensitivity(cal_inputs)
@@ -378,7 +380,13 @@ def timing_5m(args) -> dict:
     t0 = time.perf_counter()
     onnx_output_sensitivity(model)
     dt = time.perf_counter() - t0
-    return {"weights": n, "tensors": layers, "seconds": dt}
+    # With calibration inputs (here 4 random rows given as if real) the channel profiles are measured too.
+    feeds = {"x": rng.standard_normal((4, width)).astype(np.float32)}
+    t0 = time.perf_counter()
+    sens = onnx_output_sensitivity(model, feeds)
+    dt_channels = time.perf_counter() - t0
+    profiled = sum(getattr(v, "axis0", None) is not None for v in sens.values())
+    return {"weights": n, "tensors": layers, "seconds": dt, "seconds_channels": dt_channels, "profiled": profiled}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -452,7 +460,9 @@ def write_results(results: list[dict], timing: dict, path_md: Path, path_png: Pa
                      f"{rel(q, at.get('weight-error'))} / {rel(q, at.get('NNCodec'))} | "
                      f"{t['t_syn']:.2f} / {t['t_cal']:.2f} / {refine_s} |")
     lines += ["", f"Estimator on a {timing['weights'] / 1e6:.2f} M-weight ONNX MLP ({timing['tensors']} weight "
-                  f"matrices, synthetic inputs): {timing['seconds']:.2f} s.", "", "## Curves (bytes: quality)", ""]
+                  f"matrices): {timing['seconds']:.2f} s on synthetic inputs (per tensor), "
+                  f"{timing['seconds_channels']:.2f} s on calibration inputs (per tensor + channel profiles of "
+                  f"{timing['profiled']} tensors).", "", "## Curves (bytes: quality)", ""]
     for r in results:
         lines.append(f"### {r['task']['name']}")
         lines.append(f"{r['task']['note']}; {r['task']['n_cal']} calibration inputs")
@@ -503,7 +513,8 @@ def main(argv=None) -> int:
     for name in args.tasks.split(","):
         results.append(run_task(builders[name](args), args))
     timing = timing_5m(args)
-    print(f"\nestimator on {timing['weights']} weights: {timing['seconds']:.2f} s")
+    print(f"\nestimator on {timing['weights']} weights: {timing['seconds']:.2f} s synthetic, "
+          f"{timing['seconds_channels']:.2f} s with calibration inputs and channel profiles")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_results(results, timing, out.with_suffix(".md"), out.with_suffix(".png"), args)

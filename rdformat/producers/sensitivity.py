@@ -420,33 +420,38 @@ def estimate_channel_profiles(
     fallback_rms = max([r for r in rms_all if r > 0], default=1.0)
     rng = np.random.default_rng(seed)
     values = np.zeros(len(units))
-    order = rng.permutation(len(units))
+    # Groups hold the slices of one tensor where possible (random order within it): a pass then rebuilds
+    # one tensor, not fifteen, which on large models costs more than the forward pass itself.
+    position = {n: i for i, n in enumerate(tensors)}
+    shuffle = rng.permutation(len(units))
+    order = sorted(range(len(units)), key=lambda u: (position[units[u][0]], shuffle[u]))
+    wide: dict[str, np.ndarray] = {}
     for start in range(0, len(order), group):
-        members = [int(u) for u in order[start:start + group]]
+        members = order[start:start + group]
         k = 1 << math.ceil(math.log2(len(members) + 1))
         signs = _hadamard(k)[:, 1:len(members) + 1]
-        deltas = []
+        deltas = []  # (tensor name, slice index, perturbation of the slice's elements)
         for u in members:
             n, axis, b = units[u]
             w = tensors[n]
             sigma = _noise_scale(w, noise, fallback_rms)
             mask = bins_of[(n, axis)][1] == b
             index = (mask,) if axis == 0 else (slice(None), mask)
-            delta = np.zeros(w.shape, dtype=np.float64)
             part = w[index].astype(np.float64)
             # Random signs of a fixed size, not Gaussian noise: every element then weighs the same in
             # the slice's figure (a Gaussian draw lets a few elements dominate a short slice).
             plus = (part + (rng.integers(0, 2, part.shape) * 2.0 - 1.0) * sigma).astype(w.dtype)
-            delta[index] = plus.astype(np.float64) - part
-            deltas.append(delta)
+            deltas.append((n, index, plus.astype(np.float64) - part))
+        names_here = {n for n, _i, _d in deltas}
+        for n in names_here:
+            if n not in wide:
+                wide = {n: tensors[n].astype(np.float64)}  # one tensor's float64 copy at a time
         projections = [[np.zeros_like(y) for y in ref] for _ in members]
         for row in range(k):
-            combined: dict[str, np.ndarray] = {}
-            for j, u in enumerate(members):
-                n = units[u][0]
-                combined[n] = combined.get(n, 0.0) + signs[row, j] * deltas[j]
-            overrides = {n: (tensors[n].astype(np.float64) + d).astype(tensors[n].dtype) for n, d in combined.items()}
-            outs = float_outputs(run(overrides))
+            work = {n: (wide[n] if n in wide else tensors[n].astype(np.float64)).copy() for n in names_here}
+            for j, (n, index, d) in enumerate(deltas):
+                work[n][index] += signs[row, j] * d
+            outs = float_outputs(run({n: a.astype(tensors[n].dtype) for n, a in work.items()}))
             if len(outs) != len(ref):
                 raise InvalidInputError("the model returned a different number of outputs between runs")
             for j in range(len(members)):
@@ -455,7 +460,7 @@ def estimate_channel_profiles(
                     acc += s * (y - y0)
         for j, u in enumerate(members):
             energy = sum(w_o * float(np.vdot(p, p).real) for w_o, p in zip(out_w, projections[j]))
-            applied = float(np.vdot(deltas[j], deltas[j]))
+            applied = float(np.vdot(deltas[j][2], deltas[j][2]))
             values[u] = energy / applied if applied > 0 else 0.0
     result: dict[str, list] = {n: [None, None] for n in tensors}
     for (n, axis, _length) in axes:
