@@ -494,7 +494,7 @@ class OnnxProbe:
             slices = min(max_slices, affordable)
             profiles = {} if slices < 16 else estimate_channel_profiles(
                 self.weights, self.run, list(result), noise=noise, seed=seed, max_slices=slices,
-                reference=self.reference)
+                reference=self.reference, seconds=channel_seconds)
             for n, (axis0, axis1) in profiles.items():
                 result[n] = ChannelSensitivity(result[n], axis0, axis1)
         return result

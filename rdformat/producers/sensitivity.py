@@ -48,6 +48,7 @@ Everything is seeded (``seed``): the same inputs give the same sensitivities.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -383,6 +384,7 @@ def estimate_channel_profiles(
     group: int = DEFAULT_CHANNEL_GROUP,
     max_slices: int = DEFAULT_MAX_SLICES,
     reference: Sequence[np.ndarray] | None = None,
+    seconds: float | None = None,
 ) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
     """How each tensor's output sensitivity varies along its axes 0 and 1 (its channels).
 
@@ -393,10 +395,14 @@ def estimate_channel_profiles(
     If the tensors' axes hold more than ``max_slices`` slices together, each axis is measured in bins
     of neighbouring indices (all indices of a bin share its figure).
 
+    ``seconds``: a wall-clock budget; tensors are measured largest first, and those not finished when
+    it runs out get no profile (their channels keep one step).
+
     Returns:
         ``{name: (axis0 profile or None, axis1 profile or None)}`` for tensors of rank >= 2 (an axis of
         length 1 has no profile); only ratios within a profile are meaningful.
     """
+    started = time.perf_counter()
     if group < 1 or max_slices < 2:
         raise InvalidInputError(f"group and max_slices must be positive, got group={group}, max_slices={max_slices}")
     tensors = {n: np.asarray(weights[n]) for n in names if np.asarray(weights[n]).ndim >= 2}
@@ -422,11 +428,14 @@ def estimate_channel_profiles(
     values = np.zeros(len(units))
     # Groups hold the slices of one tensor where possible (random order within it): a pass then rebuilds
     # one tensor, not fifteen, which on large models costs more than the forward pass itself.
-    position = {n: i for i, n in enumerate(tensors)}
+    position = {n: i for i, n in enumerate(sorted(tensors, key=lambda n: -tensors[n].size))}  # largest first
     shuffle = rng.permutation(len(units))
     order = sorted(range(len(units)), key=lambda u: (position[units[u][0]], shuffle[u]))
     wide: dict[str, np.ndarray] = {}
+    measured = np.zeros(len(units), dtype=bool)
     for start in range(0, len(order), group):
+        if seconds is not None and time.perf_counter() - started > seconds:
+            break
         members = order[start:start + group]
         k = 1 << math.ceil(math.log2(len(members) + 1))
         signs = _hadamard(k)[:, 1:len(members) + 1]
@@ -462,8 +471,12 @@ def estimate_channel_profiles(
             energy = sum(w_o * float(np.vdot(p, p).real) for w_o, p in zip(out_w, projections[j]))
             applied = float(np.vdot(deltas[j][2], deltas[j][2]))
             values[u] = energy / applied if applied > 0 else 0.0
-    result: dict[str, list] = {n: [None, None] for n in tensors}
+            measured[u] = True
+    complete = {n for n in tensors if all(measured[i] for i, unit in enumerate(units) if unit[0] == n)}
+    result: dict[str, list] = {n: [None, None] for n in tensors if n in complete}
     for (n, axis, _length) in axes:
+        if n not in complete:
+            continue
         bins, which = bins_of[(n, axis)]
         per_bin = np.array([values[i] for i, (un, ua, _b) in enumerate(units) if un == n and ua == axis])
         result[n][axis] = per_bin[which]
