@@ -884,15 +884,15 @@ def build() -> dict[str, bytes]:
         return compact_of([dmeta, [C.REC_ZPACK, C.FLAG_REQUIRED, C.zpack_payload(zmembers, groups)]])
 
     nseg = len(segs)
-    seg_bytes = b"".join(BS._varint(n) + bytes([sh]) for n, sh in segs)
-    assert gdata[top + 1 : after] == BS._varint(nseg) + seg_bytes
+    seg_bytes = b"".join(C.leb128(n) + bytes([sh]) for n, sh in segs)
+    assert gdata[top + 1 : after] == C.leb128(nseg) + seg_bytes
     short = segs[:-1] + ((segs[-1][0] - 1, segs[-1][1]),)
-    b.invalid("bytesplit_shifted_cover", with_group0(gdata[: top + 1] + BS._varint(nseg) + b"".join(
-        BS._varint(n) + bytes([sh]) for n, sh in short) + gdata[after:]),
+    b.invalid("bytesplit_shifted_cover", with_group0(gdata[: top + 1] + C.leb128(nseg) + b"".join(
+        C.leb128(n) + bytes([sh]) for n, sh in short) + gdata[after:]),
               "CorruptDataError", "bytesplit shifted plane whose segments cover one element less than the chunk")
     bad_shift = segs[:-1] + ((segs[-1][0], 255),)
-    b.invalid("bytesplit_shifted_shift", with_group0(gdata[: top + 1] + BS._varint(nseg) + b"".join(
-        BS._varint(n) + bytes([sh]) for n, sh in bad_shift) + gdata[after:]),
+    b.invalid("bytesplit_shifted_shift", with_group0(gdata[: top + 1] + C.leb128(nseg) + b"".join(
+        C.leb128(n) + bytes([sh]) for n, sh in bad_shift) + gdata[after:]),
               "CorruptDataError", "bytesplit shifted plane with a segment shift of 255 (at most 254)")
     b.invalid("bytesplit_shifted_zero_segments", with_group0(gdata[: top + 1] + b"\x00" + gdata[after:]),
               "CorruptDataError", "bytesplit shifted plane declaring 0 segments")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..format.dtypes import DtypeInfo
+from ..format.wire import leb128
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
@@ -269,18 +270,6 @@ def _unshift(symbols: np.ndarray, segs: tuple) -> np.ndarray:
     return np.where(b == 0, 0, (b - 1 + shifts) % 255 + 1).astype(np.uint8)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _read_varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
     """A canonical unsigned LEB128 value of at most 2**63 - 1 at ``buf[pos]``."""
     value, shift, start = 0, 0, pos
@@ -358,8 +347,8 @@ def _encode_shifted(plane: np.ndarray, segments: list[int], precision: int) -> b
             best = (cost, table)
     table = best[1]
     block = ans.encode(symbols, table)
-    head = [bytes([PLANE_ANS_SHIFTED]), _varint(len(segs))] + [_varint(n) + bytes([s]) for n, s in segs]
-    return b"".join(head + [table.to_bytes(), _varint(len(block)), block])
+    head = [bytes([PLANE_ANS_SHIFTED]), leb128(len(segs))] + [leb128(n) + bytes([s]) for n, s in segs]
+    return b"".join(head + [table.to_bytes(), leb128(len(block)), block])
 
 
 def uses_shifted(data: bytes | memoryview, count: int, itemsize: int) -> bool:

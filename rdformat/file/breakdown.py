@@ -116,10 +116,10 @@ def _config_bytes(config: dict, acc: Counter, json_len: int) -> None:
         acc["headers"] += json_len
 
 
-def _pack_directory(members: list, groups: list, acc: Counter) -> None:
-    """Bytes of a PACK directory (the PACK payload without group data) by category."""
+def _names_and_stats(members: list, acc: Counter) -> int:
+    """Count the member names (prefix-shared, as a PACK directory stores them) and binary statistics of a
+    PACK record into ``acc``; returns their bytes."""
     prev = b""
-    total = len(C.pack_payload(members, groups, directory_only=True))
     named = 0
     for m in members:
         raw = m.name.encode("utf-8")
@@ -131,7 +131,13 @@ def _pack_directory(members: list, groups: list, acc: Counter) -> None:
         if m.stats is not None:
             acc["stats"] += C._STATS.size
             named += C._STATS.size
-    acc["headers"] += total - named
+    return named
+
+
+def _pack_directory(members: list, groups: list, acc: Counter) -> None:
+    """Bytes of a PACK directory (the PACK payload without group data) by category."""
+    total = len(C.pack_payload(members, groups, directory_only=True))
+    acc["headers"] += total - _names_and_stats(members, acc)
 
 
 def _pack_groups_data(groups: list, acc: Counter, lossy: Counter) -> None:
@@ -229,17 +235,7 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
                 _split(length - used, plain, acc)
                 pos += C.RECORD_OVERHEAD + length
                 continue
-            prev = b""
-            for m in members:
-                raw = m.name.encode("utf-8")
-                shared = C._shared_prefix(prev, raw)
-                prev = raw
-                n = len(C.leb128(shared)) + len(C.leb128(len(raw) - shared)) + len(raw) - shared
-                acc["names"] += n
-                named += n
-                if m.stats is not None:
-                    acc["stats"] += C._STATS.size
-                    named += C._STATS.size
+            named += _names_and_stats(members, acc)
             used = 0
             for g in groups:
                 before = acc["payload"]
