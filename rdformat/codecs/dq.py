@@ -23,7 +23,7 @@ from ..format.dtypes import DtypeInfo
 from ..entropy import ans, entropy_bits
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
-from .base import ChunkPlan, Codec
+from .base import ChunkPlan, Codec, byte_view
 from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, unzigzag, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
@@ -223,7 +223,7 @@ class DQCodec(Codec):
     @staticmethod
     def _plan_levels(data: memoryview, count: int):
         """(ANS blocks, function of their decoded symbols -> int32 levels) of one chunk."""
-        buf = bytes(data)
+        buf = byte_view(data)  # no copy: chunks can be megabytes
         if not buf or buf[0] != MODE_CLASSES:
             k, radix, table, block, pos = SQCodec.parse_payload(buf, count)
             if k == 0:
@@ -302,7 +302,17 @@ class DQCodec(Codec):
             reconstruct = _reconstruct_compiled if ans.compiled_active() else dq_reconstruct
             return reconstruct(levels_of(decoded), self.step, self.chain, out_dtype)
 
-        return ChunkPlan(blocks, finish)
+        def into(decoded: list, out: np.ndarray) -> None:
+            if ans.compiled_active() and out_dtype.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+                # reconstructed straight into the tensor (float32/float64; others round via float64)
+                kernels_numba.dq_reconstruct(levels_of(decoded).astype(np.int32, copy=False), self.step,
+                                             self.chain, out.dtype, out=out)
+            else:
+                out[:] = finish(decoded)
+
+        return ChunkPlan(blocks, finish, into)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ from ..format.dtypes import DtypeInfo
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, InvalidInputError, RdcError
 from .registry import register_codec
-from .base import ChunkPlan, Codec
+from .base import ChunkPlan, Codec, byte_view
 
 MODE_ZERO = 0
 MODE_TABLE = 1
@@ -120,7 +120,7 @@ class SQCodec(Codec):
     def parse_payload(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
         """(k, radix, table, ANS block, its offset) of a level payload (spec 5.3; also used by dq);
         k == 0 for an all-zero chunk."""
-        buf = bytes(data)
+        buf = byte_view(data)  # no copy: chunks can be megabytes
         if not buf:
             raise CorruptDataError("sq chunk is empty", offset=0)
         if buf[0] == MODE_ZERO:
@@ -168,7 +168,7 @@ class SQCodec(Codec):
         if k == 0:
             return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
 
-        def finish(decoded: list) -> np.ndarray:
+        def finish(decoded: list, out: np.ndarray | None = None) -> np.ndarray:
             symbols = decoded[0]
             self.check_padding(symbols, k, radix, count, pos)
             # Reconstruct each present group once, then gather: decoding is one lookup per group.
@@ -180,12 +180,17 @@ class SQCodec(Codec):
                 lut = np.zeros((radix ** k, k), dtype=out_dtype)
                 lut[present] = values
                 if ans.compiled_active():
-                    return gather_compiled(symbols, lut, count)
+                    return gather_compiled(symbols, lut, count, out)
                 return lut[symbols].reshape(-1)[:count]
             # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
             return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
 
-        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish)
+        def into(decoded: list, out: np.ndarray) -> None:
+            got = finish(decoded, out)
+            if not np.may_share_memory(got, out):  # only the compiled gather writes into ``out``
+                out[:] = got
+
+        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish, into)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:
@@ -194,11 +199,13 @@ class SQCodec(Codec):
         return plan.finish(ans.decode_many(plan.blocks))
 
 
-def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int) -> np.ndarray:
+def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
     """``lut[symbols].reshape(-1)[:count]`` by a compiled gather; ``symbols`` are ``uint32`` below ``len(lut)``.
 
     The rows are moved as unsigned words of their item size, so one compiled gather serves every dtype of
     2, 4 or 8 bytes; 1-byte floats (float8) take the numpy gather rather than another compilation.
+    ``out`` (optional, ``count`` elements of ``lut``'s item size): where the values go (a view of it is
+    returned); else a new array.
     """
     word = _WORD.get(lut.dtype.itemsize)
     if word is None:
@@ -206,7 +213,7 @@ def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int) -> np.ndar
     from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
     words = lut.view(word)
-    status, out = kernels_numba.gather_groups(symbols, words, count)
+    status, out = kernels_numba.gather_groups(symbols, words, count, None if out is None else out.view(word))
     if status != -1:  # cannot happen: parse_payload bounds the table's symbols by radix**k
         raise CorruptDataError(f"level symbol {int(symbols[status])} outside the table", offset=0)
     return out.view(lut.dtype)

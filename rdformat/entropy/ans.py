@@ -398,11 +398,14 @@ def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list
     """Decode parsed blocks with the backend ``name`` (module ``mod``); lane errors carry ``block_index``.
 
     Blocks whose table's ``2**Q`` slots their symbols do not justify (many tiny chunks, each with its own
-    table) go to the numpy decoder's search path whatever the backend (the numpy and numba lookups
-    expand every table), so decoding costs memory and time linear in the file and output sizes.
+    table) go to the numpy decoder's search path on the other backends (their lookups expand every
+    table; the numba decoder searches such tables itself), so decoding costs memory and time linear in
+    the file and output sizes.
     """
     if not blocks:
         return []
+    if name == "numba":  # the compiled decoder searches the tables not worth expanding itself
+        return _decode_expanded(blocks, name, mod, free)
     worth = _np.tables_worth_expanding(blocks)
     if all(worth):
         return _decode_expanded(blocks, name, mod, free)
@@ -425,7 +428,7 @@ def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list
 
 
 def _decode_expanded(blocks: list[Block], name: str, mod: Any, free: bool) -> list[np.ndarray]:
-    """:func:`_decode_parsed` for blocks whose tables are worth expanding to ``2**Q`` slots."""
+    """:func:`_decode_parsed` for blocks whose tables are worth expanding to ``2**Q`` slots (numba: any)."""
     if name == "numba":
         out, err = mod.decode(blocks)
         if err is not None:
