@@ -37,7 +37,8 @@ TABLE_PRECISION = 16
 def zigzag(levels: np.ndarray) -> np.ndarray:
     """Signed levels -> non-negative symbols: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4 ..."""
     q = levels.astype(np.int64, copy=False)
-    return np.where(q < 0, -2 * q - 1, 2 * q).astype(np.uint32)
+    # 2q for q >= 0, -2q - 1 for q < 0: q >> 63 is 0 or -1 (all ones), so the xor is the two cases at once
+    return ((q << 1) ^ (q >> 63)).astype(np.uint32)
 
 
 def unzigzag(symbols: np.ndarray) -> np.ndarray:
@@ -316,12 +317,15 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
     rest = total - f0 - nonzero
     mags = (np.arange(1, radix, dtype=np.int64) + 1) >> 1  # magnitude of each zigzag symbol >= 1
-    w = np.empty(int(mags.max()) + 1, dtype=np.int64)
-    w[0] = 0
+    w = np.zeros(int(mags.max()) + 1, dtype=np.int64)
     value = 1 << 24
-    for m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
-        w[m] = value
+    ws = []
+    for _m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
+        if not value:  # theta < 2**16: once zero, every later weight is zero too
+            break
+        ws.append(value)
         value = (value * theta) >> 16
+    w[1:1 + len(ws)] = ws
     weights = w[mags]
     wsum = int(weights.sum())
     freqs = np.ones(radix, dtype=np.int64)
