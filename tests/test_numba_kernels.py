@@ -42,9 +42,13 @@ def numba_encode(values: np.ndarray, table: FrequencyTable, lanes: int) -> bytes
     return out[:size].tobytes()
 
 
-def numba_decode(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32) -> tuple[tuple, np.ndarray]:
+def numba_decode(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32,
+                 expand: bool = True) -> tuple[tuple, np.ndarray]:
+    """The compiled decoder's status and output; ``expand=False``: the table without slots (searched)."""
     out = np.full(count, 0xAB, dtype=dtype)
-    status = an.decode_block(np.frombuffer(block, np.uint8), count, an.decode_tables_for(table), out)
+    tables = an.decode_tables_for(table) if expand else an.build_decode_tables(
+        [table.precision], [table.freqs], [table.symbols], [False])
+    status = an.decode_block(np.frombuffer(block, np.uint8), count, tables, out)
     return status, out
 
 
@@ -57,8 +61,14 @@ def reference_error(block: bytes, count: int, table: FrequencyTable, dtype=np.ui
 
 
 def assert_same_outcome(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32) -> None:
-    status, out = numba_decode(block, count, table, dtype)
+    """Both compiled lookups (slots and search) agree with the numpy decoder, errors included."""
     kind, detail = reference_error(block, count, table, dtype)
+    for expand in (True, False):
+        _assert_outcome(numba_decode(block, count, table, dtype, expand), kind, detail)
+
+
+def _assert_outcome(got: tuple, kind, detail) -> None:
+    status, out = got
     if kind is None:
         assert status[0] == an.OK, status
         assert np.array_equal(out, detail)
@@ -123,7 +133,9 @@ def test_batch_with_mixed_tables_strides_and_ranks() -> None:
     start = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
     count = np.array([e.size for e in expected], dtype=np.int64)
     rank_tables = an.build_decode_tables([t.precision for t in tables], [t.freqs for t in tables],
-                                         [np.arange(t.num_symbols) for t in tables])
+                                         [np.arange(t.num_symbols) for t in tables],
+                                         [True, False, True, False, False])  # some tables searched
+    assert rank_tables.slot_base.tolist()[1::2] == [-1, -1]
     stride = 3  # write every block's ranks into every third element, interleaved with a neighbour
     out = np.zeros(stride * int(count.sum()) + 1, dtype=np.uint16)
     out_start = stride * np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) + 1
