@@ -268,11 +268,17 @@ def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
     if radix <= MAX_PARAMETRIC_RADIX:
         # Small chunks: a two-parameter model costs 5 bytes where an explicit table costs hundreds.
         counts = np.bincount(z, minlength=radix)
+        fcounts = counts.astype(np.float64)
+        chosen = None
         for precision, p0, theta in _parametric_candidates(counts):
-            table = parametric_table(radix, precision, p0, theta)
-            cost = table.cost_bits(counts) / 8 + 5 + lanes_bytes
+            # FrequencyTable.cost_bits of the candidate's table, without building (and validating) it
+            freqs = _parametric_freqs(radix, precision, p0, theta)
+            cost = float(np.dot(fcounts, precision - np.log2(freqs.astype(np.float64)))) / 8 + 5 + lanes_bytes
             if cost < best[0]:
-                best = (cost, MODE_PARAMETRIC, 1, z, table, struct.pack("<BHH", precision, p0, theta))
+                best = (cost, MODE_PARAMETRIC, 1, z, None, struct.pack("<BHH", precision, p0, theta))
+                chosen = (precision, p0, theta)
+        if chosen is not None:
+            best = best[:4] + (parametric_table(radix, *chosen),) + best[5:]
     return (*best, radix)
 
 
@@ -307,6 +313,12 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     gets a weight ``w(m)`` with ``w(1) = 2**24`` and ``w(m+1) = (w(m) * theta) >> 16`` (a discrete
     Laplacian). Every symbol below ``radix`` gets a frequency of at least 1.
     """
+    return FrequencyTable(precision, np.arange(radix, dtype=np.uint32),
+                          _parametric_freqs(radix, precision, p0, theta).astype(np.uint32))
+
+
+def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.ndarray:
+    """The frequencies (int64, by symbol) of :func:`parametric_table`; the same checks."""
     if not (2 <= radix <= MAX_PARAMETRIC_RADIX and 8 <= precision <= 16 and 1 <= p0 <= 65535 and 1 <= theta <= 65535):
         raise CorruptDataError(f"sq parametric model out of range (radix {radix}, precision {precision}, "
                                f"p0 {p0}, theta {theta})")
@@ -332,7 +344,7 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     if wsum:
         freqs[1:] += (rest * weights) // wsum
     freqs[0] = total - int(freqs[1:].sum())
-    return FrequencyTable(precision, np.arange(radix, dtype=np.uint32), freqs.astype(np.uint32))
+    return freqs
 
 
 def _parametric_candidates(counts: np.ndarray):
