@@ -14,6 +14,7 @@ The codec stores levels; producing them (choosing ``step`` and levels) is the jo
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -317,6 +318,23 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
                           _parametric_freqs(radix, precision, p0, theta).astype(np.uint32))
 
 
+@functools.lru_cache(maxsize=64)
+def _laplace_weights(theta: int) -> np.ndarray:
+    """``w(m)`` of :func:`parametric_table` for m = 0 .. MAX_PARAMETRIC_RADIX // 2 (read-only; cached: an
+    encoder scores a few ``p0`` and precisions per ``theta``, and the recurrence is sequential)."""
+    w = np.zeros(MAX_PARAMETRIC_RADIX // 2 + 1, dtype=np.int64)
+    value = 1 << 24
+    ws = []
+    for _m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
+        if not value:  # theta < 2**16: once zero, every later weight is zero too
+            break
+        ws.append(value)
+        value = (value * theta) >> 16
+    w[1:1 + len(ws)] = ws
+    w.flags.writeable = False
+    return w
+
+
 def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.ndarray:
     """The frequencies (int64, by symbol) of :func:`parametric_table`; the same checks."""
     if not (2 <= radix <= MAX_PARAMETRIC_RADIX and 8 <= precision <= 16 and 1 <= p0 <= 65535 and 1 <= theta <= 65535):
@@ -329,16 +347,7 @@ def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.nda
     f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
     rest = total - f0 - nonzero
     mags = (np.arange(1, radix, dtype=np.int64) + 1) >> 1  # magnitude of each zigzag symbol >= 1
-    w = np.zeros(int(mags.max()) + 1, dtype=np.int64)
-    value = 1 << 24
-    ws = []
-    for _m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
-        if not value:  # theta < 2**16: once zero, every later weight is zero too
-            break
-        ws.append(value)
-        value = (value * theta) >> 16
-    w[1:1 + len(ws)] = ws
-    weights = w[mags]
+    weights = _laplace_weights(theta)[mags]
     wsum = int(weights.sum())
     freqs = np.ones(radix, dtype=np.int64)
     if wsum:
