@@ -314,8 +314,9 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     gets a weight ``w(m)`` with ``w(1) = 2**24`` and ``w(m+1) = (w(m) * theta) >> 16`` (a discrete
     Laplacian). Every symbol below ``radix`` gets a frequency of at least 1.
     """
-    return FrequencyTable(precision, np.arange(radix, dtype=np.uint32),
-                          _parametric_freqs(radix, precision, p0, theta).astype(np.uint32))
+    # valid by construction (symbols 0..radix-1, radix <= 2**precision, frequencies >= 1 summing to 2**precision)
+    return FrequencyTable._unchecked(precision, np.arange(radix, dtype=np.uint32),
+                                     _parametric_freqs(radix, precision, p0, theta))
 
 
 @functools.lru_cache(maxsize=64)

@@ -259,6 +259,21 @@ class FrequencyTable:
         object.__setattr__(self, "freqs", frq)
         object.__setattr__(self, "_cache", {})
 
+    @classmethod
+    def _unchecked(cls, precision: int, symbols: np.ndarray, freqs: np.ndarray) -> "FrequencyTable":
+        """A table from arrays its caller has already validated (as ``__init__`` would): a decoder parses
+        one table per chunk, and checking every table twice costs more than decoding a small chunk."""
+        table = cls.__new__(cls)
+        sym = symbols.astype(np.uint32)  # always a fresh copy
+        frq = freqs.astype(np.uint32)
+        sym.flags.writeable = False
+        frq.flags.writeable = False
+        object.__setattr__(table, "precision", int(precision))
+        object.__setattr__(table, "symbols", sym)
+        object.__setattr__(table, "freqs", frq)
+        object.__setattr__(table, "_cache", {})
+        return table
+
     # -- immutability / value semantics ------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -413,7 +428,9 @@ class FrequencyTable:
         if int(freqs.sum()) != (1 << q):
             raise CorruptDataError(f"frequency table: frequencies sum to {int(freqs.sum())}, not 2**{q}",
                                    offset=freqs_pos)
-        return cls(q, sym, freqs), pos
+        # every check of __init__ is done above: symbols strictly increase (gaps >= 0, plus one each), are
+        # below 2**31, count 1..2**Q; frequencies are >= 1 and sum to 2**Q
+        return cls._unchecked(q, sym, freqs), pos
 
     # -- derived arrays used by the coder (cached; the table is immutable) ----------------------
 
