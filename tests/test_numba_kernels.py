@@ -472,3 +472,38 @@ def test_plane_histograms(n: int) -> None:
             assert np.array_equal(pair_counts, np.bincount(padded, minlength=1 << 16))
         else:
             assert pair_counts is None
+
+
+def test_table_varint_parser_matches_numpy() -> None:
+    """The compiled varint parser of stored tables: same values as the numpy parser, None wherever that
+    parser raises (truncations, flipped bits, over-long and non-canonical varints)."""
+    from rdformat.entropy import models
+
+    rng = np.random.default_rng(5)
+    outcomes = set()
+    for trial in range(60):
+        table = random_table(rng, int(rng.integers(4, 17)), int(rng.integers(1, 14)))
+        raw = bytearray(table.to_bytes())
+        if trial % 3 == 1:
+            raw[int(rng.integers(len(raw)))] ^= 1 << int(rng.integers(8))
+        elif trial % 3 == 2:
+            raw = raw[:int(rng.integers(len(raw)))]
+        raw += bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]) if trial % 5 == 0 else b""
+        data = np.frombuffer(bytes(raw), np.uint8)
+        if data.size < 2:
+            continue
+        m, pos = models._varint_decode_one(data, 1, "count") if data[1] < 0x80 else (0, 0)
+        if not 1 <= m <= 64:
+            continue
+        fast = an.parse_table_varints(data, pos, m)
+        try:
+            gaps, mid = models._varint_decode_many(data, pos, m, "gap")
+            fm1, end = models._varint_decode_many(data, mid, m, "freq")
+        except errors.RdcError:
+            assert fast is None
+            outcomes.add("error")
+            continue
+        assert fast is not None
+        assert np.array_equal(fast[0], gaps) and fast[1] == mid and np.array_equal(fast[2], fm1) and fast[3] == end
+        outcomes.add("parsed")
+    assert outcomes == {"error", "parsed"}

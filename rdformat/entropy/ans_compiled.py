@@ -19,11 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from . import ans_numba as kern
+from . import models as _models
 from .ans_numpy import SLOTS_PER_SYMBOL as _SLOTS_PER_SYMBOL
 from .ans_numpy import Block
 
 #: Whether numba imported (the kernels exist).
 AVAILABLE = kern.AVAILABLE
+if AVAILABLE and not _models._FAST_VARINTS:
+    _models._FAST_VARINTS.append(kern.parse_table_varints)
 #: Output dtypes the decode kernel is compiled for; other integer outputs are decoded to uint32 and
 #: converted (each extra dtype would cost another compilation of the kernel on first use).
 _KERNEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))

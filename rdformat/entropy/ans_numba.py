@@ -53,7 +53,7 @@ __all__ = [
     "AVAILABLE", "OK", "ERR_TRUNCATED", "ERR_LANE_COUNT", "ERR_TRAILING_BYTES", "ERR_ZERO_LAST_WORD",
     "ERR_LANE_STATE", "ERR_SYMBOL_RANGE", "ERR_BAD_ARGUMENT", "ERR_RANK", "ERR_TOO_MANY_WORDS", "ERROR_CLASS",
     "DecodeTables", "build_decode_tables", "decode_tables_for", "decode_blocks", "decode_block",
-    "encode_block", "encode_capacity", "output_max",
+    "encode_block", "encode_capacity", "output_max", "parse_table_varints",
 ]
 
 #: Success.
@@ -424,8 +424,37 @@ if AVAILABLE:
         one word per symbol plus two flush words."""
         return 1 + lanes + n + 2 * lanes
 
+    @njit(cache=True, nogil=True)
+    def _parse_varints(data: np.ndarray, pos: int, m: int, first: np.ndarray, second: np.ndarray) -> tuple[int, int]:
+        """Two runs of ``m`` canonical varints (< 2**32) from ``data[pos]`` into ``first`` and ``second``;
+        (end of the first run, end of the second) or (-1, -1) on anything irregular."""
+        p = np.int64(pos)
+        ends = np.zeros(2, dtype=np.int64)
+        for run in range(2):
+            out = first if run == 0 else second
+            for i in range(m):
+                value = np.uint64(0)
+                shift = np.uint64(0)
+                count = 0
+                while True:
+                    if p >= data.size or count == 5:
+                        return -1, -1
+                    byte = data[p]
+                    p += 1
+                    count += 1
+                    value |= np.uint64(byte & 0x7F) << shift
+                    shift += np.uint64(7)
+                    if byte < 0x80:
+                        break
+                if (count > 1 and byte == 0) or value >= np.uint64(1 << 32):
+                    return -1, -1
+                out[i] = value
+            ends[run] = p
+        return ends[0], ends[1]
+
 else:
     _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
+    _parse_varints = _unavailable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,6 +574,18 @@ def decode_block(data: np.ndarray, count: int, tables: DecodeTables, out: np.nda
     ``table`` of ``tables``; :func:`decode_blocks`'s status (``block`` is 0 on an error). ``out`` is 1-D, of
     any integer dtype and strides (e.g. a column ``planes[:, k]``)."""
     return _decode_one(data, count, table, *tables, out, output_max(out.dtype))
+
+
+def parse_table_varints(data: np.ndarray, pos: int, m: int) -> tuple[np.ndarray, int, np.ndarray, int] | None:
+    """A stored frequency table's two varint runs (symbol gaps, frequencies - 1; ``spec/entropy.md`` 6.1):
+    ``(gaps, end of gaps, fm1, end)`` as ``uint64`` arrays, or None when a varint is truncated, longer than
+    5 bytes, non-canonical or >= 2**32 (the caller's own parser then reports the error)."""
+    first = np.empty(m, dtype=np.uint64)
+    second = np.empty(m, dtype=np.uint64)
+    mid, end = _parse_varints(data, pos, m, first, second)
+    if end < 0:
+        return None
+    return first, int(mid), second, int(end)
 
 
 def encode_capacity(n: int, lanes: int) -> int:

@@ -36,6 +36,11 @@ DEFAULT_PRECISION = 14
 MAX_SYMBOL = 1 << 31
 
 _VARINT_MAX_BYTES = 5  # values < 2**32
+#: A compiled parser of a table's two varint runs, installed by the numba backend when it loads
+#: (``ans_numba.parse_table_varints``): the numpy parser costs ~0.1 ms a table, a real cost when every
+#: chunk of a small model has its own. Same results; on any irregular varint it returns None and the
+#: numpy parser below raises the error.
+_FAST_VARINTS: list = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,9 +421,13 @@ class FrequencyTable:
             raise TruncatedError(f"frequency table: {m} symbols need at least {2 * m} more bytes, "
                                  f"{data.size - pos} left", offset=data.size)
         gaps_pos = pos
-        gaps, pos = _varint_decode_many(data, pos, m, "symbol gap")
-        freqs_pos = pos
-        fm1, pos = _varint_decode_many(data, pos, m, "frequency")
+        parsed = _FAST_VARINTS[0](data, pos, m) if _FAST_VARINTS else None
+        if parsed is not None:  # the compiled parser; any irregular varint is left to the checks below
+            gaps, freqs_pos, fm1, pos = parsed
+        else:
+            gaps, pos = _varint_decode_many(data, pos, m, "symbol gap")
+            freqs_pos = pos
+            fm1, pos = _varint_decode_many(data, pos, m, "frequency")
         sym = np.cumsum(gaps, dtype=np.uint64) + np.arange(m, dtype=np.uint64)  # < 2**49, exact
         if int(sym[-1]) >= MAX_SYMBOL:
             raise CorruptDataError("frequency table: symbol value >= 2**31", offset=gaps_pos)
