@@ -4,7 +4,8 @@ The coder is constriction's ``AnsCoder`` (32-bit words, 64-bit state) at precisi
 categorical model whose integer frequencies are the table's frequencies scaled by ``2**(24-Q)``.
 Three interchangeable backends produce identical bytes and identical decoded arrays:
 
-* ``"numba"`` - compiled loops with direct slot tables (:mod:`.ans_numba`, glued in by :mod:`.ans_compiled`),
+* ``"numba"`` - compiled loops with direct slot tables, or a search of the cumulative frequencies for tables
+  a batch uses too little to expand (:mod:`.ans_numba`, glued in by :mod:`.ans_compiled`),
   used when numba imports; numba is imported on first use, never by ``import rdformat``;
 * ``"constriction"`` - the Rust library (:mod:`.ans_constriction`), used when importable and when a
   once-per-process self-check shows that it reproduces our integer model exactly;
