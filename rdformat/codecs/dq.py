@@ -327,9 +327,12 @@ class DQCodec(Codec):
             if ans.compiled_active() and out_dtype.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
                 from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
+                levels = levels_of(decoded)
+                if levels.size != count:  # every element of ``out`` must be written
+                    raise CorruptDataError(f"dq chunk decoded to {levels.size} levels, expected {count}")
                 # reconstructed straight into the tensor (float32/float64; others round via float64)
-                kernels_numba.dq_reconstruct(levels_of(decoded).astype(np.int32, copy=False), self.step,
-                                             self.chain, out.dtype, out=out)
+                kernels_numba.dq_reconstruct(levels.astype(np.int32, copy=False), self.step, self.chain,
+                                             out.dtype, out=out)
             else:
                 out[:] = finish(decoded)
 
