@@ -42,9 +42,13 @@ def numba_encode(values: np.ndarray, table: FrequencyTable, lanes: int) -> bytes
     return out[:size].tobytes()
 
 
-def numba_decode(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32) -> tuple[tuple, np.ndarray]:
+def numba_decode(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32,
+                 expand: bool = True) -> tuple[tuple, np.ndarray]:
+    """The compiled decoder's status and output; ``expand=False``: the table without slots (searched)."""
     out = np.full(count, 0xAB, dtype=dtype)
-    status = an.decode_block(np.frombuffer(block, np.uint8), count, an.decode_tables_for(table), out)
+    tables = an.decode_tables_for(table) if expand else an.build_decode_tables(
+        [table.precision], [table.freqs], [table.symbols], [False])
+    status = an.decode_block(np.frombuffer(block, np.uint8), count, tables, out)
     return status, out
 
 
@@ -57,8 +61,14 @@ def reference_error(block: bytes, count: int, table: FrequencyTable, dtype=np.ui
 
 
 def assert_same_outcome(block: bytes, count: int, table: FrequencyTable, dtype=np.uint32) -> None:
-    status, out = numba_decode(block, count, table, dtype)
+    """Both compiled lookups (slots and search) agree with the numpy decoder, errors included."""
     kind, detail = reference_error(block, count, table, dtype)
+    for expand in (True, False):
+        _assert_outcome(numba_decode(block, count, table, dtype, expand), kind, detail)
+
+
+def _assert_outcome(got: tuple, kind, detail) -> None:
+    status, out = got
     if kind is None:
         assert status[0] == an.OK, status
         assert np.array_equal(out, detail)
@@ -123,7 +133,9 @@ def test_batch_with_mixed_tables_strides_and_ranks() -> None:
     start = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
     count = np.array([e.size for e in expected], dtype=np.int64)
     rank_tables = an.build_decode_tables([t.precision for t in tables], [t.freqs for t in tables],
-                                         [np.arange(t.num_symbols) for t in tables])
+                                         [np.arange(t.num_symbols) for t in tables],
+                                         [True, False, True, False, False])  # some tables searched
+    assert rank_tables.slot_base.tolist()[1::2] == [-1, -1]
     stride = 3  # write every block's ranks into every third element, interleaved with a neighbour
     out = np.zeros(stride * int(count.sum()) + 1, dtype=np.uint16)
     out_start = stride * np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64) + 1
@@ -460,3 +472,38 @@ def test_plane_histograms(n: int) -> None:
             assert np.array_equal(pair_counts, np.bincount(padded, minlength=1 << 16))
         else:
             assert pair_counts is None
+
+
+def test_table_varint_parser_matches_numpy() -> None:
+    """The compiled varint parser of stored tables: same values as the numpy parser, None wherever that
+    parser raises (truncations, flipped bits, over-long and non-canonical varints)."""
+    from rdformat.entropy import models
+
+    rng = np.random.default_rng(5)
+    outcomes = set()
+    for trial in range(60):
+        table = random_table(rng, int(rng.integers(4, 17)), int(rng.integers(1, 14)))
+        raw = bytearray(table.to_bytes())
+        if trial % 3 == 1:
+            raw[int(rng.integers(len(raw)))] ^= 1 << int(rng.integers(8))
+        elif trial % 3 == 2:
+            raw = raw[:int(rng.integers(len(raw)))]
+        raw += bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]) if trial % 5 == 0 else b""
+        data = np.frombuffer(bytes(raw), np.uint8)
+        if data.size < 2:
+            continue
+        m, pos = models._varint_decode_one(data, 1, "count") if data[1] < 0x80 else (0, 0)
+        if not 1 <= m <= 64:
+            continue
+        fast = an.parse_table_varints(data, pos, m)
+        try:
+            gaps, mid = models._varint_decode_many(data, pos, m, "gap")
+            fm1, end = models._varint_decode_many(data, mid, m, "freq")
+        except errors.RdcError:
+            assert fast is None
+            outcomes.add("error")
+            continue
+        assert fast is not None
+        assert np.array_equal(fast[0], gaps) and fast[1] == mid and np.array_equal(fast[2], fm1) and fast[3] == end
+        outcomes.add("parsed")
+    assert outcomes == {"error", "parsed"}

@@ -283,19 +283,21 @@ def main() -> None:
         del tensors
     lines = [
         "| model | weights | coding | bits/weight | ratio | path / peer | encode MB/s | encode M weights/s "
-        "| decode MB/s | decode M weights/s | CPU/wall |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| decode MB/s | decode M weights/s | CPU/wall | decode M weights per CPU-s |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model_name, n, mb, mode, bpw, nbytes, who, enc, dec, load in rows:
         enc_s = "" if enc != enc else f"{mb / enc:.0f} | {n / enc / 1e6:.2f}"
         enc_s = enc_s or " | "
         load_s = "" if load != load else f"{load:.2f}"
+        per_cpu = "" if load != load or not load else f"{n / (dec * load) / 1e6:.1f}"
         lines.append(f"| {model_name} | {n:,} | {mode} | {bpw:.3f} | {1e6 * mb / nbytes:.3f}x | {who} | {enc_s} | "
-                     f"{mb / dec:.0f} | {n / dec / 1e6:.1f} | {load_s} |")
+                     f"{mb / dec:.0f} | {n / dec / 1e6:.1f} | {load_s} | {per_cpu} |")
     table = "\n".join(lines)
     if first:
         table += ("\n\n| first call (fresh process) | import rdformat, s | first loads (lossless f32/f16/bf16, sq, dq), s |"
                   "\n|---|---:|---:|\n" + "\n".join(f"| {k} | {i:.2f} | {f:.2f} |" for k, (i, f) in first.items()))
+    table += "\n\nLoad average (1, 5, 15 min) at the end of the run: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n")

@@ -10,6 +10,14 @@ import numpy as np
 from ..format.dtypes import DtypeInfo
 
 
+def byte_view(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+    """``data`` as a sequence of byte values without copying it (a memoryview is cast to unsigned bytes)."""
+    if isinstance(data, (bytes, bytearray)):
+        return data
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 class Codec:
     """Base class of tensor codecs.
 
@@ -129,8 +137,13 @@ class ChunkPlan:
 
     ``blocks``: ``(buf, count, table, out_dtype)`` tuples for :func:`rdformat.entropy.ans.decode_many`
     (header checks already done); ``finish(decoded)`` gets one array per block, in order, and returns
-    the flat elements. Error offsets raised by either are relative to the chunk data.
+    the flat elements (``into``, if set, writes them into a given array instead). Error offsets raised by
+    any of them are relative to the chunk data.
     """
 
     blocks: list = field(default_factory=list)
     finish: Callable[[list], np.ndarray] = lambda decoded: np.zeros(0)
+    #: Optional: ``into(decoded, out)`` writes what ``finish(decoded)`` returns straight into ``out`` (the
+    #: chunk's ``count`` elements of the tensor's output, 1-D, little-endian dtype), saving a copy of every
+    #: decoded byte; readers use it when present. Same errors as ``finish``.
+    into: Callable[[list, np.ndarray], None] | None = None

@@ -16,7 +16,7 @@ from ..format.wire import leb128
 from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
-from .base import ChunkPlan, Codec
+from .base import ChunkPlan, Codec, byte_view
 
 PLANE_RAW = 0
 PLANE_CONSTANT = 1
@@ -140,7 +140,7 @@ class ByteSplitCodec(Codec):
                    max_bytes: int | None = None) -> ChunkPlan:
         """Raw and constant planes now; ANS planes as blocks; interleave and undo the transform in finish."""
         w = dtype.itemsize
-        buf = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
+        buf = byte_view(data)  # no copy: chunks can be megabytes
         fills = []  # (plane, raw bytes or constant) - the planes are only allocated in finish
         blocks, coded = [], []  # coded: (plane, mode, offset) of each ANS block
         pos = 0
@@ -216,7 +216,7 @@ class ByteSplitCodec(Codec):
                 words = _rotate(words, 8 * w, left=False)
             return words.view(dtype.numpy.newbyteorder("<"))
 
-        def _finish_compiled(decoded: list) -> np.ndarray:
+        def _finish_compiled(decoded: list, out: np.ndarray | None = None) -> np.ndarray:
             # plane-major: every fill is a contiguous row copy, then one compiled pass interleaves
             from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
@@ -233,10 +233,17 @@ class ByteSplitCodec(Codec):
                     if count % 2 and as_bytes[-1]:
                         raise CorruptDataError(f"bytesplit plane {k}: nonzero padding byte", offset=at)
                     planes[k] = as_bytes[:count]
-            words = kernels_numba.interleave_planes(planes, count, self.transform == "rotl1")
+            words = kernels_numba.interleave_planes(planes, count, self.transform == "rotl1", out)
             return words.view(dtype.numpy.newbyteorder("<"))
 
-        return ChunkPlan(blocks, finish)
+        def into(decoded: list, out: np.ndarray) -> None:
+            word = _UINT.get(w)
+            if word is not None and ans.compiled_active():  # interleaved straight into the tensor
+                _finish_compiled(decoded, out.view(word))
+            else:
+                out[:] = finish(decoded)
+
+        return ChunkPlan(blocks, finish, into)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:

@@ -24,7 +24,7 @@ from ..entropy import ans, entropy_bits
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
 from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
-from .base import ChunkPlan, Codec
+from .base import ChunkPlan, Codec, byte_view
 from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, unzigzag, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
@@ -115,6 +115,14 @@ def _entropy_bytes(symbols: np.ndarray) -> float:
     return bits / 8 + 2.5 * distinct + 12
 
 
+def _histogram_bytes(counts: np.ndarray) -> float:
+    """:func:`_entropy_bytes` of the symbols whose histogram is ``counts`` (the same float operations on the
+    same nonzero counts, so the same result to the last bit)."""
+    counts = counts[counts > 0].astype(np.float64)
+    bits = float(-(counts * np.log2(counts / counts.sum())).sum())
+    return bits / 8 + 2.5 * int(counts.size) + 12
+
+
 def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.ndarray:
     """Group symbols -> levels (k per symbol) by one gather from the levels of the table's symbols."""
     present = table.symbols.astype(np.int64)
@@ -148,17 +156,30 @@ def encode_dq_levels(levels: np.ndarray, segment_hint: int | None = None) -> byt
         starts = np.arange(0, n, seg)
         lengths = np.minimum(seg, n - starts)
         seg_mean = np.add.reduceat(mags, starts) / lengths
+        # Every layout's class histograms are sums of per-segment histograms, computed once per segment
+        # length (one pass over the chunk instead of one per class and layout) when they stay small.
+        radix = int(z.max()) + 1
+        seg_hist = None
+        if starts.size * radix <= max(4 * n, 1 << 16):
+            seg_hist = np.bincount(np.repeat(np.arange(starts.size, dtype=np.int64) * radix, lengths) + z,
+                                   minlength=starts.size * radix).reshape(starts.size, radix)
         for k in CLASS_COUNTS:
             edges = np.unique(np.quantile(seg_mean, np.arange(1, k) / k))
             classes = np.searchsorted(edges, seg_mean, side="right")
-            per_element = np.repeat(classes, lengths)
+            per_element = None
             cost = 6 + 4 * (edges.size + 2) + classes.size * np.log2(edges.size + 1) / 8
-            cost += sum(_entropy_bytes(z[per_element == c]) for c in range(edges.size + 1))
+            if seg_hist is not None:
+                cost += sum(_histogram_bytes(seg_hist[classes == c].sum(axis=0)) for c in range(edges.size + 1))
+            else:
+                per_element = np.repeat(classes, lengths)
+                cost += sum(_entropy_bytes(z[per_element == c]) for c in range(edges.size + 1))
             if cost < best[0]:
-                best = (cost, (seg, edges.size + 1, classes, per_element))
+                best = (cost, (seg, edges.size + 1, classes, lengths, per_element))
     if best[1] is None:
         return single
-    seg, count, classes, per_element = best[1]
+    seg, count, classes, lengths, per_element = best[1]
+    if per_element is None:
+        per_element = np.repeat(classes, lengths)
     parts = [bytes([MODE_CLASSES]) + seg.to_bytes(4, "little") + bytes([count])]
     for payload in [encode_levels(classes.astype(np.int32), "dq")] + [
             encode_levels(levels[per_element == c], "dq") for c in range(count)]:
@@ -229,7 +250,7 @@ class DQCodec(AxisScaled, Codec):
     @staticmethod
     def _plan_levels(data: memoryview, count: int):
         """(ANS blocks, function of their decoded symbols -> int32 levels) of one chunk."""
-        buf = bytes(data)
+        buf = byte_view(data)  # no copy: chunks can be megabytes
         if not buf or buf[0] != MODE_CLASSES:
             k, radix, table, block, pos = SQCodec.parse_payload(buf, count)
             if k == 0:
@@ -308,7 +329,20 @@ class DQCodec(AxisScaled, Codec):
             reconstruct = _reconstruct_compiled if ans.compiled_active() else dq_reconstruct
             return reconstruct(levels_of(decoded), self.step, self.chain, out_dtype)
 
-        return ChunkPlan(blocks, finish)
+        def into(decoded: list, out: np.ndarray) -> None:
+            if ans.compiled_active() and out_dtype.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+                levels = levels_of(decoded)
+                if levels.size != count:  # every element of ``out`` must be written
+                    raise CorruptDataError(f"dq chunk decoded to {levels.size} levels, expected {count}")
+                # reconstructed straight into the tensor (float32/float64; others round via float64)
+                kernels_numba.dq_reconstruct(levels.astype(np.int32, copy=False), self.step, self.chain,
+                                             out.dtype, out=out)
+            else:
+                out[:] = finish(decoded)
+
+        return ChunkPlan(blocks, finish, into)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:

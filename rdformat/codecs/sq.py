@@ -14,6 +14,7 @@ The codec stores levels; producing them (choosing ``step`` and levels) is the jo
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -24,7 +25,7 @@ from ..entropy import FrequencyTable, ans
 from ..errors import CorruptDataError, InvalidInputError, RdcError
 from .registry import register_codec
 from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
-from .base import ChunkPlan, Codec
+from .base import ChunkPlan, Codec, byte_view
 
 MODE_ZERO = 0
 MODE_TABLE = 1
@@ -38,7 +39,8 @@ TABLE_PRECISION = 16
 def zigzag(levels: np.ndarray) -> np.ndarray:
     """Signed levels -> non-negative symbols: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4 ..."""
     q = levels.astype(np.int64, copy=False)
-    return np.where(q < 0, -2 * q - 1, 2 * q).astype(np.uint32)
+    # 2q for q >= 0, -2q - 1 for q < 0: q >> 63 is 0 or -1 (all ones), so the xor is the two cases at once
+    return ((q << 1) ^ (q >> 63)).astype(np.uint32)
 
 
 def unzigzag(symbols: np.ndarray) -> np.ndarray:
@@ -125,7 +127,7 @@ class SQCodec(AxisScaled, Codec):
     def parse_payload(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
         """(k, radix, table, ANS block, its offset) of a level payload (spec 5.3; also used by dq);
         k == 0 for an all-zero chunk."""
-        buf = bytes(data)
+        buf = byte_view(data)  # no copy: chunks can be megabytes
         if not buf:
             raise CorruptDataError("sq chunk is empty", offset=0)
         if buf[0] == MODE_ZERO:
@@ -173,7 +175,7 @@ class SQCodec(AxisScaled, Codec):
         if k == 0:
             return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
 
-        def finish(decoded: list) -> np.ndarray:
+        def finish(decoded: list, out: np.ndarray | None = None) -> np.ndarray:
             symbols = decoded[0]
             self.check_padding(symbols, k, radix, count, pos)
             # Reconstruct each present group once, then gather: decoding is one lookup per group.
@@ -185,12 +187,17 @@ class SQCodec(AxisScaled, Codec):
                 lut = np.zeros((radix ** k, k), dtype=out_dtype)
                 lut[present] = values
                 if ans.compiled_active():
-                    return gather_compiled(symbols, lut, count)
+                    return gather_compiled(symbols, lut, count, out)
                 return lut[symbols].reshape(-1)[:count]
             # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
             return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
 
-        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish)
+        def into(decoded: list, out: np.ndarray) -> None:
+            got = finish(decoded, out)
+            if not np.may_share_memory(got, out):  # only the compiled gather writes into ``out``
+                out[:] = got
+
+        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish, into)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:
@@ -199,11 +206,13 @@ class SQCodec(AxisScaled, Codec):
         return plan.finish(ans.decode_many(plan.blocks))
 
 
-def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int) -> np.ndarray:
+def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
     """``lut[symbols].reshape(-1)[:count]`` by a compiled gather; ``symbols`` are ``uint32`` below ``len(lut)``.
 
     The rows are moved as unsigned words of their item size, so one compiled gather serves every dtype of
     2, 4 or 8 bytes; 1-byte floats (float8) take the numpy gather rather than another compilation.
+    ``out`` (optional, ``count`` elements of ``lut``'s item size): where the values go (a view of it is
+    returned); else a new array.
     """
     word = _WORD.get(lut.dtype.itemsize)
     if word is None:
@@ -211,7 +220,7 @@ def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int) -> np.ndar
     from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
     words = lut.view(word)
-    status, out = kernels_numba.gather_groups(symbols, words, count)
+    status, out = kernels_numba.gather_groups(symbols, words, count, None if out is None else out.view(word))
     if status != -1:  # cannot happen: parse_payload bounds the table's symbols by radix**k
         raise CorruptDataError(f"level symbol {int(symbols[status])} outside the table", offset=0)
     return out.view(lut.dtype)
@@ -265,11 +274,17 @@ def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
     if radix <= MAX_PARAMETRIC_RADIX:
         # Small chunks: a two-parameter model costs 5 bytes where an explicit table costs hundreds.
         counts = np.bincount(z, minlength=radix)
+        fcounts = counts.astype(np.float64)
+        chosen = None
         for precision, p0, theta in _parametric_candidates(counts):
-            table = parametric_table(radix, precision, p0, theta)
-            cost = table.cost_bits(counts) / 8 + 5 + lanes_bytes
+            # FrequencyTable.cost_bits of the candidate's table, without building (and validating) it
+            freqs = _parametric_freqs(radix, precision, p0, theta)
+            cost = float(np.dot(fcounts, precision - np.log2(freqs.astype(np.float64)))) / 8 + 5 + lanes_bytes
             if cost < best[0]:
-                best = (cost, MODE_PARAMETRIC, 1, z, table, struct.pack("<BHH", precision, p0, theta))
+                best = (cost, MODE_PARAMETRIC, 1, z, None, struct.pack("<BHH", precision, p0, theta))
+                chosen = (precision, p0, theta)
+        if chosen is not None:
+            best = best[:4] + (parametric_table(radix, *chosen),) + best[5:]
     return (*best, radix)
 
 
@@ -304,6 +319,30 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     gets a weight ``w(m)`` with ``w(1) = 2**24`` and ``w(m+1) = (w(m) * theta) >> 16`` (a discrete
     Laplacian). Every symbol below ``radix`` gets a frequency of at least 1.
     """
+    # valid by construction (symbols 0..radix-1, radix <= 2**precision, frequencies >= 1 summing to 2**precision)
+    return FrequencyTable._unchecked(precision, np.arange(radix, dtype=np.uint32),
+                                     _parametric_freqs(radix, precision, p0, theta))
+
+
+@functools.lru_cache(maxsize=64)
+def _laplace_weights(theta: int) -> np.ndarray:
+    """``w(m)`` of :func:`parametric_table` for m = 0 .. MAX_PARAMETRIC_RADIX // 2 (read-only; cached: an
+    encoder scores a few ``p0`` and precisions per ``theta``, and the recurrence is sequential)."""
+    w = np.zeros(MAX_PARAMETRIC_RADIX // 2 + 1, dtype=np.int64)
+    value = 1 << 24
+    ws = []
+    for _m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
+        if not value:  # theta < 2**16: once zero, every later weight is zero too
+            break
+        ws.append(value)
+        value = (value * theta) >> 16
+    w[1:1 + len(ws)] = ws
+    w.flags.writeable = False
+    return w
+
+
+def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.ndarray:
+    """The frequencies (int64, by symbol) of :func:`parametric_table`; the same checks."""
     if not (2 <= radix <= MAX_PARAMETRIC_RADIX and 8 <= precision <= 16 and 1 <= p0 <= 65535 and 1 <= theta <= 65535):
         raise CorruptDataError(f"sq parametric model out of range (radix {radix}, precision {precision}, "
                                f"p0 {p0}, theta {theta})")
@@ -314,19 +353,13 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
     rest = total - f0 - nonzero
     mags = (np.arange(1, radix, dtype=np.int64) + 1) >> 1  # magnitude of each zigzag symbol >= 1
-    w = np.empty(int(mags.max()) + 1, dtype=np.int64)
-    w[0] = 0
-    value = 1 << 24
-    for m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
-        w[m] = value
-        value = (value * theta) >> 16
-    weights = w[mags]
+    weights = _laplace_weights(theta)[mags]
     wsum = int(weights.sum())
     freqs = np.ones(radix, dtype=np.int64)
     if wsum:
         freqs[1:] += (rest * weights) // wsum
     freqs[0] = total - int(freqs[1:].sum())
-    return FrequencyTable(precision, np.arange(radix, dtype=np.uint32), freqs.astype(np.uint32))
+    return freqs
 
 
 def _parametric_candidates(counts: np.ndarray):

@@ -4,7 +4,8 @@ The coder is constriction's ``AnsCoder`` (32-bit words, 64-bit state) at precisi
 categorical model whose integer frequencies are the table's frequencies scaled by ``2**(24-Q)``.
 Three interchangeable backends produce identical bytes and identical decoded arrays:
 
-* ``"numba"`` - compiled loops with direct slot tables (:mod:`.ans_numba`, glued in by :mod:`.ans_compiled`),
+* ``"numba"`` - compiled loops with direct slot tables, or a search of the cumulative frequencies for tables
+  a batch uses too little to expand (:mod:`.ans_numba`, glued in by :mod:`.ans_compiled`),
   used when numba imports; numba is imported on first use, never by ``import rdformat``;
 * ``"constriction"`` - the Rust library (:mod:`.ans_constriction`), used when importable and when a
   once-per-process self-check shows that it reproduces our integer model exactly;
@@ -398,11 +399,14 @@ def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list
     """Decode parsed blocks with the backend ``name`` (module ``mod``); lane errors carry ``block_index``.
 
     Blocks whose table's ``2**Q`` slots their symbols do not justify (many tiny chunks, each with its own
-    table) go to the numpy decoder's search path whatever the backend (the numpy and numba lookups
-    expand every table), so decoding costs memory and time linear in the file and output sizes.
+    table) go to the numpy decoder's search path on the other backends (their lookups expand every
+    table; the numba decoder searches such tables itself), so decoding costs memory and time linear in
+    the file and output sizes.
     """
     if not blocks:
         return []
+    if name == "numba":  # the compiled decoder searches the tables not worth expanding itself
+        return _decode_expanded(blocks, name, mod, free)
     worth = _np.tables_worth_expanding(blocks)
     if all(worth):
         return _decode_expanded(blocks, name, mod, free)
@@ -425,7 +429,7 @@ def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list
 
 
 def _decode_expanded(blocks: list[Block], name: str, mod: Any, free: bool) -> list[np.ndarray]:
-    """:func:`_decode_parsed` for blocks whose tables are worth expanding to ``2**Q`` slots."""
+    """:func:`_decode_parsed` for blocks whose tables are worth expanding to ``2**Q`` slots (numba: any)."""
     if name == "numba":
         out, err = mod.decode(blocks)
         if err is not None:

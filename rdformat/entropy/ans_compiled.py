@@ -19,10 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from . import ans_numba as kern
+from . import models as _models
+from .ans_numpy import SLOTS_PER_SYMBOL as _SLOTS_PER_SYMBOL
 from .ans_numpy import Block
 
 #: Whether numba imported (the kernels exist).
 AVAILABLE = kern.AVAILABLE
+if AVAILABLE and not _models._FAST_VARINTS:
+    _models._FAST_VARINTS.append(kern.parse_table_varints)
 #: Output dtypes the decode kernel is compiled for; other integer outputs are decoded to uint32 and
 #: converted (each extra dtype would cost another compilation of the kernel on first use).
 _KERNEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
@@ -68,19 +72,33 @@ class LaneError(NamedTuple):
 
 
 def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, np.ndarray]:
-    """Lookup tables of the distinct tables of ``blocks`` and each block's table index."""
+    """Lookup tables of the distinct tables of ``blocks`` and each block's table index.
+
+    A table gets its ``2**Q`` slots only when the batch decodes enough of its symbols
+    (``ans_numpy.SLOTS_PER_SYMBOL``); the others are searched, so a batch of many tiny blocks with their
+    own tables costs memory and time in proportion to its symbols (hostile files included).
+    """
     order: dict[int, int] = {}
     tabs = []
-    for b in blocks:
-        if id(b.table) not in order:
-            order[id(b.table)] = len(tabs)
+    use: list[int] = []
+    index = np.empty(len(blocks), dtype=np.int64)
+    for i, b in enumerate(blocks):
+        at = order.get(id(b.table))
+        if at is None:
+            at = order[id(b.table)] = len(tabs)
             tabs.append(b.table)
-    index = np.fromiter((order[id(b.table)] for b in blocks), dtype=np.int64, count=len(blocks))
+            use.append(0)
+        use[at] += b.n
+        index[i] = at
+    expand = [(1 << t.precision) <= _SLOTS_PER_SYMBOL * u for t, u in zip(tabs, use)]
     if len(tabs) == 1:
         t = tabs[0]
-        return t._derived("numba", lambda: kern.decode_tables_for(t)), index
+        if expand[0]:
+            return t._derived("numba", lambda: kern.decode_tables_for(t)), index
+        return t._derived("numba-search", lambda: kern.build_decode_tables(
+            [t.precision], [t.freqs], [t.symbols], [False])), index
     return kern.build_decode_tables([t.precision for t in tabs], [t.freqs for t in tabs],
-                                    [t.symbols for t in tabs]), index
+                                    [t.symbols for t in tabs], expand), index
 
 
 def decode(blocks: list[Block]) -> tuple[list[np.ndarray], LaneError | None]:

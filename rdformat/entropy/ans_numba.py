@@ -18,7 +18,8 @@ Every kernel is compiled with ``cache=True`` (the machine code is stored next to
 what the decoder outputs (``uint32``): normally the symbol ``s[r]``, or ``r`` itself when the caller builds
 the table with ``values = arange(m)`` to get ranks (e.g. to gather dequantized values next). The tables of a
 set are concatenated: table ``i`` has precision ``precision[i]`` and ``num_symbols[i]`` symbols, its slots
-start at ``slot_rank[slot_base[i]]`` and its ranks at ``rank_base[i]``. :func:`build_decode_tables` makes this
+start at ``slot_rank[slot_base[i]]`` (``slot_base[i]`` is -1 for a table built without slots: the decoder
+searches its cumulative frequencies instead) and its ranks at ``rank_base[i]``. :func:`build_decode_tables` makes this
 layout and validates the tables (spec 6.1), which is what makes every lookup safe: the decode kernels take
 tables only from it (they re-check that each table's ranges lie inside the arrays) and treat only the
 *blocks* as untrusted.
@@ -52,7 +53,7 @@ __all__ = [
     "AVAILABLE", "OK", "ERR_TRUNCATED", "ERR_LANE_COUNT", "ERR_TRAILING_BYTES", "ERR_ZERO_LAST_WORD",
     "ERR_LANE_STATE", "ERR_SYMBOL_RANGE", "ERR_BAD_ARGUMENT", "ERR_RANK", "ERR_TOO_MANY_WORDS", "ERROR_CLASS",
     "DecodeTables", "build_decode_tables", "decode_tables_for", "decode_blocks", "decode_block",
-    "encode_block", "encode_capacity", "output_max",
+    "encode_block", "encode_capacity", "output_max", "parse_table_varints",
 ]
 
 #: Success.
@@ -142,9 +143,9 @@ if AVAILABLE:
             q = precision[i]
             a, b = table_start[i], table_start[i + 1]
             size = np.int64(1) << q
-            base = slot_base[i]
+            base = slot_base[i]  # < 0: no slots (the decoder searches this table)
             if (q < 1 or q > MAX_TABLE_PRECISION or b <= a or b - a > size or b > freqs.size or b > rank_coder.size
-                    or base < 0 or base + size > slot_rank.size):
+                    or (base >= 0 and base + size > slot_rank.size)):
                 return i
             sh = CODER_PRECISION - q
             cum = np.int64(0)
@@ -154,7 +155,8 @@ if AVAILABLE:
                     return i
                 rank_coder[r] = _U64(f << sh) | (_U64(cum << sh) << _S24)
                 rank_value[r] = values[r]
-                slot_rank[base + cum:base + cum + f] = r - a
+                if base >= 0:
+                    slot_rank[base + cum:base + cum + f] = r - a
                 cum += f
             if cum != size:
                 return i
@@ -170,8 +172,9 @@ if AVAILABLE:
             return ERR_BAD_ARGUMENT, -1, -1
         q = precision[table]
         m = num_symbols[table]
-        if (q < 1 or q > MAX_TABLE_PRECISION or m < 1 or slot_base[table] < 0
-                or slot_base[table] + (np.int64(1) << q) > slot_rank.size or rank_base[table] < 0
+        if (q < 1 or q > MAX_TABLE_PRECISION or m < 1 or m > (np.int64(1) << q)
+                or (slot_base[table] >= 0 and slot_base[table] + (np.int64(1) << q) > slot_rank.size)
+                or rank_base[table] < 0
                 or rank_base[table] + m > rank_value.size):
             return ERR_BAD_ARGUMENT, -1, -1
         if start < 0 or size < 0 or start + size > data.size or count < 0:
@@ -223,7 +226,8 @@ if AVAILABLE:
         if count == 0:
             return -1, -1
         rbase = rank_base[table]
-        if num_symbols[table] == 1:
+        m = num_symbols[table]
+        if m == 1:
             value = rank_value[rbase]
             for i in range(count):
                 out[out_start + i * out_stride] = value
@@ -231,52 +235,69 @@ if AVAILABLE:
         sh = _U64(CODER_PRECISION - precision[table])
         lanes = np.int64(_read_u32(data, start))
         header_end = 4 + 4 * lanes
-        # the lanes' words as native u32 (a view: blocks need no alignment, x86/arm loads do not care)
-        words = data[start + header_end:start + size].view(np.uint32)
-        slots = slot_rank[slot_base[table]:slot_base[table] + (np.int64(1) << precision[table])]
-        coder = rank_coder[rbase:rbase + num_symbols[table]]
-        value = rank_value[rbase:rbase + num_symbols[table]]
+        nw = (size - header_end) // 4
+        # The lanes' words shifted by one (wp[i + 1] = word i, wp[0] = 0): a lane at ``pos`` pops wp[pos],
+        # and wp[pos] is inside the array for every pos in 0..nw, so the refill below reads
+        # unconditionally and selects (no unpredictable branch), without ever leaving the array.
+        wp = np.empty(nw + 1, dtype=np.uint32)
+        wp[0] = 0
+        wp[1:] = data[start + header_end:start + size].view(np.uint32)
+        expanded = slot_base[table] >= 0
+        slots = slot_rank[slot_base[table]:slot_base[table] + (np.int64(1) << precision[table])] if expanded \
+            else slot_rank[0:0]
+        coder = rank_coder[rbase:rbase + m]
+        value = rank_value[rbase:rbase + m]
         state = np.empty(lanes, dtype=np.uint64)
-        pos = np.empty(lanes, dtype=np.uint64)  # index just after the lane's next word to pop
-        low = np.empty(lanes, dtype=np.uint64)  # index of the lane's first word
-        at = _U64(0)
+        pos = np.empty(lanes, dtype=np.int64)  # number of the lane's words not popped yet, plus its first
+        low = np.empty(lanes, dtype=np.int64)  # index of the lane's first word
+        at = np.int64(0)
         for j in range(lanes):
             low[j] = at
-            p = at + _read_u32(data, start + 4 + 4 * j)
+            p = at + np.int64(_read_u32(data, start + 4 + 4 * j))
             at = p
             s = _U64(0)
             if p > low[j]:
-                p -= _ONE
-                s = _U64(words[p])
+                s = _U64(wp[p])
+                p -= 1
                 if p > low[j]:
-                    p -= _ONE
-                    s = (s << _S32) | _U64(words[p])
+                    s = (s << _S32) | _U64(wp[p])
+                    p -= 1
             state[j] = s
             pos[j] = p
         full = count // lanes
         rest = count - full * lanes
         row = lanes * out_stride
         for t in range(full + 1):
-            active = _U64(lanes if t < full else rest)
+            active = lanes if t < full else rest
             o = out_start + t * row
             for j in range(active):
                 s = state[j]
                 q = s & _MASK24
-                r = slots[q >> sh]
+                if expanded:
+                    r = np.int64(slots[q >> sh])
+                else:
+                    # a table whose 2**Q slots the batch does not justify: search the cumulative starts
+                    # (c_0 = 0 <= q, so the largest rank with c_r <= q exists)
+                    lo, hi = np.int64(0), m
+                    while hi - lo > 1:
+                        mid = (lo + hi) >> 1
+                        if (coder[mid] >> _S24) <= q:
+                            lo = mid
+                        else:
+                            hi = mid
+                    r = lo
                 kc = coder[r]
                 # S = (S >> 24) * k + (q - c)
                 s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)
-                if s < _TWO32:
-                    p = pos[j]
-                    if p > low[j]:
-                        p -= _ONE
-                        s = (s << _S32) | _U64(words[p])
-                        pos[j] = p
-                state[j] = s
-                out[o + np.int64(j) * out_stride] = value[r]
+                p = pos[j]
+                need = (s < _TWO32) & (p > low[j])
+                refilled = (s << _S32) | _U64(wp[p])
+                state[j] = refilled if need else s
+                pos[j] = p - np.int64(need)
+                out[o + j * out_stride] = value[r]
         for j in range(lanes):
             if state[j] != 0 or pos[j] != low[j]:
-                return j, header_end + 4 * np.int64(low[j])
+                return j, header_end + 4 * low[j]
         return -1, -1
 
     @njit(cache=True, nogil=True)
@@ -403,8 +424,37 @@ if AVAILABLE:
         one word per symbol plus two flush words."""
         return 1 + lanes + n + 2 * lanes
 
+    @njit(cache=True, nogil=True)
+    def _parse_varints(data: np.ndarray, pos: int, m: int, first: np.ndarray, second: np.ndarray) -> tuple[int, int]:
+        """Two runs of ``m`` canonical varints (< 2**32) from ``data[pos]`` into ``first`` and ``second``;
+        (end of the first run, end of the second) or (-1, -1) on anything irregular."""
+        p = np.int64(pos)
+        ends = np.zeros(2, dtype=np.int64)
+        for run in range(2):
+            out = first if run == 0 else second
+            for i in range(m):
+                value = np.uint64(0)
+                shift = np.uint64(0)
+                count = 0
+                while True:
+                    if p >= data.size or count == 5:
+                        return -1, -1
+                    byte = data[p]
+                    p += 1
+                    count += 1
+                    value |= np.uint64(byte & 0x7F) << shift
+                    shift += np.uint64(7)
+                    if byte < 0x80:
+                        break
+                if (count > 1 and byte == 0) or value >= np.uint64(1 << 32):
+                    return -1, -1
+                out[i] = value
+            ends[run] = p
+        return ends[0], ends[1]
+
 else:
     _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
+    _parse_varints = _unavailable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,7 +474,8 @@ def output_max(dtype: Any) -> int:
     return top
 
 
-def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[np.ndarray]) -> DecodeTables:
+def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[np.ndarray],
+                        expand: Any = None) -> DecodeTables:
     """Concatenated lookup tables (see the module docstring) of one or more frequency tables.
 
     Args:
@@ -433,6 +484,9 @@ def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[n
             them: a ``FrequencyTable.freqs``).
         values: per table, what the decoder outputs for each rank: ``table.symbols``, or ``arange(m)`` to
             decode ranks. Each value below 2**32.
+        expand: per table, whether it gets its ``2**Q``-slot lookup table (default: all). A table without
+            one (``slot_base`` -1) is decoded by a binary search of its cumulative frequencies: slower per
+            symbol, but a batch of many small blocks with their own tables does not pay ``2**Q`` slots each.
 
     Returns:
         A :class:`DecodeTables`: ``2**Q`` bytes per table (twice that if a table has over 256 symbols)
@@ -453,8 +507,15 @@ def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[n
     table_start = np.zeros(q.size + 1, dtype=np.int64)
     np.cumsum(sizes, out=table_start[1:])
     slot_sizes = np.left_shift(np.int64(1), q)
+    if expand is not None:
+        keep = np.asarray(expand, dtype=bool).reshape(-1)
+        if keep.size != q.size:
+            raise ValueError("build_decode_tables: expand and precisions differ in length")
+        slot_sizes = np.where(keep, slot_sizes, 0)
     slot_base = np.zeros(q.size, dtype=np.int64)
     np.cumsum(slot_sizes[:-1], out=slot_base[1:])
+    if expand is not None:
+        slot_base[~keep] = -1
     flat_freqs = np.concatenate([np.asarray(f).reshape(-1) for f in freqs]).astype(np.int64) if q.size else \
         np.zeros(0, np.int64)
     flat_values = np.concatenate([np.asarray(v).reshape(-1) for v in values]).astype(np.int64) if q.size else \
@@ -513,6 +574,18 @@ def decode_block(data: np.ndarray, count: int, tables: DecodeTables, out: np.nda
     ``table`` of ``tables``; :func:`decode_blocks`'s status (``block`` is 0 on an error). ``out`` is 1-D, of
     any integer dtype and strides (e.g. a column ``planes[:, k]``)."""
     return _decode_one(data, count, table, *tables, out, output_max(out.dtype))
+
+
+def parse_table_varints(data: np.ndarray, pos: int, m: int) -> tuple[np.ndarray, int, np.ndarray, int] | None:
+    """A stored frequency table's two varint runs (symbol gaps, frequencies - 1; ``spec/entropy.md`` 6.1):
+    ``(gaps, end of gaps, fm1, end)`` as ``uint64`` arrays, or None when a varint is truncated, longer than
+    5 bytes, non-canonical or >= 2**32 (the caller's own parser then reports the error)."""
+    first = np.empty(m, dtype=np.uint64)
+    second = np.empty(m, dtype=np.uint64)
+    mid, end = _parse_varints(data, pos, m, first, second)
+    if end < 0:
+        return None
+    return first, int(mid), second, int(end)
 
 
 def encode_capacity(n: int, lanes: int) -> int:

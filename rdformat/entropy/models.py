@@ -36,6 +36,11 @@ DEFAULT_PRECISION = 14
 MAX_SYMBOL = 1 << 31
 
 _VARINT_MAX_BYTES = 5  # values < 2**32
+#: A compiled parser of a table's two varint runs, installed by the numba backend when it loads
+#: (``ans_numba.parse_table_varints``): the numpy parser costs ~0.1 ms a table, a real cost when every
+#: chunk of a small model has its own. Same results; on any irregular varint it returns None and the
+#: numpy parser below raises the error.
+_FAST_VARINTS: list = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +264,21 @@ class FrequencyTable:
         object.__setattr__(self, "freqs", frq)
         object.__setattr__(self, "_cache", {})
 
+    @classmethod
+    def _unchecked(cls, precision: int, symbols: np.ndarray, freqs: np.ndarray) -> "FrequencyTable":
+        """A table from arrays its caller has already validated (as ``__init__`` would): a decoder parses
+        one table per chunk, and checking every table twice costs more than decoding a small chunk."""
+        table = cls.__new__(cls)
+        sym = symbols.astype(np.uint32)  # always a fresh copy
+        frq = freqs.astype(np.uint32)
+        sym.flags.writeable = False
+        frq.flags.writeable = False
+        object.__setattr__(table, "precision", int(precision))
+        object.__setattr__(table, "symbols", sym)
+        object.__setattr__(table, "freqs", frq)
+        object.__setattr__(table, "_cache", {})
+        return table
+
     # -- immutability / value semantics ------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -401,9 +421,13 @@ class FrequencyTable:
             raise TruncatedError(f"frequency table: {m} symbols need at least {2 * m} more bytes, "
                                  f"{data.size - pos} left", offset=data.size)
         gaps_pos = pos
-        gaps, pos = _varint_decode_many(data, pos, m, "symbol gap")
-        freqs_pos = pos
-        fm1, pos = _varint_decode_many(data, pos, m, "frequency")
+        parsed = _FAST_VARINTS[0](data, pos, m) if _FAST_VARINTS else None
+        if parsed is not None:  # the compiled parser; any irregular varint is left to the checks below
+            gaps, freqs_pos, fm1, pos = parsed
+        else:
+            gaps, pos = _varint_decode_many(data, pos, m, "symbol gap")
+            freqs_pos = pos
+            fm1, pos = _varint_decode_many(data, pos, m, "frequency")
         sym = np.cumsum(gaps, dtype=np.uint64) + np.arange(m, dtype=np.uint64)  # < 2**49, exact
         if int(sym[-1]) >= MAX_SYMBOL:
             raise CorruptDataError("frequency table: symbol value >= 2**31", offset=gaps_pos)
@@ -413,7 +437,9 @@ class FrequencyTable:
         if int(freqs.sum()) != (1 << q):
             raise CorruptDataError(f"frequency table: frequencies sum to {int(freqs.sum())}, not 2**{q}",
                                    offset=freqs_pos)
-        return cls(q, sym, freqs), pos
+        # every check of __init__ is done above: symbols strictly increase (gaps >= 0, plus one each), are
+        # below 2**31, count 1..2**Q; frequencies are >= 1 and sum to 2**Q
+        return cls._unchecked(q, sym, freqs), pos
 
     # -- derived arrays used by the coder (cached; the table is immutable) ----------------------
 

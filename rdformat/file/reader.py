@@ -563,13 +563,18 @@ class RdcReader:
                      only: str | None = None) -> list[tuple[str, np.ndarray]]:
         """The tensors of a PACK record in order (``only``: just that member, decoding only its group)."""
         members, groups = C.parse_pack_record(head.rtype, payload, head.offset + C.RECORD_HEADER_SIZE)
-        arrays: dict[int, np.ndarray] = {}
+        # the groups needed, planned in order, then decoded together (one batch of ANS blocks: a pack of
+        # small tensors would otherwise pay the per-batch cost once per group)
+        planned: dict[int, _PendingTensor] = {}
+        for m in members:
+            if (only is None or m.name == only) and m.group not in planned:
+                planned[m.group] = self._plan_group(head, members, groups[m.group], meter)
+        done = self._finish_tensors(list(planned.values()))
+        arrays = {g: array for g, (_name, array) in zip(planned, done)}
         out = []
         for m in members:
             if only is not None and m.name != only:
                 continue
-            if m.group not in arrays:
-                arrays[m.group] = self._decode_group(head, members, groups[m.group], meter)
             flat = arrays[m.group][m.start : m.start + m.numel]
             out.append((m.name, flat.reshape(m.shape)))
         return out
@@ -595,8 +600,8 @@ class RdcReader:
         return C.TensorHeader(first.name, group.dtype_code, (group.numel,), flags, max(group.numel, 1),
                               1 if group.numel else 0, group.codec_id, group.codec_config)
 
-    def _decode_group(self, head: C.RecordHead, members: list, group: "C.PackGroup",
-                      meter: "_OutputMeter") -> np.ndarray:
+    def _plan_group(self, head: C.RecordHead, members: list, group: "C.PackGroup",
+                    meter: "_OutputMeter") -> "_PendingTensor":
         header = self._group_header(head, members, group)
         data = group.data if isinstance(group.data, memoryview) else memoryview(group.data)
         try:
@@ -614,7 +619,7 @@ class RdcReader:
             raise CorruptDataError(f"pack group of {group.numel} elements holds {len(data)} bytes of "
                                    f"{header.codec_id} data, fewer than the {need} it needs",
                                    offset=group.offset, record="pack", tensor=header.name)
-        return self._finish_tensors([self._plan_tensor(header, head, data, meter)])[0][1]
+        return self._plan_tensor(header, head, data, meter)
 
     def _read_pack(self, entry: C.IndexEntry) -> tuple[C.RecordHead, bytes]:
         """The PACK record an index entry points to (its head and payload)."""
@@ -669,7 +674,7 @@ class RdcReader:
             raise CorruptDataError(f"invalid {header.codec_id} configuration: {exc}",
                                    offset=head.offset, record="tensor", tensor=name) from None
         try:
-            codec.check_shape(header.shape)  # e.g. axis scales (spec 5.5) must match the tensor's axes
+            codec.check_shape(header.shape)  # e.g. axis scales (spec 5.6) must match the tensor's axes
         except RdcError as exc:
             raise exc.with_context(offset=head.offset, record="tensor", tensor=name)
         rem = self._src.remaining()
@@ -1274,6 +1279,10 @@ def _finish_chunk(item: tuple) -> RdcError | None:
     pend, (index, chead, start, count, plan), decoded = item
     name = pend.header.name
     try:
+        if plan.into is not None:  # the codec writes the chunk in place (no copy of the decoded bytes)
+            with _chunk_errors(index, chead, name):
+                plan.into(decoded, pend.out[start:start + count])
+            return None
         with _chunk_errors(index, chead, name):
             elements = plan.finish(decoded)
         if elements.shape != (count,):

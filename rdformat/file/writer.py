@@ -102,7 +102,11 @@ def _lossy_groups(queued: list[tuple], idx: list[int]) -> list[tuple[list[int], 
             sets[-1].append(i)
         else:
             sets.append([i])
-    shared = [(m, _group_data(codec, [queued[i][5] for i in m], info)) for m in sets]
+    alone = {m[0]: coded for m, coded in own}
+    # a set of one tensor with the first tensor's codec object is coded exactly as that tensor alone: reuse
+    # it (lossy tensors rarely share a configuration, and coding levels is the writer's slowest step)
+    shared = [(m, alone[m[0]] if len(m) == 1 and queued[m[0]][4] is codec else
+               _group_data(codec, [queued[i][5] for i in m], info)) for m in sets]
     best = min((own, shared), key=lambda groups: sum(_group_cost(*coded) for _m, coded in groups))
     return [(m, C.PackGroup(chosen.codec_id, _pack_config(chosen), data)) for m, (chosen, data) in best]
 

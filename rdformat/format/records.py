@@ -376,7 +376,9 @@ class Source:
                 f"file ends inside {what}: needs {n} bytes, {rem} remain",
                 offset=start, record=record, tensor=tensor,
             )
-        if n <= self.PIECE:
+        if n <= self.PIECE or rem is not None:
+            # one read when the size is known to be there (the pieces below keep memory following the
+            # data on streams of unknown length, at the cost of two extra copies)
             data = self.stream.read(n)
             got = len(data) if data else 0
             if got < n:

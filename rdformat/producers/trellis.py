@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs.base import Prepared
-from ..codecs.dq import DEFAULT_CHAIN, MAX_CHAIN, DQCodec, dq_reconstruct
+from ..codecs.dq import DEFAULT_CHAIN, MAX_CHAIN, DQCodec, _reconstruct_compiled, dq_reconstruct
 from ..codecs.sq import MAX_LEVEL
 from ..entropy import ans
 from ..errors import InvalidInputError
@@ -41,7 +41,8 @@ class TrellisQuantized:
 
     def dequantize(self) -> np.ndarray:
         """The reconstruction a decoder returns (bit-identical to decoding the stored file)."""
-        flat = dq_reconstruct(self.levels.reshape(-1), self.step, self.chain, np.dtype(self.dtype))
+        reconstruct = _reconstruct_compiled if ans.compiled_active(self.levels.size) else dq_reconstruct
+        flat = reconstruct(self.levels.reshape(-1), self.step, self.chain, np.dtype(self.dtype))
         return flat.reshape(self.levels.shape)
 
     @property
