@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 
@@ -33,6 +34,8 @@ ROOTS = (1.0, float.fromhex("0x1.306fe0a31b715p+0"), float.fromhex("0x1.6a09e667
 #: Exponents stay within +-64 per axis (a factor of 2**16 either way: far beyond any useful spread).
 MAX_EXPONENT = 64
 KEYS = ("scale0", "scale1")
+#: Elements multiplied per block by :meth:`AxisScales.apply` (bounds its float64 temporaries).
+BLOCK_ELEMENTS = 1 << 18
 
 
 def factor(e: np.ndarray) -> np.ndarray:
@@ -107,9 +110,20 @@ class AxisScales:
         return total
 
     def apply(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """The normative multiplication of decoded values (spec 5.5); returns a new flat array."""
-        scaled = flat.reshape(shape).astype(np.float64) * factor(self.exponents(shape))
-        return scaled.astype(flat.dtype).reshape(-1)
+        """The normative multiplication of decoded values (spec 5.6), in place on ``flat`` (returned).
+
+        Done in blocks of rows, so the float64 temporaries stay a few MiB whatever the tensor's size
+        (a large tensor must not cost several times its own memory to finish).
+        """
+        tensor = flat.reshape(shape)
+        factors = factor(self.exponents(shape))  # broadcastable: (rows or 1, cols or 1, 1, ...)
+        row = max(1, math.prod(shape[1:]))
+        step = max(1, BLOCK_ELEMENTS // row)
+        for start in range(0, shape[0], step):
+            part = tensor[start:start + step]
+            f = factors[start:start + step] if factors.shape[0] > 1 else factors
+            part[...] = (part.astype(np.float64) * f).astype(flat.dtype)
+        return flat
 
     def divide(self, array: np.ndarray) -> np.ndarray:
         """Encoder side: ``array / factor`` in float64 (what the quantizer sees)."""
