@@ -1,4 +1,4 @@
-"""Axis scales of the lossy codecs (``sq``, ``dq``; spec 5.5, format 1.4): a step per channel.
+"""Axis scales of the lossy codecs (``sq``, ``dq``; spec 5.6, format 1.4): a step per channel.
 
 One step per tensor spends bits evenly on every weight of it, yet the outputs of a network feel the
 channels of one tensor very differently (output channels whose activations feed a sensitive head, input
@@ -39,7 +39,7 @@ BLOCK_ELEMENTS = 1 << 18
 
 
 def factor(e: np.ndarray) -> np.ndarray:
-    """``2 ** (e / 4)`` for integer exponents, exactly as spec 5.5 defines it (float64)."""
+    """``2 ** (e / 4)`` for integer exponents, exactly as spec 5.6 defines it (float64)."""
     e = np.asarray(e, dtype=np.int64)
     return np.ldexp(np.asarray(ROOTS)[e % 4], (e // 4).astype(np.int32))
 
@@ -146,5 +146,5 @@ class AxisScaled:
         self.scales.check_shape(tuple(shape), self.codec_id)
 
     def finish_tensor(self, flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """Apply the axis scales (spec 5.5) to the decoded tensor."""
+        """Apply the axis scales (spec 5.6) to the decoded tensor."""
         return self.scales.apply(flat, tuple(shape)) if self.scales else flat

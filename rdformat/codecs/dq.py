@@ -197,7 +197,7 @@ class DQCodec(AxisScaled, Codec):
         chain: elements per trellis chain (1..65536).
         stats: informational figures recorded at encode time (ignored by decoders).
         segment_hint: encoder hint, not stored (see below).
-        scales: per-channel step factors (spec 5.5), applied to the whole decoded tensor.
+        scales: per-channel step factors (spec 5.6), applied to the whole decoded tensor.
     """
 
     codec_id = "dq"

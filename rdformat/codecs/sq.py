@@ -67,7 +67,7 @@ class SQCodec(AxisScaled, Codec):
         offset1: reconstruction offset for ``|q| == 1``, in steps, in [0, 1).
         offset2: reconstruction offset for ``|q| >= 2``, in steps, in [0, 1).
         stats: informational figures recorded at encode time (ignored by decoders).
-        scales: per-channel step factors (spec 5.5), applied to the whole decoded tensor.
+        scales: per-channel step factors (spec 5.6), applied to the whole decoded tensor.
     """
 
     codec_id = "sq"

@@ -1,4 +1,4 @@
-"""Per-channel sensitivity and the axis scales it buys (encoder side; spec 5.5 stores the result).
+"""Per-channel sensitivity and the axis scales it buys (encoder side; spec 5.6 stores the result).
 
 Rate control gives each tensor one step, ``global_step / sqrt(S_t)``. Within one tensor, the outputs
 of a network feel the channels very differently: the error of weight ``[i, j]`` of a layer reaches the

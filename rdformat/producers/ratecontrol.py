@@ -289,7 +289,7 @@ def prepare_tensor(array: np.ndarray, step: float, method: str, *, fine: bool = 
                    lam: float = DEFAULT_LAMBDA, scales: AxisScales | None = None) -> PreparedTensor:
     """Quantize one tensor with its planned step (``fine``: the uniform fine quantizer of vectors).
 
-    ``scales``: axis scales (spec 5.5): the tensor divided by them is quantized, and the codec
+    ``scales``: axis scales (spec 5.6): the tensor divided by them is quantized, and the codec
     multiplies them back. The stored configuration carries the tensor's relative L2 error and
     sparsity (what ``rdc info`` shows), rounded to three digits.
     """
