@@ -149,7 +149,6 @@ def test_channel_profiles_rank_the_fragile_row_first():
 
 def test_channel_steps_lower_the_output_error_at_equal_size():
     gains = np.exp(np.linspace(0, np.log(50.0), 32))
-    w, run = _fragile_model(gains)
     w = _laplace((32, 256), seed=5, scale=0.1)
 
     def run(overrides, w=w, x=np.random.default_rng(6).standard_normal((256, 32))):

@@ -226,25 +226,14 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
                 lossy["weights"] += h.numel
         elif rtype in C.PACK_TYPES:
             members, groups = C.parse_pack_record(rtype, payload, base)
-            named = 0  # names and binary statistics of the members
+            used = sum(len(g.data) for g in groups)
+            _pack_groups_data(groups, acc, lossy)
             if rtype == C.REC_ZPACK:  # the deflated directory is split by the shares of its plain bytes
                 plain = Counter()
                 _pack_directory(members, groups, plain)
-                used = sum(len(g.data) for g in groups)
-                _pack_groups_data(groups, acc, lossy)
                 _split(length - used, plain, acc)
-                pos += C.RECORD_OVERHEAD + length
-                continue
-            named += _names_and_stats(members, acc)
-            used = 0
-            for g in groups:
-                before = acc["payload"]
-                _codec_data(g.codec_id, bytes(g.data), g.numel, by_code(g.dtype_code).itemsize, acc)
-                if _lossy(g.codec_id):
-                    lossy["payload"] += acc["payload"] - before
-                    lossy["weights"] += g.numel
-                used += len(g.data)
-            acc["headers"] += length - used - named  # member fields, group codec ids, configs, lengths
+            else:  # member fields, group codec ids, configs, lengths
+                acc["headers"] += length - used - _names_and_stats(members, acc)
         elif rtype == C.REC_ALIAS:
             acc["names"] += length
         elif rtype == C.REC_INDEX:

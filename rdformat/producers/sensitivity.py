@@ -411,13 +411,13 @@ def estimate_channel_profiles(
         return {}
     total = sum(length for _n, _a, length in axes)
     ratio = min(1.0, max_slices / total)
-    units = []  # (name, axis, bin, indices)
-    bins_of = {}
+    units = []  # (name, axis, bin); the bins of one axis are consecutive, from first_unit[(name, axis)]
+    bins_of, first_unit = {}, {}
     for n, axis, length in axes:
         bins = length if ratio >= 1 else max(2, int(length * ratio))
         bins_of[(n, axis)] = (bins, np.arange(length) * bins // length)
-        for b in range(bins):
-            units.append((n, axis, b))
+        first_unit[(n, axis)] = len(units)
+        units.extend((n, axis, b) for b in range(bins))
     ref = float_outputs(run({}) if reference is None else reference)
     if not ref:
         raise InvalidInputError("the model has no floating-point output to measure")
@@ -451,13 +451,11 @@ def estimate_channel_profiles(
             # the slice's figure (a Gaussian draw lets a few elements dominate a short slice).
             plus = (part + (rng.integers(0, 2, part.shape) * 2.0 - 1.0) * sigma).astype(w.dtype)
             deltas.append((n, index, plus.astype(np.float64) - part))
-        names_here = {n for n, _i, _d in deltas}
-        for n in names_here:
-            if n not in wide:
-                wide = {n: tensors[n].astype(np.float64)}  # one tensor's float64 copy at a time
+        # float64 copies of this group's tensors, kept from the previous group when it had the same ones
+        wide = {n: wide[n] if n in wide else tensors[n].astype(np.float64) for n, _i, _d in deltas}
         projections = [[np.zeros_like(y) for y in ref] for _ in members]
         for row in range(k):
-            work = {n: (wide[n] if n in wide else tensors[n].astype(np.float64)).copy() for n in names_here}
+            work = {n: a.copy() for n, a in wide.items()}
             for j, (n, index, d) in enumerate(deltas):
                 work[n][index] += signs[row, j] * d
             outs = float_outputs(run({n: a.astype(tensors[n].dtype) for n, a in work.items()}))
@@ -472,14 +470,15 @@ def estimate_channel_profiles(
             applied = float(np.vdot(deltas[j][2], deltas[j][2]))
             values[u] = energy / applied if applied > 0 else 0.0
             measured[u] = True
-    complete = {n for n in tensors if all(measured[i] for i, unit in enumerate(units) if unit[0] == n)}
-    result: dict[str, list] = {n: [None, None] for n in tensors if n in complete}
+    def span(n: str, axis: int) -> slice:
+        first = first_unit[(n, axis)]
+        return slice(first, first + bins_of[(n, axis)][0])
+
+    complete = {n for n in tensors if all(measured[span(an, a)].all() for an, a, _l in axes if an == n)}
+    result: dict[str, list] = {n: [None, None] for n in complete}
     for (n, axis, _length) in axes:
-        if n not in complete:
-            continue
-        bins, which = bins_of[(n, axis)]
-        per_bin = np.array([values[i] for i, (un, ua, _b) in enumerate(units) if un == n and ua == axis])
-        result[n][axis] = per_bin[which]
+        if n in complete:
+            result[n][axis] = values[span(n, axis)][bins_of[(n, axis)][1]]
     out = {}
     for n, (a0, a1) in result.items():
         if any(p is not None and p.max() > 0 for p in (a0, a1)):
