@@ -45,7 +45,9 @@ class Lossy:
     (output sensitivity, Fisher information): sensitive tensors get finer steps; a value that is a
     :class:`rdformat.producers.channels.ChannelSensitivity` also gives the tensor's channels their own
     steps (axis scales, format 1.4), following ``channel_strength`` of the measured spread (0: off).
-    ``fine`` quantizes
+    ``covariance`` maps weight tensors to the second moment of their layer's inputs
+    (:class:`rdformat.producers.compensate.InputCovariance`): their ``sq`` levels are then chosen to
+    keep the layer's outputs close rather than each weight (error compensation). ``fine`` quantizes
     1-D float vectors with a fine step instead of keeping them lossless. ``params`` are the method's
     tuning parameters (:class:`rdformat.producers.surp.SurpParams` for SuRP) and ``workers`` the
     processes SuRP may use.
@@ -62,6 +64,7 @@ class Lossy:
     params: Any = None
     workers: int = 1
     channel_strength: float = DEFAULT_STRENGTH
+    covariance: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in LOSSY_METHODS:
@@ -80,6 +83,16 @@ class Lossy:
                 raise InvalidInputError(f"{key} must be a finite number, not {value!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise InvalidInputError(f"workers must be a positive integer, not {self.workers!r}")
+        if self.covariance is not None:
+            from .producers.compensate import InputCovariance
+
+            if self.method in ("dq", "surp"):
+                raise InvalidInputError(f"covariance= (error compensation) stores sq levels; it does not "
+                                        f"combine with method={self.method!r}: use 'sq' or 'auto'")
+            bad = [n for n, c in self.covariance.items() if not isinstance(c, InputCovariance)]
+            if bad:
+                raise InvalidInputError(f"covariance of {bad[0]!r} must be an rdformat InputCovariance "
+                                        "(from rdformat.torch_sensitivity.input_covariances)")
 
     @property
     def target(self) -> tuple[str, float]:
@@ -287,18 +300,24 @@ def _save_quantized(tensors: Mapping[str, Any], target: str | os.PathLike | Bina
                 scales[name] = sc
                 planned = dict(planned) if planned is tensors else planned
                 planned[name] = sc.divide(array).astype(array.dtype)
+    covariance = dict(spec.covariance or {})
+    method = "sq" if covariance and spec.method == "auto" else spec.method
+    for name in covariance:
+        if name in names:  # a covariance that does not fit its tensor is the caller's error: say so now
+            covariance[name].rows(np.shape(tensors[name]))
     goal = value
     # A size target is a ceiling: when the sample underestimated, aim lower and write again (into
     # memory first, so that a stream target receives one file).
     for _attempt in range(4):
         rp = RC.plan(planned, **{kind: goal}, lossy=names, sensitivity=sens or None,
-                     lossless_bytes=lossless_bytes, method=spec.method)
+                     lossless_bytes=lossless_bytes, method=method, covariance=covariance)
         err2 = 0.0
 
         def encode(name: str, array: Any) -> Any:
             nonlocal err2
             if name in rp.steps:
-                done = RC.prepare_tensor(array, rp.steps[name], rp.method, scales=scales.get(name))
+                done = RC.prepare_tensor(array, rp.steps[name], rp.method, scales=scales.get(name),
+                                         covariance=covariance.get(name))
             else:
                 step = RC.fine_step(array, rp.global_step) if name in fine_names else None
                 if step is None:

@@ -43,6 +43,8 @@ class TaskAware:
     sensitivity: dict[str, Any] | None
     notice: str
     seconds: float = 0.0
+    #: input covariances of the model's layers (error compensation), measured on real calibration inputs
+    covariance: dict[str, Any] | None = None
 
 
 def read_sensitivity_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -106,8 +108,13 @@ def _calibration(path: str | os.PathLike | None) -> tuple[Any, str]:
 
 
 def onnx_sensitivity(model_path: str | os.PathLike, *, calibration: str | os.PathLike | None = None,
-                     input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0) -> TaskAware:
+                     input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
+                     compensate: bool = True) -> TaskAware:
     """Output sensitivity of an ONNX model's float initializers, or a fallback notice when it cannot run.
+
+    With real ``calibration`` inputs and ``compensate``, the input covariances of its MatMul, Gemm and
+    Conv layers are measured too (``covariance``: error-compensating quantization); never on
+    synthetic inputs, whose activations say nothing about the model's real ones.
 
     Wrong calibration inputs (names, shapes) are the user's mistake and raise :class:`InvalidInputError`;
     a model that cannot run here (no onnxruntime, custom ops, unknown shapes) gives ``sensitivity=None``
@@ -123,14 +130,24 @@ def onnx_sensitivity(model_path: str | os.PathLike, *, calibration: str | os.Pat
         sens = onnx_output_sensitivity(model_path, inputs, input_shapes=input_shapes, seed=seed)
     except CalibrationUnavailable as exc:
         return TaskAware(None, f"note: the model cannot be run here ({exc.message}); allocating bits by weight error")
+    covariance = None
+    if compensate and inputs is not None:
+        from .onnx_calibration import onnx_input_covariances
+
+        try:
+            covariance = onnx_input_covariances(model_path, inputs) or None
+        except CalibrationUnavailable:
+            covariance = None
     seconds = time.perf_counter() - start
     if not sens:
         return TaskAware(None, "note: no float weight to probe; allocating bits by weight error", seconds)
     profiled = sum(isinstance(v, ChannelSensitivity) for v in sens.values())
     return TaskAware(sens, f"task-aware: output sensitivity of {len(sens)} tensors"
                            + (f" ({profiled} with channel profiles)" if profiled else "")
-                           + f" measured with onnxruntime on {source} ({seconds:.1f} s; --no-calibrate turns this off)",
-                     seconds)
+                           + (f", error compensation for {len(covariance)} layers" if covariance else "")
+                           + f" measured with onnxruntime on {source} ({seconds:.1f} s; --no-calibrate turns this off"
+                           + (", --no-compensate the compensation)" if covariance else ")"),
+                     seconds, covariance)
 
 
 def search_output_error(compress: Callable[[Lossy, Any], Any], evaluate: Callable[[Mapping[str, Any]], float],

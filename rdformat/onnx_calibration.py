@@ -607,7 +607,174 @@ def onnx_output_error(
     return probe.output_error(tensors)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Input covariances (error compensation)
+
+#: Input rows (patches, tokens) per layer and feed kept for a covariance, sampled (bounds time and memory).
+DEFAULT_COVARIANCE_ROWS = 1 << 14
+
+
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _compensable(graph, floats: Mapping[str, Any]) -> list[tuple[str, str, str, dict]]:
+    """``(weight, activation, op, attributes)`` of the MatMul / Gemm / Conv nodes whose weight is a
+    float initializer and whose activation is not (the layers error compensation understands)."""
+    found = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        act, w = node.input[0], node.input[1]
+        if w not in floats or act in floats or not act:
+            continue
+        dims = len(floats[w].dims)
+        attrs = _attrs(node)
+        if node.op_type == "MatMul" and dims == 2:
+            found.append((w, act, "MatMul", attrs))
+        elif node.op_type == "Gemm" and dims == 2:
+            found.append((w, act, "Gemm", attrs))
+        elif node.op_type == "Conv" and dims in (3, 4):
+            auto = attrs.get("auto_pad", b"NOTSET")
+            auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+            if auto in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+                found.append((w, act, "Conv", attrs))
+    return found
+
+
+def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any], rows: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Input patches of an ONNX Conv, ``(groups, sampled positions, C/groups * kernel size)``, ordered
+    like the weight's trailing axes."""
+    if x.ndim != len(wshape) or x.ndim not in (3, 4):
+        raise InvalidInputError(f"Conv input of rank {x.ndim} for a weight of rank {len(wshape)}")
+    one_d = x.ndim == 3
+    if one_d:
+        x = x[..., None]
+    k = list(wshape[2:]) + ([1] if one_d else [])
+    strides = list(attrs.get("strides", [1] * (len(k) - one_d))) + ([1] if one_d else [])
+    dil = list(attrs.get("dilations", [1] * (len(k) - one_d))) + ([1] if one_d else [])
+    ext = [(k[i] - 1) * dil[i] + 1 for i in range(2)]
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i in range(2):
+            size = x.shape[2 + i]
+            total = max((-(-size // strides[i]) - 1) * strides[i] + ext[i] - size, 0)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[2 + i] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    else:
+        p = list(attrs.get("pads", [0] * (2 * (len(k) - one_d))))
+        pads = [p[0], 0, p[1], 0] if one_d else p
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ext, axis=(2, 3))[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]
+    n, c, oh, ow = win.shape[:4]
+    total = n * oh * ow
+    pick = np.sort(rng.choice(total, rows, replace=False)) if total > rows else np.arange(total)
+    i_n, rest = np.divmod(pick, oh * ow)
+    i_h, i_w = np.divmod(rest, ow)
+    patches = win[i_n, :, i_h, i_w]  # (rows, C, kh, kw)
+    g = int(attrs.get("group", 1))
+    return patches.reshape(len(pick), g, -1).transpose(1, 0, 2)
+
+
+def onnx_input_covariances(
+    model_or_path: Any,
+    inputs: Feeds,
+    *,
+    max_rows: int = DEFAULT_COVARIANCE_ROWS,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Second moments of the inputs of every MatMul, Gemm and Conv (1-D/2-D) weight of an ONNX model on
+    real calibration ``inputs``, keyed by initializer name: what error-compensating quantization
+    (:mod:`rdformat.producers.compensate`, ``rdformat.Lossy(covariance=...)``) needs.
+
+    One forward pass per feed, with the layers' inputs exposed as extra outputs. Weights used by
+    several layers of different shapes, and layers whose input is not floating point, are left out.
+
+    Raises:
+        CalibrationUnavailable: the model cannot be run here.
+        InvalidInputError: calibration inputs that do not fit the model (one line).
+    """
+    onnx = _require("onnx")
+    from .producers.compensate import InputCovariance
+
+    model = _load_model(model_or_path)
+    feeds = _check_feeds(model, inputs)
+    graph = model.graph
+    floats = {t.name: t for t in graph.initializer if t.data_type in _FLOAT_TYPES}
+    layers = _compensable(graph, floats)
+    if not layers:
+        return {}
+    outputs = {o.name for o in graph.output}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        types = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.value_info) + list(inferred.input)}
+    except Exception:  # shape inference is a convenience: unknown types are assumed float
+        types = {}
+    acts = []
+    for _w, act, _op, _a in layers:
+        if act not in outputs and act not in acts and types.get(act, 1) in _FLOAT_TYPES:
+            acts.append(act)
+            graph.output.append(onnx.helper.make_tensor_value_info(act, types.get(act, 1), None))
+    session = OnnxProbe._make_session(model, threads)
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(seed)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    layouts: dict[str, str] = {}
+    dropped: set[str] = set()
+    for feed in feeds:
+        try:
+            values = dict(zip(names, session.run(names, feed)))
+        except Exception as exc:
+            raise CalibrationUnavailable(f"onnxruntime fails to run the model on the calibration inputs: "
+                                         f"{_first_line(exc)}") from exc
+        for w, act, op, attrs in layers:
+            x = values.get(act)
+            if x is None or w in dropped or np.asarray(x).dtype.kind != "f":
+                continue
+            x = np.asarray(x, dtype=np.float64)
+            wshape = tuple(floats[w].dims)
+            if op == "Conv":
+                rows = _conv_rows(x, wshape, attrs, max_rows, rng)
+                layout = "out_in"
+            else:
+                if op == "Gemm" and int(attrs.get("transA", 0)):
+                    x = x.T
+                rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+                if rows.shape[0] > max_rows:
+                    rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
+                rows = rows[None]
+                layout = "out_in" if op == "Gemm" and int(attrs.get("transB", 0)) else "in_out"
+            h = np.einsum("gni,gnj->gij", rows, rows)
+            if w in sums and (sums[w].shape != h.shape or layouts[w] != layout):
+                dropped.add(w)  # one weight in layers that disagree: no single covariance describes it
+                continue
+            sums[w] = sums[w] + h if w in sums else h
+            counts[w] = counts.get(w, 0) + int(rows.shape[1])
+            layouts[w] = layout
+    out = {}
+    for w in sums:
+        if w in dropped or not counts[w]:
+            continue
+        cov = InputCovariance(sums[w] / counts[w], layouts[w], counts[w])
+        try:
+            cov.rows(tuple(floats[w].dims))
+        except InvalidInputError:
+            continue
+        out[w] = cov
+    return out
+
+
 __all__ = [
+    "onnx_input_covariances",
     "CalibrationUnavailable",
     "OnnxProbe",
     "load_calibration",

@@ -51,7 +51,7 @@ from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_
 from .api import Limits
 from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
 from .format.dtypes import numpy_dtype
-from .torch_sensitivity import output_error, output_sensitivity  # noqa: F401  (rdformat.torch.output_sensitivity)
+from .torch_sensitivity import input_covariances, output_error, output_sensitivity  # noqa: F401  (rdformat.torch.*)
 
 
 
@@ -709,6 +709,7 @@ def estimate_sensitivity(
 __all__ = [
     "estimate_sensitivity",
     "output_sensitivity",
+    "input_covariances",
     "output_error",
     "UnsafeCheckpointError",
     "save",

@@ -25,6 +25,8 @@ DEFAULT_PROBES = 32
 if TYPE_CHECKING:  # annotations only: torch is imported inside the functions
     import torch
 
+    from .producers.compensate import InputCovariance
+
 
 def _flatten_outputs(out: Any) -> list[np.ndarray]:
     """Tensors of a module's output (a tensor, or tuples/lists/dicts of them), as float64 numpy arrays."""
@@ -265,4 +267,72 @@ def output_error(module: "torch.nn.Module", state_dict: Mapping[str, Any], input
     return relative_output_error(ref, new)
 
 
-__all__ = ["output_sensitivity", "output_error"]
+def input_covariances(module: "torch.nn.Module", inputs: Any, *, max_rows: int = 1 << 16,
+                      seed: int = 0) -> dict[str, "InputCovariance"]:
+    """Second moments of the inputs of every ``Linear`` and ``Conv1d``/``Conv2d`` weight of ``module``
+    on ``inputs`` (one batch, or a list of batches), keyed by the weight's ``state_dict`` name: what
+    error-compensating quantization (:mod:`rdformat.producers.compensate`) needs.
+
+    Convolution inputs are unfolded into patches (one row per output position); at most ``max_rows``
+    rows per batch and layer are kept, sampled with ``seed``. Layers with string padding or
+    non-zero padding modes are skipped (their weights are quantized without compensation). The
+    module is run in eval mode under ``torch.no_grad()`` and left as it was.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .producers.compensate import InputCovariance
+
+    rng = np.random.default_rng(seed)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def patches(layer: Any, x: "torch.Tensor") -> "torch.Tensor | None":
+        if isinstance(layer, torch.nn.Linear):
+            return x.reshape(-1, x.shape[-1]).unsqueeze(0)
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            return None
+        g = layer.groups
+        if isinstance(layer, torch.nn.Conv1d):
+            x = x.unsqueeze(-2)
+            k, d, p, s = (1, *layer.kernel_size), (1, *layer.dilation), (0, *layer.padding), (1, *layer.stride)
+        else:
+            k, d, p, s = layer.kernel_size, layer.dilation, layer.padding, layer.stride
+        cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # (N, C*kh*kw, L), C-major like the weight
+        n, dim, length = cols.shape
+        cols = cols.reshape(n, g, dim // g, length).permute(1, 0, 3, 2).reshape(g, n * length, dim // g)
+        return cols
+
+    def hook_for(name: str):
+        def hook(layer: Any, args: tuple) -> None:
+            x = args[0].detach().to(torch.float64)
+            rows = patches(layer, x)
+            if rows is None:
+                return
+            if rows.shape[1] > max_rows:
+                keep = torch.from_numpy(np.sort(rng.choice(rows.shape[1], max_rows, replace=False)))
+                rows = rows[:, keep]
+            h = torch.einsum("gni,gnj->gij", rows, rows).numpy()
+            sums[name] = sums[name] + h if name in sums else h
+            counts[name] = counts.get(name, 0) + int(rows.shape[1])
+        return hook
+
+    for mod_name, layer in module.named_modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
+            name = f"{mod_name}.weight" if mod_name else "weight"
+            hooks.append(layer.register_forward_pre_hook(hook_for(name)))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for batch in _batches(inputs):
+                _call(module, batch)
+    finally:
+        for hk in hooks:
+            hk.remove()
+        module.train(was_training)
+    return {n: InputCovariance(sums[n] / counts[n], "out_in", counts[n]) for n in sums if counts[n]}
+
+
+__all__ = ["output_sensitivity", "output_error", "input_covariances"]

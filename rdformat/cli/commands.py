@@ -114,8 +114,12 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
     elif args.no_calibrate:
         pass
     elif fmt == "onnx":
-        found = calibrate.onnx_sensitivity(src, calibration=args.calibration, input_shapes=shapes)
+        compensate = not args.no_compensate and lossy["method"] in ("auto", "sq")
+        found = calibrate.onnx_sensitivity(src, calibration=args.calibration, input_shapes=shapes,
+                                           compensate=compensate)
         lossy["sensitivity"] = found.sensitivity
+        if found.covariance:
+            lossy["covariance"] = found.covariance
         out.say(found.notice)
     else:
         out.say(f"note: a {fmt} file holds weights only and cannot be run: bits are allocated by weight error "
@@ -362,7 +366,8 @@ def _command(sub: Any, common: argparse.ArgumentParser, name: str, summary: str,
 #: What the task-aware option group of ``rdc compress --help`` says.
 _TASK_HELP = ("with a lossy target, bits go where the model's outputs feel them: for ONNX models the output "
               "sensitivity of each tensor is measured with onnxruntime (noise injection; synthetic inputs unless "
-              "--calibration is given), for others a --sensitivity file is used")
+              "--calibration is given; real calibration inputs also let the sq levels compensate each layer's "
+              "errors), for others a --sensitivity file is used")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also save the measured sensitivity, to reuse with --sensitivity")
     task.add_argument("--no-calibrate", action="store_true",
                       help="allocate bits by weight error only (no inference)")
+    task.add_argument("--no-compensate", action="store_true",
+                      help="ONNX with --calibration: round each weight on its own instead of choosing sq levels "
+                           "that keep each layer's outputs on the calibration inputs (error compensation)")
     lossy.add_argument("--lossless-vectors", action="store_true",
                        help="keep 1-D tensors (biases, norm gains) lossless; by default those with 64 or more "
                             "values get a fine step (relative error about 0.1%%)")

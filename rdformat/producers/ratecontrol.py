@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codecs.axis_scales import AxisScales
+from typing import TYPE_CHECKING
+
+from ..codecs.axis_scales import AxisScales, factor
 from ..codecs.base import Prepared
 from ..errors import InvalidInputError
 from ..format.dtypes import is_float, is_quantizable_float
@@ -25,6 +27,9 @@ from .quantize import DEFAULT_LAMBDA, quantize_rdo, quantize_uniform
 from .trellis import quantize_trellis
 from ..codecs.sq import zigzag
 from ..entropy import entropy_bits
+
+if TYPE_CHECKING:
+    from .compensate import InputCovariance
 
 #: Tensors with fewer elements, or fewer than two dimensions (biases, norms), stay lossless.
 DEFAULT_MIN_ELEMENTS = 16
@@ -157,6 +162,7 @@ def plan(
     sample: int = 1 << 19,
     seed: int = 0,
     method: str = "auto",
+    covariance: "Mapping[str, InputCovariance] | None" = None,
 ) -> RatePlan:
     """Choose per-tensor steps meeting exactly one target.
 
@@ -174,6 +180,10 @@ def plan(
         method: ``"sq"`` (scalar RDO quantization), ``"dq"`` (trellis-coded quantization) or
             ``"auto"``: both are planned on the sample and the one predicted to meet the target
             with fewer bits (or less error, for a bits or size target) is kept.
+        covariance: input covariances of tensors that will be quantized with error compensation
+            (``sq`` only): a bits or size target is then met by the compensated levels, which cost
+            more bits at a given step than plain rounding (the search is refined on whole sampled
+            rows, which compensation treats independently).
     """
     if method not in METHODS + ("auto",):
         raise InvalidInputError(f"unknown lossy method {method!r}; known: sq, dq, auto")
@@ -229,6 +239,10 @@ def plan(
         key = (e > target_err * 1.02, b) if rel_error is not None else (b > target_bits * 1.02, e)
         candidates.append((key, m, step, b, e))
     _, m, step, b, e = min(candidates)
+    comp = {n: c for n, c in (covariance or {}).items() if n in weights}
+    if comp and m == "sq" and rel_error is None:
+        step, b, e = _search_compensated(tensors, names, comp, sampled, step, weights, lam, target_bits,
+                                         overhead=bits is None, budget=sample, seed=seed)
     return RatePlan({n: step * weights[n] for n in names}, step, b / n_lossy, math.sqrt(e / norm2) if norm2 else 0.0,
                     n_lossy, weights, m)
 
@@ -248,6 +262,69 @@ def _search(sampled: _Sampled, bracket: tuple[float, float], weights: dict[str, 
         else:
             lo = mid
         if hi - lo < 0.004:
+            break
+    mid, b, e = result
+    return math.exp(mid), b, e
+
+
+def _row_sample(array: np.ndarray, cov: "InputCovariance", rows: int, rng: np.random.Generator):
+    """Whole rows (output units) of ``array`` with the covariance that fits them: compensation treats
+    rows independently, so a row sample predicts the tensor's compensated bits and error."""
+    from .compensate import InputCovariance
+
+    g, r, d = cov.rows(np.shape(array))
+    a = np.asarray(array)
+    if r <= rows:
+        return a, cov, 1.0
+    pick = np.sort(rng.choice(r, rows, replace=False))
+    if cov.layout == "in_out":
+        return a[:, pick], cov, r / rows
+    sub = a.reshape(g, r, d)[:, pick].reshape(g * rows, d)
+    return sub, InputCovariance(cov.matrix, cov.layout, cov.samples), r / rows
+
+
+def _search_compensated(tensors: Mapping[str, np.ndarray], names: list[str], comp: Mapping[str, "InputCovariance"],
+                        sampled: "_Sampled", step: float, weights: dict[str, float], lam: float, target_bits: float,
+                        *, overhead: bool, budget: int, seed: int) -> tuple[float, float, float]:
+    """Bisection on the global step (around the uncompensated plan's) with compensated tensors
+    evaluated on row samples: (step, predicted bits, predicted squared error)."""
+    from .compensate import quantize_compensated
+
+    rng = np.random.default_rng(seed + 1)
+    total = sum(int(np.asarray(tensors[n]).size) for n in names)
+    items = {}
+    for name in comp:
+        a = np.asarray(tensors[name])
+        g, r, d = comp[name].rows(a.shape)
+        want = max(4, int(math.ceil(budget * a.size / max(total, 1) / max(g * d, 1))))
+        items[name] = _row_sample(a, comp[name], min(r, want), rng)
+    plain = [it for it in sampled.items if it[0] not in comp]
+
+    def evaluate(global_step: float) -> tuple[float, float]:
+        bits = err = 0.0
+        for name, sample, scale, _ in plain:
+            q = quantize(sample, global_step * weights[name], "sq", lam, iterations=2)
+            bits += scale * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
+            err += scale * float(np.sum((q.dequantize().astype(np.float64) - sample) ** 2))
+        for name, (sub, cov, scale) in items.items():
+            q = quantize_compensated(sub, global_step * weights[name], cov, lam=lam)
+            bits += scale * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
+            err += scale * float(np.sum((q.dequantize().astype(np.float64) - sub) ** 2))
+        if overhead:
+            bits += sum(2400 * math.ceil(it[2] * it[1].size / (1 << 20)) for it in sampled.items)
+        return bits, err
+
+    lo, hi = math.log(step / 4.0), math.log(step * 16.0)
+    result = None
+    for _ in range(12):
+        mid = 0.5 * (lo + hi)
+        b, e = evaluate(math.exp(mid))
+        result = (mid, b, e)
+        if b < target_bits:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 0.01:
             break
     mid, b, e = result
     return math.exp(mid), b, e
@@ -286,17 +363,28 @@ class PreparedTensor:
 
 
 def prepare_tensor(array: np.ndarray, step: float, method: str, *, fine: bool = False,
-                   lam: float = DEFAULT_LAMBDA, scales: AxisScales | None = None) -> PreparedTensor:
+                   lam: float = DEFAULT_LAMBDA, scales: AxisScales | None = None,
+                   covariance: "InputCovariance | None" = None) -> PreparedTensor:
     """Quantize one tensor with its planned step (``fine``: the uniform fine quantizer of vectors).
 
     ``scales``: axis scales (spec 5.6): the tensor divided by them is quantized, and the codec
-    multiplies them back. The stored configuration carries the tensor's relative L2 error and
+    multiplies them back. ``covariance``: the second moment of the layer's inputs; the ``sq`` levels
+    are then chosen to keep the layer's outputs close (:func:`~rdformat.producers.compensate.
+    quantize_compensated`). The stored configuration carries the tensor's relative L2 error and
     sparsity (what ``rdc info`` shows), rounded to three digits.
     """
     source = np.asarray(array)
-    if scales:
-        source = scales.divide(source).astype(source.dtype)
-    q = quantize_uniform(source, step) if fine else quantize(source, step, method, lam)
+    if covariance is not None and not fine:
+        if method != "sq":
+            raise InvalidInputError(f"error compensation stores sq levels, not {method}")
+        from .compensate import quantize_compensated
+
+        factors = factor(scales.exponents(source.shape)) if scales else None
+        q = quantize_compensated(source, step, covariance, lam=lam, scales=factors)
+    else:
+        if scales:
+            source = scales.divide(source).astype(source.dtype)
+        q = quantize_uniform(source, step) if fine else quantize(source, step, method, lam)
     decoded = q.dequantize()
     if scales:
         decoded = scales.apply(decoded.reshape(-1), decoded.shape).reshape(decoded.shape)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -312,6 +313,7 @@ def refine_sensitivity(
     iterations: int = DEFAULT_REFINE_ITERATIONS,
     method: str = "auto",
     damping: float = 0.5,
+    covariance: Mapping[str, Any] | None = None,
     **target: float,
 ) -> dict[str, float]:
     """Sensitivity re-measured at the operating point of a target: plan, quantize, measure, re-plan.
@@ -333,6 +335,8 @@ def refine_sensitivity(
         lossy: the tensors rate control quantizes (``rdformat.producers.ratecontrol.select_tensors``).
         iterations: re-measurements (1 or more).
         method: quantizer as in ``plan`` (``auto`` lets each plan choose).
+        covariance: input covariances of tensors that will be stored with error compensation
+            (:mod:`rdformat.producers.compensate`): they are measured with those levels (``sq``).
 
     Returns:
         ``{name: S_t}`` for the names of ``lossy`` (tensors the quantizer leaves unchanged keep their
@@ -349,9 +353,14 @@ def refine_sensitivity(
         raise InvalidInputError(f"refine_sensitivity needs a starting sensitivity for every lossy tensor; "
                                 f"{missing[0]!r} has none")
     sens = {n: float(sensitivity[n]) for n in names}
+    comp = {n: c for n, c in (covariance or {}).items() if n in sens}
+    if comp:
+        from .compensate import quantize_compensated
     for _ in range(iterations):
-        rp = plan(tensors, lossy=names, sensitivity=sens, method=method, **target)
-        quantized = {n: quantize(np.asarray(tensors[n]), rp.steps[n], rp.method).dequantize() for n in names}
+        rp = plan(tensors, lossy=names, sensitivity=sens, method="sq" if comp else method, covariance=comp or None,
+                  **target)
+        quantized = {n: (quantize_compensated(np.asarray(tensors[n]), rp.steps[n], comp[n]) if n in comp
+                         else quantize(np.asarray(tensors[n]), rp.steps[n], rp.method)).dequantize() for n in names}
         measured = quantization_sensitivity(tensors, quantized, squared_error)
         if not measured:
             break
