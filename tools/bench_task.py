@@ -168,7 +168,7 @@ def magika_features(limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(files), size=min(limit, len(files)), replace=False)
     rows, names = [], []
-    for i in sorted(pick):
+    for i in pick:  # random order: evaluation and calibration files are split from one random sample
         p = files[i]
         with open(p, "rb") as fh:
             fs = Magika._extract_features_from_seekable(
