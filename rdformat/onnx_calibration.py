@@ -622,7 +622,10 @@ def _attrs(node) -> dict[str, Any]:
 
 def _compensable(graph, floats: Mapping[str, Any]) -> list[tuple[str, str, str, dict]]:
     """``(weight, activation, op, attributes)`` of the MatMul / Gemm / Conv nodes whose weight is a
-    float initializer and whose activation is not (the layers error compensation understands)."""
+    float initializer and whose activation is not (the layers error compensation understands), and
+    whose input width is at most ``MAX_DIM``."""
+    from .producers.compensate import MAX_DIM
+
     found = []
     for node in graph.node:
         if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
@@ -630,7 +633,13 @@ def _compensable(graph, floats: Mapping[str, Any]) -> list[tuple[str, str, str, 
         act, w = node.input[0], node.input[1]
         if w not in floats or act in floats or not act:
             continue
-        dims = len(floats[w].dims)
+        shape = list(floats[w].dims)
+        dims = len(shape)
+        width = shape[0] if node.op_type == "MatMul" else int(np.prod(shape[1:])) if dims else 0
+        if node.op_type == "Gemm" and dims == 2:
+            width = shape[1] if _attrs(node).get("transB", 0) else shape[0]
+        if width > MAX_DIM:
+            continue  # its covariance would take width**2 * 8 bytes
         attrs = _attrs(node)
         if node.op_type == "MatMul" and dims == 2:
             found.append((w, act, "MatMul", attrs))

@@ -274,14 +274,14 @@ def input_covariances(module: "torch.nn.Module", inputs: Any, *, max_rows: int =
     error-compensating quantization (:mod:`rdformat.producers.compensate`) needs.
 
     Convolution inputs are unfolded into patches (one row per output position); at most ``max_rows``
-    rows per batch and layer are kept, sampled with ``seed``. Layers with string padding or
-    non-zero padding modes are skipped (their weights are quantized without compensation). The
-    module is run in eval mode under ``torch.no_grad()`` and left as it was.
+    rows per batch and layer are kept, sampled with ``seed``. Layers with string padding, non-zero
+    padding modes or inputs wider than ``MAX_DIM`` (4096) are skipped (their weights are quantized
+    without compensation). The module is run in eval mode under ``torch.no_grad()`` and left as it was.
     """
     import torch
     import torch.nn.functional as F
 
-    from .producers.compensate import InputCovariance
+    from .producers.compensate import MAX_DIM, InputCovariance
 
     rng = np.random.default_rng(seed)
     sums: dict[str, np.ndarray] = {}
@@ -308,7 +308,7 @@ def input_covariances(module: "torch.nn.Module", inputs: Any, *, max_rows: int =
         def hook(layer: Any, args: tuple) -> None:
             x = args[0].detach().to(torch.float64)
             rows = patches(layer, x)
-            if rows is None:
+            if rows is None or rows.shape[-1] > MAX_DIM:
                 return
             if rows.shape[1] > max_rows:
                 keep = torch.from_numpy(np.sort(rng.choice(rows.shape[1], max_rows, replace=False)))

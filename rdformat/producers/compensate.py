@@ -34,6 +34,9 @@ DEFAULT_DAMPING = 0.01
 #: Columns updated together between the rank-``BLOCK`` updates of the rest (speed only).
 BLOCK = 128
 LAYOUTS = ("out_in", "in_out")
+#: Widest layer input the collectors measure (a d x d float64 matrix: 128 MiB at 4096); wider layers are
+#: quantized without compensation.
+MAX_DIM = 4096
 
 
 @dataclass(frozen=True)
@@ -193,4 +196,4 @@ def quantize_compensated(x: np.ndarray, step: float, covariance: InputCovariance
     return QuantizedTensor(out.astype(np.int32), step, off1, off2, src.dtype)
 
 
-__all__ = ["InputCovariance", "quantize_compensated", "DEFAULT_DAMPING"]
+__all__ = ["InputCovariance", "quantize_compensated", "DEFAULT_DAMPING", "MAX_DIM"]
