@@ -250,18 +250,23 @@ def plan(
 def _search(sampled: _Sampled, bracket: tuple[float, float], weights: dict[str, float], lam: float, method: str,
             target_err: float | None, target_bits: float | None, *, overhead: bool = True) -> tuple[float, float, float]:
     """Bisection on the log of the global step: (step, predicted bits, predicted squared error)."""
+    return _bisect(lambda step: sampled.evaluate(step, weights, lam, method, overhead), bracket,
+                   lambda b, e: (e > target_err) if target_err is not None else (b < target_bits), 26, 0.004)
+
+
+def _bisect(evaluate, bracket: tuple[float, float], too_coarse, steps: int, tolerance: float) -> tuple[float, float, float]:
+    """Bisection on a log step: ``evaluate(step) -> (bits, error)``; ``too_coarse(bits, error)`` sends it finer."""
     lo, hi = bracket
     result = None
-    for _ in range(26):
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        b, e = sampled.evaluate(math.exp(mid), weights, lam, method, overhead)
+        b, e = evaluate(math.exp(mid))
         result = (mid, b, e)
-        too_coarse = (e > target_err) if target_err is not None else (b < target_bits)
-        if too_coarse:
+        if too_coarse(b, e):
             hi = mid
         else:
             lo = mid
-        if hi - lo < 0.004:
+        if hi - lo < tolerance:
             break
     mid, b, e = result
     return math.exp(mid), b, e
@@ -314,20 +319,7 @@ def _search_compensated(tensors: Mapping[str, np.ndarray], names: list[str], com
             bits += sum(2400 * math.ceil(it[2] * it[1].size / (1 << 20)) for it in sampled.items)
         return bits, err
 
-    lo, hi = math.log(step / 4.0), math.log(step * 16.0)
-    result = None
-    for _ in range(12):
-        mid = 0.5 * (lo + hi)
-        b, e = evaluate(math.exp(mid))
-        result = (mid, b, e)
-        if b < target_bits:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo < 0.01:
-            break
-    mid, b, e = result
-    return math.exp(mid), b, e
+    return _bisect(evaluate, (math.log(step / 4.0), math.log(step * 16.0)), lambda b, _e: b < target_bits, 12, 0.01)
 
 
 def select_tensors(tensors: Mapping[str, np.ndarray], *, structural: Iterable[str] = (),
