@@ -665,6 +665,8 @@ def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any],
     k = list(wshape[2:]) + ([1] if one_d else [])
     strides = list(attrs.get("strides", [1] * (len(k) - one_d))) + ([1] if one_d else [])
     dil = list(attrs.get("dilations", [1] * (len(k) - one_d))) + ([1] if one_d else [])
+    if len(strides) != 2 or len(dil) != 2 or min(strides + dil + k) < 1:
+        raise InvalidInputError(f"Conv attributes strides={strides} dilations={dil} kernel={k} are not usable here")
     ext = [(k[i] - 1) * dil[i] + 1 for i in range(2)]
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
@@ -680,6 +682,8 @@ def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any],
     else:
         p = list(attrs.get("pads", [0] * (2 * (len(k) - one_d))))
         pads = [p[0], 0, p[1], 0] if one_d else p
+    if len(pads) != 4 or min(pads) < 0:
+        raise InvalidInputError(f"Conv pads {pads} are not usable here")
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     win = np.lib.stride_tricks.sliding_window_view(xp, ext, axis=(2, 3))[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]
     n, c, oh, ow = win.shape[:4]
@@ -752,7 +756,12 @@ def onnx_input_covariances(
             x = np.asarray(x, dtype=np.float64)
             wshape = tuple(floats[w].dims)
             if op == "Conv":
-                rows = _conv_rows(x, wshape, attrs, max_rows, rng)
+                try:
+                    rows = _conv_rows(x, wshape, attrs, max_rows, rng)
+                except (ValueError, IndexError, TypeError, InvalidInputError):
+                    # attributes this reading of Conv does not follow: that layer is simply not compensated
+                    dropped.add(w)
+                    continue
                 layout = "out_in"
             else:
                 if op == "Gemm" and int(attrs.get("transA", 0)):

@@ -259,3 +259,19 @@ def test_cli_compensates_with_real_calibration_inputs(tmp_path, capsys):
         ref, got = run(src, images[64:]), run(tmp_path / f"{label}.onnx", images[64:])
         errs[label] = float(np.sqrt(np.sum((got - ref) ** 2) / np.sum(ref ** 2)))
     assert errs["c"] < errs["p"]
+
+
+def test_layers_the_collector_cannot_read_are_left_out():
+    """Conv attributes the patch reader cannot follow (zero strides, negative pads) are an rdformat
+    error there, which the collector turns into "this layer is not compensated", never a crash."""
+    pytest.importorskip("onnxruntime")
+    from rdformat.onnx_calibration import _conv_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8))
+    with pytest.raises(InvalidInputError, match="not usable"):
+        _conv_rows(x, (4, 3, 3, 3), {"strides": [0, 1]}, 100, rng)
+    with pytest.raises(InvalidInputError, match="not usable"):
+        _conv_rows(x, (4, 3, 3, 3), {"pads": [1, 1, -1, 1]}, 100, rng)
+    rows = _conv_rows(x, (4, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1000, rng)
+    assert rows.shape == (1, 2 * 4 * 4, 27)
