@@ -92,7 +92,8 @@ class Lossy:
             bad = [n for n, c in self.covariance.items() if not isinstance(c, InputCovariance)]
             if bad:
                 raise InvalidInputError(f"covariance of {bad[0]!r} must be an rdformat InputCovariance "
-                                        "(from rdformat.torch_sensitivity.input_covariances)")
+                                        "(from rdformat.torch.input_covariances or rdformat.onnx_calibration."
+                                        "onnx_input_covariances)")
 
     @property
     def target(self) -> tuple[str, float]:

@@ -634,23 +634,25 @@ def _compensable(graph, floats: Mapping[str, Any]) -> list[tuple[str, str, str, 
         if w not in floats or act in floats or not act:
             continue
         shape = list(floats[w].dims)
-        dims = len(shape)
-        width = shape[0] if node.op_type == "MatMul" else int(np.prod(shape[1:])) if dims else 0
-        if node.op_type == "Gemm" and dims == 2:
-            width = shape[1] if _attrs(node).get("transB", 0) else shape[0]
-        if width > MAX_DIM:
-            continue  # its covariance would take width**2 * 8 bytes
         attrs = _attrs(node)
-        if node.op_type == "MatMul" and dims == 2:
-            found.append((w, act, "MatMul", attrs))
-        elif node.op_type == "Gemm" and dims == 2:
-            found.append((w, act, "Gemm", attrs))
-        elif node.op_type == "Conv" and dims in (3, 4):
-            auto = attrs.get("auto_pad", b"NOTSET")
-            auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-            if auto in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-                found.append((w, act, "Conv", attrs))
+        if node.op_type in ("MatMul", "Gemm") and len(shape) == 2:
+            width = shape[1] if node.op_type == "Gemm" and attrs.get("transB", 0) else shape[0]
+        elif node.op_type == "Conv" and len(shape) in (3, 4) and _auto_pad(attrs) in AUTO_PADS:
+            width = int(np.prod(shape[1:]))
+        else:
+            continue
+        if width <= MAX_DIM:  # a wider layer's covariance would take width**2 * 8 bytes
+            found.append((w, act, node.op_type, attrs))
     return found
+
+
+#: Conv ``auto_pad`` values :func:`_conv_rows` follows.
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+
+def _auto_pad(attrs: Mapping[str, Any]) -> str:
+    auto = attrs.get("auto_pad", b"NOTSET")
+    return auto.decode() if isinstance(auto, bytes) else str(auto)
 
 
 def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any], rows: int,
@@ -668,8 +670,7 @@ def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any],
     if len(strides) != 2 or len(dil) != 2 or min(strides + dil + k) < 1:
         raise InvalidInputError(f"Conv attributes strides={strides} dilations={dil} kernel={k} are not usable here")
     ext = [(k[i] - 1) * dil[i] + 1 for i in range(2)]
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    auto = _auto_pad(attrs)
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         pads = [0, 0, 0, 0]
         for i in range(2):
@@ -716,7 +717,7 @@ def onnx_input_covariances(
         InvalidInputError: calibration inputs that do not fit the model (one line).
     """
     onnx = _require("onnx")
-    from .producers.compensate import InputCovariance
+    from .producers.compensate import CovarianceSums
 
     model = _load_model(model_or_path)
     feeds = _check_feeds(model, inputs)
@@ -739,10 +740,7 @@ def onnx_input_covariances(
     session = OnnxProbe._make_session(model, threads)
     names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    layouts: dict[str, str] = {}
-    dropped: set[str] = set()
+    sums = CovarianceSums(max_rows, rng)
     for feed in feeds:
         try:
             values = dict(zip(names, session.run(names, feed)))
@@ -751,38 +749,24 @@ def onnx_input_covariances(
                                          f"{_first_line(exc)}") from exc
         for w, act, op, attrs in layers:
             x = values.get(act)
-            if x is None or w in dropped or np.asarray(x).dtype.kind != "f":
+            if x is None or np.asarray(x).dtype.kind != "f":
                 continue
             x = np.asarray(x, dtype=np.float64)
-            wshape = tuple(floats[w].dims)
             if op == "Conv":
-                try:
-                    rows = _conv_rows(x, wshape, attrs, max_rows, rng)
+                try:  # positions sampled before the patches are materialised
+                    rows = _conv_rows(x, tuple(floats[w].dims), attrs, max_rows, rng)
                 except (ValueError, IndexError, TypeError, InvalidInputError):
                     # attributes this reading of Conv does not follow: that layer is simply not compensated
-                    dropped.add(w)
+                    sums.dropped.add(w)
                     continue
-                layout = "out_in"
+                sums.add(w, rows, "out_in")
             else:
                 if op == "Gemm" and int(attrs.get("transA", 0)):
                     x = x.T
                 rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-                if rows.shape[0] > max_rows:
-                    rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
-                rows = rows[None]
-                layout = "out_in" if op == "Gemm" and int(attrs.get("transB", 0)) else "in_out"
-            h = np.einsum("gni,gnj->gij", rows, rows)
-            if w in sums and (sums[w].shape != h.shape or layouts[w] != layout):
-                dropped.add(w)  # one weight in layers that disagree: no single covariance describes it
-                continue
-            sums[w] = sums[w] + h if w in sums else h
-            counts[w] = counts.get(w, 0) + int(rows.shape[1])
-            layouts[w] = layout
+                sums.add(w, rows[None], "out_in" if op == "Gemm" and int(attrs.get("transB", 0)) else "in_out")
     out = {}
-    for w in sums:
-        if w in dropped or not counts[w]:
-            continue
-        cov = InputCovariance(sums[w] / counts[w], layouts[w], counts[w])
+    for w, cov in sums.covariances().items():
         try:
             cov.rows(tuple(floats[w].dims))
         except InvalidInputError:

@@ -281,18 +281,14 @@ def input_covariances(module: "torch.nn.Module", inputs: Any, *, max_rows: int =
     import torch
     import torch.nn.functional as F
 
-    from .producers.compensate import MAX_DIM, InputCovariance
+    from .producers.compensate import MAX_DIM, CovarianceSums
 
-    rng = np.random.default_rng(seed)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    sums = CovarianceSums(max_rows, np.random.default_rng(seed))
     hooks = []
 
-    def patches(layer: Any, x: "torch.Tensor") -> "torch.Tensor | None":
+    def patches(layer: Any, x: "torch.Tensor") -> "torch.Tensor":
         if isinstance(layer, torch.nn.Linear):
             return x.reshape(-1, x.shape[-1]).unsqueeze(0)
-        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-            return None
         g = layer.groups
         if isinstance(layer, torch.nn.Conv1d):
             x = x.unsqueeze(-2)
@@ -301,27 +297,21 @@ def input_covariances(module: "torch.nn.Module", inputs: Any, *, max_rows: int =
             k, d, p, s = layer.kernel_size, layer.dilation, layer.padding, layer.stride
         cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # (N, C*kh*kw, L), C-major like the weight
         n, dim, length = cols.shape
-        cols = cols.reshape(n, g, dim // g, length).permute(1, 0, 3, 2).reshape(g, n * length, dim // g)
-        return cols
+        return cols.reshape(n, g, dim // g, length).permute(1, 0, 3, 2).reshape(g, n * length, dim // g)
 
     def hook_for(name: str):
         def hook(layer: Any, args: tuple) -> None:
-            x = args[0].detach().to(torch.float64)
-            rows = patches(layer, x)
-            if rows is None or rows.shape[-1] > MAX_DIM:
-                return
-            if rows.shape[1] > max_rows:
-                keep = torch.from_numpy(np.sort(rng.choice(rows.shape[1], max_rows, replace=False)))
-                rows = rows[:, keep]
-            h = torch.einsum("gni,gnj->gij", rows, rows).numpy()
-            sums[name] = sums[name] + h if name in sums else h
-            counts[name] = counts.get(name, 0) + int(rows.shape[1])
+            sums.add(name, patches(layer, args[0].detach().to(torch.float64)).numpy())
         return hook
 
     for mod_name, layer in module.named_modules():
-        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
-            name = f"{mod_name}.weight" if mod_name else "weight"
-            hooks.append(layer.register_forward_pre_hook(hook_for(name)))
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
+            continue
+        if layer.weight[0].numel() > MAX_DIM:  # one output unit's inputs: the width of the covariance
+            continue
+        if not isinstance(layer, torch.nn.Linear) and (isinstance(layer.padding, str) or layer.padding_mode != "zeros"):
+            continue
+        hooks.append(layer.register_forward_pre_hook(hook_for(f"{mod_name}.weight" if mod_name else "weight")))
     was_training = module.training
     module.eval()
     try:
@@ -332,7 +322,7 @@ def input_covariances(module: "torch.nn.Module", inputs: Any, *, max_rows: int =
         for hk in hooks:
             hk.remove()
         module.train(was_training)
-    return {n: InputCovariance(sums[n] / counts[n], "out_in", counts[n]) for n in sums if counts[n]}
+    return sums.covariances()
 
 
 __all__ = ["output_sensitivity", "output_error", "input_covariances"]

@@ -147,8 +147,6 @@ def magika_model_path() -> Path:
 
 def magika_features(limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """magika's own feature extraction (beg/end bytes) of up to ``limit`` real files."""
-    import json
-
     from magika import Magika
     from magika.types.seekable import Seekable
 

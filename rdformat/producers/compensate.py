@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..codecs.sq import MAX_LEVEL
-from .quantize import DEFAULT_LAMBDA, QuantizedTensor, _rates, quantize_rdo
+from .quantize import DEFAULT_LAMBDA, QuantizedTensor, choose_levels, level_tables, quantize_rdo
 
 #: Ridge added to ``H`` (fraction of its mean diagonal): keeps the factorisation stable when inputs
 #: are few or collinear; GPTQ's default.
@@ -83,11 +83,46 @@ class InputCovariance:
         return groups, rows, d
 
 
+class CovarianceSums:
+    """Running sums of ``x x^T`` per weight, as the collectors see input rows batch by batch.
+
+    ``add(name, rows, layout)`` takes rows shaped ``(groups, n, d)`` (float64), keeping at most
+    ``max_rows`` of them per call (sampled with ``rng``). A weight whose calls disagree on shape or
+    layout (one initializer in different layers) is dropped: no single covariance describes it.
+    """
+
+    def __init__(self, max_rows: int, rng: np.random.Generator) -> None:
+        self.max_rows, self.rng = max_rows, rng
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+        self.layouts: dict[str, str] = {}
+        self.dropped: set[str] = set()
+
+    def add(self, name: str, rows: np.ndarray, layout: str = "out_in") -> None:
+        """Accumulate one batch of input rows of ``name``'s layer."""
+        if name in self.dropped:
+            return
+        if rows.shape[1] > self.max_rows:
+            rows = rows[:, np.sort(self.rng.choice(rows.shape[1], self.max_rows, replace=False))]
+        h = np.einsum("gni,gnj->gij", rows, rows)
+        if name in self.sums and (self.sums[name].shape != h.shape or self.layouts[name] != layout):
+            self.dropped.add(name)
+            return
+        self.sums[name] = self.sums[name] + h if name in self.sums else h
+        self.counts[name] = self.counts.get(name, 0) + int(rows.shape[1])
+        self.layouts[name] = layout
+
+    def covariances(self) -> dict[str, InputCovariance]:
+        """The mean ``x x^T`` of every weight seen (and not dropped)."""
+        return {n: InputCovariance(h / self.counts[n], self.layouts[n], self.counts[n])
+                for n, h in self.sums.items() if n not in self.dropped and self.counts[n]}
+
+
 def _as_groups(array: np.ndarray, cov: InputCovariance) -> np.ndarray:
     """The weight as ``(groups, rows, d)`` float64 (a copy: compensation updates it in place)."""
     g, r, d = cov.rows(array.shape)
     a = np.array(array, dtype=np.float64)
-    return (a.T if cov.layout == "in_out" else a).reshape(g, r, d).copy()
+    return (a.T if cov.layout == "in_out" else a).reshape(g, r, d)
 
 
 def _from_groups(levels: np.ndarray, shape: tuple[int, ...], cov: InputCovariance) -> np.ndarray:
@@ -120,7 +155,7 @@ def _inverse_factor(h: np.ndarray, damping: float) -> np.ndarray:
 
 
 def quantize_compensated(x: np.ndarray, step: float, covariance: InputCovariance, *, lam: float = DEFAULT_LAMBDA,
-                         scales: np.ndarray | None = None, damping: float = DEFAULT_DAMPING, normalise: bool = False, act_order: bool = False) -> QuantizedTensor:
+                         scales: np.ndarray | None = None, damping: float = DEFAULT_DAMPING) -> QuantizedTensor:
     """``sq`` levels of ``x`` with each column's error folded into the columns after it.
 
     Args:
@@ -139,14 +174,9 @@ def quantize_compensated(x: np.ndarray, step: float, covariance: InputCovariance
     work_src = src if scales is None else (np.asarray(src, np.float64) / scales)
     first = quantize_rdo(work_src, step, lam=lam)  # step clamp, offsets and rate table of the tensor
     step, off1, off2 = first.step, first.offset1, first.offset2
-    bits = _rates(np.abs(first.levels))
+    # compensation can push a weight past the tensor's largest magnitude: tables reach a little beyond
     top = min(int(np.abs(work_src).max(initial=0.0) / step) + 3, MAX_LEVEL)
-    if bits.size < top + 1:
-        bits = np.concatenate([bits, np.full(top + 1 - bits.size, bits[-1] + 1.0)])
-    axis = np.arange(bits.size, dtype=np.float64)
-    recon = np.where(axis == 1, 1.0 - off1, axis - off2)
-    recon[0] = 0.0
-    penalty = lam * bits
+    recon, penalty = level_tables(np.abs(first.levels), top, off1, off2, lam, np.float64)
 
     w = _as_groups(work_src, covariance)  # in steps below
     w /= step
@@ -161,39 +191,27 @@ def quantize_compensated(x: np.ndarray, step: float, covariance: InputCovariance
         if col_scale is not None:  # error of the scaled weights: H' = C H C
             c = col_scale[gi, 0]
             h = h * np.outer(c, c)
-        # Columns with the largest inputs first (GPTQ's "act order"): their errors are the costliest,
-        # and the many columns after them absorb those errors best.
-        order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(d)
-        h = h[np.ix_(order, order)]
+        # Columns in their natural order, each rounded by the plain RDO rule: weighting a column's
+        # rounding by its cost after compensation (1 / U_jj^2) is greedy and measured worse, and
+        # GPTQ's "act order" measured no better.
         u = _inverse_factor(h, damping)
-        weight = 1.0 / np.square(np.diag(u))  # cost of a column's error after compensation
-        if not normalise:
-            weight[:] = 1.0
-        wg = w[gi][:, order]
-        lv = np.zeros((r, d), dtype=np.int32)
+        wg = w[gi]
         for start in range(0, d, BLOCK):
             end = min(start + BLOCK, d)
             errs = np.zeros((r, end - start))
             for j in range(start, end):
                 col = wg[:, j]
                 a = np.abs(col)
-                base = np.minimum(np.floor(a).astype(np.int64), bits.size - 2)
-                c_lo = weight[j] * (a - recon[base]) ** 2 + penalty[base]
-                c_hi = weight[j] * (a - recon[base + 1]) ** 2 + penalty[base + 1]
-                k = np.where(c_hi < c_lo, base + 1, base)
-                c_best = np.minimum(c_lo, c_hi)
-                k[weight[j] * a * a + penalty[0] <= c_best] = 0
-                q = np.where(col < 0, -recon[k], recon[k])
-                lv[:, j] = np.where(col < 0, -k, k)
-                err = (col - q) / u[j, j]
+                k = choose_levels(a, np.minimum(np.floor(a).astype(np.int64), recon.size - 2), recon, penalty)
+                levels[gi, :, j] = np.where(col < 0, -k, k)
+                err = (col - np.where(col < 0, -recon[k], recon[k])) / u[j, j]
                 errs[:, j - start] = err
                 if j + 1 < end:
                     wg[:, j + 1:end] -= np.outer(err, u[j, j + 1:end])
             if end < d:
                 wg[:, end:] -= errs @ u[start:end, end:]
-        levels[gi][:, order] = lv
     out = _from_groups(levels, src.shape, covariance)
     return QuantizedTensor(out.astype(np.int32), step, off1, off2, src.dtype)
 
 
-__all__ = ["InputCovariance", "quantize_compensated", "DEFAULT_DAMPING", "MAX_DIM"]
+__all__ = ["InputCovariance", "CovarianceSums", "quantize_compensated", "DEFAULT_DAMPING", "MAX_DIM"]

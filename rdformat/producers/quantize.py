@@ -104,6 +104,38 @@ def _rates(levels_abs: np.ndarray, nonzero_sign_bits: float = 1.0) -> np.ndarray
     return bits
 
 
+def level_tables(levels_abs: np.ndarray, top: int, off1: float, off2: float, lam: float,
+                 dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-level lookup tables of the RDO decision for magnitudes ``0..top`` at least: reconstruction
+    (in steps, with the offsets) and rate penalty (``lam`` times the code length under the histogram
+    of ``levels_abs``)."""
+    bits = _rates(levels_abs)
+    if bits.size < top + 1:
+        bits = np.concatenate([bits, np.full(top + 1 - bits.size, bits[-1] + 1.0)])
+    axis = np.arange(bits.size, dtype=dtype)
+    recon = np.where(axis == 1, dtype(1.0 - off1), axis - dtype(off2)).astype(dtype)
+    recon[0] = 0.0
+    penalty = (dtype(lam) * bits).astype(dtype)
+    return recon, penalty
+
+
+def choose_levels(a: np.ndarray, base: np.ndarray, recon: np.ndarray, penalty: np.ndarray,
+                  power: int = 2) -> np.ndarray:
+    """The magnitude among {0, ``base``, ``base`` + 1} minimising ``|a - recon|**power + penalty`` for
+    magnitudes ``a`` (in steps) with ``base = floor(a)``."""
+
+    def cost(level: np.ndarray) -> np.ndarray:
+        err = a - recon[level]
+        return (err * err if power == 2 else np.abs(err)) + penalty[level]
+
+    c_lo = cost(base)
+    c_hi = cost(base + 1)
+    k = base + (c_hi < c_lo)
+    np.minimum(c_lo, c_hi, out=c_lo)
+    k[(a * a if power == 2 else a) + penalty[0] <= c_lo] = 0
+    return k
+
+
 def _fit_offsets(a: np.ndarray, k: np.ndarray, distortion: str) -> tuple[float, float]:
     """Reconstruction offsets (in steps) minimising the error of the chosen levels."""
     if distortion == "mse":
@@ -156,28 +188,9 @@ def quantize_rdo(
     k = base + (frac >= np.float32(0.5 + 1.0 / 6.0))
     off1, off2 = _fit_offsets(a, k, distortion)
     power = 2 if distortion == "mse" else 1
-    lam32 = np.float32(lam)
-    zero_cost = (a * a if power == 2 else a) + lam32 * np.float32(0.0)
     for _ in range(iterations):
-        bits = _rates(k)
-        top = int(base.max(initial=0)) + 2
-        if bits.size < top + 1:
-            bits = np.concatenate([bits, np.full(top + 1 - bits.size, bits[-1] + 1.0)])
-        # Per-level lookup tables: reconstruction (in steps) and rate penalty.
-        levels_axis = np.arange(bits.size, dtype=np.float32)
-        recon = np.where(levels_axis == 1, np.float32(1.0 - off1), levels_axis - np.float32(off2)).astype(np.float32)
-        recon[0] = 0.0
-        penalty = (lam32 * bits).astype(np.float32)
-
-        def cost(level: np.ndarray) -> np.ndarray:
-            err = a - recon[level]
-            return (err * err if power == 2 else np.abs(err)) + penalty[level]
-
-        c_lo = cost(base)
-        c_hi = cost(base + 1)
-        k = base + (c_hi < c_lo)
-        np.minimum(c_lo, c_hi, out=c_lo)
-        k[zero_cost + penalty[0] <= c_lo] = 0
+        recon, penalty = level_tables(k, int(base.max(initial=0)) + 2, off1, off2, lam, np.float32)
+        k = choose_levels(a, base, recon, penalty, power)
         off1, off2 = _fit_offsets(a, k, distortion)
     levels = np.where(flat < 0, -k, k).astype(np.int32).reshape(np.shape(x))
     return QuantizedTensor(levels, step, off1, off2, np.asarray(x).dtype)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 from ..codecs.axis_scales import AxisScales, factor
 from ..codecs.base import Prepared
@@ -131,21 +130,30 @@ class _Sampled:
             self.items.append((name, sample, flat.size / sample.size, flat.size))
 
     def evaluate(self, global_step: float, weights: dict[str, float], lam: float, method: str = "sq",
-                 overhead: bool = True) -> tuple[float, float]:
+                 overhead: bool = True, compensated: Mapping[str, tuple] | None = None) -> tuple[float, float]:
         """(total bits, total squared error) predicted for the full tensors.
 
         ``overhead``: count the entropy tables and ANS lane state (what a file size pays) besides the
         levels' own information; a bits-per-weight target counts the levels only, so that ``bits=4``
-        means four bits per quantized weight however small the tensors are.
+        means four bits per quantized weight however small the tensors are. ``compensated``: tensors
+        quantized with error compensation instead, as ``{name: (row sample, covariance, scale)}``
+        (:func:`_row_sample`; ``sq`` only).
         """
         bits = err = 0.0
         for name, sample, scale, _ in self.items:
-            q = quantize(sample, global_step * weights[name], method, lam, iterations=2)
+            if compensated and name in compensated:
+                from .compensate import quantize_compensated
+
+                part, cov, extrapolate = compensated[name]
+                q = quantize_compensated(part, global_step * weights[name], cov, lam=lam)
+            else:
+                part, extrapolate = sample, scale
+                q = quantize(sample, global_step * weights[name], method, lam, iterations=2)
             # entropy of the levels, plus ~1% for ANS lanes and ~300 bytes of table per 1M weights
-            bits += scale * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
+            bits += extrapolate * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
             if overhead:
                 bits += 2400 * math.ceil(scale * sample.size / (1 << 20))
-            err += scale * float(np.sum((q.dequantize().astype(np.float64) - sample) ** 2))
+            err += extrapolate * float(np.sum((q.dequantize().astype(np.float64) - part) ** 2))
         return bits, err
 
 
@@ -273,19 +281,16 @@ def _bisect(evaluate, bracket: tuple[float, float], too_coarse, steps: int, tole
 
 
 def _row_sample(array: np.ndarray, cov: "InputCovariance", rows: int, rng: np.random.Generator):
-    """Whole rows (output units) of ``array`` with the covariance that fits them: compensation treats
-    rows independently, so a row sample predicts the tensor's compensated bits and error."""
-    from .compensate import InputCovariance
-
+    """Whole rows (output units) of ``array``, with the factor that scales them to the tensor:
+    compensation treats rows independently, so a row sample predicts the tensor's compensated bits
+    and error (the covariance fits the sample as it fits the tensor)."""
     g, r, d = cov.rows(np.shape(array))
     a = np.asarray(array)
     if r <= rows:
         return a, cov, 1.0
     pick = np.sort(rng.choice(r, rows, replace=False))
-    if cov.layout == "in_out":
-        return a[:, pick], cov, r / rows
-    sub = a.reshape(g, r, d)[:, pick].reshape(g * rows, d)
-    return sub, InputCovariance(cov.matrix, cov.layout, cov.samples), r / rows
+    sub = a[:, pick] if cov.layout == "in_out" else a.reshape(g, r, d)[:, pick].reshape(g * rows, d)
+    return sub, cov, r / rows
 
 
 def _search_compensated(tensors: Mapping[str, np.ndarray], names: list[str], comp: Mapping[str, "InputCovariance"],
@@ -293,33 +298,16 @@ def _search_compensated(tensors: Mapping[str, np.ndarray], names: list[str], com
                         *, overhead: bool, budget: int, seed: int) -> tuple[float, float, float]:
     """Bisection on the global step (around the uncompensated plan's) with compensated tensors
     evaluated on row samples: (step, predicted bits, predicted squared error)."""
-    from .compensate import quantize_compensated
-
     rng = np.random.default_rng(seed + 1)
     total = sum(int(np.asarray(tensors[n]).size) for n in names)
-    items = {}
+    rows = {}
     for name in comp:
         a = np.asarray(tensors[name])
         g, r, d = comp[name].rows(a.shape)
         want = max(4, int(math.ceil(budget * a.size / max(total, 1) / max(g * d, 1))))
-        items[name] = _row_sample(a, comp[name], min(r, want), rng)
-    plain = [it for it in sampled.items if it[0] not in comp]
-
-    def evaluate(global_step: float) -> tuple[float, float]:
-        bits = err = 0.0
-        for name, sample, scale, _ in plain:
-            q = quantize(sample, global_step * weights[name], "sq", lam, iterations=2)
-            bits += scale * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
-            err += scale * float(np.sum((q.dequantize().astype(np.float64) - sample) ** 2))
-        for name, (sub, cov, scale) in items.items():
-            q = quantize_compensated(sub, global_step * weights[name], cov, lam=lam)
-            bits += scale * _entropy_bits(q.levels) * (1.01 if overhead else 1.0)
-            err += scale * float(np.sum((q.dequantize().astype(np.float64) - sub) ** 2))
-        if overhead:
-            bits += sum(2400 * math.ceil(it[2] * it[1].size / (1 << 20)) for it in sampled.items)
-        return bits, err
-
-    return _bisect(evaluate, (math.log(step / 4.0), math.log(step * 16.0)), lambda b, _e: b < target_bits, 12, 0.01)
+        rows[name] = _row_sample(a, comp[name], min(r, want), rng)
+    return _bisect(lambda s: sampled.evaluate(s, weights, lam, "sq", overhead, compensated=rows),
+                   (math.log(step / 4.0), math.log(step * 16.0)), lambda b, _e: b < target_bits, 12, 0.01)
 
 
 def select_tensors(tensors: Mapping[str, np.ndarray], *, structural: Iterable[str] = (),
