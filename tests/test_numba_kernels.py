@@ -286,6 +286,29 @@ def test_interleave_planes(dtype, rotate: bool) -> None:
     assert np.array_equal(kn.interleave_planes(planes, 1001, rotate), words)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_interleave_sources_matches_planes(dtype, rotate: bool) -> None:
+    """Planes read from separate vectors (read-only chunk bytes, writable decoder output, longer than
+    needed) give the words interleave_planes gives; a short source is refused, other widths declined."""
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, np.iinfo(dtype).max, size=777, dtype=dtype, endpoint=True)
+    stored = rotate_left_1(words) if rotate else words
+    width = np.dtype(dtype).itemsize
+    planes = np.zeros((width, 778), dtype=np.uint8)
+    planes[:, :777] = stored.astype(f"<u{width}").view(np.uint8).reshape(-1, width).T
+    chunk = planes[0].tobytes()
+    sources = [np.frombuffer(chunk, np.uint8)] + [planes[k].copy() for k in range(1, width)]
+    out = np.full(800, 7, dtype=dtype)
+    assert kn.interleave_sources(sources, 777, rotate, out)
+    assert np.array_equal(out[:777], kn.interleave_planes(planes, 777, rotate))
+    assert np.all(out[777:] == 7)
+    assert all(s.flags.writeable for s in sources[1:])  # the caller's arrays keep their flags
+    with pytest.raises(ValueError):
+        kn.interleave_sources([s[:776] for s in sources], 777, rotate, out)
+    assert not kn.interleave_sources(sources[:1] * 3, 777, rotate, out)
+
+
 def test_gather_groups() -> None:
     rng = np.random.default_rng(2)
     for k in (1, 2, 3, 8):

@@ -217,23 +217,33 @@ class ByteSplitCodec(Codec):
             return words.view(dtype.numpy.newbyteorder("<"))
 
         def _finish_compiled(decoded: list, out: np.ndarray | None = None) -> np.ndarray:
-            # plane-major: every fill is a contiguous row copy, then one compiled pass interleaves
+            # each plane where it already is (raw in the chunk's bytes, ANS where the decoder wrote it),
+            # then one compiled pass interleaves; widths other than 2 and 4 go through a plane matrix
             from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
-            planes = np.empty((w, count), dtype=np.uint8)
+            sources: list = [None] * w
             for k, value in fills:
-                planes[k] = value
+                sources[k] = value if isinstance(value, np.ndarray) else np.full(count, value, dtype=np.uint8)
             for (k, mode, at), symbols in zip(coded, decoded):
                 if isinstance(mode, tuple):
-                    planes[k] = _unshift(symbols, mode)
+                    sources[k] = _unshift(symbols, mode)
                 elif mode == PLANE_ANS:
-                    planes[k] = symbols
+                    sources[k] = symbols
                 else:
                     as_bytes = symbols.astype("<u2", copy=False).view(np.uint8)
                     if count % 2 and as_bytes[-1]:
                         raise CorruptDataError(f"bytesplit plane {k}: nonzero padding byte", offset=at)
-                    planes[k] = as_bytes[:count]
-            words = kernels_numba.interleave_planes(planes, count, self.transform == "rotl1", out)
+                    sources[k] = as_bytes[:count]
+            rotate = self.transform == "rotl1"
+            if w in (2, 4):
+                words = np.empty(count, dtype=_UINT[w]) if out is None else out
+                kernels_numba.interleave_sources(sources, count, rotate, words)
+                words = words[:count]
+            else:
+                planes = np.empty((w, count), dtype=np.uint8)
+                for k, plane in enumerate(sources):
+                    planes[k] = plane[:count]
+                words = kernels_numba.interleave_planes(planes, count, rotate, out)
             return words.view(dtype.numpy.newbyteorder("<"))
 
         def into(decoded: list, out: np.ndarray) -> None:

@@ -6,7 +6,8 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
 
 * :func:`interleave_planes` - ``bytesplit``: byte planes -> elements, undoing ``rotl1`` on the way
   (replaces the ``planes[:, k] = ...`` fills, ``planes.view`` and ``_rotate(..., left=False)`` of
-  ``ByteSplitCodec.plan_chunk``'s ``finish``).
+  ``ByteSplitCodec.plan_chunk``'s ``finish``); :func:`interleave_sources` does the same for 2- and 4-byte
+  words reading each plane where it lies (chunk bytes, decoder output), without a plane matrix.
 * :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
   group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
   ``_symbols_to_levels`` in ``dq``).
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "interleave_planes", "gather_groups", "dq_reconstruct", "plane_histograms", "DQ_NEXT_STATE"]
+__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "gather_groups", "dq_reconstruct", "plane_histograms", "DQ_NEXT_STATE"]
 
 try:
     from numba import njit
@@ -71,6 +72,30 @@ if AVAILABLE:
                 if rotate:  # rotate right by one bit within 8 * width bits (undo rotl1)
                     word = (word >> _ONE) | ((word & _ONE) << top)
                 out[i] = word
+        return 0
+
+    @njit(cache=True, nogil=True)
+    def _interleave4(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, count: int, rotate: bool,
+                     out: np.ndarray) -> int:
+        if count < 0 or min(p0.size, p1.size, p2.size, p3.size, out.size) < count:
+            return -1
+        for i in range(count):
+            word = (np.uint32(p0[i]) | (np.uint32(p1[i]) << np.uint32(8)) | (np.uint32(p2[i]) << np.uint32(16))
+                    | (np.uint32(p3[i]) << np.uint32(24)))
+            if rotate:
+                word = (word >> np.uint32(1)) | (word << np.uint32(31))
+            out[i] = word
+        return 0
+
+    @njit(cache=True, nogil=True)
+    def _interleave2(p0: np.ndarray, p1: np.ndarray, count: int, rotate: bool, out: np.ndarray) -> int:
+        if count < 0 or min(p0.size, p1.size, out.size) < count:
+            return -1
+        for i in range(count):
+            half = np.uint16(p0[i]) | (np.uint16(p1[i]) << np.uint16(8))
+            if rotate:
+                half = (half >> np.uint16(1)) | (half << np.uint16(15))
+            out[i] = half
         return 0
 
     @njit(cache=True, nogil=True)
@@ -143,7 +168,7 @@ if AVAILABLE:
             counts[0] -= 1  # the pad byte is not part of the plane
 
 else:
-    _interleave_planes = _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
+    _interleave_planes = _interleave4 = _interleave2 = _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -180,6 +205,35 @@ def interleave_planes(planes: np.ndarray, count: int, rotate: bool, out: np.ndar
     if _interleave_planes(planes, count, rotate, out) != 0:
         raise ValueError(f"interleave_planes: bad shapes (planes {planes.shape}, count {count}, out {out.shape})")
     return out[:count]
+
+
+def interleave_sources(sources: list[np.ndarray], count: int, rotate: bool, out: np.ndarray) -> bool:
+    """:func:`interleave_planes` reading each plane from its own 1-D ``uint8`` array (a raw plane in the
+    chunk's bytes, an ANS plane where the decoder wrote it), so no plane is copied first.
+
+    Only for 2 or 4 planes (``float16``/``bfloat16`` and ``float32``/``int32`` words); returns False, doing
+    nothing, for other widths (the caller then fills a plane matrix). ``out`` is ``uint16``/``uint32``.
+
+    Raises:
+        ValueError: a source or ``out`` shorter than ``count``.
+    """
+    # one compiled signature per width: every source as a read-only C-contiguous uint8 vector
+    src = []
+    for a in sources:
+        a = np.ascontiguousarray(a, dtype=np.uint8).reshape(-1)
+        if a.flags.writeable:
+            a = a.view()
+            a.flags.writeable = False
+        src.append(a)
+    if len(src) == 4:
+        status = _interleave4(src[0], src[1], src[2], src[3], count, rotate, out)
+    elif len(src) == 2:
+        status = _interleave2(src[0], src[1], count, rotate, out)
+    else:
+        return False
+    if status != 0:
+        raise ValueError(f"interleave_sources: a plane or the output is shorter than {count}")
+    return True
 
 
 def gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:

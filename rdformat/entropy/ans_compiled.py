@@ -49,18 +49,19 @@ def threads() -> int:
 
 
 def run_parallel(jobs: list) -> list:
-    """Call every zero-argument function of ``jobs``, on the shared pool when there are several; their
-    results in order (a job's exception is raised when its turn comes)."""
+    """Call every zero-argument function of ``jobs``, the first on the calling thread and the others on
+    the shared pool (all on the calling thread with one thread); their results in order (a job's
+    exception is raised when its turn comes)."""
     global _pool, _pool_width
-    if len(jobs) <= 1:
-        return [job() for job in jobs]
     width = threads()
+    if len(jobs) <= 1 or width <= 1:
+        return [job() for job in jobs]
     with _pool_lock:
         if _pool is None or _pool_width < width:  # a larger RDFORMAT_THREADS gets a larger pool
             _pool, _pool_width = ThreadPoolExecutor(max_workers=width, thread_name_prefix="rdformat-decode"), width
         pool = _pool
-    futures = [pool.submit(job) for job in jobs]
-    return [f.result() for f in futures]
+    futures = [pool.submit(job) for job in jobs[1:]]  # the caller works too instead of waiting
+    return [jobs[0](), *(f.result() for f in futures)]
 
 
 class LaneError(NamedTuple):
@@ -143,7 +144,8 @@ def decode(blocks: list[Block]) -> tuple[list[np.ndarray], LaneError | None]:
                 run, load = [], 0
         if run:
             jobs.append(_job(data, starts, sizes, counts, table_of, tables, outs[dt], out_start, run))
-    errors = [e for e in run_parallel(jobs) if e is not None]
+    # one thread: the jobs (one per output dtype) run here, without a hand-off to the pool
+    errors = [e for e in (run_parallel(jobs) if width > 1 else [job() for job in jobs]) if e is not None]
     results = [outs[kdt[i]][out_start[i]:out_start[i] + b.n] for i, b in enumerate(blocks)]
     results = [r if r.dtype == b.odt else r.astype(b.odt) for r, b in zip(results, blocks)]
     return results, (min(errors) if errors else None)
