@@ -30,7 +30,9 @@ tables only from it (they re-check that each table's ranges lie inside the array
 ``out[out_start[b] + i * out_stride[b]]`` (``out`` is 1-D, of any integer dtype; a stride > 1 writes into
 an interleaved layout). Every reader check of spec 6.2 is applied to every block before any is decoded
 (the same order and offsets as ``rdformat.entropy.ans.decode_many``); then the blocks are decoded in
-order, every lane of a block advancing in lockstep (independent lanes keep the CPU's pipelines full).
+order, four lanes of a block at a time with their states in registers (four independent dependency chains
+keep the CPU's pipelines full; about 1.4x faster per symbol than all lanes in lockstep through memory), or,
+for a table decoded by search, every lane in lockstep.
 
 **Status.** Decode kernels return ``(code, block, lane, offset)`` (``int64``): ``code`` is :data:`OK` or
 one of the ``ERR_*`` constants, ``block`` the index of the failing block in the batch, ``lane`` the lane
@@ -216,6 +218,64 @@ if AVAILABLE:
                 return ERR_ZERO_LAST_WORD, j, at - 4
         return OK, -1, -1
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _step(s: np.uint64, p: int, lo: int, sh: np.uint64, slots: np.ndarray, coder: np.ndarray,
+              value: np.ndarray, wp: np.ndarray) -> tuple:
+        """One symbol of one lane (spec 6.2): (new state, new word position, decoded value)."""
+        q = s & _MASK24
+        r = slots[q >> sh]
+        kc = coder[r]
+        s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)  # S = (S >> 24) * k + (q - c)
+        # refill from the lane's next word when the state fell below 2**32 and the lane has words left;
+        # wp[p] is inside the array for every p the lane can reach, so the read is unconditional
+        need = (s < _TWO32) & (p > lo)
+        refilled = (s << _S32) | _U64(wp[p])
+        return (refilled if need else s), p - np.int64(need), value[r]
+
+    @njit(cache=True, nogil=True)
+    def _lanes_by_groups(state: np.ndarray, pos: np.ndarray, low: np.ndarray, full: int, rest: int,
+                         sh: np.uint64, slots: np.ndarray, coder: np.ndarray, value: np.ndarray, wp: np.ndarray,
+                         out: np.ndarray, out_start: int, out_stride: int) -> None:
+        """Every lane through its ``full`` (+1 for the first ``rest`` lanes) symbols, four lanes at a time
+        with their states in registers: four independent dependency chains keep the CPU busy where one
+        lane after the other, or all lanes in lockstep through memory, would wait. Each lane decodes the
+        same symbols in the same order as in lockstep, so the output is identical."""
+        lanes = state.size
+        row = lanes * out_stride
+        g_end = lanes - lanes % 4
+        for g in range(0, g_end, 4):
+            s0, s1, s2, s3 = state[g], state[g + 1], state[g + 2], state[g + 3]
+            p0, p1, p2, p3 = pos[g], pos[g + 1], pos[g + 2], pos[g + 3]
+            l0, l1, l2, l3 = low[g], low[g + 1], low[g + 2], low[g + 3]
+            o = out_start + g * out_stride
+            for _t in range(full):
+                s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, value, wp)
+                s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, value, wp)
+                s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, value, wp)
+                s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, value, wp)
+                out[o] = v0
+                out[o + out_stride] = v1
+                out[o + 2 * out_stride] = v2
+                out[o + 3 * out_stride] = v3
+                o += row
+            state[g], state[g + 1], state[g + 2], state[g + 3] = s0, s1, s2, s3
+            pos[g], pos[g + 1], pos[g + 2], pos[g + 3] = p0, p1, p2, p3
+        for j in range(g_end, lanes):
+            s, p, lo = state[j], pos[j], low[j]
+            o = out_start + j * out_stride
+            for _t in range(full):
+                s, p, v = _step(s, p, lo, sh, slots, coder, value, wp)
+                out[o] = v
+                o += row
+            state[j] = s
+            pos[j] = p
+        o = out_start + full * row
+        for j in range(rest):  # the last, partial step
+            s, p, v = _step(state[j], pos[j], low[j], sh, slots, coder, value, wp)
+            state[j] = s
+            pos[j] = p
+            out[o + j * out_stride] = v
+
     @njit(cache=True, nogil=True)
     def _decode_checked_block(data: np.ndarray, start: int, size: int, count: int, table: int,
                               precision: np.ndarray, num_symbols: np.ndarray, slot_base: np.ndarray,
@@ -267,15 +327,15 @@ if AVAILABLE:
         full = count // lanes
         rest = count - full * lanes
         row = lanes * out_stride
-        for t in range(full + 1):
-            active = lanes if t < full else rest
-            o = out_start + t * row
-            for j in range(active):
-                s = state[j]
-                q = s & _MASK24
-                if expanded:
-                    r = np.int64(slots[q >> sh])
-                else:
+        if expanded:
+            _lanes_by_groups(state, pos, low, full, rest, sh, slots, coder, value, wp, out, out_start, out_stride)
+        else:
+            for t in range(full + 1):
+                active = lanes if t < full else rest
+                o = out_start + t * row
+                for j in range(active):
+                    s = state[j]
+                    q = s & _MASK24
                     # a table whose 2**Q slots the batch does not justify: search the cumulative starts
                     # (c_0 = 0 <= q, so the largest rank with c_r <= q exists)
                     lo, hi = np.int64(0), m
@@ -286,15 +346,15 @@ if AVAILABLE:
                         else:
                             hi = mid
                     r = lo
-                kc = coder[r]
-                # S = (S >> 24) * k + (q - c)
-                s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)
-                p = pos[j]
-                need = (s < _TWO32) & (p > low[j])
-                refilled = (s << _S32) | _U64(wp[p])
-                state[j] = refilled if need else s
-                pos[j] = p - np.int64(need)
-                out[o + j * out_stride] = value[r]
+                    kc = coder[r]
+                    # S = (S >> 24) * k + (q - c)
+                    s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)
+                    p = pos[j]
+                    need = (s < _TWO32) & (p > low[j])
+                    refilled = (s << _S32) | _U64(wp[p])
+                    state[j] = refilled if need else s
+                    pos[j] = p - np.int64(need)
+                    out[o + j * out_stride] = value[r]
         for j in range(lanes):
             if state[j] != 0 or pos[j] != low[j]:
                 return j, header_end + 4 * low[j]
@@ -454,6 +514,7 @@ if AVAILABLE:
 
 else:
     _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
+    _step = _lanes_by_groups = _unavailable
     _parse_varints = _unavailable
 
 
