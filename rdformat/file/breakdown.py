@@ -9,7 +9,8 @@ byte into one category:
 * ``names``, ``headers`` (dtype, shape, codec id and configuration, chunk fields), ``stats`` (the
   informational statistics, JSON or binary; a ZPACK record's deflated directory is shared among these
   three in proportion to their plain bytes), ``metadata``, ``graph``, ``framing`` (record headers and
-  CRCs, the file header), ``index`` (INDEX without names) and ``end``.
+  CRCs, the file header), ``index`` (INDEX without names; a TAIL's entries without names) and ``end`` (the END
+  record; a TAIL's file length and trailer).
 
 Everything but ``payload`` is overhead. ``payload_bits`` splits the payload of lossy (quantized) tensors
 from lossless ones, so that ``8 * lossy_payload / lossy_weights`` is the bits per weight of the quantized
@@ -241,6 +242,13 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
             names = sum(2 + len(e.name.encode("utf-8")) for e in entries)
             acc["names"] += names
             acc["index"] += length - names
+        elif rtype == C.REC_TAIL:  # since 1.6: the compact index, then the file length and trailer (end)
+            entries, file_length = C.parse_tail(payload, base, None)
+            names = sum(len(C.leb128(len(e.name.encode("utf-8")))) + len(e.name.encode("utf-8")) for e in entries)
+            end = len(C.leb128(file_length)) + C.TAIL_TRAILER_SIZE
+            acc["names"] += names
+            acc["end"] += end
+            acc["index"] += length - names - end
         elif rtype == C.REC_END:
             acc["end"] += length + C.RECORD_OVERHEAD
             acc["framing"] -= C.RECORD_OVERHEAD
