@@ -45,7 +45,7 @@ def _types(data: bytes) -> list[int]:
 
 def test_compact_records_round_trip_smaller_and_minor_5():
     tensors = _model()
-    compact, plain = _write(tensors, tail=False), _write(tensors, compact=False)
+    compact, plain = _write(tensors, max_minor=5), _write(tensors, compact=False)
     assert _types(compact) == [C.REC_DMETA, C.REC_ZPACK, C.REC_INDEX, C.REC_END]
     assert struct.unpack_from("<H", compact, 10)[0] == 5
     assert C.REC_DMETA not in _types(plain) and C.REC_ZPACK not in _types(plain)

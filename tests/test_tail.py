@@ -33,7 +33,7 @@ def _write(tensors: dict, target=None, **options) -> bytes:
 
 def test_tail_ends_the_file_smaller_than_index_and_end_and_reads_alike():
     tensors = _model()
-    tail, old = _write(tensors), _write(tensors, tail=False)
+    tail, old = _write(tensors), _write(tensors, max_minor=5)
     assert struct.unpack_from("<H", tail, 10)[0] == C.VERSION_MINOR_TAIL == 6
     assert struct.unpack_from("<H", old, 10)[0] == 5  # no 1.6 structure: the file stays 1.5
     assert struct.unpack_from("<H", old, len(old) - C.END_RECORD_SIZE)[0] == C.REC_END

@@ -43,6 +43,7 @@ VECTORS = ROOT / "spec" / "vectors"
 MANIFEST_VERSION = 1
 
 # dtypes whose npz member stores the raw bit pattern (numpy's .npy format has no code for them)
+BITS_BF16 = next(i.numpy for i in DTYPES.values() if i.name == "bfloat16")
 BITS_DTYPES = {"bfloat16": "<u2", "float8_e4m3fn": "u1", "float8_e5m2": "u1"}
 
 
@@ -121,7 +122,8 @@ def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, gra
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
                          chunk_bytes=chunk_bytes, small_records=small_records, layered=layered,
-                         layer_bytes=layer_bytes, pack_records=pack_records, compact=compact, tail=tail) as w:
+                         layer_bytes=layer_bytes, pack_records=pack_records, compact=compact,
+                         max_minor=None if tail else 5) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
@@ -973,6 +975,57 @@ def build() -> dict[str, bytes]:
     b.invalid("tail_then_bytes", tail_file + b"\x00",
               "CorruptDataError", "a byte after the TAIL record (by name: no end record at the end, TruncatedError; "
               "a stream reader stops at the TAIL, as at an END record)", by_name="TruncatedError", stream=None)
+
+    # -- format 1.6: bytesplit plane mode 5 (the exponent byte joined with the top mantissa bits) ----------
+    def rowed(seed: int, rows: int, cols: int, dtype: str) -> np.ndarray:
+        # magnitudes u / (1 - u) (density 1 / (1 + y)^2; only IEEE division, so the same bytes everywhere) with
+        # signs of their own: the density falls within each octave, so the top mantissa bit depends on the
+        # exponent, as in trained weights
+        u = np.array([(v + 0.5) / 1001 for v in lcg_ints(seed, rows * cols, 0, 1000)])
+        sign = np.array([1.0 if v else -1.0 for v in lcg_ints(seed + 7, rows * cols, 0, 1)])
+        body = u / (1.0 - u) * sign
+        scale = np.array([2.0 ** (v - 6) for v in lcg_ints(seed + 1, rows, 0, 8)])
+        return (body.reshape(rows, cols) * scale[:, None]).astype(dtype)
+
+    joint_tensors = [("w32", rowed(960, 40, 100, "<f4")), ("wbf", rowed(962, 120, 100, "<f4").astype(BITS_BF16))]
+    joint_file = write(joint_tensors, codec="lossless", compact=True, tail=True)
+    jrecs = records(joint_file)
+    jchunks = [i for i, r in enumerate(jrecs) if r[0] == C.REC_CHUNK]
+    assert len(jchunks) == 2 and joint_file[8:12] == b"\x01\x00\x06\x00"
+    from rdformat.codecs import bytesplit as BS  # noqa: E402
+    for i, (_n, arr) in zip(jchunks, joint_tensors):
+        assert BS.PLANE_ANS_JOINT in BS.plane_modes(jrecs[i][2][9:], arr.size, arr.dtype.itemsize), _n
+    b.valid("joint_planes", joint_file,
+            "format 1.6: bytesplit plane mode 5 in a float32 and a bfloat16 tensor: the exponent byte (segments "
+            "and shifts as in mode 4) joined with the top mantissa bits of the byte below it into one ANS symbol "
+            "(joint table: top-symbol table, then per top symbol the frequencies of its joint symbols), the low "
+            "bits of that byte packed")
+    jdata = jrecs[jchunks[0]][2][9:]
+    count = joint_tensors[0][1].size
+    jat = 2 * (1 + count)  # planes 0 and 1 are raw
+    assert jdata[0] == jdata[1 + count] == BS.PLANE_RAW and jdata[jat] == BS.PLANE_ANS_JOINT
+
+    def joint_with(data: bytes) -> bytes:
+        recs = [list(r) for r in jrecs]
+        recs[jchunks[0]][2] = jrecs[jchunks[0]][2][:9] + data
+        return assemble(recs, header=C.file_header(6), tail=True)
+
+    b.invalid("joint_bits_zero", joint_with(jdata[: jat + 1] + b"\x00" + jdata[jat + 2 :]),
+              "CorruptDataError", "bytesplit joint plane with 0 joined bits (1..7 allowed)")
+    b.invalid("joint_bits_eight", joint_with(jdata[: jat + 1] + b"\x08" + jdata[jat + 2 :]),
+              "CorruptDataError", "bytesplit joint plane with 8 joined bits (1..7 allowed)")
+    b.invalid("joint_wrong_plane", joint_with(jdata[: 1 + count] + jdata[jat:]),
+              "CorruptDataError", "bytesplit joint plane (mode 5) at plane 1 of a float32 chunk (only plane 2)")
+    b.invalid("joint_padding", joint_with(jdata[:-1] + bytes([jdata[-1] | 0x80]) if (count * 7) % 8 else
+                                          jdata + b"\x01"),
+              "CorruptDataError", "bytesplit joint plane whose packed low bits end in a nonzero unused bit")
+    jsegs, jpos = BS._read_segments(jdata, jat + 2, count, 2)
+    jtops, jafter = FrequencyTable.from_bytes(jdata, jpos)
+    _g, jend = BS._read_varint(jdata, jafter, "g")
+    b.invalid("joint_frequency_over", joint_with(jdata[:jafter] + C.leb128(int(jtops.freqs[0]) + 1) + jdata[jend:]),
+              "CorruptDataError", "bytesplit joint table whose first joint frequency exceeds its top symbol's")
+    b.invalid("joint_low_bits_short", joint_with(jdata[:-1]),
+              "CorruptDataError", "bytesplit joint plane whose packed low bits are one byte short")
 
     # -- surp: progressive index streams, built from explicit runs (spec section 5.5) ----------------
     from rdformat.codecs import surp as SC  # noqa: E402

@@ -30,7 +30,7 @@ from typing import BinaryIO
 from ..format import records as C
 from ..format.dtypes import by_code
 from ..entropy import FrequencyTable
-from ..codecs.bytesplit import PLANE_ANS_SHIFTED, _read_segments, _read_varint
+from ..codecs.bytesplit import PLANE_ANS_JOINT, PLANE_ANS_SHIFTED, _read_joint, _read_segments, _read_varint
 
 CATEGORIES = ("payload", "tables", "names", "headers", "stats", "metadata", "graph", "framing", "index", "end")
 
@@ -66,10 +66,19 @@ def _codec_data(codec: str, data: bytes, count: int, itemsize: int, acc: Counter
     if codec == "bytesplit":
         pos = 0
         for _k in range(itemsize):
+            if pos >= len(data):  # the planes a joint plane stood for
+                break
             mode = data[pos]
             acc["tables"] += 1
             pos += 1
-            if mode == 0:
+            if mode == PLANE_ANS_JOINT:  # bit count, segments, table, varint length: tables; packed bits: payload
+                start = pos
+                joint, _table, n, pos = _read_joint(data, pos, count, _k)
+                acc["tables"] += pos - start
+                _ans_block(data, pos, pos + n, acc)
+                acc["payload"] += len(data) - pos - n
+                pos = len(data)
+            elif mode == 0:
                 acc["payload"] += count
                 pos += count
             elif mode == 1:

@@ -181,7 +181,7 @@ class Writer:
         layer_bytes: int | None = None,
         pack_records: bool = True,
         compact: bool = True,
-        tail: bool = True,
+        max_minor: int | None = None,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
@@ -199,10 +199,14 @@ class Writer:
         #: (DMETA, ZPACK), the compact index, bytesplit exponent planes coded per packed member; False writes
         #: 1.3 records only.
         self.compact = compact and compress_records
-        #: format 1.6: end the file with one TAIL record (compact index and end) instead of INDEX + END
-        #: records (always smaller; about 60 bytes on a small model); False (or ``compact=False``) writes
-        #: INDEX + END, which 1.5 and older readers read.
-        self.tail = tail and self.compact
+        if max_minor is not None and not (C.VERSION_MINOR_BASE <= max_minor <= C.VERSION_MINOR):
+            raise InvalidInputError(f"max_minor must be between {C.VERSION_MINOR_BASE} and {C.VERSION_MINOR}")
+        #: format 1.6 where it saves bytes (unless ``max_minor`` is below 6, or ``compact=False``): the file
+        #: ends with one TAIL record (compact index and end) instead of INDEX + END records (always smaller,
+        #: about 60 bytes on a small model), and bytesplit may code the top two planes of floats together.
+        #: ``max_minor=5`` keeps files readable by 1.5 readers.
+        self.v16 = self.compact and (max_minor is None or max_minor >= C.VERSION_MINOR_TAIL)
+        self.tail = self.v16
         self._minor_needed = C.VERSION_MINOR_BASE  # raised by the records and codec features the file uses
         self._pack: list[tuple] = []  # tensors waiting for the next PACK record
         self._pack_bytes = 0
@@ -319,6 +323,8 @@ class Writer:
             if structural and not chosen.lossless:
                 chosen = resolve_codec("lossless")
             chosen = chosen.for_tensor(arr, info)
+            if isinstance(chosen, ByteSplitCodec) and not self.v16:
+                chosen.joint = False  # plane mode 5 is format 1.6 (for_tensor made this instance)
         if chosen.transforms_tensor:
             self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_SCALES)
         if len(shape) > C.MAX_RANK:
@@ -352,6 +358,7 @@ class Writer:
             if len(only) >= flat.nbytes:
                 chosen, only = RawCodec(), flat.tobytes()
             payloads = iter([only])
+        payloads = self._noted(payloads, chosen, numel, chunk_elements, info)
         header = C.TensorHeader(
             name=name,
             dtype_code=info.code,
@@ -387,6 +394,18 @@ class Writer:
         self._tensors.add(name)
         self._entries.append((C.ENTRY_TENSOR, name, start, self.pos - start))
         self._tensor_count += 1
+
+    def _note_bytesplit(self, data: bytes, count: int, info) -> None:
+        """Raise the file's minor version to what a bytesplit chunk's plane modes need (1.5: shifted plane,
+        1.6: joint planes)."""
+        self._minor_needed = max(self._minor_needed, bytesplit.format_minor(data, count, info.itemsize))
+
+    def _noted(self, payloads, codec: Codec, numel: int, chunk_elements: int, info):
+        """``payloads``, each bytesplit chunk noted by :meth:`_note_bytesplit` as it passes."""
+        for index, data in enumerate(payloads):
+            if isinstance(codec, ByteSplitCodec):
+                self._note_bytesplit(data, min(chunk_elements, numel - index * chunk_elements), info)
+            yield data
 
     def _spool_chunks(self, payloads, numel: int, chunk_elements: int, codec: Codec):
         """Layered tensor: spool each chunk's segments for the LAYER records; its chunk records stay empty."""
@@ -433,11 +452,9 @@ class Writer:
 
     def _pack_write(self, queued: list[tuple]) -> None:
         groups = _pack_groups(queued, self.compact)
-        if self.compact:
-            for members_, g in groups:
-                if g.codec_id == "bytesplit" and bytesplit.uses_shifted(
-                        g.data, sum(queued[i][5].size for i in members_), queued[members_[0]][1].itemsize):
-                    self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_DICT)
+        for members_, g in groups:
+            if g.codec_id == "bytesplit":
+                self._note_bytesplit(g.data, sum(queued[i][5].size for i in members_), queued[members_[0]][1])
         members, packed = [], []
         number: dict[int, int] = {}  # group key -> number, in order of first use
         for i, (name, info, shape, structural, codec, _flat) in enumerate(queued):
