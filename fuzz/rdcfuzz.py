@@ -499,7 +499,9 @@ class RdcFile:
                 if rec.rtype == REC_TAIL:
                     if layers:
                         entries.append((6, b"", layers[0], layers[1] - layers[0]))
-                    payload = tail_payload(entries, len(out), len(self.tail))
+                    parsed = parse_tail_lenient(payload[:-4])
+                    unindexed = parsed is not None and not parsed[1]  # count 0: keep it so
+                    payload = tail_payload([] if unindexed else entries, len(out), len(self.tail))
                 if rec.rtype == REC_INDEX:
                     if layers:
                         entries.append((6, b"", layers[0], layers[1] - layers[0]))

@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 
 import rdformat
+from rdformat.format import records as C
 
 
 def crc(b: bytes) -> int:
@@ -161,12 +162,15 @@ def test_writer_output_follows_the_same_layout():
     assert data[p:p + 2] == bytes([len(data) & 0x7F | 0x80, len(data) >> 7])  # file length, a 2-byte varint
     assert len(data) >> 7 < 0x80
     p += 2
-    assert data[p] == 2  # two entries: the tensor "w" (TENSOR + CHUNK records) and the PACK record
-    w_len = tail_at - 16 - sum(20 + struct.unpack_from("<Q", data, q + 4)[0] for q in [_pack_at(data)])
-    entries = bytes([1, 1]) + b"w" + bytes([0]) + bytes([w_len & 0x7F | 0x80, w_len >> 7])
-    pack_len = tail_at - 16 - w_len
-    entries += bytes([5, 0, 0]) + (bytes([pack_len]) if pack_len < 0x80 else bytes([pack_len & 0x7F | 0x80, pack_len >> 7]))
-    assert data[p + 1 : tail_at + 16 + body] == entries
+    # three records before it (at most UNINDEXED_RECORDS): not indexed, the entry count is 0, then the trailer
+    assert data[p] == 0 and p + 1 == tail_at + 16 + body
+    # the entries a TAIL holds when it lists them: kind, varint name length, name, varint gap, varint length
+    w_len = _pack_at(data) - 16
+    pack_len = tail_at - _pack_at(data)
+    listed = C.tail_record([(1, "w", 16, w_len), (5, "", 16 + w_len, pack_len)], tail_at)
+    want = bytes([1, 1]) + b"w" + bytes([0]) + bytes([w_len & 0x7F | 0x80, w_len >> 7])
+    want += bytes([5, 0, 0]) + (bytes([pack_len]) if pack_len < 0x80 else bytes([pack_len & 0x7F | 0x80, pack_len >> 7]))
+    assert listed[16 + 2 + 1 : -8] == want and listed[16 + 2] == 2
 
 
 def _pack_at(data: bytes) -> int:

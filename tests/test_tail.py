@@ -24,7 +24,9 @@ def _model() -> dict[str, np.ndarray]:
 
 def _write(tensors: dict, target=None, **options) -> bytes:
     buf = io.BytesIO() if target is None else target
-    with rdformat.Writer(buf, metadata={"arch": "t"}, chunk_bytes=16384, **options) as w:
+    # chunks of 4 KiB: fc.weight takes 12 CHUNK records, so the TAIL lists its entries (more than
+    # UNINDEXED_RECORDS records)
+    with rdformat.Writer(buf, metadata={"arch": "t"}, chunk_bytes=4096, **options) as w:
         for name, arr in tensors.items():
             w.add(name, arr)
         w.add_alias("tied", "fc.weight")
@@ -130,3 +132,25 @@ def test_damaged_tail_trailer_or_header_by_name():
     with pytest.raises(TruncatedError):
         with rdformat.open(io.BytesIO(bad)) as f:
             f.keys()
+
+
+def test_a_few_records_are_not_indexed_and_read_by_walking():
+    tensors = {"a": np.arange(10, dtype=np.float32), "b": np.ones((3, 4), np.float16)}
+    buf = io.BytesIO()
+    with rdformat.Writer(buf, metadata={"m": 1}) as w:
+        for name, arr in tensors.items():
+            w.add(name, arr)
+        w.add_alias("c", "a")
+    data = buf.getvalue()
+    _at, payload = _tail_payload(data)
+    assert C.parse_tail(payload, 0, len(data))[0] == []  # count 0: not indexed
+    with rdformat.open(io.BytesIO(data)) as f:
+        assert f.keys() == ["a", "b", "c"] and f.aliases == {"c": "a"} and f.metadata == {"m": 1}
+        assert f.get_tensor("b").tobytes() == tensors["b"].tobytes()
+    # an unknown REQUIRED record among them: the walk refuses it as iteration does
+    required = C.frame(99, b"future", flags=C.FLAG_REQUIRED)
+    at = len(data) - len(C.frame(C.REC_TAIL, payload))
+    bad = data[:at] + required + C.tail_record([], at + len(required))
+    for reader in (lambda d: rdformat.open(io.BytesIO(d)).keys(), rdformat.load):
+        with pytest.raises(rdformat.errors.UnsupportedFeatureError):
+            reader(bad)

@@ -908,6 +908,15 @@ def build() -> dict[str, bytes]:
                        ("big", np.array([(v - 500) / 250.0 for v in lcg_ints(950, 1200, 0, 1000)], "<f4"))],
                       metadata={"note": "tail"}, small_records=True, pack_records=True, compact=True, tail=True,
                       aliases=[("tied", "big")], chunk_bytes=4096)
+    b.valid("tail_unindexed", tail_file,
+            "format 1.6: a file of a few records ending with a TAIL without entries (count 0): a reader by name "
+            "walks the records to list them")
+    u_recs = records(tail_file)
+    assert C.parse_tail(u_recs[-1][2], 0, None)[0] == []
+    b.invalid("tail_unindexed_stray_chunk", assemble(u_recs[:-1] + [u_recs[3]], index=False, header=C.file_header(6))
+              + C.tail_record([], len(tail_file) - len(C.frame(C.REC_TAIL, u_recs[-1][2])) + 20 + len(u_recs[3][2])),
+              "CorruptDataError", "a TAIL without entries after a CHUNK record that follows an ALIAS record")
+    tail_file = assemble(u_recs, header=C.file_header(6), tail=True)  # the same records, indexed
     trecs = records(tail_file)
     assert [r[0] for r in trecs] == [C.REC_META, C.REC_ZPACK, C.REC_TENSOR, C.REC_CHUNK, C.REC_CHUNK, C.REC_ALIAS,
                                      C.REC_TAIL], \

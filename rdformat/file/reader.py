@@ -531,7 +531,8 @@ class RdcReader:
                         entries.append((C.ENTRY_LAYERS, "", layer_first, layer_end - layer_first))
                     payload = C.read_payload(self._src, head)
                     tail_entries, length = C.parse_tail(payload, head.offset + C.RECORD_HEADER_SIZE, None)
-                    if [(e.kind, e.name, e.offset, e.length) for e in tail_entries] != entries:
+                    # a TAIL without entries is not indexed: its entries are the records just read
+                    if tail_entries and [(e.kind, e.name, e.offset, e.length) for e in tail_entries] != entries:
                         raise CorruptDataError("the index does not list the records of the file",
                                                offset=head.offset, record="tail")
                     if length != head.end - self._start:
@@ -1095,7 +1096,56 @@ class RdcReader:
         if C._U32.unpack_from(raw, C.RECORD_HEADER_SIZE + length)[0] != C.crc32(payload):
             raise ChecksumError("tail record payload CRC mismatch (data is corrupt)", offset=tail_at, record="tail")
         entries, _length = C.parse_tail(payload, tail_at + C.RECORD_HEADER_SIZE, size - self._start)
+        if not entries:  # not indexed (spec 3.1): the entries are those a walk of the records finds
+            entries = self._walk_entries(tail_at)
         return entries, tail_at - self._start, C.RecordHead(rtype, flags, length, tail_at)
+
+    def _walk_entries(self, end: int) -> list[C.IndexEntry]:
+        """The index entries of the records from the file header to absolute offset ``end`` (a TAIL without
+        entries), as a streaming reader lists them: META/GRAPH, TENSOR + its CHUNK records, SMALL, PACK,
+        ALIAS, the LAYER region; unknown optional records are skipped, anything else is refused. Reads record
+        headers and the payloads that hold names only; every length is checked by the record reader."""
+        entries: list[C.IndexEntry] = []
+        pos = self._start + C.FILE_HEADER_SIZE
+        layers: list[int] = []
+        while pos < end:
+            self._src.seek(pos)
+            head = C.read_record_head(self._src)
+            if head.end > end:
+                raise CorruptDataError(f"{head.name} record runs into the tail record", offset=pos, record=head.name)
+            rel, length = pos - self._start, head.end - pos
+            name = None
+            if head.rtype in C.LEADING_KINDS:
+                entries.append(C.IndexEntry(C.LEADING_KINDS[head.rtype], "", rel, length))
+            elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
+                header, _inline = _parse_tensor_record(head, C.read_payload(self._src, head))
+                tail = head.end
+                for _chunk in range(header.chunk_count if head.rtype == C.REC_TENSOR else 0):  # its CHUNK records
+                    if tail >= end:
+                        break
+                    self._src.seek(tail)
+                    chead = C.read_record_head(self._src, tensor=header.name)
+                    if chead.rtype != C.REC_CHUNK or chead.end > end:
+                        break
+                    tail = chead.end
+                entries.append(C.IndexEntry(C.ENTRY_TENSOR, header.name, rel, tail - pos))
+                pos = tail
+                continue
+            elif head.rtype in C.PACK_TYPES:
+                entries.append(C.IndexEntry(C.ENTRY_PACK, "", rel, length))
+            elif head.rtype == C.REC_ALIAS:
+                name, _target = C.parse_alias(C.read_payload(self._src, head), pos + C.RECORD_HEADER_SIZE)
+                entries.append(C.IndexEntry(C.ENTRY_ALIAS, name, rel, length))
+            elif head.rtype == C.REC_LAYER:
+                layers[:] = [layers[0] if layers else rel, rel + length]
+            elif head.rtype in C.RECORD_NAMES:  # CHUNK out of place, INDEX, END, TAIL
+                raise CorruptDataError(f"unexpected {head.name} record", offset=pos, record=head.name)
+            else:
+                C.skip_record(self._src, head)  # unknown: skipped if optional, else UnsupportedFeatureError
+            pos = head.end
+        if layers:
+            entries.append(C.IndexEntry(C.ENTRY_LAYERS, "", layers[0], layers[1] - layers[0]))
+        return entries
 
     def _index_from_end(self, size: int, end_at: int, raw: bytes) -> tuple[list[C.IndexEntry], int, C.RecordHead]:
         """The INDEX record an END record at ``end_at`` (its 36 bytes: ``raw``) points to (1.0-1.5 files)."""

@@ -222,6 +222,7 @@ class Writer:
         self._spool: LayerSpool | None = None
         self._tensor_count = 0
         self._entries: list[tuple[int, str, int, int]] = []
+        self._record_count = 0  # records written so far (a TAIL leaves the entries out when they are few)
         self._tensors: set[str] = set()
         self._names: set[str] = set()
         self._closed = False
@@ -274,6 +275,7 @@ class Writer:
     def _record(self, rtype: int, payload: bytes, *, kind: int | None = None, name: str = "", flags: int = 0) -> int:
         offset = self.pos
         self._write(C.frame(rtype, payload, flags))
+        self._record_count += 1
         if kind is not None:
             self._entries.append((kind, name, offset, self.pos - offset))
         return offset
@@ -500,7 +502,10 @@ class Writer:
                 self._entries.append((C.ENTRY_LAYERS, "", first, self.pos - first))
             index_offset = self.pos
             if self.tail:
-                self._write(C.tail_record(self._entries, index_offset))
+                # a file of a few records is not indexed: a reader by name walks them (at most
+                # UNINDEXED_RECORDS record headers), which costs less than the entries' bytes
+                few = self._record_count <= C.UNINDEXED_RECORDS
+                self._write(C.tail_record([] if few else self._entries, index_offset))
                 file_length = self.pos
                 self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_TAIL)
             else:

@@ -329,6 +329,9 @@ def index_payload(entries: list[tuple[int, str, int, int]]) -> bytes:
 
 #: A TAIL payload ends with this field: the byte length of the payload before it (spec 3.1, since 1.6).
 TAIL_TRAILER_SIZE = 4
+#: Writers leave the TAIL's entries out (count 0: a reader by name walks the records) when the file holds at
+#: most this many records before it: walking them costs a reader that many record headers.
+UNINDEXED_RECORDS = 8
 #: Smallest TAIL record: framing, a 1-byte file length, a 1-byte entry count and the trailer.
 MIN_TAIL_RECORD_SIZE = RECORD_OVERHEAD + 2 + TAIL_TRAILER_SIZE
 
