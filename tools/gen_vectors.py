@@ -905,9 +905,9 @@ def build() -> dict[str, bytes]:
 
     # -- format 1.6: the TAIL record (compact index and end of file in one record) ---------------------
     tail_file = write([("encoder.layer1.weight", parts[0].reshape(6, 10)), ("encoder.layer1.bias", parts[1]),
-                       ("big", np.array([(v - 500) / 250.0 for v in lcg_ints(950, 1200, 0, 1000)], "<f4"))],
+                       ("big", np.array([(v - 500) / 250.0 for v in lcg_ints(950, 300, 0, 1000)], "<f4"))],
                       metadata={"note": "tail"}, small_records=True, pack_records=True, compact=True, tail=True,
-                      aliases=[("tied", "big")], chunk_bytes=4096)
+                      aliases=[("tied", "big")], chunk_bytes=512)
     b.valid("tail_unindexed", tail_file,
             "format 1.6: a file of a few records ending with a TAIL without entries (count 0): a reader by name "
             "walks the records to list them")
@@ -918,8 +918,8 @@ def build() -> dict[str, bytes]:
               "CorruptDataError", "a TAIL without entries after a CHUNK record that follows an ALIAS record")
     tail_file = assemble(u_recs, header=C.file_header(6), tail=True)  # the same records, indexed
     trecs = records(tail_file)
-    assert [r[0] for r in trecs] == [C.REC_META, C.REC_ZPACK, C.REC_TENSOR, C.REC_CHUNK, C.REC_CHUNK, C.REC_ALIAS,
-                                     C.REC_TAIL], \
+    assert [r[0] for r in trecs] == [C.REC_META, C.REC_ZPACK, C.REC_TENSOR, C.REC_CHUNK, C.REC_CHUNK, C.REC_CHUNK,
+                                     C.REC_ALIAS, C.REC_TAIL], \
         [r[0] for r in trecs]
     assert tail_file[8:12] == b"\x01\x00\x06\x00"
     b.valid("tail_record", tail_file,
@@ -996,7 +996,7 @@ def build() -> dict[str, bytes]:
         scale = np.array([2.0 ** (v - 6) for v in lcg_ints(seed + 1, rows, 0, 8)])
         return (body.reshape(rows, cols) * scale[:, None]).astype(dtype)
 
-    joint_tensors = [("w32", rowed(960, 40, 100, "<f4")), ("wbf", rowed(962, 120, 100, "<f4").astype(BITS_BF16))]
+    joint_tensors = [("w32", rowed(960, 12, 100, "<f4")), ("wbf", rowed(970, 24, 100, "<f4").astype(BITS_BF16))]
     joint_file = write(joint_tensors, codec="lossless", compact=True, tail=True)
     jrecs = records(joint_file)
     jchunks = [i for i, r in enumerate(jrecs) if r[0] == C.REC_CHUNK]

@@ -999,8 +999,7 @@ class RdcReader:
                 "access by name needs a seekable file; iterate over a stream instead"
             )
         size = self._src.size
-        found = self._find_index(size)
-        entries, index_offset, ihead = found
+        entries, index_offset, ihead = self._find_index(size)
         # The index must describe a well-formed file: entries in file order without overlap, ending
         # before the index; its META/GRAPH entries are exactly the leading records read at open.
         prev_end = C.FILE_HEADER_SIZE
@@ -1114,7 +1113,6 @@ class RdcReader:
             if head.end > end:
                 raise CorruptDataError(f"{head.name} record runs into the tail record", offset=pos, record=head.name)
             rel, length = pos - self._start, head.end - pos
-            name = None
             if head.rtype in C.LEADING_KINDS:
                 entries.append(C.IndexEntry(C.LEADING_KINDS[head.rtype], "", rel, length))
             elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
