@@ -481,23 +481,38 @@ class _Joint:
         """(plane w-2, plane w-1) from the decoded symbols ``y``: the top byte is ``y >> t`` unshifted by its
         segment, the byte below it ``(y & (2**t - 1)) << (8 - t)`` or'ed with its packed low bits."""
         t = self.bits
-        y = symbols.astype(np.uint32, copy=False)
-        top = _unshift((y >> t).astype(np.uint8), self.segs)
+        y = symbols.astype(np.uint16, copy=False)  # joint symbols are below 256 << 7
+        top = (y >> np.uint16(t)).astype(np.uint8)
+        if len(self.segs) > 1 or self.segs[0][1]:
+            top = _unshift(top, self.segs)
         low = _unpack_bits(self.low, count, 8 - t)
-        return (((y & ((1 << t) - 1)) << (8 - t)).astype(np.uint8) | low), top
+        return ((y << np.uint16(8 - t)).astype(np.uint8) | low), top
 
 
 def _pack_bits(values: np.ndarray, width: int) -> bytes:
     """The low ``width`` bits of each byte, element i in bits [i*width, (i+1)*width) of a little-endian bit
-    stream (bit j is bit j % 8 of byte j // 8); unused bits of the last byte are 0."""
-    bits = (values[:, None] >> np.arange(width, dtype=np.uint8)) & 1
-    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    stream (bit j is bit j % 8 of byte j // 8); unused bits of the last byte are 0.
+
+    Eight values fill exactly ``width`` bytes: each group of eight is assembled in one 64-bit word."""
+    n = -(-values.size * width // 8)
+    groups = -(-values.size // 8)
+    v = np.zeros(groups * 8, np.uint64)
+    v[: values.size] = values & ((1 << width) - 1)
+    shifts = (np.arange(8, dtype=np.uint64) * np.uint64(width))
+    words = np.bitwise_or.reduce(v.reshape(groups, 8) << shifts, axis=1).astype("<u8")
+    return words.view(np.uint8).reshape(groups, 8)[:, :width].reshape(-1)[:n].tobytes()
 
 
 def _unpack_bits(packed: np.ndarray, count: int, width: int) -> np.ndarray:
-    """Inverse of :func:`_pack_bits`: ``count`` values of ``width`` bits."""
-    bits = np.unpackbits(packed, count=count * width, bitorder="little").reshape(count, width)
-    return (bits << np.arange(width, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+    """Inverse of :func:`_pack_bits`: ``count`` values of ``width`` bits, eight per 64-bit word."""
+    groups = -(-count // 8)
+    stream = np.zeros(groups * width, np.uint8)
+    stream[: packed.size] = packed
+    buf = np.zeros((groups, 8), np.uint8)
+    buf[:, :width] = stream.reshape(groups, width)
+    words = buf.view("<u8")  # (groups, 1)
+    shifts = (np.arange(8, dtype=np.uint64) * np.uint64(width))
+    return ((words >> shifts) & np.uint64((1 << width) - 1)).astype(np.uint8).reshape(-1)[:count]
 
 
 def _check_padding(packed: np.ndarray, nbits: int, pos: int) -> None:
