@@ -154,3 +154,29 @@ def test_a_few_records_are_not_indexed_and_read_by_walking():
     for reader in (lambda d: rdformat.open(io.BytesIO(d)).keys(), rdformat.load):
         with pytest.raises(rdformat.errors.UnsupportedFeatureError):
             reader(bad)
+
+
+@pytest.mark.parametrize("max_minor", [1, 2, 3, 4, 5, 6])
+def test_max_minor_bounds_the_file_version(max_minor):
+    tensors = {**_model(), "s": np.arange(3, dtype=np.int16)}
+    meta = {"rdformat": {"source_format": "pytorch", "adapter_version": 1, "modules": [{"version": 1}]},
+            "note": "x" * 200}  # long enough to be compressed where the format allows
+    for target in (io.BytesIO(), None):
+        out = io.BytesIO()
+        sink = out if target is not None else type("Pipe", (), {"write": lambda self, b: out.write(b),
+                                                               "flush": lambda self: None})()
+        with rdformat.Writer(sink, metadata=meta, max_minor=max_minor) as w:
+            for name, arr in tensors.items():
+                w.add(name, arr)
+        data = out.getvalue()
+        assert struct.unpack_from("<H", data, 10)[0] <= max_minor
+        back = rdformat.load(data)
+        assert all(back[n].tobytes() == a.tobytes() for n, a in tensors.items())
+
+
+def test_max_minor_out_of_range_or_below_a_needed_feature_is_refused():
+    for bad in (0, 7):
+        with pytest.raises(rdformat.errors.InvalidInputError, match="max_minor"):
+            rdformat.Writer(io.BytesIO(), max_minor=bad)
+    with pytest.raises(rdformat.errors.InvalidInputError, match="layered"):
+        rdformat.Writer(io.BytesIO(), layered=True, max_minor=2)

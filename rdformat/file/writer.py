@@ -185,6 +185,16 @@ class Writer:
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
+        if max_minor is not None:
+            # the newest format the file may need: the structures of later minors are not written
+            if not (C.VERSION_MINOR_BASE <= max_minor <= C.VERSION_MINOR):
+                raise InvalidInputError(f"max_minor must be between {C.VERSION_MINOR_BASE} and {C.VERSION_MINOR}")
+            if layered and max_minor < C.VERSION_MINOR_LAYERS:
+                raise InvalidInputError(f"layered files need format 1.{C.VERSION_MINOR_LAYERS} (max_minor={max_minor})")
+            compact = compact and max_minor >= C.VERSION_MINOR_DICT
+            pack_records = pack_records and max_minor >= C.VERSION_MINOR_PACK
+            compress_records = compress_records and max_minor >= C.VERSION_MINOR_ZLIB
+        self.max_minor = C.VERSION_MINOR if max_minor is None else max_minor
         self.default_codec = resolve_codec(codec)
         #: store single-chunk tensors with under SMALL_DATA_BYTES of data as one SMALL record (format 1.1);
         #: False writes TENSOR + CHUNK records only, which 1.0 readers can read.
@@ -199,14 +209,11 @@ class Writer:
         #: (DMETA, ZPACK), the compact index, bytesplit exponent planes coded per packed member; False writes
         #: 1.3 records only.
         self.compact = compact and compress_records
-        if max_minor is not None and not (C.VERSION_MINOR_BASE <= max_minor <= C.VERSION_MINOR):
-            raise InvalidInputError(f"max_minor must be between {C.VERSION_MINOR_BASE} and {C.VERSION_MINOR}")
         #: format 1.6 where it saves bytes (unless ``max_minor`` is below 6, or ``compact=False``): the file
         #: ends with one TAIL record (compact index and end) instead of INDEX + END records (always smaller,
         #: about 60 bytes on a small model), and bytesplit may code the top two planes of floats together.
-        #: ``max_minor=5`` keeps files readable by 1.5 readers.
-        self.v16 = self.compact and (max_minor is None or max_minor >= C.VERSION_MINOR_TAIL)
-        self.tail = self.v16
+        #: ``max_minor=5`` keeps files readable by 1.5 readers (and lower values by older ones).
+        self.v16 = self.compact and self.max_minor >= C.VERSION_MINOR_TAIL
         self._minor_needed = C.VERSION_MINOR_BASE  # raised by the records and codec features the file uses
         self._pack: list[tuple] = []  # tensors waiting for the next PACK record
         self._pack_bytes = 0
@@ -257,7 +264,7 @@ class Writer:
             if any(rtype == C.REC_DMETA for rtype, _p, _k in leading):
                 self._minor_needed = C.VERSION_MINOR_DICT
             if self._header_at is None:  # cannot seek back: announce the newest minor (features may follow)
-                self._minor = C.VERSION_MINOR
+                self._minor = self.max_minor
             self._minor = max(self._minor, self._minor_needed)
             self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
@@ -328,6 +335,9 @@ class Writer:
             if isinstance(chosen, ByteSplitCodec) and not self.v16:
                 chosen.joint = False  # plane mode 5 is format 1.6 (for_tensor made this instance)
         if chosen.transforms_tensor:
+            if self.max_minor < C.VERSION_MINOR_SCALES:
+                raise InvalidInputError(f"tensor {name!r}: axis scales need format 1.{C.VERSION_MINOR_SCALES} "
+                                        f"(max_minor={self.max_minor})")
             self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_SCALES)
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
@@ -501,7 +511,7 @@ class Writer:
                     self._record(C.REC_LAYER, payload, flags=C.FLAG_REQUIRED)
                 self._entries.append((C.ENTRY_LAYERS, "", first, self.pos - first))
             index_offset = self.pos
-            if self.tail:
+            if self.v16:
                 # a file of a few records is not indexed: a reader by name walks them (at most
                 # UNINDEXED_RECORDS record headers), which costs less than the entries' bytes
                 few = self._record_count <= C.UNINDEXED_RECORDS
