@@ -35,6 +35,7 @@ REC_LAYER = 12  # format 1.3: pieces of layered tensors (indexed as one region, 
 REC_PACK = 11  # format 1.3: several small tensors in one record (indexed by one unnamed entry, kind 5)
 REC_DMETA = 13  # format 1.5: META deflated with the preset dictionary (indexed as META)
 REC_ZPACK = 14  # format 1.5: a PACK record with a deflated directory (indexed like PACK, kind 5)
+REC_TAIL = 15  # format 1.6: compact index + end of file in one record (rebuilt like INDEX + END)
 _HEAD = struct.Struct("<HHQ")
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128, 255, 256, 1023, 1024, 4095, 4096,
                65535, 65536, (1 << 20), (1 << 24) - 1, 1 << 24, (1 << 26), (1 << 28), (1 << 28) + 1, (1 << 31) - 1,
@@ -495,6 +496,12 @@ class RdcFile:
                 if rec.rtype != REC_CHUNK and current is not None:
                     entries.append((1, current[0], current[1], len(out) - current[1]))
                     current = None
+                if rec.rtype == REC_TAIL:
+                    if layers:
+                        entries.append((6, b"", layers[0], layers[1] - layers[0]))
+                    parsed = parse_tail_lenient(payload[:-4])
+                    unindexed = parsed is not None and not parsed[1]  # count 0: keep it so
+                    payload = tail_payload([] if unindexed else entries, len(out), len(self.tail))
                 if rec.rtype == REC_INDEX:
                     if layers:
                         entries.append((6, b"", layers[0], layers[1] - layers[0]))
@@ -534,6 +541,103 @@ class RdcFile:
                 out[start + 32 : start + 36] = struct.pack("<I", crc(payload))
         out += self.tail
         return bytes(out)
+
+
+def tail_entries_bytes(entries, prev_end: int = 16) -> bytes:
+    """The entries of a TAIL payload (format 1.6): kind, varint name length, name, varint gap, varint length;
+    a gap that would be negative (mutated entries) is written as 0."""
+    out = bytearray()
+    for kind, name, off, ln in entries:
+        out += bytes([kind & 0xFF]) + varint(len(name)) + name + varint(max(0, off - prev_end)) + varint(ln)
+        prev_end = max(prev_end, off) + ln
+    return bytes(out)
+
+
+def tail_payload(entries, start: int, trailing: int = 0) -> bytes:
+    """A consistent TAIL payload for a record at ``start`` (``trailing`` bytes follow the record): the file
+    length (which counts the record itself, so its varint is settled by iteration), entries, u32 trailer."""
+    body = varint(len(entries)) + tail_entries_bytes(entries)
+    total = start + 20 + 1 + len(body) + 4 + trailing
+    while True:
+        head = varint(total)
+        new = start + 20 + len(head) + len(body) + 4 + trailing
+        if new == total:
+            break
+        total = new
+    return head + body + struct.pack("<I", len(head) + len(body))
+
+
+def parse_tail_lenient(p: bytes):
+    """(file length, [[kind, name, gap, length], ...]) of a TAIL payload, or None where it does not parse."""
+    def rd(pos):
+        v, shift = 0, 0
+        while True:
+            b = p[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v, pos
+    try:
+        flen, pos = rd(0)
+        count, pos = rd(pos)
+        entries = []
+        for _ in range(min(count, 1000)):
+            kind = p[pos]
+            n, pos = rd(pos + 1)
+            name = p[pos : pos + n]
+            gap, pos = rd(pos + n)
+            ln, pos = rd(pos)
+            entries.append([kind, name, gap, ln])
+        return flen, entries
+    except IndexError:
+        return None
+
+
+def m_tail(rng: np.random.Generator, f: RdcFile) -> bool:
+    """Mutate a TAIL record (format 1.6): its file length, entry count, an entry's kind, name, gap or length,
+    the order of entries, or its u32 trailer; the record is then written as mutated (frozen)."""
+    idx = _records_of(f, REC_TAIL)
+    if not idx:
+        return False
+    rec = f.records[pick(rng, idx)]
+    rec.frozen = True
+    parsed = parse_tail_lenient(rec.payload[:-4])
+    if parsed is None or rng.random() < 0.15:
+        rec.payload = mutate_bytes(rng, rec.payload)
+        return True
+    flen, entries = parsed
+    count = len(entries)
+    trailer = None
+    op = int(rng.integers(7))
+    if op == 0:
+        flen = rand_u64(rng, around=flen)
+    elif op == 1:
+        count = rand_u64(rng, around=count) % (1 << 35)
+    elif op == 2 and entries:
+        e = pick(rng, entries)
+        k = int(rng.integers(4))
+        if k == 0:
+            e[0] = pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 255])
+        elif k == 1:
+            e[1] = pick(rng, [b"", b"nope", b"\xff"] + _tensor_names(f))
+        else:
+            e[k] = rand_u64(rng, around=e[k]) % (1 << 63)
+    elif op == 3 and entries:
+        del entries[int(rng.integers(len(entries)))]
+        count = len(entries)
+    elif op == 4 and len(entries) > 1:
+        i = int(rng.integers(len(entries) - 1))
+        entries[i], entries[i + 1] = entries[i + 1], entries[i]
+    elif op == 5:
+        trailer = rand_u64(rng) % (1 << 32)
+    else:
+        rec.payload = mutate_bytes(rng, rec.payload)
+        return True
+    body = varint(flen) + varint(count) + b"".join(
+        bytes([e[0] & 0xFF]) + varint(len(e[1])) + e[1] + varint(e[2]) + varint(e[3]) for e in entries)
+    rec.payload = body + struct.pack("<I", len(body) if trailer is None else trailer)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -803,7 +907,7 @@ def m_header(rng: np.random.Generator, f: RdcFile) -> bool:
 
 FILE_MUTATORS: list[tuple[float, Callable]] = [
     (0.22, m_tensor), (0.26, m_chunk), (0.08, m_index), (0.05, m_end), (0.08, m_alias), (0.06, m_meta),
-    (0.2, m_record), (0.05, m_header),
+    (0.2, m_record), (0.05, m_header), (0.05, m_tail),
 ]
 
 

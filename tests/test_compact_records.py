@@ -45,8 +45,9 @@ def _types(data: bytes) -> list[int]:
 
 def test_compact_records_round_trip_smaller_and_minor_5():
     tensors = _model()
-    compact, plain = _write(tensors), _write(tensors, compact=False)
-    assert _types(compact)[:2] == [C.REC_DMETA, C.REC_ZPACK] and struct.unpack_from("<H", compact, 10)[0] == 5
+    compact, plain = _write(tensors, max_minor=5), _write(tensors, compact=False)
+    assert _types(compact) == [C.REC_DMETA, C.REC_ZPACK, C.REC_INDEX, C.REC_END]
+    assert struct.unpack_from("<H", compact, 10)[0] == 5
     assert C.REC_DMETA not in _types(plain) and C.REC_ZPACK not in _types(plain)
     assert struct.unpack_from("<H", plain, 10)[0] == 3
     assert len(compact) < len(plain)
@@ -118,3 +119,24 @@ def test_zpack_directory_bomb_is_refused_before_inflating():
     payload = C.leb128(C.MAX_PACK_BYTES + 1) + C.leb128(2) + b"\x03\x00"
     with pytest.raises(rdformat.errors.LimitExceededError):
         C.parse_pack(payload, 0, compressed=True)
+
+
+def test_refined_shifts_code_no_larger_than_median_shifts():
+    # small vectors next to large tensors: a shift of their own costs more than it saves, which the refinement
+    # sees (merging them into a neighbour's run) and the median rule does not
+    rng = np.random.default_rng(7)
+    parts = [rng.laplace(0, s, n).astype(np.float32) for s, n in ((0.05, 900), (0.3, 10), (0.04, 1500), (2.0, 12))]
+    flat = np.concatenate(parts)
+    segments = [p.size for p in parts]
+    words = flat.view("<u4")
+    plane = ((words << 1) | (words >> 31)).view(np.uint8).reshape(-1, 4)[:, 3].copy()
+    medians = [(int(np.median(p[p != 0])) - BS.SHIFT_CENTRE) % 255
+               for p in np.split(plane, np.cumsum(segments)[:-1])]
+    refined = BS._refine_shifts(plane, segments, medians)
+    assert refined != medians
+    by_median = BS._encode_shifted_with(plane, segments, medians, 14)
+    chosen = BS._encode_shifted(plane, segments, 14)
+    assert len(chosen) <= len(by_median)
+    info = by_numpy(flat.dtype)
+    data = BS.ByteSplitCodec("rotl1").encode_chunk(flat, info, segments=segments)
+    assert BS.ByteSplitCodec("rotl1").decode_chunk(memoryview(data), flat.size, info).tobytes() == flat.tobytes()

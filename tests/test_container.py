@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import threading
 
 import hypothesis.extra.numpy as hnp
@@ -264,6 +265,11 @@ def _insert_record_after_header(data: bytes, record: bytes) -> bytes:
         f.keys()
     shift = len(record)
     body = data[: C.FILE_HEADER_SIZE] + record + data[C.FILE_HEADER_SIZE :]
+    if struct.unpack_from("<H", body, len(body) - C.END_RECORD_SIZE)[0] != C.REC_END:  # a 1.6 TAIL record
+        size = struct.unpack_from("<I", body, len(body) - 8)[0] + C.TAIL_TRAILER_SIZE
+        tail_at = len(body) - C.RECORD_OVERHEAD - size
+        entries, _length = C.parse_tail(body[tail_at + 16 : tail_at + 16 + size], 0, None)
+        return body[:tail_at] + C.tail_record([(e.kind, e.name, e.offset + shift, e.length) for e in entries], tail_at)
     end_at = len(body) - C.END_RECORD_SIZE
     index_offset, length = C.parse_end(body[end_at + 16 : end_at + 32], 0)
     index_offset += shift

@@ -224,7 +224,7 @@ def _expected(entry: dict) -> dict[str, np.ndarray]:
 
 def test_golden_files_are_unchanged():
     manifest = _manifest()
-    assert set(manifest["files"]) == {"lossless.rdc", "sq4.rdc", "dq4.rdc", "surp80.rdc"}
+    assert set(manifest["files"]) == {"lossless.rdc", "sq4.rdc", "dq4.rdc", "surp80.rdc", "lossless16.rdc"}
     for fname, entry in manifest["files"].items():
         data = (GOLDEN / fname).read_bytes()
         assert len(data) == entry["bytes"]
@@ -232,7 +232,7 @@ def test_golden_files_are_unchanged():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", "constriction", "auto"])
-@pytest.mark.parametrize("fname", ["lossless.rdc", "sq4.rdc", "dq4.rdc", "surp80.rdc"])
+@pytest.mark.parametrize("fname", ["lossless.rdc", "sq4.rdc", "dq4.rdc", "surp80.rdc", "lossless16.rdc"])
 def test_golden_files_decode_to_the_stored_arrays(fname, backend):
     if backend == "constriction" and not HAVE_CS or backend == "numba" and not HAVE_NUMBA:
         pytest.skip(f"{backend} backend not available")

@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 
 import rdformat
+from rdformat.format import records as C
 
 
 def crc(b: bytes) -> int:
@@ -114,8 +115,9 @@ def test_writer_output_follows_the_same_layout():
     rdformat.save({"w": np.arange(2048, dtype=np.float32).reshape(2, 1024), "s": np.arange(3, dtype=np.int16)},
                   buf, codec="raw")
     data = buf.getvalue()
-    # a PACK record (format 1.3) holds the small tensor "s": the writer raised the minor version to 3
-    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 3)
+    # a PACK record (format 1.3) holds the small tensor "s" and a TAIL record (1.6) ends the file: the writer
+    # raised the minor version to 6
+    assert data[:8] == b"\x89RDC\r\n\x1a\n" and struct.unpack_from("<HH", data, 8) == (1, 6)
     pos, types = 16, []
     while pos < len(data):
         rtype, flags, length = struct.unpack_from("<HHQ", data, pos)
@@ -151,9 +153,32 @@ def test_writer_output_follows_the_same_layout():
             assert payload[16] == 6 and np.frombuffer(payload[17:], "<i2").tolist() == [0, 1, 2]
         types.append(rtype)
         pos += 20 + length
-    assert types == [3, 4, 11, 6, 7]
-    index_offset, length = struct.unpack_from("<QQ", data, len(data) - 20)
-    assert length == len(data) and struct.unpack_from("<H", data, index_offset)[0] == 6
+    assert types == [3, 4, 11, 15]
+    # TAIL (section 3.1): its payload ends with a u32 stating the payload bytes before it, then the CRC
+    body = struct.unpack_from("<I", data, len(data) - 8)[0]
+    tail_at = len(data) - 20 - body - 4
+    assert struct.unpack_from("<HHQ", data, tail_at) == (15, 1, body + 4)  # REQUIRED
+    p = tail_at + 16
+    assert data[p:p + 2] == bytes([len(data) & 0x7F | 0x80, len(data) >> 7])  # file length, a 2-byte varint
+    assert len(data) >> 7 < 0x80
+    p += 2
+    # three records before it (at most UNINDEXED_RECORDS): not indexed, the entry count is 0, then the trailer
+    assert data[p] == 0 and p + 1 == tail_at + 16 + body
+    # the entries a TAIL holds when it lists them: kind, varint name length, name, varint gap, varint length
+    w_len = _pack_at(data) - 16
+    pack_len = tail_at - _pack_at(data)
+    listed = C.tail_record([(1, "w", 16, w_len), (5, "", 16 + w_len, pack_len)], tail_at)
+    want = bytes([1, 1]) + b"w" + bytes([0]) + bytes([w_len & 0x7F | 0x80, w_len >> 7])
+    want += bytes([5, 0, 0]) + (bytes([pack_len]) if pack_len < 0x80 else bytes([pack_len & 0x7F | 0x80, pack_len >> 7]))
+    assert listed[16 + 2 + 1 : -8] == want and listed[16 + 2] == 2
+
+
+def _pack_at(data: bytes) -> int:
+    """Offset of the first PACK record of a well-formed file."""
+    pos = 16
+    while struct.unpack_from("<H", data, pos)[0] != 11:
+        pos += 20 + struct.unpack_from("<Q", data, pos + 4)[0]
+    return pos
 
 
 def test_spec_preset_dictionary_is_the_code_s():

@@ -4,7 +4,9 @@ For each model: the file ``rdc compress`` writes (through the framework adapter,
 split by :func:`rdformat.file.breakdown.breakdown` into payload (coded weights) and overhead (names,
 headers, entropy tables, statistics, metadata, graph, framing, index, end); and, lossless, the ratio of
 the tensor data against ZipNN 0.5.4 and zstd -3 on the same tensors (concatenated raw bytes, which hold
-no names or shapes), plus the ratio of a bare ``rdformat.save`` of the tensors (no adapter metadata).
+no names or shapes), plus the ratio of a bare ``rdformat.save`` of the tensors (no adapter metadata). ZipNN's
+output size is printed too, with the file's size minus it (negative: the whole .rdc file is smaller than
+ZipNN's bare tensor bytes).
 
 Models: MTCNN P-Net, R-Net and O-Net (``../shared/models/*.pt``), an ONNX export of O-Net (graph included),
 and magika's ONNX classifier from the ``magika`` package when installed.
@@ -123,6 +125,7 @@ def main(argv=None) -> int:
             bare = rdformat.save(tensors, io.BytesIO()).bytes
             z, s = zipnn_bytes(blob, "float32"), zstd_bytes(blob)
             extra = {"bare": raw / bare, "zipnn": raw / z if isinstance(z, int) else z,
+                     "zipnn_bytes": z if isinstance(z, int) else None,
                      "zstd": raw / s if isinstance(s, int) else s}
         rows.append(row(label, "lossless", lossless, raw, extra))
         lossy = folder / "bits4.rdc"
@@ -135,12 +138,15 @@ def main(argv=None) -> int:
         return "-" if v is None or v == "" else (fmt.format(v) if isinstance(v, (int, float)) else str(v))
 
     lines = ["| model | mode | file bytes | payload | overhead | overhead % | payload bits/weight (quantized) | "
-             "ratio (file) | ratio, bare tensors | ZipNN 0.5.4 | zstd -3 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ratio (file) | ratio, bare tensors | ZipNN 0.5.4 | ZipNN bytes | file - ZipNN | zstd -3 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['mode']} | {r['file']:,} | {r['payload']:,} | {r['overhead']:,} | "
                      f"{r['pct']:.2f}% | {f(r['bpw'], '{:.2f}')} | {r['raw'] / r['file']:.3f}x | "
-                     f"{f(r.get('bare'), '{:.3f}x')} | {f(r.get('zipnn'), '{:.3f}x')} | {f(r.get('zstd'), '{:.3f}x')} |")
+                     f"{f(r.get('bare'), '{:.3f}x')} | {f(r.get('zipnn'), '{:.3f}x')} | "
+                     f"{f(r.get('zipnn_bytes'), '{:,}')} | "
+                     f"{f(r['file'] - r['zipnn_bytes'] if r.get('zipnn_bytes') else None, '{:+,}')} | "
+                     f"{f(r.get('zstd'), '{:.3f}x')} |")
     lines += ["", "Overhead by category (bytes):", "",
               "| model | mode | " + " | ".join(["tables", "names", "headers", "stats", "metadata", "graph", "framing",
                                                   "index", "end"]) + " |",

@@ -14,6 +14,8 @@ Contents (see spec/vectors/golden/README.md):
 
 * ``lossless.rdc`` - the default lossless codec (``bytesplit``): float32 (with NaN payloads, infinities,
   signed zeros, subnormals), bfloat16 in two chunks, int8, int32, uint8, a scalar and an empty tensor;
+* ``lossless16.rdc`` - the same tensors written by format 1.6 (added with it): a TAIL record ends the file and
+  bytesplit codes the exponent byte with the top mantissa bits (plane mode 5) where that is smaller;
 * ``sq4.rdc`` - lossy at ~4 bits per weight (``rdformat.save(bits=4, method="sq")``: ``sq`` codec; 1-D tensors stay
   lossless), float32 and bfloat16 weights, several chunks and several ANS lanes per chunk;
 * ``dq4.rdc`` - the same tensors at ~4 bits per weight with trellis-coded quantization (``dq`` codec);
@@ -108,6 +110,9 @@ def write_files() -> dict[str, bytes]:
     buf = io.BytesIO()
     rdformat.save(lossless_tensors(), buf, chunk_bytes=64 << 10, metadata={"golden": "lossless"})
     out["lossless.rdc"] = buf.getvalue()
+    buf = io.BytesIO()
+    rdformat.save(lossless_tensors(), buf, chunk_bytes=64 << 10, metadata={"golden": "lossless16"})
+    out["lossless16.rdc"] = buf.getvalue()  # format 1.6: a TAIL record, bytesplit joint planes (mode 5)
     buf = io.BytesIO()
     rdformat.save(lossy_tensors(), buf, bits=4.0, chunk_bytes=48 << 10, metadata={"golden": "sq4"}, method="sq",
                   fine=False)

@@ -43,6 +43,7 @@ VECTORS = ROOT / "spec" / "vectors"
 MANIFEST_VERSION = 1
 
 # dtypes whose npz member stores the raw bit pattern (numpy's .npy format has no code for them)
+BITS_BF16 = next(i.numpy for i in DTYPES.values() if i.name == "bfloat16")
 BITS_DTYPES = {"bfloat16": "<u2", "float8_e4m3fn": "u1", "float8_e5m2": "u1"}
 
 
@@ -111,16 +112,18 @@ def dtype_sample(name: str, n: int, seed: int) -> np.ndarray:
 
 def write(tensors, *, chunk_bytes: int = 1 << 20, metadata=None, graph=None, graph_format="onnx",
           codec="lossless", per_tensor_codec=None, aliases=(), structural=(), small_records=False,
-          layered=False, layer_bytes=None, pack_records=False, compact=False) -> bytes:
+          layered=False, layer_bytes=None, pack_records=False, compact=False, tail=False) -> bytes:
     """A file written by rdformat.Writer (tensors: list of (name, array)).
 
     Most vectors use TENSOR + CHUNK records only (``small_records=False``), so that they exercise those
     records; the ``small_*`` vectors cover SMALL records, the ``pack_*`` ones PACK records and the
-    ``compact_*`` ones the records and plane mode of format 1.5 (``compact=True``)."""
+    ``compact_*`` ones the records and plane mode of format 1.5 (``compact=True``), the ``tail_*`` ones the
+    TAIL record of format 1.6 (``tail=True``)."""
     buf = io.BytesIO()
     with rdformat.Writer(buf, metadata=metadata, graph=graph, graph_format=graph_format, codec=codec,
                          chunk_bytes=chunk_bytes, small_records=small_records, layered=layered,
-                         layer_bytes=layer_bytes, pack_records=pack_records, compact=compact) as w:
+                         layer_bytes=layer_bytes, pack_records=pack_records, compact=compact,
+                         max_minor=None if tail else 5) as w:
         for name, arr in tensors:
             w.add(name, arr, structural=name in structural,
                   codec=(per_tensor_codec or {}).get(name))
@@ -145,12 +148,13 @@ def records(data: bytes) -> list[list]:
     return out
 
 
-def assemble(recs: list[list], *, header: bytes | None = None, index: bool = True) -> bytes:
+def assemble(recs: list[list], *, header: bytes | None = None, index: bool = True, tail: bool = False) -> bytes:
     """Frame ``recs`` (INDEX/END are dropped and rebuilt with correct offsets unless ``index=False``).
 
     Chunk padding is recomputed: chunk data of ``raw`` tensors starts at a multiple of 64 bytes (the
     writer does that only for chunks of 4096 bytes or more; readers accept any pad below 64), other codecs
-    use no padding. With ``index=False`` records are framed exactly as given.
+    use no padding. With ``index=False`` records are framed exactly as given. With ``tail`` the rebuilt index
+    is a TAIL record (format 1.6) instead of INDEX + END; TAIL records in ``recs`` are dropped like them.
     """
     out = bytearray(header if header is not None else C.file_header())
     entries: list[tuple[int, str, int, int]] = []
@@ -158,7 +162,7 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
     current = None  # [name, start] of the tensor whose chunks follow
     codec = None
     for rtype, flags, payload in recs:
-        if rtype in (C.REC_INDEX, C.REC_END) and index:
+        if rtype in (C.REC_INDEX, C.REC_END, C.REC_TAIL) and index:
             continue
         if rtype == C.REC_CHUNK and index:
             idx, pad = struct.unpack_from("<QB", payload)
@@ -187,7 +191,9 @@ def assemble(recs: list[list], *, header: bytes | None = None, index: bool = Tru
         entries.append((C.ENTRY_TENSOR, current[0], current[1], len(out) - current[1]))
     if layers:
         entries.append((C.ENTRY_LAYERS, "", layers[0], layers[1] - layers[0]))
-    if index:
+    if index and tail:
+        out += C.tail_record(entries, len(out))
+    elif index:
         index_offset = len(out)
         out += C.frame(C.REC_INDEX, C.index_payload(entries))
         out += C.frame(C.REC_END, C.end_payload(index_offset, len(out) + C.END_RECORD_SIZE))
@@ -896,6 +902,139 @@ def build() -> dict[str, bytes]:
               "CorruptDataError", "bytesplit shifted plane with a segment shift of 255 (at most 254)")
     b.invalid("bytesplit_shifted_zero_segments", with_group0(gdata[: top + 1] + b"\x00" + gdata[after:]),
               "CorruptDataError", "bytesplit shifted plane declaring 0 segments")
+
+    # -- format 1.6: the TAIL record (compact index and end of file in one record) ---------------------
+    tail_file = write([("encoder.layer1.weight", parts[0].reshape(6, 10)), ("encoder.layer1.bias", parts[1]),
+                       ("big", np.array([(v - 500) / 250.0 for v in lcg_ints(950, 300, 0, 1000)], "<f4"))],
+                      metadata={"note": "tail"}, small_records=True, pack_records=True, compact=True, tail=True,
+                      aliases=[("tied", "big")], chunk_bytes=512)
+    b.valid("tail_unindexed", tail_file,
+            "format 1.6: a file of a few records ending with a TAIL without entries (count 0): a reader by name "
+            "walks the records to list them")
+    u_recs = records(tail_file)
+    assert C.parse_tail(u_recs[-1][2], 0, None)[0] == []
+    b.invalid("tail_unindexed_stray_chunk", assemble(u_recs[:-1] + [u_recs[3]], index=False, header=C.file_header(6))
+              + C.tail_record([], len(tail_file) - len(C.frame(C.REC_TAIL, u_recs[-1][2])) + 20 + len(u_recs[3][2])),
+              "CorruptDataError", "a TAIL without entries after a CHUNK record that follows an ALIAS record")
+    tail_file = assemble(u_recs, header=C.file_header(6), tail=True)  # the same records, indexed
+    trecs = records(tail_file)
+    assert [r[0] for r in trecs] == [C.REC_META, C.REC_ZPACK, C.REC_TENSOR, C.REC_CHUNK, C.REC_CHUNK, C.REC_CHUNK,
+                                     C.REC_ALIAS, C.REC_TAIL], \
+        [r[0] for r in trecs]
+    assert tail_file[8:12] == b"\x01\x00\x06\x00"
+    b.valid("tail_record", tail_file,
+            "format 1.6: the file ends with a TAIL record (type 15): file length, index entries (kind, name, gap "
+            "from the previous entry's end, length, all varints) and a u32 stating the payload bytes before it")
+    # an unknown optional record between two indexed records: the next entry's gap is its size
+    gap_recs = trecs[:2] + [[99, 0, b"skipped by every reader"]] + trecs[2:]
+    gap_file = assemble(gap_recs, header=C.file_header(6), tail=True)
+    b.valid("tail_gap", gap_file,
+            "format 1.6: a TAIL whose third entry has a nonzero gap (an unknown optional record lies before it)")
+    t_at = len(tail_file) - C.RECORD_OVERHEAD - C.TAIL_TRAILER_SIZE - struct.unpack_from("<I", tail_file, len(tail_file) - 8)[0]
+    t_entries, t_len = C.parse_tail(trecs[-1][2], 0, None)
+    t_list = [(e.kind, e.name, e.offset, e.length) for e in t_entries]
+    body = tail_file[:t_at]
+
+    def tail_with(payload: bytes) -> bytes:
+        return body + C.frame(C.REC_TAIL, payload, C.FLAG_REQUIRED)
+
+    def tail_fields(entries_bytes: bytes, count: int, file_length: int | None = None, trailer: int | None = None,
+                    extra: bytes = b"") -> bytes:
+        # the file length counts the record itself: settle its varint for the bytes given
+        fl = file_length
+        if fl is None:
+            fl = t_at + 20 + 2 + len(C.leb128(count)) + len(entries_bytes) + len(extra) + 4
+            assert fl >> 7 and not fl >> 14  # a 2-byte varint
+        head = C.leb128(fl) + C.leb128(count) + entries_bytes + extra
+        return tail_with(head + struct.pack("<I", len(head) if trailer is None else trailer))
+
+    def entry_bytes(entries) -> bytes:
+        out, prev = b"", C.FILE_HEADER_SIZE
+        for kind, name, off, ln in entries:
+            raw = name.encode()
+            out += bytes([kind]) + C.leb128(len(raw)) + raw + C.leb128(off - prev) + C.leb128(ln)
+            prev = off + ln
+        return out
+
+    good_entries = entry_bytes(t_list)
+    assert tail_fields(good_entries, len(t_list)) == tail_file
+    b.invalid("tail_trailer", tail_fields(good_entries, len(t_list), trailer=len(good_entries)),
+              "CorruptDataError", "TAIL whose u32 trailer states fewer bytes than precede it (by name the record "
+              "cannot be found from the end: TruncatedError)", by_name="TruncatedError")
+    b.invalid("tail_file_length", tail_fields(good_entries, len(t_list), file_length=len(tail_file) + 1),
+              "CorruptDataError", "TAIL stating a file length one byte longer than the file")
+    b.invalid("tail_count_over", tail_fields(good_entries, 1 << 20),
+              "CorruptDataError", "TAIL declaring 2^20 entries in a few bytes")
+    b.invalid("tail_count_short", tail_fields(good_entries, len(t_list) - 1),
+              "CorruptDataError", "TAIL declaring one entry fewer than it holds (bytes left before the trailer)")
+    b.invalid("tail_trailing_byte", tail_fields(good_entries, len(t_list), extra=b"\x00"),
+              "CorruptDataError", "TAIL with a byte between its last entry and its trailer")
+    wrong_kind = [(7 if i == 1 else k, n, o, ln) for i, (k, n, o, ln) in enumerate(t_list)]
+    b.invalid("tail_kind", tail_fields(entry_bytes(wrong_kind), len(t_list)),
+              "CorruptDataError", "TAIL entry of unknown kind 7")
+    named_pack = [(k, "p" if k == C.ENTRY_PACK else n, o, ln) for k, n, o, ln in t_list]
+    b.invalid("tail_named_pack", tail_fields(entry_bytes(named_pack), len(t_list)),
+              "CorruptDataError", "TAIL pack entry (kind 5) with a name")
+    past = t_list[:-1] + [(t_list[-1][0], t_list[-1][1], t_list[-1][2], len(tail_file))]
+    b.invalid("tail_entry_past_end", tail_fields(entry_bytes(past), len(t_list)),
+              "CorruptDataError", "TAIL entry whose length runs past the end of the file")
+    shifted = t_list[:2] + [(t_list[2][0], t_list[2][1], t_list[2][2] + 1, t_list[2][3] - 1)] + t_list[3:]
+    b.invalid("tail_entry_gap", tail_fields(entry_bytes(shifted), len(t_list)),
+              "CorruptDataError", "TAIL entry whose gap points one byte into the record it should list")
+    b.invalid("tail_then_bytes", tail_file + b"\x00",
+              "CorruptDataError", "a byte after the TAIL record (by name: no end record at the end, TruncatedError; "
+              "a stream reader stops at the TAIL, as at an END record)", by_name="TruncatedError", stream=None)
+
+    # -- format 1.6: bytesplit plane mode 5 (the exponent byte joined with the top mantissa bits) ----------
+    def rowed(seed: int, rows: int, cols: int, dtype: str) -> np.ndarray:
+        # magnitudes u / (1 - u) (density 1 / (1 + y)^2; only IEEE division, so the same bytes everywhere) with
+        # signs of their own: the density falls within each octave, so the top mantissa bit depends on the
+        # exponent, as in trained weights
+        u = np.array([(v + 0.5) / 1001 for v in lcg_ints(seed, rows * cols, 0, 1000)])
+        sign = np.array([1.0 if v else -1.0 for v in lcg_ints(seed + 7, rows * cols, 0, 1)])
+        body = u / (1.0 - u) * sign
+        scale = np.array([2.0 ** (v - 6) for v in lcg_ints(seed + 1, rows, 0, 8)])
+        return (body.reshape(rows, cols) * scale[:, None]).astype(dtype)
+
+    joint_tensors = [("w32", rowed(960, 12, 100, "<f4")), ("wbf", rowed(970, 24, 100, "<f4").astype(BITS_BF16))]
+    joint_file = write(joint_tensors, codec="lossless", compact=True, tail=True)
+    jrecs = records(joint_file)
+    jchunks = [i for i, r in enumerate(jrecs) if r[0] == C.REC_CHUNK]
+    assert len(jchunks) == 2 and joint_file[8:12] == b"\x01\x00\x06\x00"
+    from rdformat.codecs import bytesplit as BS  # noqa: E402
+    for i, (_n, arr) in zip(jchunks, joint_tensors):
+        assert BS.PLANE_ANS_JOINT in BS.plane_modes(jrecs[i][2][9:], arr.size, arr.dtype.itemsize), _n
+    b.valid("joint_planes", joint_file,
+            "format 1.6: bytesplit plane mode 5 in a float32 and a bfloat16 tensor: the exponent byte (segments "
+            "and shifts as in mode 4) joined with the top mantissa bits of the byte below it into one ANS symbol "
+            "(joint table: top-symbol table, then per top symbol the frequencies of its joint symbols), the low "
+            "bits of that byte packed")
+    jdata = jrecs[jchunks[0]][2][9:]
+    count = joint_tensors[0][1].size
+    jat = 2 * (1 + count)  # planes 0 and 1 are raw
+    assert jdata[0] == jdata[1 + count] == BS.PLANE_RAW and jdata[jat] == BS.PLANE_ANS_JOINT
+
+    def joint_with(data: bytes) -> bytes:
+        recs = [list(r) for r in jrecs]
+        recs[jchunks[0]][2] = jrecs[jchunks[0]][2][:9] + data
+        return assemble(recs, header=C.file_header(6), tail=True)
+
+    b.invalid("joint_bits_zero", joint_with(jdata[: jat + 1] + b"\x00" + jdata[jat + 2 :]),
+              "CorruptDataError", "bytesplit joint plane with 0 joined bits (1..7 allowed)")
+    b.invalid("joint_bits_eight", joint_with(jdata[: jat + 1] + b"\x08" + jdata[jat + 2 :]),
+              "CorruptDataError", "bytesplit joint plane with 8 joined bits (1..7 allowed)")
+    b.invalid("joint_wrong_plane", joint_with(jdata[: 1 + count] + jdata[jat:]),
+              "CorruptDataError", "bytesplit joint plane (mode 5) at plane 1 of a float32 chunk (only plane 2)")
+    b.invalid("joint_padding", joint_with(jdata[:-1] + bytes([jdata[-1] | 0x80]) if (count * 7) % 8 else
+                                          jdata + b"\x01"),
+              "CorruptDataError", "bytesplit joint plane whose packed low bits end in a nonzero unused bit")
+    jsegs, jpos = BS._read_segments(jdata, jat + 2, count, 2)
+    jtops, jafter = FrequencyTable.from_bytes(jdata, jpos)
+    _g, jend = BS._read_varint(jdata, jafter, "g")
+    b.invalid("joint_frequency_over", joint_with(jdata[:jafter] + C.leb128(int(jtops.freqs[0]) + 1) + jdata[jend:]),
+              "CorruptDataError", "bytesplit joint table whose first joint frequency exceeds its top symbol's")
+    b.invalid("joint_low_bits_short", joint_with(jdata[:-1]),
+              "CorruptDataError", "bytesplit joint plane whose packed low bits are one byte short")
 
     # -- surp: progressive index streams, built from explicit runs (spec section 5.5) ----------------
     from rdformat.codecs import surp as SC  # noqa: E402

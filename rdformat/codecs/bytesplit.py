@@ -25,6 +25,11 @@ PLANE_ANS_PAIRS = 3
 #: Since format 1.5: the plane coded by segments (the members of a PACK group), each byte shifted by its
 #: segment's amount before one shared table codes them all (exponents relative to each tensor's scale).
 PLANE_ANS_SHIFTED = 4
+#: Since format 1.6: planes w-2 and w-1 coded together: the top byte (shifted by segments as in mode 4) joined
+#: with the top ``t`` bits of the byte below it as one ANS symbol, the low 8-t bits of that byte packed.
+PLANE_ANS_JOINT = 5
+#: Joined bit counts the encoder tries (any 1..7 decodes): more bits cost a bigger table.
+JOINT_BITS = (1, 2, 3)
 #: The byte a shifted plane maps each segment's median to (any value works; one value for all segments).
 SHIFT_CENTRE = 128
 TRANSFORMS = ("none", "rotl1")
@@ -48,16 +53,21 @@ class ByteSplitCodec(Codec):
         precision: frequency-table precision in bits (encoder choice; tables record their own).
         min_gain: a plane is entropy-coded only if that saves at least this fraction of its bytes
             (encoder choice: trades a little size for decode speed).
+        joint: may code the exponent plane of floats together with the top mantissa bits (plane mode 5,
+            format 1.6) where that is smaller; False writes only the plane modes of format 1.5.
     """
 
     codec_id = "bytesplit"
 
-    def __init__(self, transform: str | None = None, *, precision: int = 14, min_gain: float = 0.03) -> None:
+    def __init__(self, transform: str | None = None, *, precision: int = 14, min_gain: float = 0.03,
+                 joint: bool = True) -> None:
         if transform is not None and transform not in TRANSFORMS:
             raise CorruptDataError(f"bytesplit: unknown transform {transform!r}")
         self.transform = transform
         self.precision = precision
         self.min_gain = min_gain
+        #: encoder choice: may code the top two planes of floats together (PLANE_ANS_JOINT, format 1.6)
+        self.joint = joint
 
     def get_config(self) -> dict:
         """Only the transform is needed to decode."""
@@ -73,7 +83,7 @@ class ByteSplitCodec(Codec):
     def for_tensor(self, array: np.ndarray, dtype: DtypeInfo) -> "ByteSplitCodec":
         """Fix the transform from the dtype."""
         transform = self.transform or ("rotl1" if dtype.kind == "float" else "none")
-        return ByteSplitCodec(transform, precision=self.precision, min_gain=self.min_gain)
+        return ByteSplitCodec(transform, precision=self.precision, min_gain=self.min_gain, joint=self.joint)
 
     def _words(self, elements: np.ndarray, dtype: DtypeInfo) -> np.ndarray:
         words = elements.view(_UINT[dtype.itemsize])
@@ -88,14 +98,22 @@ class ByteSplitCodec(Codec):
         w = dtype.itemsize
         planes = self._words(elements, dtype).view(np.uint8).reshape(-1, w)
         out = []
+        shifts = None
         for k in range(w):
             plane = np.ascontiguousarray(planes[:, k])
             coded = self._encode_plane(plane)
             if segments is not None and k == w - 1 and self.transform == "rotl1" and len(segments) > 1:
-                shifted = _encode_shifted(plane, segments, self.precision)
+                shifted, shifts = _encode_shifted(plane, segments, self.precision, with_shifts=True)
                 if shifted is not None and len(shifted) < len(coded):
                     coded = shifted
             out.append(coded)
+        if self.joint and self.transform == "rotl1" and w >= 2 and planes.shape[0] >= 64:
+            # planes w-2 and w-1 coded together when that is smaller (format 1.6)
+            segs = list(zip(segments, shifts)) if segments is not None and shifts is not None else [(planes.shape[0], 0)]
+            joint = _encode_joint(np.ascontiguousarray(planes[:, w - 1]), np.ascontiguousarray(planes[:, w - 2]),
+                                  segs, len(out[-1]) + len(out[-2]))
+            if joint is not None:
+                out[-2:] = [joint]
         return b"".join(out)
 
     def _encode_plane(self, plane: np.ndarray) -> bytes:
@@ -144,11 +162,29 @@ class ByteSplitCodec(Codec):
         fills = []  # (plane, raw bytes or constant) - the planes are only allocated in finish
         blocks, coded = [], []  # coded: (plane, mode, offset) of each ANS block
         pos = 0
-        for k in range(w):
+        k = -1
+        while k + 1 < w:
+            k += 1
             if pos >= len(buf):
                 raise CorruptDataError(f"bytesplit chunk ends before plane {k}", offset=pos)
             mode = buf[pos]
             pos += 1
+            if mode == PLANE_ANS_JOINT:
+                if k != w - 2:
+                    raise CorruptDataError(f"bytesplit plane {k}: mode 5 (joint) is allowed only at plane {w - 2} of "
+                                           f"{w}-byte elements", offset=pos - 1)
+                joint, table, n, pos = _read_joint(buf, pos, count, k)
+                blocks.append((memoryview(buf)[pos : pos + n], count, table, np.uint16))
+                pos += n
+                low = -(-count * (8 - joint.bits) // 8)
+                if low > len(buf) - pos:
+                    raise CorruptDataError(f"bytesplit plane {k}: packed low bits are truncated", offset=pos)
+                joint.low = np.frombuffer(buf, np.uint8, low, pos)
+                _check_padding(joint.low, count * (8 - joint.bits), pos)
+                coded.append((k, joint, pos))
+                pos += low
+                k += 1  # the joint mode stands for plane w-1 too
+                continue
             if mode == PLANE_RAW:
                 if pos + count > len(buf):
                     raise CorruptDataError(f"bytesplit raw plane {k} is truncated", offset=pos)
@@ -202,7 +238,9 @@ class ByteSplitCodec(Codec):
             for k, value in fills:
                 planes[:, k] = value
             for (k, mode, at), symbols in zip(coded, decoded):
-                if isinstance(mode, tuple):
+                if isinstance(mode, _Joint):
+                    planes[:, k], planes[:, k + 1] = mode.planes(symbols, count)
+                elif isinstance(mode, tuple):
                     planes[:, k] = _unshift(symbols, mode)
                 elif mode == PLANE_ANS:
                     planes[:, k] = symbols
@@ -225,7 +263,9 @@ class ByteSplitCodec(Codec):
             for k, value in fills:
                 sources[k] = value if isinstance(value, np.ndarray) else np.full(count, value, dtype=np.uint8)
             for (k, mode, at), symbols in zip(coded, decoded):
-                if isinstance(mode, tuple):
+                if isinstance(mode, _Joint):
+                    sources[k], sources[k + 1] = mode.planes(symbols, count)
+                elif isinstance(mode, tuple):
                     sources[k] = _unshift(symbols, mode)
                 elif mode == PLANE_ANS:
                     sources[k] = symbols
@@ -332,26 +372,91 @@ def _read_segments(buf: bytes, pos: int, count: int, k: int) -> tuple[tuple, int
     return tuple(segs), pos
 
 
-def _encode_shifted(plane: np.ndarray, segments: list[int], precision: int) -> bytes | None:
+def _shifted_hist(hist: np.ndarray, shift: int) -> np.ndarray:
+    """The histogram of :func:`_shift_bytes` of bytes whose histogram is ``hist``, for one ``shift``."""
+    out = hist.copy()
+    out[1:] = np.roll(hist[1:], -shift)
+    return out
+
+
+def _refine_shifts(plane: np.ndarray, segments: list[int], shifts: list[int], sweeps: int = 2) -> list[int]:
+    """Shifts (one per segment) that lower the estimated size of the shifted plane, from ``shifts``.
+
+    Encoder choice only (any shifts decode): coordinate descent over each segment's shift (its current
+    value +-3 and its neighbours' values, which merge segments), scored by the empirical order-0 entropy
+    of the shifted bytes plus ~2 bytes per table symbol and ~3 bytes per segment run; O(256) per trial."""
+    m = len(segments)
+    if m < 2 or m > 4096:
+        return shifts
+    starts = np.concatenate([[0], np.cumsum(segments)])
+    hists = [np.bincount(plane[starts[i] : starts[i + 1]], minlength=256).astype(np.int64) for i in range(m)]
+    cur = list(shifts)
+    parts = [_shifted_hist(h, s) for h, s in zip(hists, cur)]
+    total = np.sum(parts, axis=0)
+    n = int(total.sum())
+
+    def cost(counts: np.ndarray) -> float:
+        c = counts[counts > 0].astype(np.float64)
+        return (n * np.log2(n) - float((c * np.log2(c)).sum())) / 8 + 2 * c.size
+
+    def runs(i: int, s: int) -> int:  # run starts that segment i's shift s makes, with its neighbours
+        return (i == 0 or cur[i - 1] != s) + (i + 1 < m and cur[i + 1] != s)
+
+    for _ in range(sweeps):
+        changed = False
+        for i in range(m):
+            rest = total - parts[i]
+            best_s, best = cur[i], cost(total) + 3 * runs(i, cur[i])
+            cands = {(cur[i] + d) % 255 for d in (-3, -2, -1, 1, 2, 3)}
+            cands.update(cur[j] for j in (i - 1, i + 1) if 0 <= j < m)
+            for s in sorted(cands - {cur[i]}):
+                trial = cost(rest + _shifted_hist(hists[i], s)) + 3 * runs(i, s)
+                if trial < best - 1e-9:
+                    best_s, best = s, trial
+            if best_s != cur[i]:
+                cur[i] = best_s
+                parts[i] = _shifted_hist(hists[i], best_s)
+                total = rest + parts[i]
+                changed = True
+        if not changed:
+            break
+    return cur
+
+
+def _encode_shifted(plane: np.ndarray, segments: list[int], precision: int, *, with_shifts: bool = False):
     """The plane as PLANE_ANS_SHIFTED: each segment's bytes shifted so that its median nonzero byte lands on
-    SHIFT_CENTRE (adjacent segments with one shift merged), then one table for all; None when it cannot
-    apply (a single symbol)."""
-    segs: list[list[int]] = []
+    SHIFT_CENTRE, refined by :func:`_refine_shifts` when that codes smaller, adjacent segments with one shift
+    merged, then one table for all; None when it cannot apply (a single symbol)."""
+    if sum(segments) != plane.size or not segments:
+        return (None, None) if with_shifts else None
+    medians = []
     start = 0
     for n in segments:
         part = plane[start : start + n]
         start += n
         nz = part[part != 0]
-        shift = (int(np.median(nz)) - SHIFT_CENTRE) % 255 if nz.size else 0
+        medians.append((int(np.median(nz)) - SHIFT_CENTRE) % 255 if nz.size else 0)
+    best, chosen = None, medians
+    for shifts in (medians, _refine_shifts(plane, segments, medians)):
+        if best is not None and shifts == medians:
+            continue
+        coded = _encode_shifted_with(plane, segments, shifts, precision)
+        if coded is not None and (best is None or len(coded) < len(best)):
+            best, chosen = coded, shifts
+    return (best, chosen) if with_shifts else best
+
+
+def _encode_shifted_with(plane: np.ndarray, segments: list[int], shifts: list[int], precision: int) -> bytes | None:
+    """PLANE_ANS_SHIFTED with the given per-segment ``shifts`` (adjacent equal shifts merged)."""
+    segs: list[list[int]] = []
+    for n, shift in zip(segments, shifts):
         if segs and segs[-1][1] == shift:
             segs[-1][0] += n
         else:
             segs.append([n, shift])
-    if start != plane.size or not segs:
-        return None
     lengths = np.array([n for n, _s in segs], np.int64)
-    shifts = np.repeat(np.array([s for _n, s in segs], np.int32), lengths)
-    symbols = _shift_bytes(plane, shifts)
+    shifted = np.repeat(np.array([s for _n, s in segs], np.int32), lengths)
+    symbols = _shift_bytes(plane, shifted)
     counts = np.bincount(symbols, minlength=256)
     present = np.flatnonzero(counts)
     if present.size < 2:
@@ -368,22 +473,194 @@ def _encode_shifted(plane: np.ndarray, segments: list[int], precision: int) -> b
     return b"".join(head + [table.to_bytes(), leb128(len(block)), block])
 
 
-def uses_shifted(data: bytes | memoryview, count: int, itemsize: int) -> bool:
-    """Whether bytesplit chunk ``data`` (of a valid file) holds a PLANE_ANS_SHIFTED plane (format 1.5)."""
+# ------------------------------------------------------------------------------------------------
+# PLANE_ANS_JOINT (format 1.6), at plane w-2, standing for planes w-2 and w-1:
+#   u8 5, u8 t (1..7), varint S, S x (varint length, u8 shift), joint table, varint n,
+#   ANS block of count symbols, then ceil(count * (8 - t) / 8) bytes: the low 8-t bits of plane w-2, packed
+
+
+class _Joint:
+    """A parsed joint plane: its bit count, segments and (once read) packed low bits."""
+
+    __slots__ = ("bits", "segs", "low")
+
+    def __init__(self, bits: int, segs: tuple) -> None:
+        self.bits, self.segs, self.low = bits, segs, None
+
+    def planes(self, symbols: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(plane w-2, plane w-1) from the decoded symbols ``y``: the top byte is ``y >> t`` unshifted by its
+        segment, the byte below it ``(y & (2**t - 1)) << (8 - t)`` or'ed with its packed low bits."""
+        t = self.bits
+        y = symbols.astype(np.uint16, copy=False)  # joint symbols are below 256 << 7
+        top = (y >> np.uint16(t)).astype(np.uint8)
+        if len(self.segs) > 1 or self.segs[0][1]:
+            top = _unshift(top, self.segs)
+        low = _unpack_bits(self.low, count, 8 - t)
+        return ((y << np.uint16(8 - t)).astype(np.uint8) | low), top
+
+
+def _pack_bits(values: np.ndarray, width: int) -> bytes:
+    """The low ``width`` bits of each byte, element i in bits [i*width, (i+1)*width) of a little-endian bit
+    stream (bit j is bit j % 8 of byte j // 8); unused bits of the last byte are 0.
+
+    Eight values fill exactly ``width`` bytes: each group of eight is assembled in one 64-bit word."""
+    n = -(-values.size * width // 8)
+    groups = -(-values.size // 8)
+    v = np.zeros(groups * 8, np.uint64)
+    v[: values.size] = values & ((1 << width) - 1)
+    shifts = (np.arange(8, dtype=np.uint64) * np.uint64(width))
+    words = np.bitwise_or.reduce(v.reshape(groups, 8) << shifts, axis=1).astype("<u8")
+    return words.view(np.uint8).reshape(groups, 8)[:, :width].reshape(-1)[:n].tobytes()
+
+
+def _unpack_bits(packed: np.ndarray, count: int, width: int) -> np.ndarray:
+    """Inverse of :func:`_pack_bits`: ``count`` values of ``width`` bits, eight per 64-bit word."""
+    groups = -(-count // 8)
+    stream = np.zeros(groups * width, np.uint8)
+    stream[: packed.size] = packed
+    buf = np.zeros((groups, 8), np.uint8)
+    buf[:, :width] = stream.reshape(groups, width)
+    words = buf.view("<u8")  # (groups, 1)
+    shifts = (np.arange(8, dtype=np.uint64) * np.uint64(width))
+    return ((words >> shifts) & np.uint64((1 << width) - 1)).astype(np.uint8).reshape(-1)[:count]
+
+
+def _check_padding(packed: np.ndarray, nbits: int, pos: int) -> None:
+    """The unused bits of a packed bit stream's last byte must be zero."""
+    if nbits % 8 and packed.size and int(packed[-1]) >> (nbits % 8):
+        raise CorruptDataError("bytesplit joint plane: unused bits of the packed low bits are not zero",
+                               offset=pos + packed.size - 1)
+
+
+def _read_joint(buf, pos: int, count: int, k: int) -> tuple[_Joint, FrequencyTable, int, int]:
+    """Parse a joint plane's header: (joint, table, block length, position of the block); every field checked."""
+    what = f"bytesplit plane {k} (joint)"
+    if pos >= len(buf):
+        raise CorruptDataError(f"{what}: bit count is truncated", offset=pos)
+    t = buf[pos]
+    if not 1 <= t <= 7:
+        raise CorruptDataError(f"{what}: {t} joined bits (1..7 allowed)", offset=pos)
+    segs, pos = _read_segments(buf, pos + 1, count, k)
+    table, pos = _read_joint_table(buf, pos, t, what)
+    n, pos = _read_varint(buf, pos, f"{what} block length")
+    if n > len(buf) - pos:
+        raise CorruptDataError(f"{what}: block runs past the chunk", offset=pos)
+    return _Joint(t, segs), table, n, pos
+
+
+def _joint_table_bytes(table: FrequencyTable, t: int) -> bytes:
+    """The joint table in its stored form: a table (section 6.1) of the top symbols ``y >> t`` whose
+    frequencies are the sums over their ``2**t`` joint symbols, then, per top symbol in order, the
+    frequencies of its joint symbols ``0 .. 2**t - 2`` (varints, 0 = absent; the last is the remainder)."""
+    top = table.symbols.astype(np.int64) >> t
+    tops, first = np.unique(top, return_index=True)
+    sums = np.add.reduceat(table.freqs.astype(np.int64), first)
+    parts = [FrequencyTable(table.precision, tops, sums).to_bytes()]
+    sub = np.zeros((tops.size, 1 << t), np.int64)
+    sub[np.searchsorted(tops, top), table.symbols.astype(np.int64) & ((1 << t) - 1)] = table.freqs
+    parts += [leb128(int(f)) for f in sub[:, :-1].reshape(-1)]
+    return b"".join(parts)
+
+
+def _read_joint_table(buf, pos: int, t: int, what: str) -> tuple[FrequencyTable, int]:
+    """Parse a joint table (:func:`_joint_table_bytes`): every sub-frequency is bounded by what is left of its
+    top symbol's frequency, so the joint table is valid by construction (sum 2**Q, every frequency >= 1)."""
+    try:
+        tops, pos = FrequencyTable.from_bytes(buf, pos)
+    except RdcError as exc:
+        raise exc.with_context(record="chunk")
+    if tops.symbols[-1] > 255:
+        raise CorruptDataError(f"{what}: table has top symbols above 255", offset=pos)
+    per = (1 << t) - 1
+    if len(buf) - pos < tops.symbols.size * per:  # each varint takes at least a byte: checked before the loop
+        raise CorruptDataError(f"{what}: joint frequencies are truncated", offset=pos)
+    symbols, freqs = [], []
+    for e, f in zip(tops.symbols.tolist(), tops.freqs.tolist()):
+        left = f
+        for j in range(per + 1):
+            if j < per:
+                at = pos
+                g, pos = _read_varint(buf, pos, f"{what} joint frequency")
+                if g > left:
+                    raise CorruptDataError(f"{what}: joint frequency {g} is over the {left} left of its top "
+                                           f"symbol's {f}", offset=at)
+            else:
+                g = left
+            left -= g
+            if g:
+                symbols.append((e << t) | j)
+                freqs.append(g)
+    return FrequencyTable(tops.precision, symbols, freqs), pos
+
+
+def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]], budget: int) -> bytes | None:
+    """Planes w-1 (``top``) and w-2 (``below``) as one PLANE_ANS_JOINT plane, for the joined bit count whose
+    estimated size is smallest; None unless that is smaller than ``budget`` bytes (the two planes apart)."""
+    merged: list[list[int]] = []
+    for n, shift in segs:
+        if merged and merged[-1][1] == shift:
+            merged[-1][0] += n
+        else:
+            merged.append([n, shift])
+    shifts = np.repeat(np.array([s for _n, s in merged], np.int32), np.array([n for n, _s in merged], np.int64))
+    exp = _shift_bytes(top, shifts).astype(np.uint32)
+    head = b"".join([leb128(len(merged))] + [leb128(n) + bytes([s]) for n, s in merged])
+    count = top.size
+    best = None
+    for t in JOINT_BITS:
+        symbols = (exp << t) | (below >> (8 - t)).astype(np.uint32)
+        counts = np.bincount(symbols)
+        present = np.flatnonzero(counts)
+        low = -(-count * (8 - t) // 8)
+        for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 16) for p in (10, 12, 14)}):
+            table = FrequencyTable.from_counts(present, counts[present], precision=q)
+            estimate = len(_joint_table_bytes(table, t)) + table.cost_bits(counts[present]) / 8 + 16 + low
+            if best is None or estimate < best[0]:
+                best = (estimate, t, symbols, table)
+    if best is None or best[0] + len(head) + 4 >= budget:
+        return None
+    _estimate, t, symbols, table = best
+    block = ans.encode(symbols, table)
+    data = b"".join([bytes([PLANE_ANS_JOINT, t]), head, _joint_table_bytes(table, t), leb128(len(block)), block,
+                     _pack_bits(below & ((1 << (8 - t)) - 1), 8 - t)])
+    return data if len(data) < budget else None
+
+
+def plane_modes(data: bytes | memoryview, count: int, itemsize: int) -> set[int]:
+    """The plane modes bytesplit chunk ``data`` (of a valid file) uses: 4 needs format 1.5, 5 format 1.6."""
     buf = bytes(data)
-    pos = 0
-    for k in range(itemsize):
-        if pos >= len(buf):
-            return False
+    modes: set[int] = set()
+    pos, k = 0, 0
+    while k < itemsize and pos < len(buf):
         mode = buf[pos]
+        modes.add(mode)
         pos += 1
-        if mode == PLANE_ANS_SHIFTED:
-            return True
         if mode == PLANE_RAW:
             pos += count
         elif mode == PLANE_CONSTANT:
             pos += 1
+        elif mode == PLANE_ANS_JOINT:
+            _joint, _table, n, pos = _read_joint(buf, pos, count, k)
+            return modes  # the last plane pair
+        elif mode == PLANE_ANS_SHIFTED:
+            _segs, pos = _read_segments(buf, pos, count, k)
+            _table, pos = FrequencyTable.from_bytes(buf, pos)
+            n, pos = _read_varint(buf, pos, "block length")
+            pos += n
         else:
             _table, pos = FrequencyTable.from_bytes(buf, pos)
             pos += 8 + int.from_bytes(buf[pos : pos + 8], "little")
-    return False
+        k += 1
+    return modes
+
+
+def uses_shifted(data: bytes | memoryview, count: int, itemsize: int) -> bool:
+    """Whether bytesplit chunk ``data`` (of a valid file) holds a PLANE_ANS_SHIFTED plane (format 1.5)."""
+    return PLANE_ANS_SHIFTED in plane_modes(data, count, itemsize)
+
+
+def format_minor(data: bytes | memoryview, count: int, itemsize: int) -> int:
+    """The file format minor version bytesplit chunk ``data`` needs: 6 with a joint plane, 5 with a shifted
+    plane, else 0 (modes 0-3 exist since 1.0)."""
+    modes = plane_modes(data, count, itemsize)
+    return 6 if PLANE_ANS_JOINT in modes else 5 if PLANE_ANS_SHIFTED in modes else 0

@@ -9,7 +9,8 @@ byte into one category:
 * ``names``, ``headers`` (dtype, shape, codec id and configuration, chunk fields), ``stats`` (the
   informational statistics, JSON or binary; a ZPACK record's deflated directory is shared among these
   three in proportion to their plain bytes), ``metadata``, ``graph``, ``framing`` (record headers and
-  CRCs, the file header), ``index`` (INDEX without names) and ``end``.
+  CRCs, the file header), ``index`` (INDEX without names; a TAIL's entries without names) and ``end`` (the END
+  record; a TAIL's file length and trailer).
 
 Everything but ``payload`` is overhead. ``payload_bits`` splits the payload of lossy (quantized) tensors
 from lossless ones, so that ``8 * lossy_payload / lossy_weights`` is the bits per weight of the quantized
@@ -29,7 +30,7 @@ from typing import BinaryIO
 from ..format import records as C
 from ..format.dtypes import by_code
 from ..entropy import FrequencyTable
-from ..codecs.bytesplit import PLANE_ANS_SHIFTED, _read_segments, _read_varint
+from ..codecs.bytesplit import PLANE_ANS_JOINT, PLANE_ANS_SHIFTED, _read_joint, _read_segments, _read_varint
 
 CATEGORIES = ("payload", "tables", "names", "headers", "stats", "metadata", "graph", "framing", "index", "end")
 
@@ -65,10 +66,19 @@ def _codec_data(codec: str, data: bytes, count: int, itemsize: int, acc: Counter
     if codec == "bytesplit":
         pos = 0
         for _k in range(itemsize):
+            if pos >= len(data):  # the planes a joint plane stood for
+                break
             mode = data[pos]
             acc["tables"] += 1
             pos += 1
-            if mode == 0:
+            if mode == PLANE_ANS_JOINT:  # bit count, segments, table, varint length: tables; packed bits: payload
+                start = pos
+                joint, _table, n, pos = _read_joint(data, pos, count, _k)
+                acc["tables"] += pos - start
+                _ans_block(data, pos, pos + n, acc)
+                acc["payload"] += len(data) - pos - n
+                pos = len(data)
+            elif mode == 0:
                 acc["payload"] += count
                 pos += count
             elif mode == 1:
@@ -241,6 +251,13 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
             names = sum(2 + len(e.name.encode("utf-8")) for e in entries)
             acc["names"] += names
             acc["index"] += length - names
+        elif rtype == C.REC_TAIL:  # since 1.6: the compact index, then the file length and trailer (end)
+            entries, file_length = C.parse_tail(payload, base, None)
+            names = sum(len(C.leb128(len(e.name.encode("utf-8")))) + len(e.name.encode("utf-8")) for e in entries)
+            end = len(C.leb128(file_length)) + C.TAIL_TRAILER_SIZE
+            acc["names"] += names
+            acc["end"] += end
+            acc["index"] += length - names - end
         elif rtype == C.REC_END:
             acc["end"] += length + C.RECORD_OVERHEAD
             acc["framing"] -= C.RECORD_OVERHEAD

@@ -525,6 +525,27 @@ class RdcReader:
                     ready = self._finish_layered(layered, deferred)
                     if not ready and not finished:
                         continue
+                elif head.rtype == C.REC_TAIL:
+                    # since 1.6: the compact index and the end of the file in one record
+                    if layer_first is not None:
+                        entries.append((C.ENTRY_LAYERS, "", layer_first, layer_end - layer_first))
+                    payload = C.read_payload(self._src, head)
+                    tail_entries, length = C.parse_tail(payload, head.offset + C.RECORD_HEADER_SIZE, None)
+                    # a TAIL without entries is not indexed: its entries are the records just read
+                    if tail_entries and [(e.kind, e.name, e.offset, e.length) for e in tail_entries] != entries:
+                        raise CorruptDataError("the index does not list the records of the file",
+                                               offset=head.offset, record="tail")
+                    if length != head.end - self._start:
+                        raise CorruptDataError("tail record states a different file length", offset=head.offset,
+                                               record="tail")
+                    rem = self._src.remaining()
+                    if rem:
+                        raise CorruptDataError(f"{rem} bytes after the tail record", offset=self._src.pos,
+                                               record="tail")
+                    index_at = rel
+                    ready = self._finish_layered(layered, deferred)
+                    finished = True
+                    head = None
                 elif head.rtype == C.REC_END:
                     if index_at is None:
                         raise CorruptDataError("end record without an index record", offset=head.offset, record="end")
@@ -978,30 +999,7 @@ class RdcReader:
                 "access by name needs a seekable file; iterate over a stream instead"
             )
         size = self._src.size
-        end_at = size - C.END_RECORD_SIZE
-        if end_at < self._start + C.FILE_HEADER_SIZE:
-            raise TruncatedError("file is too short to hold an end record", offset=size)
-        self._src.seek(end_at)
-        raw = self._src.read_exact(C.RECORD_HEADER_SIZE, what="the end record", record="end")
-        rtype, _, length = C._REC_HEAD.unpack_from(raw)
-        if rtype != C.REC_END or length != C.END_PAYLOAD_SIZE:
-            raise TruncatedError("no end record at the end of the file (truncated, not closed, or followed by "
-                                 "other bytes)", offset=end_at, record="end")
-        if C._U32.unpack_from(raw, 12)[0] != C.crc32(raw[:12]):
-            raise ChecksumError("record header CRC mismatch", offset=end_at, record="end")
-        head = C.RecordHead(C.REC_END, 0, C.END_PAYLOAD_SIZE, end_at)
-        index_offset, length = C.parse_end(C.read_payload(self._src, head), end_at + C.RECORD_HEADER_SIZE)
-        if length != size - self._start:
-            raise CorruptDataError(f"end record states a file length of {length}, the file has {size - self._start}",
-                                   offset=end_at, record="end")
-        index_at = self._start + index_offset
-        if not (self._start + C.FILE_HEADER_SIZE <= index_at < end_at):
-            raise CorruptDataError("end record points outside the file", offset=end_at, record="end")
-        self._src.seek(index_at)
-        ihead = C.read_record_head(self._src)
-        if ihead.rtype != C.REC_INDEX or ihead.end != end_at:
-            raise CorruptDataError("end record does not point to the index record", offset=index_at, record="index")
-        entries = C.parse_index(C.read_payload(self._src, ihead), index_at + C.RECORD_HEADER_SIZE, end_at - self._start)
+        entries, index_offset, ihead = self._find_index(size)
         # The index must describe a well-formed file: entries in file order without overlap, ending
         # before the index; its META/GRAPH entries are exactly the leading records read at open.
         prev_end = C.FILE_HEADER_SIZE
@@ -1058,6 +1056,113 @@ class RdcReader:
         self._index_list, self._ordinals, self._index_at = index_list, ordinals, index_offset
         self._index, self._order, self._aliases = index, order, aliases
         return index
+
+    def _find_index(self, size: int) -> tuple[list[C.IndexEntry], int, C.RecordHead]:
+        """The index entries, the index's relative offset and its record head, from the end of the file:
+        an END record (36 bytes) pointing at an INDEX record, or (since 1.6) a TAIL record, found through the
+        u32 at its end that states its payload length. The last 36 bytes are read once for both; every
+        length is checked before it is used."""
+        span = size - self._start - C.FILE_HEADER_SIZE  # bytes after the file header
+        if span < min(C.END_RECORD_SIZE, C.MIN_TAIL_RECORD_SIZE):
+            raise TruncatedError("file is too short to hold an end record", offset=size)
+        k = min(span, C.END_RECORD_SIZE)
+        self._src.seek(size - k)
+        last = self._src.read_exact(k, what="the end of the file", record="end")
+        if k == C.END_RECORD_SIZE:
+            rtype, _, length = C._REC_HEAD.unpack_from(last)
+            if rtype == C.REC_END and length == C.END_PAYLOAD_SIZE:
+                if C._U32.unpack_from(last, 12)[0] != C.crc32(last[:12]):
+                    raise ChecksumError("record header CRC mismatch", offset=size - k, record="end")
+                return self._index_from_end(size, size - k, last)
+        # since 1.6: a TAIL record, whose payload ends with a u32 stating the payload bytes before it
+        body = C._U32.unpack_from(last, k - 2 * C.RECORD_TRAILER_SIZE)[0]
+        record = C.RECORD_OVERHEAD + body + C.TAIL_TRAILER_SIZE
+        tail_at = size - record
+        if record > span or body + C.TAIL_TRAILER_SIZE > C.MAX_INDEX_BYTES:
+            raise TruncatedError("no end record at the end of the file (nor a tail record: truncated, not "
+                                 "closed, or followed by other bytes)", offset=size - k, record="end")
+        if record > k:  # the rest of the record, before the bytes already read
+            self._src.seek(tail_at)
+            last = self._src.read_exact(record - k, what="the tail record", record="tail") + last
+        raw = last[len(last) - record :]
+        rtype, flags, length = C._REC_HEAD.unpack_from(raw)
+        if rtype != C.REC_TAIL or length != body + C.TAIL_TRAILER_SIZE:
+            raise TruncatedError("no end record at the end of the file (nor a tail record: truncated, not "
+                                 "closed, or followed by other bytes)", offset=tail_at, record="end")
+        if C._U32.unpack_from(raw, 12)[0] != C.crc32(raw[:12]):
+            raise ChecksumError("record header CRC mismatch", offset=tail_at, record="tail")
+        payload = raw[C.RECORD_HEADER_SIZE : C.RECORD_HEADER_SIZE + length]
+        if C._U32.unpack_from(raw, C.RECORD_HEADER_SIZE + length)[0] != C.crc32(payload):
+            raise ChecksumError("tail record payload CRC mismatch (data is corrupt)", offset=tail_at, record="tail")
+        entries, _length = C.parse_tail(payload, tail_at + C.RECORD_HEADER_SIZE, size - self._start)
+        if not entries:  # not indexed (spec 3.1): the entries are those a walk of the records finds
+            entries = self._walk_entries(tail_at)
+        return entries, tail_at - self._start, C.RecordHead(rtype, flags, length, tail_at)
+
+    def _walk_entries(self, end: int) -> list[C.IndexEntry]:
+        """The index entries of the records from the file header to absolute offset ``end`` (a TAIL without
+        entries), as a streaming reader lists them: META/GRAPH, TENSOR + its CHUNK records, SMALL, PACK,
+        ALIAS, the LAYER region; unknown optional records are skipped, anything else is refused. Reads record
+        headers and the payloads that hold names only; every length is checked by the record reader."""
+        entries: list[C.IndexEntry] = []
+        pos = self._start + C.FILE_HEADER_SIZE
+        layers: list[int] = []
+        while pos < end:
+            self._src.seek(pos)
+            head = C.read_record_head(self._src)
+            if head.end > end:
+                raise CorruptDataError(f"{head.name} record runs into the tail record", offset=pos, record=head.name)
+            rel, length = pos - self._start, head.end - pos
+            if head.rtype in C.LEADING_KINDS:
+                entries.append(C.IndexEntry(C.LEADING_KINDS[head.rtype], "", rel, length))
+            elif head.rtype in (C.REC_TENSOR, C.REC_SMALL):
+                header, _inline = _parse_tensor_record(head, C.read_payload(self._src, head))
+                tail = head.end
+                for _chunk in range(header.chunk_count if head.rtype == C.REC_TENSOR else 0):  # its CHUNK records
+                    if tail >= end:
+                        break
+                    self._src.seek(tail)
+                    chead = C.read_record_head(self._src, tensor=header.name)
+                    if chead.rtype != C.REC_CHUNK or chead.end > end:
+                        break
+                    tail = chead.end
+                entries.append(C.IndexEntry(C.ENTRY_TENSOR, header.name, rel, tail - pos))
+                pos = tail
+                continue
+            elif head.rtype in C.PACK_TYPES:
+                entries.append(C.IndexEntry(C.ENTRY_PACK, "", rel, length))
+            elif head.rtype == C.REC_ALIAS:
+                name, _target = C.parse_alias(C.read_payload(self._src, head), pos + C.RECORD_HEADER_SIZE)
+                entries.append(C.IndexEntry(C.ENTRY_ALIAS, name, rel, length))
+            elif head.rtype == C.REC_LAYER:
+                layers[:] = [layers[0] if layers else rel, rel + length]
+            elif head.rtype in C.RECORD_NAMES:  # CHUNK out of place, INDEX, END, TAIL
+                raise CorruptDataError(f"unexpected {head.name} record", offset=pos, record=head.name)
+            else:
+                C.skip_record(self._src, head)  # unknown: skipped if optional, else UnsupportedFeatureError
+            pos = head.end
+        if layers:
+            entries.append(C.IndexEntry(C.ENTRY_LAYERS, "", layers[0], layers[1] - layers[0]))
+        return entries
+
+    def _index_from_end(self, size: int, end_at: int, raw: bytes) -> tuple[list[C.IndexEntry], int, C.RecordHead]:
+        """The INDEX record an END record at ``end_at`` (its 36 bytes: ``raw``) points to (1.0-1.5 files)."""
+        payload = raw[C.RECORD_HEADER_SIZE : C.RECORD_HEADER_SIZE + C.END_PAYLOAD_SIZE]
+        if C._U32.unpack_from(raw, C.RECORD_HEADER_SIZE + C.END_PAYLOAD_SIZE)[0] != C.crc32(payload):
+            raise ChecksumError("end record payload CRC mismatch (data is corrupt)", offset=end_at, record="end")
+        index_offset, length = C.parse_end(payload, end_at + C.RECORD_HEADER_SIZE)
+        if length != size - self._start:
+            raise CorruptDataError(f"end record states a file length of {length}, the file has {size - self._start}",
+                                   offset=end_at, record="end")
+        index_at = self._start + index_offset
+        if not (self._start + C.FILE_HEADER_SIZE <= index_at < end_at):
+            raise CorruptDataError("end record points outside the file", offset=end_at, record="end")
+        self._src.seek(index_at)
+        ihead = C.read_record_head(self._src)
+        if ihead.rtype != C.REC_INDEX or ihead.end != end_at:
+            raise CorruptDataError("end record does not point to the index record", offset=index_at, record="index")
+        entries = C.parse_index(C.read_payload(self._src, ihead), index_at + C.RECORD_HEADER_SIZE, end_at - self._start)
+        return entries, index_offset, ihead
 
     def _check_unlisted(self, start: int, end: int, index_at: int) -> None:
         """The records from ``start`` to ``end`` (relative offsets), which the index does not list, must be

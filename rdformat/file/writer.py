@@ -181,9 +181,20 @@ class Writer:
         layer_bytes: int | None = None,
         pack_records: bool = True,
         compact: bool = True,
+        max_minor: int | None = None,
     ) -> None:
         if not (1 <= chunk_bytes <= C.MAX_CHUNK_DECODED_BYTES):
             raise InvalidInputError(f"chunk_bytes must be between 1 and {C.MAX_CHUNK_DECODED_BYTES}")
+        if max_minor is not None:
+            # the newest format the file may need: the structures of later minors are not written
+            if not (C.VERSION_MINOR_BASE <= max_minor <= C.VERSION_MINOR):
+                raise InvalidInputError(f"max_minor must be between {C.VERSION_MINOR_BASE} and {C.VERSION_MINOR}")
+            if layered and max_minor < C.VERSION_MINOR_LAYERS:
+                raise InvalidInputError(f"layered files need format 1.{C.VERSION_MINOR_LAYERS} (max_minor={max_minor})")
+            compact = compact and max_minor >= C.VERSION_MINOR_DICT
+            pack_records = pack_records and max_minor >= C.VERSION_MINOR_PACK
+            compress_records = compress_records and max_minor >= C.VERSION_MINOR_ZLIB
+        self.max_minor = C.VERSION_MINOR if max_minor is None else max_minor
         self.default_codec = resolve_codec(codec)
         #: store single-chunk tensors with under SMALL_DATA_BYTES of data as one SMALL record (format 1.1);
         #: False writes TENSOR + CHUNK records only, which 1.0 readers can read.
@@ -198,6 +209,11 @@ class Writer:
         #: (DMETA, ZPACK), the compact index, bytesplit exponent planes coded per packed member; False writes
         #: 1.3 records only.
         self.compact = compact and compress_records
+        #: format 1.6 where it saves bytes (unless ``max_minor`` is below 6, or ``compact=False``): the file
+        #: ends with one TAIL record (compact index and end) instead of INDEX + END records (always smaller,
+        #: about 60 bytes on a small model), and bytesplit may code the top two planes of floats together.
+        #: ``max_minor=5`` keeps files readable by 1.5 readers (and lower values by older ones).
+        self.v16 = self.compact and self.max_minor >= C.VERSION_MINOR_TAIL
         self._minor_needed = C.VERSION_MINOR_BASE  # raised by the records and codec features the file uses
         self._pack: list[tuple] = []  # tensors waiting for the next PACK record
         self._pack_bytes = 0
@@ -213,6 +229,7 @@ class Writer:
         self._spool: LayerSpool | None = None
         self._tensor_count = 0
         self._entries: list[tuple[int, str, int, int]] = []
+        self._record_count = 0  # records written so far (a TAIL leaves the entries out when they are few)
         self._tensors: set[str] = set()
         self._names: set[str] = set()
         self._closed = False
@@ -247,7 +264,7 @@ class Writer:
             if any(rtype == C.REC_DMETA for rtype, _p, _k in leading):
                 self._minor_needed = C.VERSION_MINOR_DICT
             if self._header_at is None:  # cannot seek back: announce the newest minor (features may follow)
-                self._minor = C.VERSION_MINOR
+                self._minor = self.max_minor
             self._minor = max(self._minor, self._minor_needed)
             self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
@@ -265,6 +282,7 @@ class Writer:
     def _record(self, rtype: int, payload: bytes, *, kind: int | None = None, name: str = "", flags: int = 0) -> int:
         offset = self.pos
         self._write(C.frame(rtype, payload, flags))
+        self._record_count += 1
         if kind is not None:
             self._entries.append((kind, name, offset, self.pos - offset))
         return offset
@@ -314,7 +332,12 @@ class Writer:
             if structural and not chosen.lossless:
                 chosen = resolve_codec("lossless")
             chosen = chosen.for_tensor(arr, info)
+            if isinstance(chosen, ByteSplitCodec) and not self.v16:
+                chosen.joint = False  # plane mode 5 is format 1.6 (for_tensor made this instance)
         if chosen.transforms_tensor:
+            if self.max_minor < C.VERSION_MINOR_SCALES:
+                raise InvalidInputError(f"tensor {name!r}: axis scales need format 1.{C.VERSION_MINOR_SCALES} "
+                                        f"(max_minor={self.max_minor})")
             self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_SCALES)
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
@@ -347,6 +370,7 @@ class Writer:
             if len(only) >= flat.nbytes:
                 chosen, only = RawCodec(), flat.tobytes()
             payloads = iter([only])
+        payloads = self._noted(payloads, chosen, numel, chunk_elements, info)
         header = C.TensorHeader(
             name=name,
             dtype_code=info.code,
@@ -382,6 +406,18 @@ class Writer:
         self._tensors.add(name)
         self._entries.append((C.ENTRY_TENSOR, name, start, self.pos - start))
         self._tensor_count += 1
+
+    def _note_bytesplit(self, data: bytes, count: int, info) -> None:
+        """Raise the file's minor version to what a bytesplit chunk's plane modes need (1.5: shifted plane,
+        1.6: joint planes)."""
+        self._minor_needed = max(self._minor_needed, bytesplit.format_minor(data, count, info.itemsize))
+
+    def _noted(self, payloads, codec: Codec, numel: int, chunk_elements: int, info):
+        """``payloads``, each bytesplit chunk noted by :meth:`_note_bytesplit` as it passes."""
+        for index, data in enumerate(payloads):
+            if isinstance(codec, ByteSplitCodec):
+                self._note_bytesplit(data, min(chunk_elements, numel - index * chunk_elements), info)
+            yield data
 
     def _spool_chunks(self, payloads, numel: int, chunk_elements: int, codec: Codec):
         """Layered tensor: spool each chunk's segments for the LAYER records; its chunk records stay empty."""
@@ -428,11 +464,9 @@ class Writer:
 
     def _pack_write(self, queued: list[tuple]) -> None:
         groups = _pack_groups(queued, self.compact)
-        if self.compact:
-            for members_, g in groups:
-                if g.codec_id == "bytesplit" and bytesplit.uses_shifted(
-                        g.data, sum(queued[i][5].size for i in members_), queued[members_[0]][1].itemsize):
-                    self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_DICT)
+        for members_, g in groups:
+            if g.codec_id == "bytesplit":
+                self._note_bytesplit(g.data, sum(queued[i][5].size for i in members_), queued[members_[0]][1])
         members, packed = [], []
         number: dict[int, int] = {}  # group key -> number, in order of first use
         for i, (name, info, shape, structural, codec, _flat) in enumerate(queued):
@@ -477,9 +511,17 @@ class Writer:
                     self._record(C.REC_LAYER, payload, flags=C.FLAG_REQUIRED)
                 self._entries.append((C.ENTRY_LAYERS, "", first, self.pos - first))
             index_offset = self.pos
-            self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
-            file_length = self.pos + C.END_RECORD_SIZE
-            self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
+            if self.v16:
+                # a file of a few records is not indexed: a reader by name walks them (at most
+                # UNINDEXED_RECORDS record headers), which costs less than the entries' bytes
+                few = self._record_count <= C.UNINDEXED_RECORDS
+                self._write(C.tail_record([] if few else self._entries, index_offset))
+                file_length = self.pos
+                self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_TAIL)
+            else:
+                self._write(C.frame(C.REC_INDEX, C.index_payload(self._entries)))
+                file_length = self.pos + C.END_RECORD_SIZE
+                self._write(C.frame(C.REC_END, C.end_payload(index_offset, file_length)))
             if self._packed:
                 self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_PACK)
             if self._minor < self._minor_needed:

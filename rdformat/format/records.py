@@ -36,12 +36,14 @@ VERSION_MAJOR = 1
 #: Newest minor version this module reads and writes. Writers write 3 when a file holds a PACK or LAYER
 #: record (1.3), 2 when it uses a 1.2 feature (compressed META/GRAPH records) and 1 otherwise, so files
 #: without newer features stay readable by older readers.
-VERSION_MINOR = 5
+VERSION_MINOR = 6
 VERSION_MINOR_ZLIB = 2
 VERSION_MINOR_PACK = 3
 #: Since 1.5: metadata and PACK directories deflated with the preset dictionary (DMETA, ZPACK records),
 #: the compact index (CINDEX) and bytesplit's segmented exponent plane (1.4: sq/dq axis scales).
 VERSION_MINOR_DICT = 5
+#: Since 1.6: the TAIL record (a compact index and the end of the file in one record).
+VERSION_MINOR_TAIL = 6
 VERSION_MINOR_BASE = 1
 VERSION_MINOR_COMPRESSED = VERSION_MINOR_ZLIB
 VERSION_MINOR_LAYERS = 3
@@ -71,6 +73,7 @@ REC_LAYER = 12  # since 1.3: refinement pieces of layered progressive tensors (a
 REC_PACK = 11  # since 1.3: several small tensors with compact headers and shared coded data (always REQUIRED)
 REC_DMETA = 13  # since 1.5: META deflated with the preset dictionary (always REQUIRED)
 REC_ZPACK = 14  # since 1.5: a PACK record whose directory is deflated with the preset dictionary (always REQUIRED)
+REC_TAIL = 15  # since 1.6: compact index + end of file in one record, the last of the file (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -86,6 +89,7 @@ RECORD_NAMES = {
     REC_PACK: "pack",
     REC_DMETA: "dictionary meta",
     REC_ZPACK: "compressed pack",
+    REC_TAIL: "tail",
 }
 #: Record types that hold a PACK (plain, or with a deflated directory); both are indexed as kind 5.
 PACK_TYPES = (REC_PACK, REC_ZPACK)
@@ -145,6 +149,7 @@ PAYLOAD_LIMITS = {
     REC_PACK: MAX_PACK_BYTES,
     REC_DMETA: MAX_META_BYTES,
     REC_ZPACK: MAX_PACK_BYTES,
+    REC_TAIL: MAX_INDEX_BYTES,
 }
 #: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
 #: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
@@ -320,6 +325,88 @@ def index_payload(entries: list[tuple[int, str, int, int]]) -> bytes:
     for kind, name, offset, length in entries:
         parts.append(bytes([kind]) + pack_str(name) + _U64.pack(offset) + _U64.pack(length))
     return b"".join(parts)
+
+
+#: A TAIL payload ends with this field: the byte length of the payload before it (spec 3.1, since 1.6).
+TAIL_TRAILER_SIZE = 4
+#: Writers leave the TAIL's entries out (count 0: a reader by name walks the records) when the file holds at
+#: most this many records before it: walking them costs a reader that many record headers.
+UNINDEXED_RECORDS = 8
+#: Smallest TAIL record: framing, a 1-byte file length, a 1-byte entry count and the trailer.
+MIN_TAIL_RECORD_SIZE = RECORD_OVERHEAD + 2 + TAIL_TRAILER_SIZE
+
+
+def tail_record(entries: list[tuple[int, str, int, int]], offset: int) -> bytes:
+    """A whole TAIL record (since 1.6) starting at relative offset ``offset``: the compact index of
+    (kind, name, record offset, stored length) entries in file order and the file's length.
+
+    Entries store each offset as the gap from the end of the previous entry (the first: from the end of
+    the file header), so a file whose records the index lists back to back spends one byte per offset."""
+    parts = [leb128(len(entries))]
+    prev_end = FILE_HEADER_SIZE
+    for kind, name, at, length in entries:
+        raw = name.encode("utf-8")
+        if at < prev_end:
+            raise InvalidInputError(f"index entry {name!r} at {at} overlaps the previous one (ends at {prev_end})")
+        parts += [bytes([kind]), leb128(len(raw)), raw, leb128(at - prev_end), leb128(length)]
+        prev_end = at + length
+    body = b"".join(parts)
+    # the file length counts this record, whose size depends on the length's own varint: settle it
+    length = offset + RECORD_OVERHEAD + len(body) + 1 + TAIL_TRAILER_SIZE
+    while True:
+        head = leb128(length)
+        total = offset + RECORD_OVERHEAD + len(head) + len(body) + TAIL_TRAILER_SIZE
+        if total == length:
+            break
+        length = total
+    payload = head + body
+    return frame(REC_TAIL, payload + _U32.pack(len(payload)), FLAG_REQUIRED)
+
+
+def parse_tail(payload: bytes, base: int, file_size: int | None) -> tuple[list["IndexEntry"], int]:
+    """Parse a TAIL payload (since 1.6) -> (index entries with absolute-from-start offsets, stated file length).
+
+    Every field is checked: the trailer must state exactly the bytes before it, every entry's kind and name
+    follow the INDEX rules, and every entry must end within the stated file length (and ``file_size``)."""
+    r = PayloadReader(payload, base, "tail")
+    if len(payload) < 2 + TAIL_TRAILER_SIZE:
+        raise r.fail(f"tail record of {len(payload)} bytes is shorter than its smallest form")
+    body = len(payload) - TAIL_TRAILER_SIZE
+    stated = _U32.unpack_from(payload, body)[0]
+    if stated != body:
+        r.pos = body
+        raise r.fail(f"tail trailer states {stated} bytes before it, the record has {body}")
+    r.data = payload[:body]  # the entries must end exactly where the trailer starts
+    file_length = r.varint("file length", MAX_DIM)
+    if file_size is not None and file_length != file_size:
+        raise r.fail(f"tail record states a file length of {file_length}, the file has {file_size}")
+    count = r.varint("index entry count", MAX_DIM)
+    if count > body // 4:  # an entry takes at least 4 bytes
+        raise r.fail(f"tail record declares {count} index entries, more than its {body} bytes can hold")
+    entries = []
+    prev_end = FILE_HEADER_SIZE
+    for _ in range(count):
+        kind = r.u8("index entry kind")
+        if kind not in (ENTRY_TENSOR, ENTRY_ALIAS, ENTRY_META, ENTRY_GRAPH, ENTRY_PACK, ENTRY_LAYERS):
+            raise r.fail(f"unknown index entry kind {kind}")
+        unnamed = kind in (ENTRY_META, ENTRY_GRAPH, ENTRY_PACK, ENTRY_LAYERS)
+        n = r.varint("index entry name length", MAX_NAME_BYTES)
+        if unnamed and n:
+            raise r.fail(f"index entry of kind {kind} must have an empty name")
+        if not unnamed and not n:
+            raise r.fail("index entry name is empty")
+        try:
+            name = r.take(n, "index entry name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise r.fail("index entry name is not valid UTF-8") from None
+        offset = prev_end + r.varint("index entry gap", file_length)
+        length = r.varint("index entry length", file_length)
+        if offset + length > file_length:
+            raise r.fail(f"index entry {name!r} points outside the file")
+        prev_end = offset + length
+        entries.append(IndexEntry(kind, name, offset, length))
+    r.finish()
+    return entries, file_length
 
 
 def end_payload(index_offset: int, file_length: int) -> bytes:
