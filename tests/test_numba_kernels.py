@@ -309,6 +309,28 @@ def test_interleave_sources_matches_planes(dtype, rotate: bool) -> None:
     assert not kn.interleave_sources(sources[:1] * 3, 777, rotate, out)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 7])
+def test_joint_planes_matches_numpy(bits: int) -> None:
+    """bytesplit mode 5's compiled plane rebuild equals the numpy one (segments with and without shifts,
+    counts that are not a multiple of eight); inconsistent sizes are refused."""
+    from rdformat.codecs.bytesplit import _Joint, _pack_bits
+
+    rng = np.random.default_rng(bits)
+    for count, segs in ((1, ((1, 0),)), (803, ((800, 0), (3, 5))), (64, ((10, 254), (54, 1)))):
+        symbols = rng.integers(0, 256 << bits, size=count).astype(np.uint16)
+        symbols[::7] &= (1 << bits) - 1  # top byte 0: never shifted
+        low_bits = rng.integers(0, 1 << (8 - bits), size=count).astype(np.uint8)
+        joint = _Joint(bits, segs)
+        joint.low = np.frombuffer(_pack_bits(low_bits, 8 - bits), np.uint8)
+        want = joint.planes(symbols, count)
+        got = kn.joint_planes(symbols, bits, segs, joint.low, count)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        with pytest.raises(ValueError):
+            kn.joint_planes(symbols, bits, segs, joint.low[:-1], count)
+        with pytest.raises(ValueError):
+            kn.joint_planes(symbols, bits, ((count + 1, 0),), joint.low, count)
+
+
 def test_gather_groups() -> None:
     rng = np.random.default_rng(2)
     for k in (1, 2, 3, 8):

@@ -264,7 +264,8 @@ class ByteSplitCodec(Codec):
                 sources[k] = value if isinstance(value, np.ndarray) else np.full(count, value, dtype=np.uint8)
             for (k, mode, at), symbols in zip(coded, decoded):
                 if isinstance(mode, _Joint):
-                    sources[k], sources[k + 1] = mode.planes(symbols, count)
+                    sources[k], sources[k + 1] = kernels_numba.joint_planes(symbols, mode.bits, mode.segs, mode.low,
+                                                                            count)
                 elif isinstance(mode, tuple):
                     sources[k] = _unshift(symbols, mode)
                 elif mode == PLANE_ANS:

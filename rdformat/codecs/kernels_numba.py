@@ -8,6 +8,8 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
   (replaces the ``planes[:, k] = ...`` fills, ``planes.view`` and ``_rotate(..., left=False)`` of
   ``ByteSplitCodec.plan_chunk``'s ``finish``); :func:`interleave_sources` does the same for 2- and 4-byte
   words reading each plane where it lies (chunk bytes, decoder output), without a plane matrix.
+* :func:`joint_planes` - ``bytesplit`` plane mode 5: joint symbols and packed low bits -> the two planes
+  (replaces ``_Joint.planes``' numpy passes).
 * :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
   group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
   ``_symbols_to_levels`` in ``dq``).
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "gather_groups", "dq_reconstruct", "plane_histograms", "DQ_NEXT_STATE"]
+__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "gather_groups", "dq_reconstruct", "plane_histograms", "DQ_NEXT_STATE"]
 
 try:
     from numba import njit
@@ -99,6 +101,49 @@ if AVAILABLE:
         return 0
 
     @njit(cache=True, nogil=True)
+    def _joint_planes(symbols: np.ndarray, bits: int, seg_length: np.ndarray, seg_shift: np.ndarray,
+                      packed: np.ndarray, count: int, below: np.ndarray, top: np.ndarray) -> int:
+        width = 8 - bits
+        if (bits < 1 or bits > 7 or count < 0 or symbols.size < count or below.size < count or top.size < count
+                or packed.size < (count * width + 7) // 8 or seg_length.size != seg_shift.size):
+            return -1
+        # the top byte: y >> t, unshifted through a 256-entry table per segment (no division per element)
+        lut = np.empty(256, dtype=np.uint8)
+        i = 0
+        for g in range(seg_length.size):
+            end = i + seg_length[g]
+            if seg_length[g] < 0 or end > count:
+                return -1
+            shift = seg_shift[g]
+            lut[0] = 0
+            for v in range(1, 256):
+                lut[v] = (v - 1 + shift) % 255 + 1
+            for j in range(i, end):
+                top[j] = lut[(np.int64(symbols[j]) >> bits) & 255]
+            i = end
+        if i != count:
+            return -1
+        # the byte below: (y << (8 - t)) & 255 or'ed with its low bits; eight values fill ``width`` bytes
+        mask = np.uint64((1 << width) - 1)
+        groups = count // 8
+        for gi in range(groups):
+            base = gi * width
+            word = np.uint64(0)
+            for b in range(width):
+                word |= np.uint64(packed[base + b]) << np.uint64(8 * b)
+            for k in range(8):
+                j = gi * 8 + k
+                below[j] = ((np.int64(symbols[j]) << width) & 255) | np.int64((word >> np.uint64(k * width)) & mask)
+        for j in range(groups * 8, count):
+            at = j * width
+            byte = at >> 3
+            word = np.uint64(packed[byte])
+            if byte + 1 < packed.size:
+                word |= np.uint64(packed[byte + 1]) << np.uint64(8)
+            below[j] = ((np.int64(symbols[j]) << width) & 255) | np.int64((word >> np.uint64(at & 7)) & mask)
+        return 0
+
+    @njit(cache=True, nogil=True)
     def _gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray) -> int:
         rows, k = values.shape
         if count < 0 or out.size < count or index.size * k < count or k < 1:
@@ -168,7 +213,7 @@ if AVAILABLE:
             counts[0] -= 1  # the pad byte is not part of the plane
 
 else:
-    _interleave_planes = _interleave4 = _interleave2 = _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
+    _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -234,6 +279,27 @@ def interleave_sources(sources: list[np.ndarray], count: int, rotate: bool, out:
     if status != 0:
         raise ValueError(f"interleave_sources: a plane or the output is shorter than {count}")
     return True
+
+
+def joint_planes(symbols: np.ndarray, bits: int, segs: tuple, packed: np.ndarray,
+                 count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``bytesplit`` joint plane (mode 5) -> (plane w-2, plane w-1), bit-exact with ``_Joint.planes``.
+
+    ``symbols``: the decoded joint symbols ``y`` (< 256 << 7); ``bits``: ``t``; ``segs``: the top plane's
+    ``((length, shift), ...)`` segments (lengths summing to ``count``); ``packed``: the low ``8 - t`` bits of
+    plane w-2, ``count`` values packed little-endian. The top byte is ``y >> t`` unshifted by its segment's
+    shift, the byte below it ``(y << (8 - t)) & 255`` or'ed with its low bits.
+
+    Raises:
+        ValueError: inconsistent sizes (segments not covering ``count``, too few packed bytes).
+    """
+    below = np.empty(count, dtype=np.uint8)
+    top = np.empty(count, dtype=np.uint8)
+    lengths = np.fromiter((n for n, _s in segs), np.int64, len(segs))
+    shifts = np.fromiter((sh for _n, sh in segs), np.int64, len(segs))
+    if _joint_planes(symbols.reshape(-1), int(bits), lengths, shifts, packed, int(count), below, top) != 0:
+        raise ValueError("joint_planes: segments, symbols or packed bits do not match the count")
+    return below, top
 
 
 def gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
