@@ -37,6 +37,20 @@ def test_joint_planes_round_trip_and_code_smaller(dtype):
     assert out.tobytes() == x.tobytes()
 
 
+def test_joint_planes_only_on_small_chunks(monkeypatch):
+    """Chunks over JOINT_MAX_ELEMENTS keep the pair mode (decode speed of large tensors); the same data in
+    a chunk under the limit gets the joint planes."""
+    x = _weights(np.float32, n=12000)
+    info = by_numpy(x.dtype)
+    codec = BS.ByteSplitCodec("rotl1")
+    assert BS.PLANE_ANS_JOINT in BS.plane_modes(codec.encode_chunk(x, info), x.size, info.itemsize)
+    monkeypatch.setattr(BS, "JOINT_MAX_ELEMENTS", x.size - 1)
+    big = codec.encode_chunk(x, info)
+    assert BS.PLANE_ANS_JOINT not in BS.plane_modes(big, x.size, info.itemsize)
+    assert BS.format_minor(big, x.size, info.itemsize) < 6
+    assert codec.decode_chunk(memoryview(big), x.size, info).tobytes() == x.tobytes()
+
+
 @pytest.mark.parametrize("width", [1, 3, 5, 7])
 def test_packed_low_bits_round_trip(width):
     v = np.random.default_rng(width).integers(0, 1 << width, 1001).astype(np.uint8)

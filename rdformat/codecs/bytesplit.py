@@ -30,6 +30,11 @@ PLANE_ANS_SHIFTED = 4
 PLANE_ANS_JOINT = 5
 #: Joined bit counts the encoder tries (any 1..7 decodes): more bits cost a bigger table.
 JOINT_BITS = (1, 2, 3)
+#: Largest chunk (elements) the encoder tries the joint planes on. They code one symbol per element where
+#: the pair mode codes one per two, so they decode about 35% slower for ~0.2% fewer bytes: worth it on the
+#: small tensors of small models (where a few bytes decide against ZipNN and decode takes microseconds), not
+#: on the large tensors whose load time users wait for. (Readers accept mode 5 at any size.)
+JOINT_MAX_ELEMENTS = 1 << 18
 #: The byte a shifted plane maps each segment's median to (any value works; one value for all segments).
 SHIFT_CENTRE = 128
 TRANSFORMS = ("none", "rotl1")
@@ -107,7 +112,7 @@ class ByteSplitCodec(Codec):
                 if shifted is not None and len(shifted) < len(coded):
                     coded = shifted
             out.append(coded)
-        if self.joint and self.transform == "rotl1" and w >= 2 and planes.shape[0] >= 64:
+        if self.joint and self.transform == "rotl1" and w >= 2 and 64 <= planes.shape[0] <= JOINT_MAX_ELEMENTS:
             # planes w-2 and w-1 coded together when that is smaller (format 1.6)
             segs = list(zip(segments, shifts)) if segments is not None and shifts is not None else [(planes.shape[0], 0)]
             joint = _encode_joint(np.ascontiguousarray(planes[:, w - 1]), np.ascontiguousarray(planes[:, w - 2]),
