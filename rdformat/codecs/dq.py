@@ -25,7 +25,7 @@ from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
 from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
 from .base import ChunkPlan, Codec, byte_view
-from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, unzigzag, zigzag
+from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, symbol_dtype, unzigzag, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -260,7 +260,7 @@ class DQCodec(AxisScaled, Codec):
                 SQCodec.check_padding(decoded[0], k, radix, count, pos)
                 return _symbols_to_levels(decoded[0], table, k, radix)[:count]
 
-            return [(block, -(-count // k), table, np.uint32)], single
+            return [(block, -(-count // k), table, symbol_dtype(table))], single
         if len(buf) < 6:
             raise CorruptDataError("dq CLASSES header is truncated", offset=len(buf))
         seg, n_classes = int.from_bytes(buf[1:5], "little"), buf[5]
@@ -299,7 +299,7 @@ class DQCodec(AxisScaled, Codec):
             except RdcError as exc:
                 raise CorruptDataError(f"dq class {c}: {exc.message}", offset=start + (exc.offset or 0)) from None
             if k:
-                blocks.append((block, -(-int(sizes[c]) // k), table, np.uint32))
+                blocks.append((block, -(-int(sizes[c]) // k), table, symbol_dtype(table)))
             layouts.append((k, radix, start + sub))
             tables.append(table)
 

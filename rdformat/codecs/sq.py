@@ -197,13 +197,19 @@ class SQCodec(AxisScaled, Codec):
             if not np.may_share_memory(got, out):  # only the compiled gather writes into ``out``
                 out[:] = got
 
-        return ChunkPlan([(block, -(-count // k), table, np.uint32)], finish, into)
+        return ChunkPlan([(block, -(-count // k), table, symbol_dtype(table))], finish, into)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:
         """Decode levels and dequantize them to the tensor's dtype."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))
+
+
+def symbol_dtype(table: FrequencyTable) -> type:
+    """What a level block's symbols decode to: ``uint16`` when every symbol of its table fits (half the
+    bytes the ANS decoder writes and the gather reads again), else ``uint32``."""
+    return np.uint16 if int(table.symbols[-1]) < 1 << 16 else np.uint32
 
 
 def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
