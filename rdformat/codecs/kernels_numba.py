@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "gather_groups", "dq_reconstruct", "plane_histograms", "DQ_NEXT_STATE"]
+__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "gather_groups", "dq_reconstruct",
+           "plane_histograms", "DQ_NEXT_STATE"]
 
 try:
     from numba import njit
@@ -213,7 +214,8 @@ if AVAILABLE:
             counts[0] -= 1  # the pad byte is not part of the plane
 
 else:
-    _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
+    _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _unavailable
+    _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:

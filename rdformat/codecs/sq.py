@@ -213,7 +213,8 @@ def symbol_dtype(table: FrequencyTable) -> type:
 
 
 def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``lut[symbols].reshape(-1)[:count]`` by a compiled gather; ``symbols`` are ``uint32`` below ``len(lut)``.
+    """``lut[symbols].reshape(-1)[:count]`` by a compiled gather; ``symbols`` (``uint16`` or ``uint32``) are
+    below ``len(lut)``.
 
     The rows are moved as unsigned words of their item size, so one compiled gather serves every dtype of
     2, 4 or 8 bytes; 1-byte floats (float8) take the numpy gather rather than another compilation.
