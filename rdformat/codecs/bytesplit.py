@@ -30,10 +30,10 @@ PLANE_ANS_SHIFTED = 4
 PLANE_ANS_JOINT = 5
 #: Joined bit counts the encoder tries (any 1..7 decodes): more bits cost a bigger table.
 JOINT_BITS = (1, 2, 3)
-#: Largest chunk (elements) the encoder tries the joint planes on. They code one symbol per element where
-#: the pair mode codes one per two, so they decode about 35% slower for ~0.2% fewer bytes: worth it on the
-#: small tensors of small models (where a few bytes decide against ZipNN and decode takes microseconds), not
-#: on the large tensors whose load time users wait for. (Readers accept mode 5 at any size.)
+#: Largest chunk (elements) the encoder tries the joint planes on. They code one ANS symbol per element where
+#: the pair mode codes one per two, so they cost decode time for ~0.2% fewer bytes: worth it on the small
+#: tensors of small models (where a few bytes decide against ZipNN and decode takes microseconds), not on
+#: the large tensors whose load time users wait for. (Readers accept mode 5 at any size.)
 JOINT_MAX_ELEMENTS = 1 << 18
 #: The byte a shifted plane maps each segment's median to (any value works; one value for all segments).
 SHIFT_CENTRE = 128
@@ -452,17 +452,22 @@ def _encode_shifted(plane: np.ndarray, segments: list[int], precision: int, *, w
     return (best, chosen) if with_shifts else best
 
 
+def _merged_runs(segments) -> tuple[list[list[int]], np.ndarray]:
+    """``(length, shift)`` segments with adjacent equal shifts merged into one run, and every element's shift."""
+    runs: list[list[int]] = []
+    for n, shift in segments:
+        if runs and runs[-1][1] == shift:
+            runs[-1][0] += n
+        else:
+            runs.append([n, shift])
+    per_element = np.repeat(np.array([s for _n, s in runs], np.int32), np.array([n for n, _s in runs], np.int64))
+    return runs, per_element
+
+
 def _encode_shifted_with(plane: np.ndarray, segments: list[int], shifts: list[int], precision: int) -> bytes | None:
     """PLANE_ANS_SHIFTED with the given per-segment ``shifts`` (adjacent equal shifts merged)."""
-    segs: list[list[int]] = []
-    for n, shift in zip(segments, shifts):
-        if segs and segs[-1][1] == shift:
-            segs[-1][0] += n
-        else:
-            segs.append([n, shift])
-    lengths = np.array([n for n, _s in segs], np.int64)
-    shifted = np.repeat(np.array([s for _n, s in segs], np.int32), lengths)
-    symbols = _shift_bytes(plane, shifted)
+    segs, per_element = _merged_runs(zip(segments, shifts))
+    symbols = _shift_bytes(plane, per_element)
     counts = np.bincount(symbols, minlength=256)
     present = np.flatnonzero(counts)
     if present.size < 2:
@@ -602,13 +607,7 @@ def _read_joint_table(buf, pos: int, t: int, what: str) -> tuple[FrequencyTable,
 def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]], budget: int) -> bytes | None:
     """Planes w-1 (``top``) and w-2 (``below``) as one PLANE_ANS_JOINT plane, for the joined bit count whose
     estimated size is smallest; None unless that is smaller than ``budget`` bytes (the two planes apart)."""
-    merged: list[list[int]] = []
-    for n, shift in segs:
-        if merged and merged[-1][1] == shift:
-            merged[-1][0] += n
-        else:
-            merged.append([n, shift])
-    shifts = np.repeat(np.array([s for _n, s in merged], np.int32), np.array([n for n, _s in merged], np.int64))
+    merged, shifts = _merged_runs(segs)
     exp = _shift_bytes(top, shifts).astype(np.uint32)
     head = b"".join([leb128(len(merged))] + [leb128(n) + bytes([s]) for n, s in merged])
     count = top.size
@@ -634,7 +633,7 @@ def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]
 
 def plane_modes(data: bytes | memoryview, count: int, itemsize: int) -> set[int]:
     """The plane modes bytesplit chunk ``data`` (of a valid file) uses: 4 needs format 1.5, 5 format 1.6."""
-    buf = bytes(data)
+    buf = byte_view(data)  # no copy: the writer asks this of every chunk it writes
     modes: set[int] = set()
     pos, k = 0, 0
     while k < itemsize and pos < len(buf):

@@ -53,28 +53,14 @@ if AVAILABLE:
         if count < 0 or count > planes.shape[1] or out.size < count or width < 1 or width > 8:
             return -1
         top = np.uint64(8 * width - 1)
-        # the common widths get loops without an inner loop (they vectorise); the rest a generic one
-        if width == 4:
-            for i in range(count):
-                word = (np.uint32(planes[0, i]) | (np.uint32(planes[1, i]) << np.uint32(8))
-                        | (np.uint32(planes[2, i]) << np.uint32(16)) | (np.uint32(planes[3, i]) << np.uint32(24)))
-                if rotate:
-                    word = (word >> np.uint32(1)) | (word << np.uint32(31))
-                out[i] = word
-        elif width == 2:
-            for i in range(count):
-                half = np.uint16(planes[0, i]) | (np.uint16(planes[1, i]) << np.uint16(8))
-                if rotate:
-                    half = (half >> np.uint16(1)) | (half << np.uint16(15))
-                out[i] = half
-        else:
-            for i in range(count):
-                word = np.uint64(0)
-                for k in range(width - 1, -1, -1):
-                    word = (word << _S8) | np.uint64(planes[k, i])
-                if rotate:  # rotate right by one bit within 8 * width bits (undo rotl1)
-                    word = (word >> _ONE) | ((word & _ONE) << top)
-                out[i] = word
+        # widths 2 and 4 take :func:`_interleave2` / :func:`_interleave4` (see interleave_planes)
+        for i in range(count):
+            word = np.uint64(0)
+            for k in range(width - 1, -1, -1):
+                word = (word << _S8) | np.uint64(planes[k, i])
+            if rotate:  # rotate right by one bit within 8 * width bits (undo rotl1)
+                word = (word >> _ONE) | ((word & _ONE) << top)
+            out[i] = word
         return 0
 
     @njit(cache=True, nogil=True)
@@ -249,7 +235,10 @@ def interleave_planes(planes: np.ndarray, count: int, rotate: bool, out: np.ndar
     width = planes.shape[0]
     if out is None:
         out = np.empty(count, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(width, np.uint64))
-    if _interleave_planes(planes, count, rotate, out) != 0:
+    if width in (2, 4) and planes.ndim == 2 and planes.shape[1] >= count:
+        # the rows of a C-ordered plane matrix are contiguous vectors: the loops of interleave_sources
+        interleave_sources(list(planes), count, rotate, out)
+    elif _interleave_planes(planes, count, rotate, out) != 0:
         raise ValueError(f"interleave_planes: bad shapes (planes {planes.shape}, count {count}, out {out.shape})")
     return out[:count]
 

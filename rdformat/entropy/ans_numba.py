@@ -31,8 +31,8 @@ tables only from it (they re-check that each table's ranges lie inside the array
 an interleaved layout). Every reader check of spec 6.2 is applied to every block before any is decoded
 (the same order and offsets as ``rdformat.entropy.ans.decode_many``); then the blocks are decoded in
 order, four lanes of a block at a time with their states in registers (four independent dependency chains
-keep the CPU's pipelines full; about 1.4x faster per symbol than all lanes in lockstep through memory), or,
-for a table decoded by search, every lane in lockstep.
+keep the CPU's pipelines full, without a load and store of every lane's state per symbol), or, for a table
+decoded by search, every lane in lockstep.
 
 **Status.** Decode kernels return ``(code, block, lane, offset)`` (``int64``): ``code`` is :data:`OK` or
 one of the ``ERR_*`` constants, ``block`` the index of the failing block in the batch, ``lane`` the lane
