@@ -237,6 +237,29 @@ def test_search_path_matches_expanded_tables_on_mixed_batches():
             assert exc.value.block_index == first, be
 
 
+@pytest.mark.skipif(not HAVE_CS, reason="constriction not installed")
+def test_constriction_takes_searched_tables_of_one_lane_blocks(monkeypatch):
+    """A small model's blocks (one lane each, fine tables its few symbols do not justify expanding) go to
+    constriction, which searches its model, not to numpy's search path, whose lone lanes step in Python."""
+    rng = np.random.default_rng(7)
+    items, want = [], []
+    for i in range(5):
+        table = FrequencyTable.from_counts(np.arange(40), rng.integers(1, 400, 40) ** 2, precision=16)
+        values = rng.choice(table.symbols, size=700 + 100 * i, p=table.freqs / table.freqs.sum())
+        items.append((encode(values, table, lanes=1, backend="numpy"), values.size, table))
+        want.append(values)
+    blocks = [ans_mod._parse_block(b, n, t, np.dtype(np.uint32), i) for i, (b, n, t) in enumerate(items)]
+    assert not any(ans_numpy.tables_worth_expanding(blocks))
+
+    def refuse(*_a, **_k):
+        raise AssertionError("numpy search path used")
+
+    monkeypatch.setattr(ans_numpy, "decode_lockstep", refuse)
+    with ans_mod.use_backend("constriction"):
+        got = ans_mod.decode_many(items)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
 @settings(max_examples=25, deadline=None)
 @given(table_and_values(max_n=300))
 def test_matches_scalar_reference(tv):

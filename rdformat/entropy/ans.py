@@ -399,13 +399,18 @@ def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list
     """Decode parsed blocks with the backend ``name`` (module ``mod``); lane errors carry ``block_index``.
 
     Blocks whose table's ``2**Q`` slots their symbols do not justify (many tiny chunks, each with its own
-    table) go to the numpy decoder's search path on the other backends (their lookups expand every
-    table; the numba decoder searches such tables itself), so decoding costs memory and time linear in
-    the file and output sizes.
+    table) go to the numpy decoder's search path when numpy decodes (its lookups expand every table; the
+    numba decoder and constriction search such tables themselves), so decoding costs memory and time
+    linear in the file and output sizes.
     """
     if not blocks:
         return []
     if name == "numba":  # the compiled decoder searches the tables not worth expanding itself
+        return _decode_expanded(blocks, name, mod, free)
+    if name == "constriction" and not (free and _numpy_decode_is_faster(blocks)):
+        # constriction searches its model's cumulative frequencies (memory linear in the table's symbols,
+        # no 2**Q slots), so every block may go to it; numpy's search path runs a Python loop per symbol
+        # once few lanes remain, which made small models (one lane per tensor) load 10x slower.
         return _decode_expanded(blocks, name, mod, free)
     worth = _np.tables_worth_expanding(blocks)
     if all(worth):
