@@ -87,18 +87,51 @@ def _require(module: str):
 
 
 def _load_model(model_or_path: Any):
-    """An ``onnx.ModelProto`` (with external data loaded) from a path or a ModelProto (copied)."""
+    """An ``onnx.ModelProto`` (with external data loaded) from a path or a ModelProto (copied), its main
+    graph's float ``Constant`` weights turned into initializers (:func:`_constants_as_initializers`)."""
     onnx = _require("onnx")
     if isinstance(model_or_path, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(model_or_path)
-        return model
+        return _constants_as_initializers(model)
     try:
-        return onnx.load(os.fspath(model_or_path))
+        model = onnx.load(os.fspath(model_or_path))
     except OSError:
         raise
     except Exception as exc:
         raise InvalidInputError(f"{model_or_path}: not a readable ONNX model: {exc}") from exc
+    return _constants_as_initializers(model)
+
+
+def _constants_as_initializers(model):
+    """``model`` with every main-graph ``Constant`` node that holds a float tensor (``value``) replaced by
+    an initializer named after the node's output, in place; returns it.
+
+    Exporters such as paddle2onnx store every weight as a ``Constant`` node and none as an initializer;
+    ``rdformat.onnx`` stores those tensors under the node's output name, so the probe must see them as
+    weights under the same name, or such a model would get no sensitivity at all. The computation is
+    unchanged (an initializer and a Constant define the same value)."""
+    graph = model.graph
+    keep, moved = [], []
+    for node in graph.node:
+        value = None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1 \
+                and node.output[0] and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            if attr.name == "value" and attr.type == attr.TENSOR and attr.t.data_type in _FLOAT_TYPES:
+                value = attr.t
+        if value is None:
+            keep.append(node)
+            continue
+        tensor = type(value)()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        moved.append(tensor)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+        graph.initializer.extend(moved)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import rdformat
+import rdformat.onnx
 from rdformat.producers.sensitivity import (
     estimate_output_sensitivity,
     forward_passes,
@@ -80,6 +81,38 @@ def test_onnx_estimator_ranks_the_fragile_tensor_first():
     assert set(sens) == {"w1", "wf", "w3"}
     assert max(sens, key=sens.get) == "wf"
     assert sens["wf"] > 100 * max(sens["w1"], sens["w3"])
+
+
+def _as_constant_nodes(model):
+    """The model with every initializer turned into a Constant node, as paddle2onnx exports weights."""
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
+    graph = helper.make_graph(consts + list(model.graph.node), "g", list(model.graph.input),
+                              list(model.graph.output))
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_constant_node_weights_are_probed_under_the_names_the_adapter_stores(tmp_path):
+    """Exporters such as paddle2onnx store every weight as a Constant node (no initializer): the estimator
+    must still find them, under the names ``rdformat.onnx`` gives them, and rank the fragile one first;
+    the output error of replaced Constant weights is measured too."""
+    model = _as_constant_nodes(_fragile_mlp())
+    assert not model.graph.initializer
+    sens = onnx_output_sensitivity(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    rdformat.onnx.compress_file(path, tmp_path / "m.rdc")
+    with rdformat.open(tmp_path / "m.rdc") as f:
+        stored = set(f.keys())
+    assert set(sens) == {"w1", "wf", "w3"} <= stored
+    assert max(sens, key=sens.get) == "wf" and sens["wf"] > 100 * max(sens["w1"], sens["w3"])
+    weights = rdformat.load(tmp_path / "m.rdc")
+    assert onnx_output_error(model, weights) == 0.0
+    noisy = {**weights, "wf": weights["wf"] * 1.5}
+    assert onnx_output_error(model, noisy) > 0.1
+    assert len(model.graph.node) == 7  # the caller's model is not changed
 
 
 def test_sensitivity_lowers_the_output_error_of_a_lossy_file():
