@@ -993,8 +993,8 @@ def m_tail_layout(rng: np.random.Generator, f: RdcFile) -> bool:
             rec.flags = pick(rng, [0, 2, 0xFFFF])
         else:
             rec.frozen = True
-            rec.payload = rec.payload[:-4] + struct.pack("<I", pick(rng, [0, 1, len(rec.payload), 1 << 30,
-                                                                          (1 << 32) - 1, len(rec.payload) - 5]))
+            trailer = pick(rng, [0, 1, len(rec.payload), 1 << 30, (1 << 32) - 1, len(rec.payload) - 5])
+            rec.payload = rec.payload[:-4] + struct.pack("<I", trailer % (1 << 32))  # a short payload: -1 etc.
     elif not tails and not olds:  # a file with neither: give it a TAIL
         f.records.append(Record(REC_TAIL, 1, tail_payload([], 0)))
     else:
