@@ -435,11 +435,23 @@ def _inflate(b: bytes, cap: int = 1 << 20) -> bytes | None:
 
 
 def meta_text(f: RdcFile) -> bytes | None:
+    """The file's metadata text: a META record's, or inflated from a compressed META or a DMETA record."""
     for r in f.records:
         if r.rtype == REC_META:
             return r.payload
         if r.rtype == REC_ZMETA:
             return _inflate(r.payload[8:])
+        if r.rtype == F.REC_DMETA:  # varint size, raw deflate with the preset dictionary
+            try:
+                _size, pos = read_leb(r.payload, 0)
+            except ValueError:
+                return None
+            from rdformat.format.records import PRESET_DICT  # noqa: PLC0415 - normative bytes (spec 1.5)
+
+            try:
+                return zlib.decompressobj(-15, zdict=PRESET_DICT).decompress(r.payload[pos:], 1 << 20)
+            except zlib.error:
+                return None
     return None
 
 
@@ -457,14 +469,19 @@ def set_meta(rng: np.random.Generator, f: RdcFile, text: bytes) -> None:
     """Replace the file's metadata record by ``text`` (plain or compressed), usually where it belongs."""
     at = 0
     for i, r in enumerate(f.records):
-        if r.rtype in (REC_META, REC_ZMETA):
+        if r.rtype in (REC_META, REC_ZMETA, F.REC_DMETA):
             at = i
             break
     if rng.random() < 0.92:
-        f.records = [r for r in f.records if r.rtype not in (REC_META, REC_ZMETA)]
+        f.records = [r for r in f.records if r.rtype not in (REC_META, REC_ZMETA, F.REC_DMETA)]
     else:  # two metadata records, or metadata out of place
         at = int(rng.integers(len(f.records) + 1))
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.3:  # DMETA (1.5): what rdformat writes for small metadata; its deflate layer is packmut's
+        import packmut  # noqa: PLC0415 - packmut imports this module
+
+        rec = Record(F.REC_DMETA, 1, packmut.dmeta_payload(rng, text))
+    elif r < 0.6:
         rec = Record(REC_ZMETA, 1 if rng.random() < 0.95 else 0, zpayload(rng, text))
     else:
         rec = Record(REC_META, 0 if rng.random() < 0.95 else 1, text)
@@ -1258,10 +1275,19 @@ def golden_files() -> list[bytes]:
     return out
 
 
+def seed_files() -> list[bytes]:
+    """The committed format-1.6 seeds of ``fuzz/seeds/`` (written by ``fuzz/make_seeds.py``)."""
+    return [p.read_bytes() for p in sorted((F.ROOT / "fuzz" / "seeds").glob("*.rdc"))]
+
+
 def chunk_seeds(codec_id: str) -> list[bytes]:
-    """Codec harness inputs from the CHUNK *and SMALL* records of the valid vectors and golden files."""
-    out = []
-    for data in F.valid_vector_files() + golden_files():
+    """Codec harness inputs from the CHUNK and SMALL records and the PACK/ZPACK groups of the valid vectors,
+    the golden files and the 1.6 seeds."""
+    import packmut  # noqa: PLC0415 - packmut imports this module
+
+    files = F.valid_vector_files() + golden_files() + seed_files()
+    out = packmut.group_seeds(files, codec_id)
+    for data in files:
         f = RdcFile.parse(data)
         for i, rec in enumerate(f.records):
             if rec.rtype == REC_CHUNK:
@@ -1281,7 +1307,7 @@ def chunk_seeds(codec_id: str) -> list[bytes]:
 
 def file_seeds() -> list[bytes]:
     """The vectors, the small golden files, and valid vectors given adapter metadata (plain and compressed)."""
-    out = F.vector_files() + golden_files()
+    out = F.vector_files() + golden_files() + seed_files()
     rng = np.random.default_rng(15)
     for data in F.valid_vector_files() + golden_files():
         f = RdcFile.parse(data)
@@ -1291,7 +1317,7 @@ def file_seeds() -> list[bytes]:
         for _ in range(2):
             g = f.copy()
             text = jbytes(adapter_meta(rng, tensors, valid=True))
-            g.records = [r for r in g.records if r.rtype not in (REC_META, REC_ZMETA)]
+            g.records = [r for r in g.records if r.rtype not in (REC_META, REC_ZMETA, F.REC_DMETA)]
             rec = Record(REC_ZMETA, 1, struct.pack("<Q", len(text)) + zlib.compress(text, 9)) if rng.random() < 0.5 \
                 else Record(REC_META, 0, text)
             g.records.insert(0, rec)

@@ -50,9 +50,15 @@ def main() -> None:
     if not any(a.startswith("-max_len") for a in args):
         args.insert(1, f"-max_len={F.MAX_INPUT}")
     pool = [F.RdcFile.parse(s) for s in seeds] if harness.fix_crcs else None
-    if harness.warmup:  # imports (torch, onnx) and compilations happen here, not in a timed input
+    # Imports (torch, onnx) and compilations happen here, not in a timed input. With the numba kernels forced
+    # on small inputs (RDFORMAT_NUMBA_MIN_SYMBOLS=0) every harness loads numba and its kernel signatures on
+    # first use (over a second from a cold process), which would otherwise be reported as a hang.
+    if harness.warmup or os.environ.get("RDFORMAT_NUMBA_MIN_SYMBOLS", "").strip() == "0":
         for s in seeds:
-            harness.one_input(s)
+            try:
+                harness.one_input(s)
+            except Exception as exc:  # noqa: BLE001 - a finding in a seed is found again by the fuzzer
+                print(f"warm-up: seed input raised {exc!r}", file=sys.stderr)
 
     # One generator for the whole run: building one per call from libFuzzer's seed costs more than many
     # mutations (SeedSequence); libFuzzer saves every interesting input, so nothing needs the seed.

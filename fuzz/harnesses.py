@@ -33,6 +33,7 @@ from rdformat.entropy import FrequencyTable, ans
 from rdformat.errors import RdcError
 
 import fieldmut as M
+import packmut as P
 import rdcfuzz as F
 
 #: Reader caps used while fuzzing: small enough that every input decodes in well under a second
@@ -353,12 +354,16 @@ class Harness:
     warmup: bool = False  # run the seeds once before fuzzing (first-call imports would count as hangs)
 
 
+#: The file harnesses' mutators: rdcfuzz's and fieldmut's, and packmut's PACK/ZPACK/DMETA ones (formats 1.3-1.5).
+FILE_MUTATORS = M.FILE_MUTATORS_ALL + P.MUTATORS
+
+
 def _file_mutate(rng, data, pool):
-    return M.mutate_file(rng, data, pool)
+    return M.mutate_file(rng, data, pool, mutators=FILE_MUTATORS)
 
 
 def _meta_mutate(rng, data, pool):
-    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_META)
+    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_META + [(0.08, P.m_dmeta)])
 
 
 def _adapter_seeds() -> list[bytes]:
@@ -378,7 +383,7 @@ def _adapters_mutate(rng, data, pool):
 
 
 def _small_mutate(rng, data, pool):
-    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_SMALL)
+    return M.mutate_file(rng, data, pool, mutators=M.FILE_MUTATORS_SMALL + [(0.08, P.m_pack)])
 
 
 def _codec_mutate(codec_id):

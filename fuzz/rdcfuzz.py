@@ -263,28 +263,108 @@ def mutate_block(rng: np.random.Generator, block: bytes, count: int) -> bytes:
 # bytesplit chunk data as planes
 
 
+def _read_segments(data: bytes, pos: int) -> tuple[list[list[int]], int]:
+    """The ``(length, shift)`` segments of a mode 4/5 plane, leniently (at most 70000 of them)."""
+    s, pos = read_varint(data, pos)
+    if s > 70000:
+        raise ValueError("segments")
+    segs = []
+    for _ in range(s):
+        n, pos = read_varint(data, pos)
+        segs.append([n, data[pos]])
+        pos += 1
+    return segs, pos
+
+
+def segments_bytes(segs: list[list[int]]) -> bytes:
+    return varint(len(segs)) + b"".join(varint(max(0, n)) + bytes([sh & 0xFF]) for n, sh in segs)
+
+
+def parse_joint_table(data: bytes, pos: int, t: int) -> tuple[Table, list[list[int]], int]:
+    """A joint table (spec 5.2, mode 5): the top-symbol table, then per top symbol ``2**t - 1`` varints."""
+    tops, pos = Table.parse(data, pos)
+    per = (1 << t) - 1 if 1 <= t <= 7 else 0
+    subs = []
+    for _ in tops.syms:
+        row = []
+        for _j in range(per):
+            g, pos = read_varint(data, pos)
+            row.append(g)
+        subs.append(row)
+    return tops, subs, pos
+
+
+def joint_table_bytes(tops: Table, subs: list[list[int]]) -> bytes:
+    return tops.to_bytes() + b"".join(varint(max(0, g)) for row in subs for g in row)
+
+
+def joint_symbols(tops: Table, subs: list[list[int]], t: int) -> Table | None:
+    """The table of the joint symbols a reader derives from ``tops`` and ``subs`` (what the ANS block is coded
+    with), or None where the joint table is invalid (a frequency over what is left of its top symbol's)."""
+    if not 1 <= t <= 7:
+        return None
+    syms, freqs = [], []
+    for x, f, row in zip(tops.syms, tops.freqs, subs):
+        left = f
+        for r in range(1 << t):
+            g = row[r] if r < len(row) else left
+            if g > left:
+                return None
+            left -= g
+            if g:
+                syms.append((x << t) | r)
+                freqs.append(g)
+    return Table(tops.q, syms, freqs)
+
+
+def low_bytes(count: int, t: int) -> int:
+    """Bytes of a joint plane's packed low bits: ``ceil(count * (8 - t) / 8)``."""
+    return -(-count * (8 - t) // 8) if 0 <= t <= 8 else 0
+
+
 def parse_planes(data: bytes, count: int, width: int) -> list | None:
-    """Planes of a bytesplit chunk: ['raw', bytes] | ['const', int] | ['ans' or 'pairs', Table, blocklen,
-    block] | ['junk', bytes] (whatever does not parse); None if nothing parses."""
-    planes, pos = [], 0
+    """Planes of a bytesplit chunk, None if nothing parses. Each is a list:
+    ``['raw', bytes]`` | ``['const', int]`` | ``['ans' or 'pairs', Table, blocklen, block]`` |
+    ``['shifted', segs, Table, blocklen, block]`` (mode 4: ``segs`` = ``[[length, shift], ...]``) |
+    ``['joint', t, segs, tops, subs, blocklen, block, low]`` (mode 5, standing for planes w-2 and w-1: ``tops``
+    the top-symbol Table, ``subs`` its per-symbol joint frequencies, ``low`` the packed low bits) |
+    ``['junk', bytes]`` (whatever does not parse)."""
+    planes, pos, k = [], 0, 0
     try:
-        for _ in range(width):
+        while k < width:
             mode = data[pos]
-            pos += 1
             if mode == 0:
-                planes.append(["raw", data[pos : pos + count]])
-                pos += count
+                planes.append(["raw", data[pos + 1 : pos + 1 + count]])
+                pos += 1 + count
             elif mode == 1:
-                planes.append(["const", data[pos]])
-                pos += 1
+                planes.append(["const", data[pos + 1]])
+                pos += 2
             elif mode in (2, 3):
-                table, pos = Table.parse(data, pos)
-                n = struct.unpack_from("<Q", data, pos)[0]
-                pos += 8
-                planes.append(["ans" if mode == 2 else "pairs", table, n, data[pos : pos + n]])
-                pos += n
+                table, at = Table.parse(data, pos + 1)
+                n = struct.unpack_from("<Q", data, at)[0]
+                at += 8
+                planes.append(["ans" if mode == 2 else "pairs", table, n, data[at : at + n]])
+                pos = at + n
+            elif mode == 4:
+                segs, at = _read_segments(data, pos + 1)
+                table, at = Table.parse(data, at)
+                n, at = read_varint(data, at)
+                planes.append(["shifted", segs, table, n, data[at : at + n]])
+                pos = at + n
+            elif mode == 5:
+                t = data[pos + 1]
+                segs, at = _read_segments(data, pos + 2)
+                tops, subs, at = parse_joint_table(data, at, t)
+                n, at = read_varint(data, at)
+                block = data[at : at + n]
+                at += n
+                low = data[at : at + low_bytes(count, t)]
+                planes.append(["joint", t, segs, tops, subs, n, block, low])
+                pos = at + len(low)
+                k += 1  # stands for two planes
             else:
                 break
+            k += 1
     except (IndexError, ValueError, struct.error):
         pass
     if not planes:
@@ -303,20 +383,180 @@ def build_planes(planes: list) -> bytes:
             out += bytes([1, p[1] & 0xFF])
         elif p[0] in ("ans", "pairs"):
             out += (b"\x02" if p[0] == "ans" else b"\x03") + p[1].to_bytes() + struct.pack("<Q", p[2] % (1 << 64)) + p[3]
+        elif p[0] == "shifted":
+            out += b"\x04" + segments_bytes(p[1]) + p[2].to_bytes() + varint(p[3] % (1 << 64)) + p[4]
+        elif p[0] == "joint":
+            out += bytes([5, p[1] & 0xFF]) + segments_bytes(p[2]) + joint_table_bytes(p[3], p[4]) \
+                + varint(p[5] % (1 << 64)) + p[6] + p[7]
         else:
             out += p[1]
     return bytes(out)
 
 
+def rand_segments(rng: np.random.Generator, count: int) -> list[list[int]]:
+    """Valid segments for ``count`` elements: 1..8 of them, lengths summing to ``count``, shifts 0..254."""
+    if count < 1:
+        return [[1, 0]]
+    s = int(rng.integers(1, min(count, 8) + 1))
+    cuts = sorted(rng.choice(np.arange(1, count), size=s - 1, replace=False).tolist()) if s > 1 else []
+    bounds = [0] + cuts + [count]
+    return [[bounds[i + 1] - bounds[i], pick(rng, [0, 0, 1, 127, 128, 200, 254, int(rng.integers(255))])]
+            for i in range(s)]
+
+
+def mutate_segments(rng: np.random.Generator, segs: list[list[int]], count: int) -> list[list[int]]:
+    """Segment edits: shift 255 or another, a length of 0 / past ``count`` / off by one (the sum then wrong,
+    or kept right by the neighbour), split, merge, drop, too many segments, a fresh valid set."""
+    segs = [list(s) for s in segs] or [[count, 0]]
+    i = int(rng.integers(len(segs)))
+    op = int(rng.integers(9))
+    if op == 0:
+        segs[i][1] = pick(rng, [255, 254, 0, 1, (segs[i][1] + 1) % 256])
+    elif op == 1:
+        segs[i][0] = pick(rng, [0, 1, count, count + 1, segs[i][0] + 1, max(segs[i][0] - 1, 0), 1 << 32, 1 << 62])
+    elif op == 2 and len(segs) > 1:  # move one element between neighbours: still sums to count
+        j = i + 1 if i + 1 < len(segs) else i - 1
+        d = pick(rng, [1, -1, segs[j][0]])
+        segs[i][0] += d
+        segs[j][0] -= d
+    elif op == 3 and segs[i][0] > 1:  # split
+        a = int(rng.integers(1, segs[i][0]))
+        segs[i:i + 1] = [[a, segs[i][1]], [segs[i][0] - a, int(rng.integers(255))]]
+    elif op == 4 and len(segs) > 1:  # merge into the previous one (same shift: what a writer would merge)
+        j = max(i, 1)
+        segs[j - 1][0] += segs[j][0]
+        del segs[j]
+    elif op == 5:
+        del segs[i]
+    elif op == 6:  # more segments than elements (each of length 1, one too many)
+        segs = [[1, int(rng.integers(255))] for _ in range(min(count + 1, 4096))]
+    elif op == 7:
+        segs = []
+    else:
+        segs = rand_segments(rng, count)
+    return segs
+
+
+def fresh_shifted(rng: np.random.Generator, count: int) -> list | None:
+    """A valid mode-4 plane of ``count`` random exponent-like bytes (the library's own encoder)."""
+    from rdformat.codecs import bytesplit as B
+
+    if not 2 <= count <= 1 << 16:
+        return None
+    plane = rand_exponents(rng, count)
+    segs = rand_segments(rng, count)
+    data = B._encode_shifted_with(plane, [n for n, _ in segs], [s for _, s in segs], pick(rng, [10, 12, 14]))
+    parsed = parse_planes(data, count, 1) if data else None
+    return parsed[0] if parsed and parsed[0][0] == "shifted" else None
+
+
+def rand_exponents(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Bytes like a weight tensor's exponent plane: a few neighbouring values, some zeros."""
+    centre = int(rng.integers(1, 255))
+    vals = np.clip(centre + rng.geometric(0.5, count) * rng.choice([-1, 1], count), 0, 255)
+    vals[rng.random(count) < 0.05] = 0
+    return vals.astype(np.uint8)
+
+
+def fresh_joint(rng: np.random.Generator, count: int) -> list | None:
+    """A valid mode-5 plane of ``count`` random elements (the library's own encoder, any budget)."""
+    from rdformat.codecs import bytesplit as B
+
+    if not 2 <= count <= 1 << 16:
+        return None
+    top = rand_exponents(rng, count)
+    below = rng.integers(0, 256, count, dtype=np.uint8)
+    segs = rand_segments(rng, count) if rng.random() < 0.5 else [[count, 0]]
+    data = B._encode_joint(top, below, [tuple(s) for s in segs], 1 << 40)
+    parsed = parse_planes(data, count, 2) if data else None
+    return parsed[0] if parsed and parsed[0][0] == "joint" else None
+
+
+def mutate_joint(rng: np.random.Generator, p: list, count: int) -> None:
+    """Joint plane fields: bit count t, segments, top table, joint frequencies, ANS block (rebuilt valid for
+    the derived joint table, or damaged), block length, packed low bits (length, padding bits)."""
+    _, t, segs, tops, subs, n, block, low = p
+    op = int(rng.integers(10))
+    if op == 0:  # t: invalid, or another valid one (then the rows and low bits no longer match unless fixed)
+        t = pick(rng, [0, 8, 255, 1, 2, 3, 7, (t % 7) + 1])
+        if 1 <= t <= 7 and rng.random() < 0.6:
+            subs = [(row + [0] * (1 << t))[: (1 << t) - 1] for row in subs]
+            low = (low + bytes(low_bytes(count, t)))[: low_bytes(count, t)]
+    elif op == 1:
+        segs = mutate_segments(rng, segs, count)
+    elif op == 2:
+        tops.mutate(rng)
+        subs = [(row if i < len(subs) else [0] * ((1 << t) - 1 if 1 <= t <= 7 else 0))
+                for i, row in enumerate(subs + [[]] * max(0, len(tops.syms) - len(subs)))][: len(tops.syms)]
+    elif op == 3 and subs:  # a joint frequency: over what is left, all of it, 0, huge
+        row = pick(rng, subs)
+        if row:
+            i = int(rng.integers(len(row)))
+            f = tops.freqs[subs.index(row)] if subs.index(row) < len(tops.freqs) else 1
+            row[i] = pick(rng, [0, 1, f, f + 1, f - sum(row) + row[i], (1 << 32) - 1, 1 << 34])
+    elif op == 4 and subs:  # a row too short or too long
+        row = pick(rng, subs)
+        if row and rng.random() < 0.5:
+            row.pop()
+        else:
+            row.append(pick(rng, [0, 1]))
+    elif op == 5:
+        n = rand_u64(rng, around=n)
+    elif op == 6:
+        block = mutate_block(rng, block, count)
+        if rng.random() < 0.8:
+            n = len(block)
+    elif op == 7:  # packed low bits: short, long, nonzero unused bits, random
+        r = rng.random()
+        if r < 0.3:
+            low = low[:-1]
+        elif r < 0.5:
+            low = low + b"\x00"
+        elif r < 0.8 and low:
+            low = low[:-1] + bytes([low[-1] | 0x80 | (1 << int(rng.integers(8)))])
+        else:
+            low = rng.integers(0, 256, len(low), dtype=np.uint8).tobytes()
+    # after most edits: a valid block for the (possibly changed) joint table, so the edit reaches the decoder
+    if op in (1, 2, 3, 8) or rng.random() < 0.3:
+        table = joint_symbols(tops, subs, t)
+        blk = rebuild_block(rng, table, count, lanes=pick(rng, [None, 1, 2, 5, count])) if table else None
+        if blk is not None:
+            block, n = blk, len(blk)
+    p[:] = ["joint", t, segs, tops, subs, n, block, low]
+
+
+def mutate_shifted(rng: np.random.Generator, p: list, count: int) -> None:
+    """Shifted plane fields: segments, table (then usually a valid block for it), block length, block."""
+    _, segs, table, n, block = p
+    op = int(rng.integers(5))
+    if op == 0:
+        segs = mutate_segments(rng, segs, count)
+    elif op == 1:
+        table.mutate(rng)
+    elif op == 2:
+        n = rand_u64(rng, around=n)
+    elif op == 3:
+        block = mutate_block(rng, block, count)
+        if rng.random() < 0.8:
+            n = len(block)
+    if op in (0, 1, 4) and rng.random() < 0.7:
+        blk = rebuild_block(rng, table, count, lanes=pick(rng, [None, 1, 3, count]))
+        if blk is not None:
+            block, n = blk, len(blk)
+    p[:] = ["shifted", segs, table, n, block]
+
+
 def mutate_planes(rng: np.random.Generator, data: bytes, count: int, width: int) -> bytes:
-    """Mutate a bytesplit chunk plane by plane (mode, constant, raw length, table, block)."""
+    """Mutate a bytesplit chunk plane by plane (mode, constant, raw length, table, block; the segments, bit
+    count, joint table and low bits of modes 4 and 5)."""
     planes = parse_planes(data, count, width)
     if planes is None or rng.random() < 0.1:
         return mutate_bytes(rng, data)
-    p = pick(rng, planes)
-    op = int(rng.integers(6))
+    i = int(rng.integers(len(planes)))
+    p = planes[i]
+    op = int(rng.integers(7))
     if op == 0:  # change the plane mode
-        new = pick(rng, ["raw", "const", "ans", "pairs", "bad"])
+        new = pick(rng, ["raw", "const", "ans", "pairs", "shifted", "joint", "joint", "bad"])
         if new == "raw":
             p[:] = ["raw", rng.integers(0, 256, min(count, MAX_INPUT), dtype=np.uint8).tobytes()]
         elif new == "const":
@@ -327,13 +567,32 @@ def mutate_planes(rng: np.random.Generator, data: bytes, count: int, width: int)
             n = count if new == "ans" else -(-count // 2)
             blk = rebuild_block(rng, t, n, lanes=int(rng.integers(1, 9)))
             p[:] = [new, t, len(blk or b""), blk or b""]
+        elif new in ("shifted", "joint"):
+            fresh = fresh_shifted(rng, count) if new == "shifted" else fresh_joint(rng, count)
+            if fresh is None:
+                return mutate_bytes(rng, data)
+            p[:] = fresh
+            # a joint plane stands for two: usually drop the next plane so that the count of planes stays
+            # right (at plane w-2 the chunk is then valid), sometimes keep it (too many planes)
+            if new == "joint" and i + 1 < len(planes) and planes[i + 1][0] != "junk" and rng.random() < 0.8:
+                del planes[i + 1]
         else:
-            p[:] = ["junk", bytes([pick(rng, [4, 5, 0x80, 0xFF])])]
+            p[:] = ["junk", bytes([pick(rng, [6, 7, 0x80, 0xFF])])]
     elif p[0] == "raw":
         n = len(p[1])
         p[1] = p[1][: max(0, n - 1)] if rng.random() < 0.5 else p[1] + b"\x00"
     elif p[0] == "const":
         p[1] = int(rng.integers(256))
+    elif p[0] == "shifted":
+        mutate_shifted(rng, p, count)
+    elif p[0] == "joint":
+        if op == 1 and rng.random() < 0.3:  # split it back into two planes, or move it to another plane
+            if rng.random() < 0.5:
+                planes.insert(i + 1, ["const", 0x3F])
+            else:
+                planes.insert(max(0, i - 1), planes.pop(i))
+        else:
+            mutate_joint(rng, p, count)
     elif p[0] in ("ans", "pairs"):
         n = count if p[0] == "ans" else -(-count // 2)
         if op == 1:
@@ -640,6 +899,109 @@ def m_tail(rng: np.random.Generator, f: RdcFile) -> bool:
     return True
 
 
+def _noncanonical(v: int, pad: int) -> bytes:
+    """LEB128 of ``v`` with ``pad`` redundant continuation bytes (spec 3.1 rule 4 refuses them)."""
+    out = bytearray(varint(v))
+    out[-1] |= 0x80
+    return bytes(out) + b"\x80" * (pad - 1) + b"\x00"
+
+
+def m_tail_layout(rng: np.random.Generator, f: RdcFile) -> bool:
+    """Where the index lives (format 1.6): INDEX + END turned into a TAIL and back, an indexed TAIL made
+    unindexed (count 0: a reader by name walks the records) and the reverse, the TAIL dropped (no end
+    record), cut short, moved before other records or doubled, both a TAIL and INDEX + END, non-canonical
+    varints, stray records in an unindexed file (a CHUNK after an ALIAS, an INDEX, an END, unknown ones).
+    Unless frozen, ``to_bytes`` then writes the TAIL's entries, offsets and lengths to match the records."""
+    tails = _records_of(f, REC_TAIL)
+    olds = _records_of(f, REC_INDEX, REC_END)
+    op = int(rng.integers(10))
+    if op == 0 and olds:  # INDEX + END -> one TAIL (indexed or not)
+        f.records = [r for r in f.records if r.rtype not in (REC_INDEX, REC_END)]
+        f.records.append(Record(REC_TAIL, 1, tail_payload([] if rng.random() < 0.4 else [(1, b"x", 16, 0)], 0)))
+    elif op == 1 and tails:  # TAIL -> INDEX + END (a 1.5 layout)
+        f.records = [r for r in f.records if r.rtype != REC_TAIL]
+        f.records += [Record(REC_INDEX, 0, struct.pack("<Q", 0)), Record(REC_END, 0, bytes(16))]
+    elif op == 2 and tails:  # indexed <-> unindexed
+        rec = f.records[tails[-1]]
+        parsed = parse_tail_lenient(rec.payload[:-4])
+        unindexed = parsed is not None and not parsed[1]
+        rec.payload = tail_payload([(1, b"x", 16, 0)] if unindexed else [], 0)
+        rec.frozen = False
+    elif op == 3 and tails:  # no TAIL at all, or the file cut inside it
+        i = tails[-1]
+        if rng.random() < 0.5:
+            del f.records[i]
+        else:
+            rec = f.records[i]
+            rec.length = len(rec.payload)  # header as written, payload then cut by the file truncation
+            rec.payload = rec.payload[: int(rng.integers(len(rec.payload) + 1))]
+            rec.frozen = True
+            del f.records[i + 1 :]
+            f.tail = b""
+    elif op == 4 and tails:  # the TAIL not last: moved, doubled, or followed by INDEX + END
+        i = tails[-1]
+        r = rng.random()
+        if r < 0.4:
+            f.records.insert(int(rng.integers(len(f.records))), f.records.pop(i))
+        elif r < 0.7:
+            f.records.insert(i, f.records[i].copy())
+        else:
+            f.records += [Record(REC_INDEX, 0, struct.pack("<Q", 0)), Record(REC_END, 0, bytes(16))]
+    elif op == 5 and tails:  # a non-canonical varint: file length, count or an entry's gap/length
+        rec = f.records[tails[-1]]
+        parsed = parse_tail_lenient(rec.payload[:-4])
+        if parsed is None:
+            return False
+        flen, entries = parsed
+        which = int(rng.integers(3 if entries else 2))
+        pad = pick(rng, [1, 2, 9])
+        head = _noncanonical(flen, pad) if which == 0 else varint(flen)
+        head += _noncanonical(len(entries), pad) if which == 1 else varint(len(entries))
+        body = bytearray()
+        j = int(rng.integers(len(entries))) if entries else -1
+        for k, e in enumerate(entries):
+            gap = _noncanonical(e[2], pad) if which == 2 and k == j else varint(e[2])
+            body += bytes([e[0] & 0xFF]) + varint(len(e[1])) + e[1] + gap + varint(e[3])
+        payload = head + bytes(body)
+        rec.payload = payload + struct.pack("<I", len(payload))
+        rec.frozen = True
+    elif op == 6 and tails:  # an unindexed file with a stray record before its TAIL
+        rec = f.records[tails[-1]]
+        rec.payload, rec.frozen = tail_payload([], 0), False
+        stray = pick(rng, [Record(REC_CHUNK, 0, bytes(10)), Record(REC_INDEX, 0, bytes(8)),
+                           Record(REC_END, 0, bytes(16)), Record(REC_TAIL, 1, tail_payload([], 0)),
+                           Record(99, 0, b"optional"), Record(99, 1, b"required"), Record(REC_LAYER, 1, b"")])
+        f.records.insert(int(rng.integers(tails[-1] + 1)), stray)
+    elif op == 7 and tails:  # an indexed TAIL with an extra or a dropped entry, rebuilt otherwise consistent
+        rec = f.records[tails[-1]]
+        rec.frozen = True
+        parsed = parse_tail_lenient(rec.payload[:-4])
+        if parsed is None or not parsed[1]:
+            return False
+        flen, entries = parsed
+        if rng.random() < 0.5:
+            entries.insert(int(rng.integers(len(entries) + 1)), [pick(rng, [1, 2, 3, 4, 5, 6]),
+                                                                 pick(rng, [b"", b"w", b"x"]), 0, 20])
+        else:
+            del entries[int(rng.integers(len(entries)))]
+        body = varint(flen) + varint(len(entries)) + b"".join(
+            bytes([e[0] & 0xFF]) + varint(len(e[1])) + e[1] + varint(e[2]) + varint(e[3]) for e in entries)
+        rec.payload = body + struct.pack("<I", len(body))
+    elif op == 8 and tails:  # the TAIL's flags / trailer pointing elsewhere (found from the file's end)
+        rec = f.records[tails[-1]]
+        if rng.random() < 0.5:
+            rec.flags = pick(rng, [0, 2, 0xFFFF])
+        else:
+            rec.frozen = True
+            trailer = pick(rng, [0, 1, len(rec.payload), 1 << 30, (1 << 32) - 1, len(rec.payload) - 5])
+            rec.payload = rec.payload[:-4] + struct.pack("<I", trailer % (1 << 32))  # a short payload: -1 etc.
+    elif not tails and not olds:  # a file with neither: give it a TAIL
+        f.records.append(Record(REC_TAIL, 1, tail_payload([], 0)))
+    else:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------------
 # file mutations
 
@@ -854,7 +1216,7 @@ def m_record(rng: np.random.Generator, f: RdcFile, pool: list[RdcFile] | None = 
     i = int(rng.integers(len(recs)))
     rec = recs[i]
     if op == 0:
-        rec.rtype = pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 99, 0xFFFF])
+        rec.rtype = pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 99, 0xFFFF])
     elif op == 1:
         rec.flags = pick(rng, [0, 1, 2, 0xFFFE, 0xFFFF])
     elif op == 2:
@@ -907,7 +1269,7 @@ def m_header(rng: np.random.Generator, f: RdcFile) -> bool:
 
 FILE_MUTATORS: list[tuple[float, Callable]] = [
     (0.22, m_tensor), (0.26, m_chunk), (0.08, m_index), (0.05, m_end), (0.08, m_alias), (0.06, m_meta),
-    (0.2, m_record), (0.05, m_header), (0.05, m_tail),
+    (0.2, m_record), (0.05, m_header), (0.05, m_tail), (0.06, m_tail_layout),
 ]
 
 
@@ -1050,8 +1412,18 @@ def ans_seeds() -> list[bytes]:
         for p in parse_planes(data, count, ITEMSIZE.get(dtype_code, 1)) or []:
             if p[0] in ("ans", "pairs"):
                 n, opt = (count, 0) if p[0] == "ans" else (-(-count // 2), 1)  # pairs decode to uint16
-                out.append(pack_ans_input(opt, n, p[1].to_bytes(), p[3]))
-                out.append(pack_ans_input(opt | 4, n, p[1].to_bytes(), p[3]))
+                table, block = p[1], p[3]
+            elif p[0] == "shifted":
+                n, opt, table, block = count, 0, p[2], p[4]
+            elif p[0] == "joint":  # the ANS block is coded with the derived joint table, uint16 symbols
+                table = joint_symbols(p[3], p[4], p[1])
+                if table is None:
+                    continue
+                n, opt, block = count, 1, p[6]
+            else:
+                continue
+            out.append(pack_ans_input(opt, n, table.to_bytes(), block))
+            out.append(pack_ans_input(opt | 4, n, table.to_bytes(), block))
     return out
 
 

@@ -105,3 +105,49 @@ def test_fixup_keeps_valid_files_valid():
     for data in F.valid_vector_files():
         assert F.RdcFile.parse(data).to_bytes(fix=True) == data
         assert F.RdcFile.parse(data).to_bytes(fix=False) == data
+
+
+def test_fixup_keeps_seed_files_valid():
+    """The 1.6 seeds (fuzz/seeds) survive parsing and re-serialising with fix-ups byte for byte, and so do
+    their PACK/ZPACK records through the directory parser (re-deflated with the preset dictionary)."""
+    import fieldmut as M
+    import packmut as P
+
+    seeds = M.seed_files()
+    assert seeds, "no seeds in fuzz/seeds: run python fuzz/make_seeds.py"
+    for data in seeds:
+        f = F.RdcFile.parse(data)
+        assert f.to_bytes(fix=True) == data
+        for rec in f.records:
+            if rec.rtype in (F.REC_PACK, F.REC_ZPACK):
+                d = P.parse_pack(rec.payload, rec.rtype == F.REC_ZPACK)
+                assert P.parse_pack(P.build_pack(d), d["compressed"])["members"] == d["members"]
+                if rec.rtype == F.REC_PACK:
+                    assert P.build_pack(d) == rec.payload
+
+
+def test_seeds_hold_format_16_features():
+    """What the mutators of formats 1.5 and 1.6 need to start from is in the file seeds: unindexed and indexed
+    TAIL records, ZPACK, DMETA, and bytesplit planes of modes 4 (shifted) and 5 (joint); the codec seeds
+    hold both plane modes too."""
+    import fieldmut as M
+    import packmut as P
+
+    seen = set()
+    for data in M.seed_files():
+        f = F.RdcFile.parse(data)
+        for rec in f.records:
+            seen.add(rec.rtype)
+            if rec.rtype == F.REC_TAIL:
+                seen.add("indexed" if F.parse_tail_lenient(rec.payload[:-4])[1] else "unindexed")
+        for codec, dtype, count, chunk in P.coded_chunks(f):
+            if codec == b"bytesplit":
+                seen.update(p[0] for p in F.parse_planes(chunk, count, F.ITEMSIZE[dtype]) or [])
+            seen.add(codec)
+    for want in (F.REC_TAIL, F.REC_ZPACK, F.REC_DMETA, "indexed", "unindexed", "shifted", "joint", b"sq", b"dq"):
+        assert want in seen, want
+    planes = set()
+    for s in H.HARNESSES["codec_bytesplit"].seeds():
+        dtype, count, _cfg, chunk = F.unpack_codec_input(s)
+        planes.update(p[0] for p in F.parse_planes(chunk, count, F.ITEMSIZE.get(dtype, 1)) or [])
+    assert {"shifted", "joint"} <= planes
