@@ -22,6 +22,9 @@ Tasks (all real, all run here):
       quality bar: accuracy at most 1 point below the float model.
   (c) the MTCNN P/R/O-Nets (PyTorch path, tools/mtcnn.py, real checkpoints) on crops of the two real
       photos scikit-learn ships: relative RMS output error (mean over the three nets); bar 3%.
+  (d) RapidOCR's PP-OCRv4 text detector + recogniser (``rapidocr_onnxruntime`` from PyPI; paddle2onnx
+      exports whose weights are Constant nodes): the whole OCR pipeline on rendered lines of real text,
+      character agreement with the original models' text (tools/ocr_task.py); bar 99%.
 
 Bytes are the payload of the weights for every method: all float tensors of the model through
 ``rdformat.save`` (no graph record) or through NNCodec; the task is then run with the decoded
@@ -369,6 +372,49 @@ def task_mtcnn(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# (d) OCR: PP-OCRv4 detector + recogniser (paddle2onnx exports, weights as Constant nodes)
+
+
+def task_ocr(args) -> dict:
+    from ocr_task import OcrTask
+
+    task = OcrTask(n_images=6 if args.quick else args.ocr_images)
+    weights = task.weights
+
+    def prefixed(per_model: dict) -> dict:
+        return {f"{k}/{n}": v for k, found in per_model.items() for n, v in found.items()}
+
+    t0 = time.perf_counter()
+    sens = prefixed({k: onnx_output_sensitivity(m) for k, m in task.models.items()})
+    t_syn = time.perf_counter() - t0
+    cal = task.calibration_inputs(2 if args.quick else 4)
+    t0 = time.perf_counter()
+    probes = {k: OnnxProbe(m, cal[k], max_samples=None) for k, m in task.models.items()}
+    sens_cal = prefixed({k: p.output_sensitivity() for k, p in probes.items()})
+    t_cal = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cov = prefixed({k: onnx_input_covariances(m, cal[k]) for k, m in task.models.items()})
+    t_cov = time.perf_counter() - t0
+
+    def squared_error(overrides):  # mean over the two models, on the calibration inputs
+        total = 0.0
+        for k, probe in probes.items():
+            sub = {n[len(k) + 1:]: v for n, v in overrides.items() if n.startswith(k + "/")}
+            if sub:
+                total += probe.output_error(sub) ** 2
+        return total / len(probes)
+
+    n_rec = sum(len(f["x"]) for f in cal["rec"])
+    return {"cov": cov, "t_cov": t_cov, "name": "OCR PP-OCRv4 det+rec (ONNX, character agreement)",
+            "weights": weights, "evaluate": task.agreement, "bar": 0.99, "higher": True, "sens": sens,
+            "sens_cal": sens_cal, "t_syn": t_syn, "t_cal": t_cal, "squared_error": squared_error,
+            "n_cal": f"{len(cal['det'])} detector images and {n_rec} recogniser crops as",
+            "bits": [2.5, 3.0, 3.5, 4.0, 5.0, 6.0], "qps": QPS[1::2],
+            "note": f"{len(task.images)} rendered text images ({task.characters} characters, whitespace removed), "
+                    f"{sum(v.size for v in weights.values())} weights"}
+
+
+# ----------------------------------------------------------------------------------------------------
 # 5 M-weight timing
 
 
@@ -539,10 +585,11 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration-samples", type=int, default=64,
                     help="real calibration inputs (files, images, crops per net) for the +cal estimates")
     ap.add_argument("--no-refine", action="store_true", help="skip the task-aware+cal+q curve")
-    ap.add_argument("--tasks", default="magika,digits,mtcnn")
+    ap.add_argument("--ocr-images", type=int, default=12, help="rendered text images of the OCR task")
+    ap.add_argument("--tasks", default="magika,digits,mtcnn,ocr")
     ap.add_argument("--out", default=str(TOOLS / "results" / "bench_task"))
     args = ap.parse_args(argv)
-    builders = {"magika": task_magika, "digits": task_digits, "mtcnn": task_mtcnn}
+    builders = {"magika": task_magika, "digits": task_digits, "mtcnn": task_mtcnn, "ocr": task_ocr}
     results = []
     for name in filter(None, args.tasks.split(",")):
         results.append(run_task(builders[name](args), args))
