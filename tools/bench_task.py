@@ -114,7 +114,12 @@ def nncodec_curve(weights: dict, evaluate, qps) -> list[dict] | None:
             print(f"  NNCodec qp {qp} failed: {str(exc).strip().splitlines()[-1]}", flush=True)
             continue
         decoded = {k: np.asarray(v).astype(weights[k].dtype).reshape(weights[k].shape) for k, v in r["decoded"].items()}
-        points.append({"qp": r["qp"], "bytes": r["bytes"], "quality": evaluate(decoded)})
+        try:
+            quality = evaluate(decoded)
+        except Exception as exc:  # noqa: BLE001 - a decoded model that does not run is a failed point, reported
+            print(f"  NNCodec qp {qp}: the model with its decoded weights does not run: {exc}", flush=True)
+            continue
+        points.append({"qp": r["qp"], "bytes": r["bytes"], "quality": quality})
     return points
 
 
