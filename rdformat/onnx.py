@@ -18,9 +18,11 @@ How it is stored: every initializer (also in subgraphs) and the ``value`` tensor
 node whose dtype .rdc supports becomes a tensor of the container, named after the ONNX value it
 defines. The model itself, with those tensors' data removed, is the container's graph blob
 (``graph_format="onnx"``): each emptied ``TensorProto`` keeps its name, dims and data type and carries
-an external-data reference ``{"location": "*rdc*", "rdc_tensor": <name>}``. Tensors of other dtypes
-(strings, 4-bit, complex...) stay inline in the graph blob. Restoring writes every tensor back as
-``raw_data`` (or into an external data file), bit for bit.
+an external-data reference ``{"location": "*rdc*", "rdc_tensor": <name>}``, plus ``"rdc_field"`` naming the
+typed field (``float_data``, ``int64_data``...) when the model stored it there rather than in ``raw_data``.
+Tensors of other dtypes (strings, 4-bit, complex...) stay inline in the graph blob. Restoring writes every
+tensor back, bit for bit, where it was (``raw_data`` or its typed field), or into an external data file, so
+a lossless round trip of a model without external data gives the same bytes.
 
 External data of input models is read one tensor at a time straight from its file, so models over
 2 GB work; a location that is absolute, contains ``..``, or resolves (through symlinks) outside the
@@ -60,6 +62,9 @@ from .format.dtypes import numpy_dtype
 #: Marker location of emptied tensors in the graph blob.
 RDC_LOCATION = "*rdc*"
 RDC_KEY = "rdc_tensor"
+#: external-data key of an emptied tensor whose model stored it in a typed field (``float_data``...) rather
+#: than ``raw_data``: restoring puts the values back there, so a lossless round trip gives the same bytes.
+RDC_FIELD_KEY = "rdc_field"
 #: Above this many bytes of weights, restored models use an external data file by default.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Tensors smaller than this stay inline even when an external data file is written.
@@ -295,6 +300,51 @@ def _typed_to_numpy(t: TensorProto, np_name: str, name: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def _typed_field(np_name: str) -> str:
+    """The ``TensorProto`` field that holds a tensor of ``np_name`` when it does not use ``raw_data``."""
+    if np_name == "float32":
+        return "float_data"
+    if np_name == "float64":
+        return "double_data"
+    if np_name == "int64":
+        return "int64_data"
+    if np_name in ("uint32", "uint64"):
+        return "uint64_data"
+    return "int32_data"  # narrower ints, bool, and the bit patterns of 16- and 8-bit floats
+
+
+def _set_typed(t: TensorProto, arr: np.ndarray, np_name: str, name: str) -> bool:
+    """Store ``arr`` in ``t``'s typed field (the inverse of :func:`_typed_to_numpy`); False (nothing stored)
+    when the values would not read back bit for bit (e.g. a signalling NaN through a Python float)."""
+    flat = arr.reshape(-1)
+    if np_name in _BITS_IN_INT32:
+        values = flat.view(_BITS_IN_INT32[np_name]).astype(np.int64)
+    elif np_name in ("float32", "float64"):
+        values = flat
+    else:
+        values = flat.astype(np.uint64 if np_name in ("uint32", "uint64") else np.int64)
+    getattr(t, _typed_field(np_name)).extend(values.tolist())
+    if _typed_to_numpy(t, np_name, name).tobytes() == np.ascontiguousarray(arr).tobytes():
+        return True
+    t.ClearField(_typed_field(np_name))
+    return False
+
+
+def _restore_data(t: TensorProto, arr: np.ndarray, name: str) -> None:
+    """Put ``arr`` back into the emptied tensor ``t``: in the typed field its model used (recorded under
+    :data:`RDC_FIELD_KEY`, checked against the dtype: the graph is untrusted), else as ``raw_data``."""
+    field = _external_entries(t).get(RDC_FIELD_KEY)
+    np_name = _ONNX_TO_NP.get(t.data_type)
+    _clear_data(t)
+    if field is not None:
+        if np_name is None or field != _typed_field(np_name):
+            raise CorruptDataError(f"graph: tensor {name!r} of type {TensorProto.DataType.Name(t.data_type)} "
+                                   f"names {field!r} as its storage field", record="graph", tensor=name)
+        if _set_typed(t, arr, np_name, name):
+            return
+    t.raw_data = arr.tobytes()
+
+
 def _external_entries(t: TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
@@ -422,10 +472,14 @@ def _extract(model: ModelProto, base_dir: str | os.PathLike | None):
         else:
             arr = _typed_to_numpy(t, np_name, value_name)
             loader = (lambda a=arr: a)
+        typed = not external and not t.HasField("raw_data")
         rdc_name = _unique(value_name, used)
         _clear_data(t)
         t.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", RDC_LOCATION), (RDC_KEY, rdc_name)):
+        entries = [("location", RDC_LOCATION), (RDC_KEY, rdc_name)]
+        if typed:
+            entries.append((RDC_FIELD_KEY, _typed_field(np_name)))
+        for key, value in entries:
             entry = t.external_data.add()
             entry.key, entry.value = key, value
         plan.append((rdc_name, loader))
@@ -548,9 +602,7 @@ def _fill_inline(f, model: ModelProto, progress: Progress | None = None) -> Mode
     refs = _refs(model)
     wrap = progress or no_progress
     for t, name, _main in wrap(refs, total=len(refs), desc="decompress"):
-        arr = _array_for(f, t, name)
-        _clear_data(t)
-        t.raw_data = arr.tobytes()
+        _restore_data(t, _array_for(f, t, name), name)
     return model
 
 
@@ -693,10 +745,10 @@ def decompress_file(src: str | os.PathLike | bytes, dst: str | os.PathLike, *,
                 offset = 0
                 for t, name, _main in wrap(refs, total=len(refs), desc="decompress"):
                     arr = _array_for(f, t, name)
-                    _clear_data(t)
                     if id(t) not in outside:
-                        t.raw_data = arr.tobytes()
+                        _restore_data(t, arr, name)
                         continue
+                    _clear_data(t)
                     align = 4096 if arr.nbytes >= 65536 else 64
                     pad = -offset % align
                     if pad:
