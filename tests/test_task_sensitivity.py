@@ -115,6 +115,37 @@ def test_constant_node_weights_are_probed_under_the_names_the_adapter_stores(tmp
     assert len(model.graph.node) == 7  # the caller's model is not changed
 
 
+def _classifier(softmax: bool):
+    """x -> W1 -> relu -> W2 -> (Softmax): logits about +-40, so the softmax is saturated on every input."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((8, 64)) / np.sqrt(8)).astype(np.float32)
+    w2 = (rng.standard_normal((64, 10)) * 12).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"])]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1))
+        out = "probs"
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def test_sensitivity_of_a_softmax_output_is_measured_on_its_logits():
+    """A saturated softmax hides how much its weights matter (the probing noise moves no probability), which
+    starved PP-OCR's recogniser head of bits; the probe measures the logits instead, exactly as for the
+    model without the Softmax, while its reference and output error stay the model's real outputs."""
+    with_softmax = OnnxProbe(_classifier(True))
+    logits_only = OnnxProbe(_classifier(False))
+    sens = with_softmax.output_sensitivity()
+    assert sens.keys() == {"w1", "w2"}
+    want = logits_only.output_sensitivity()
+    assert all(sens[k] == pytest.approx(want[k], rel=1e-5) for k in sens)
+    (probs,) = with_softmax.reference
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert with_softmax.output_error({"w2": with_softmax.weights["w2"] * 1.001}) < 1e-3
+
+
 def test_sensitivity_lowers_the_output_error_of_a_lossy_file():
     model = _fragile_mlp()
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
