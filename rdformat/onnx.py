@@ -324,7 +324,7 @@ def _set_typed(t: TensorProto, arr: np.ndarray, np_name: str, name: str) -> bool
     else:
         values = flat.astype(np.uint64 if np_name in ("uint32", "uint64") else np.int64)
     getattr(t, _typed_field(np_name)).extend(values.tolist())
-    if _typed_to_numpy(t, np_name, name).tobytes() == np.ascontiguousarray(arr).tobytes():
+    if _typed_to_numpy(t, np_name, name).tobytes() == arr.tobytes():
         return True
     t.ClearField(_typed_field(np_name))
     return False

@@ -472,22 +472,22 @@ class OnnxProbe:
         real = [o.name for o in graph.output]
         softmax_input = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Softmax"
                          and n.domain in ("", "ai.onnx") and n.input and n.output and n.input[0]}
-        declared = {o.name: o for o in graph.output}
-        extra: list[str] = []
-        for name in real:
-            src = softmax_input.get(name)
-            if src and src not in real and src not in extra:
-                extra.append(src)
+        names = list(real)  # session outputs: the real ones, then the logits they lack
+        self._probed_outputs = list(range(len(real)))  # per real output: the session output probed
+        for i, declared in enumerate(list(graph.output)):
+            src = softmax_input.get(declared.name)
+            if not src:
+                continue
+            if src not in names:
+                names.append(src)
                 info = onnx.ValueInfoProto()
-                info.CopyFrom(declared[name])  # a softmax keeps its input's type and shape
+                info.CopyFrom(declared)  # a softmax keeps its input's type and shape
                 info.name = src
                 graph.output.append(info)
+            self._probed_outputs[i] = names.index(src)
         self._session = self._make_session(model, threads)
-        self._output_names = real + extra
+        self._output_names = names
         self._real_outputs = len(real)
-        where = {n: i for i, n in enumerate(self._output_names)}
-        self._probed_outputs = [where[softmax_input[n]] if softmax_input.get(n) in where and softmax_input[n] != n
-                                else i for i, n in enumerate(real)]
         outputs = self._run_all({})
         self.reference = outputs[:self._real_outputs]
         self._probed_reference = [outputs[i] for i in self._probed_outputs]

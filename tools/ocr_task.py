@@ -96,11 +96,12 @@ class OcrTask:
 
         models = Path(ro.__file__).parent / "models"
         self.paths = {"det": models / "ch_PP-OCRv4_det_infer.onnx", "rec": models / "ch_PP-OCRv4_rec_infer.onnx"}
-        # the models as the calibration code sees them (Constant weights as initializers), to write variants of
-        self.models = {k: _constants_as_initializers(onnx.load(str(p))) for k, p in self.paths.items()}
+        loaded = {k: onnx.load(str(p)) for k, p in self.paths.items()}
         # float tensors that steer shapes (Resize scales...) are not weights: they stay exact, for every method
         # (rdformat.onnx keeps them lossless; NNCodec would round them and the detector would not load)
-        structural = {k: structural_values(onnx.load(str(p))) for k, p in self.paths.items()}
+        structural = {k: structural_values(m) for k, m in loaded.items()}
+        # the models as the calibration code sees them (Constant weights as initializers), to write variants of
+        self.models = {k: _constants_as_initializers(m) for k, m in loaded.items()}
         self.weights = {f"{k}/{t.name}": numpy_helper.to_array(t) for k, m in self.models.items()
                         for t in m.graph.initializer if t.data_type in _FLOAT_TYPES and t.name not in structural[k]}
         self.images = text_images(n_images, seed)
