@@ -48,6 +48,7 @@ from .producers.sensitivity import (
     default_probe_names,
     estimate_channel_profiles,
     estimate_output_sensitivity,
+    forward_passes,
     refine_sensitivity,
     relative_output_error,
 )
@@ -64,6 +65,11 @@ DEFAULT_MAX_SAMPLES = 16
 #: Wall time the channel profiles of :meth:`OnnxProbe.output_sensitivity` may take (their slice count
 #: follows from the time of one forward pass); the per-tensor estimate comes on top.
 DEFAULT_CHANNEL_SECONDS = 20.0
+#: Wall time the per-tensor estimate of :meth:`OnnxProbe.output_sensitivity` aims at: when its forward
+#: passes over all calibration samples would take longer, it uses the first samples only (at least one,
+#: then fewer noise rounds). PP-OCR's detector on 4 text images took 113 s; issue 12 allows 60 s for
+#: the whole estimate (this, the channel profiles and the input covariances).
+DEFAULT_TENSOR_SECONDS = 20.0
 #: Size given to a dynamic non-batch axis (sequence length, image side) when nothing else is known.
 DEFAULT_DYNAMIC_DIM = 64
 #: Integer inputs of unknown range get values in [0, this).
@@ -383,6 +389,12 @@ def _check_feeds(model, inputs: Feeds) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _feed_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in one feed, as :func:`_limit_samples` counts them."""
+    firsts = {a.shape[0] if a.ndim else 1 for a in feed.values()}
+    return firsts.pop() if len(firsts) == 1 else 1
+
+
 def _limit_samples(feeds: list[dict[str, np.ndarray]], max_samples: int) -> list[dict[str, np.ndarray]]:
     """The first ``max_samples`` samples of ``feeds`` (counted along the first axis of each feed,
     which the inputs of one feed share; feeds whose inputs disagree there count as one sample)."""
@@ -390,9 +402,8 @@ def _limit_samples(feeds: list[dict[str, np.ndarray]], max_samples: int) -> list
     for feed in feeds:
         if left <= 0:
             break
-        firsts = {a.shape[0] if a.ndim else 1 for a in feed.values()}
-        n = firsts.pop() if len(firsts) == 1 else 1
-        if n > left and not firsts:
+        n = _feed_samples(feed)
+        if n > left:
             feed = {k: a[:left] for k, a in feed.items()}
             n = left
         out.append(feed)
@@ -488,7 +499,10 @@ class OnnxProbe:
         self._session = self._make_session(model, threads)
         self._output_names = names
         self._real_outputs = len(real)
+        start = time.perf_counter()
         outputs = self._run_all({})
+        #: wall time of one forward pass over all feeds (what the estimators' budgets are planned with)
+        self.pass_seconds = max(time.perf_counter() - start, 1e-6)
         self.reference = outputs[:self._real_outputs]
         self._probed_reference = [outputs[i] for i in self._probed_outputs]
 
@@ -511,14 +525,16 @@ class OnnxProbe:
         """Outputs on all feeds (concatenated along axis 0 when there are several) with ``overrides``."""
         return self._run_all(overrides)[:self._real_outputs]
 
-    def _run_probed(self, overrides: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_probed(self, overrides: Mapping[str, np.ndarray],
+                    feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[np.ndarray]:
         """What sensitivity is measured on: the outputs, with a Softmax output's logits in its place."""
-        outputs = self._run_all(overrides)
+        outputs = self._run_all(overrides, feeds)
         return [outputs[i] for i in self._probed_outputs]
 
-    def _run_all(self, overrides: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_all(self, overrides: Mapping[str, np.ndarray],
+                 feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[np.ndarray]:
         per_feed = []
-        for feed in self.feeds:
+        for feed in self.feeds if feeds is None else feeds:
             full = dict(feed)
             full.update(self.weights)
             full.update(overrides)
@@ -538,13 +554,20 @@ class OnnxProbe:
     def output_sensitivity(self, names: Sequence[str] | None = None, *, noise: float = DEFAULT_NOISE, seed: int = 0,
                            rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP, channels: bool | None = None,
                            max_slices: int = DEFAULT_MAX_SLICES,
-                           channel_seconds: float = DEFAULT_CHANNEL_SECONDS) -> dict[str, Any]:
+                           channel_seconds: float = DEFAULT_CHANNEL_SECONDS,
+                           seconds: float | None = DEFAULT_TENSOR_SECONDS) -> dict[str, Any]:
         """Per-initializer output sensitivity; see :func:`onnx_output_sensitivity`."""
         if names is None:
             names = default_probe_names(self.weights)
-        result: dict[str, Any] = estimate_output_sensitivity(self.weights, self._run_probed, names, noise=noise,
+        feeds, rounds = self._budgeted_feeds(len(names), rounds, group, seconds)
+        reference = self._probed_reference if feeds is self.feeds else self._run_probed({}, feeds)
+
+        def run(overrides: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            return self._run_probed(overrides, feeds)
+
+        result: dict[str, Any] = estimate_output_sensitivity(self.weights, run, names, noise=noise,
                                                              seed=seed, rounds=rounds, group=group,
-                                                             reference=self._probed_reference)
+                                                             reference=reference)
         if channels is None:
             # Which channels matter depends on what the inputs look like (which ones are active at all):
             # profiles measured on synthetic noise inputs misled rate control on MTCNN (+15% bytes at
@@ -554,16 +577,36 @@ class OnnxProbe:
             # About one forward pass per slice: a slow model gets fewer (coarser) slices, so the profile
             # costs at most ``channel_seconds`` (a model too slow for a few dozen passes gets none).
             start = time.perf_counter()
-            self.run({})
+            run({})
             per_pass = max(time.perf_counter() - start, 1e-4)
             affordable = int(channel_seconds / per_pass * DEFAULT_CHANNEL_GROUP / 16)
             slices = min(max_slices, affordable)
             profiles = {} if slices < 16 else estimate_channel_profiles(
-                self.weights, self._run_probed, list(result), noise=noise, seed=seed, max_slices=slices,
-                reference=self._probed_reference, seconds=channel_seconds)
+                self.weights, run, list(result), noise=noise, seed=seed, max_slices=slices,
+                reference=reference, seconds=channel_seconds)
             for n, (axis0, axis1) in profiles.items():
                 result[n] = ChannelSensitivity(result[n], axis0, axis1)
         return result
+
+    def _budgeted_feeds(self, tensors: int, rounds: int, group: int,
+                        seconds: float | None) -> tuple[list[dict[str, np.ndarray]], int]:
+        """The feeds (first samples) and noise rounds whose per-tensor estimate fits in ``seconds``.
+
+        Planned from the timed reference pass: a pass costs about the same per sample, so the samples
+        kept are the budget's share of them; below one sample, rounds go (never below one of each).
+        """
+        if seconds is None:
+            return self.feeds, rounds
+        cost = forward_passes(tensors, rounds=rounds, group=group) * self.pass_seconds
+        if cost <= seconds:
+            return self.feeds, rounds
+        total = sum(_feed_samples(f) for f in self.feeds)
+        keep = int(total * seconds / cost)
+        if keep >= 1:
+            return _limit_samples(self.feeds, keep), rounds
+        one = _limit_samples(self.feeds, 1)
+        per_round = cost / rounds / max(total, 1)
+        return one, max(1, min(rounds, int(seconds / per_round)))
 
     def refine_sensitivity(self, sensitivity: Mapping[str, float], *, iterations: int = DEFAULT_REFINE_ITERATIONS,
                            method: str = "auto", **target: float) -> dict[str, float]:
@@ -619,6 +662,7 @@ def onnx_output_sensitivity(
     channels: bool | None = None,
     max_slices: int = DEFAULT_MAX_SLICES,
     channel_seconds: float = DEFAULT_CHANNEL_SECONDS,
+    seconds: float | None = DEFAULT_TENSOR_SECONDS,
 ) -> dict[str, Any]:
     """Per-initializer output sensitivity of an ONNX model, keyed by initializer name.
 
@@ -638,6 +682,9 @@ def onnx_output_sensitivity(
             per slice, at most ``max_slices`` and as many as ``channel_seconds`` of forward passes
             allow); such initializers map to a ``ChannelSensitivity``, which gives their channels
             their own steps.
+        seconds: wall time the per-tensor estimate aims at (None: no limit); when its forward passes
+            over all samples would take longer, only the first samples are used (planned from one
+            timed pass; then fewer ``rounds``). The channel profiles run on the same samples.
 
     Returns:
         ``{initializer name: sensitivity}``, ready for ``rdformat.save(..., sensitivity=...)``.
@@ -649,7 +696,7 @@ def onnx_output_sensitivity(
     probe = OnnxProbe(model_or_path, inputs, input_shapes=input_shapes, names=None if names is None else names,
                       samples=samples, seed=seed, max_samples=max_samples)
     return probe.output_sensitivity(names, noise=noise, seed=seed, rounds=rounds, group=group, channels=channels,
-                                    max_slices=max_slices, channel_seconds=channel_seconds)
+                                    max_slices=max_slices, channel_seconds=channel_seconds, seconds=seconds)
 
 
 def onnx_output_error(
@@ -721,6 +768,18 @@ def _auto_pad(attrs: Mapping[str, Any]) -> str:
     return auto.decode() if isinstance(auto, bytes) else str(auto)
 
 
+def _conv_row_count(wshape: Sequence[int], max_rows: int) -> int:
+    """Patches sampled per feed for a Conv weight: ``max_rows``, or fewer for small per-group inputs.
+
+    A depthwise layer's 5x5 patches need far fewer rows than ``max_rows`` for a good 25x25
+    covariance, while the gathered (groups, rows, 25) block of a 480-channel layer at 16384 rows is
+    1.5 GB and most of PP-OCR's covariance time; 128 rows per input dimension (at least 4096) keep
+    the estimate well conditioned.
+    """
+    d = int(np.prod([int(v) for v in wshape[1:]]))
+    return int(min(max_rows, max(4096, 128 * d)))
+
+
 def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any], rows: int,
                rng: np.random.Generator) -> np.ndarray:
     """Input patches of an ONNX Conv, ``(groups, sampled positions, C/groups * kernel size)``, ordered
@@ -760,7 +819,8 @@ def _conv_rows(x: np.ndarray, wshape: tuple[int, ...], attrs: Mapping[str, Any],
     i_h, i_w = np.divmod(rest, ow)
     patches = win[i_n, :, i_h, i_w]  # (rows, C, kh, kw)
     g = int(attrs.get("group", 1))
-    return patches.reshape(len(pick), g, -1).transpose(1, 0, 2)
+    # padded and gathered in the activation's own dtype: only the sampled patches are widened
+    return patches.reshape(len(pick), g, -1).transpose(1, 0, 2).astype(np.float64)
 
 
 def onnx_input_covariances(
@@ -817,16 +877,17 @@ def onnx_input_covariances(
             x = values.get(act)
             if x is None or np.asarray(x).dtype.kind != "f":
                 continue
-            x = np.asarray(x, dtype=np.float64)
+            x = np.asarray(x)
             if op == "Conv":
                 try:  # positions sampled before the patches are materialised
-                    rows = _conv_rows(x, tuple(floats[w].dims), attrs, max_rows, rng)
+                    rows = _conv_rows(x, tuple(floats[w].dims), attrs, _conv_row_count(floats[w].dims, max_rows), rng)
                 except (ValueError, IndexError, TypeError, InvalidInputError):
                     # attributes this reading of Conv does not follow: that layer is simply not compensated
                     sums.dropped.add(w)
                     continue
                 sums.add(w, rows, "out_in")
             else:
+                x = x.astype(np.float64)
                 if op == "Gemm" and int(attrs.get("transA", 0)):
                     x = x.T
                 rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)

@@ -297,6 +297,28 @@ def test_calibration_samples_are_capped_for_the_estimate():
     assert [f["x"].shape[0] for f in probe.feeds] == [10, 6]
 
 
+def test_a_slow_per_tensor_estimate_runs_on_the_first_samples_its_time_budget_affords():
+    model = _fragile_mlp()
+    x = np.random.default_rng(3).standard_normal((12, 8)).astype(np.float32)
+    feeds = [{"x": x[:4]}, {"x": x[4:8]}, {"x": x[8:]}]
+    probe = OnnxProbe(model, feeds, max_samples=None)
+    unlimited = probe.output_sensitivity(channels=False, seconds=None)
+    passes = forward_passes(len(unlimited))
+    # a pass "costs" 1 s: a 1/3 share of the passes affords the first 4 of the 12 samples
+    probe.pass_seconds = 1.0
+    budgeted = probe.output_sensitivity(channels=False, seconds=passes / 3 * 1.01)
+    first = OnnxProbe(model, {"x": x[:4]}, max_samples=None).output_sensitivity(channels=False, seconds=None)
+    assert budgeted == first and budgeted != unlimited
+    # below one sample, noise rounds go too (never below one sample and one round)
+    probe.pass_seconds = 1000.0
+    starved = probe.output_sensitivity(channels=False, seconds=0.0)
+    one = OnnxProbe(model, {"x": x[:1]}, max_samples=None).output_sensitivity(channels=False, rounds=1, seconds=None)
+    assert starved == one
+    assert max(starved, key=starved.get) == "wf"
+    # a budget the passes fit in changes nothing
+    assert probe.output_sensitivity(channels=False, seconds=1e9) == unlimited
+
+
 def _masked_pair():
     """Two linear branches: ``a`` sees one input feature 100x louder than the others, but its weights
     there are tiny (far below any step, so quantization zeroes them with a tiny error); ``b`` sees every
