@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import Lossy
-from .errors import InvalidInputError
+from .errors import CalibrationUnavailable, InvalidInputError
 from .file.reader import load as _load
 from .format.atomic import atomic_output
 from .producers.channels import ChannelSensitivity
@@ -148,6 +148,36 @@ def onnx_sensitivity(model_path: str | os.PathLike, *, calibration: str | os.Pat
                            + f" measured with onnxruntime on {source} ({seconds:.1f} s; --no-calibrate turns this off"
                            + (", --no-compensate the compensation)" if covariance else ")"),
                      seconds, covariance)
+
+
+def hf_sensitivity(weights_path: str | os.PathLike, *, seed: int = 0) -> TaskAware | None:
+    """Output sensitivity of a Hugging Face checkpoint (a ``.safetensors`` file with a ``config.json``
+    beside it) on synthetic inputs, or a fallback notice; None when there is no config to run it by.
+
+    Needs ``transformers`` (and torch); only its built-in architectures are built
+    (:mod:`rdformat.hf_calibration`).
+    """
+    from .hf_calibration import find_config
+
+    config = find_config(weights_path)
+    if config is None:
+        return None
+    start = time.perf_counter()
+    try:
+        from .hf_calibration import hf_output_sensitivity
+        from .safetensors_io import read_safetensors
+
+        weights, _meta = read_safetensors(weights_path)
+        sens, arch = hf_output_sensitivity(weights, config, seed=seed)
+    except CalibrationUnavailable as exc:
+        return TaskAware(None, f"note: {config.name} is here but the model cannot be run ({exc.message}); "
+                               "allocating bits by weight error")
+    seconds = time.perf_counter() - start
+    if not sens:
+        return TaskAware(None, "note: no float weight to probe; allocating bits by weight error", seconds)
+    return TaskAware(sens, f"task-aware: output sensitivity of {len(sens)} tensors measured by running {arch} "
+                           f"({config.name} beside the weights) with transformers on synthetic inputs "
+                           f"({seconds:.1f} s; --no-calibrate turns this off)", seconds)
 
 
 def search_output_error(compress: Callable[[Lossy, Any], Any], evaluate: Callable[[Mapping[str, Any]], float],

