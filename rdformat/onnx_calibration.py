@@ -481,8 +481,7 @@ class OnnxProbe:
         # at 4 bits with real calibration inputs; 0.98 measured on logits). The outputs themselves stay
         # what ``reference``/``output_error`` report.
         real = [o.name for o in graph.output]
-        softmax_input = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Softmax"
-                         and n.domain in ("", "ai.onnx") and n.input and n.output and n.input[0]}
+        softmax_input = _softmax_logits(graph)
         names = list(real)  # session outputs: the real ones, then the logits they lack
         self._probed_outputs = list(range(len(real)))  # per real output: the session output probed
         for i, declared in enumerate(list(graph.output)):
@@ -634,6 +633,27 @@ class OnnxProbe:
                     raise InvalidInputError(f"tensor {name!r} has shape {arr.shape}, the model's is {want.shape}")
                 overrides[name] = arr.astype(want.dtype, copy=False)
         return relative_output_error(self.reference, self.run(overrides))
+
+
+def _softmax_logits(graph) -> dict[str, str]:
+    """``{softmax output: its logits}`` for the graph's Softmax nodes and spelled-out softmaxes.
+
+    Exporters such as jax2tf write a softmax as ``Div(Exp(z), <ReduceSum of that Exp>)`` (magika's
+    classifier head); ``z`` (the logits less their maximum) then stands for the logits.
+    """
+    std = ("", "ai.onnx")
+    found = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Softmax"
+             and n.domain in std and n.input and n.output and n.input[0]}
+    producer = {o: n for n in graph.node for o in n.output if o}
+    summed = {i for n in graph.node if n.op_type == "ReduceSum" and n.domain in std for i in n.input[:1]}
+    for n in graph.node:
+        if n.op_type != "Div" or n.domain not in std or len(n.input) != 2 or not n.output:
+            continue
+        exp = producer.get(n.input[0])
+        if exp is not None and exp.op_type == "Exp" and exp.domain in std and exp.input and exp.input[0] \
+                and n.input[0] in summed:
+            found.setdefault(n.output[0], exp.input[0])
+    return found
 
 
 def _first_line(exc: BaseException) -> str:

@@ -115,18 +115,30 @@ def test_constant_node_weights_are_probed_under_the_names_the_adapter_stores(tmp
     assert len(model.graph.node) == 7  # the caller's model is not changed
 
 
-def _classifier(softmax: bool):
-    """x -> W1 -> relu -> W2 -> (Softmax): logits about +-40, so the softmax is saturated on every input."""
+def _classifier(softmax):
+    """x -> W1 -> relu -> W2 -> (Softmax): logits about +-40, so the softmax is saturated on every input.
+
+    ``softmax``: True (a Softmax node), "spelled" (exp(z) / sum exp(z) of z = logits - max, as jax2tf
+    writes it), "shifted" (outputs that z), False (outputs the logits)."""
     rng = np.random.default_rng(3)
     w1 = (rng.standard_normal((8, 64)) / np.sqrt(8)).astype(np.float32)
     w2 = (rng.standard_normal((64, 10)) * 12).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["logits"])]
     out = "logits"
-    if softmax:
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    if softmax is True:
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1))
         out = "probs"
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    elif softmax in ("spelled", "shifted"):
+        nodes += [helper.make_node("ReduceMax", ["logits"], ["top"], axes=[-1], keepdims=1),
+                  helper.make_node("Sub", ["logits", "top"], ["z"])]
+        out = "z"
+        if softmax == "spelled":
+            inits.append(numpy_helper.from_array(np.array([-1], np.int64), "axes"))
+            nodes += [helper.make_node("Exp", ["z"], ["e"]), helper.make_node("ReduceSum", ["e", "axes"], ["total"]),
+                      helper.make_node("Div", ["e", "total"], ["probs"])]
+            out = "probs"
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
                   [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 10])], inits)
 
@@ -144,6 +156,17 @@ def test_sensitivity_of_a_softmax_output_is_measured_on_its_logits():
     (probs,) = with_softmax.reference
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert with_softmax.output_error({"w2": with_softmax.weights["w2"] * 1.001}) < 1e-3
+
+
+def test_a_spelled_out_softmax_is_probed_on_its_logits_too():
+    """magika's head is exp(z) / ReduceSum(exp(z)) (jax2tf), not a Softmax node: measured on z all the same."""
+    spelled = OnnxProbe(_classifier("spelled"))
+    sens = spelled.output_sensitivity()
+    want = OnnxProbe(_classifier("shifted")).output_sensitivity()
+    assert sens.keys() == {"w1", "w2"}
+    assert all(sens[k] == pytest.approx(want[k], rel=1e-5) for k in sens)
+    (probs,) = spelled.reference
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_sensitivity_lowers_the_output_error_of_a_lossy_file():
