@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..format import records as C
-from ..codecs import codec_from_config, get_codec_class
+from ..codecs import Codec, codec_from_config, get_codec_class
 from ..format.dtypes import by_code
 from ..format.layers import parse_layer
 from ..entropy import ans
@@ -640,7 +640,7 @@ class RdcReader:
             raise CorruptDataError(f"pack group of {group.numel} elements holds {len(data)} bytes of "
                                    f"{header.codec_id} data, fewer than the {need} it needs",
                                    offset=group.offset, record="pack", tensor=header.name)
-        return self._plan_tensor(header, head, data, meter)
+        return self._plan_tensor(header, head, data, meter, codec)
 
     def _read_pack(self, entry: C.IndexEntry) -> tuple[C.RecordHead, bytes]:
         """The PACK record an index entry points to (its head and payload)."""
@@ -656,12 +656,14 @@ class RdcReader:
         return self._finish_tensors([self._plan_tensor(header, head, inline, meter)])[0][1]
 
     def _plan_tensor(self, header: C.TensorHeader, head: C.RecordHead,
-                     inline: memoryview | None, meter: "_OutputMeter") -> "_PendingTensor":
+                     inline: memoryview | None, meter: "_OutputMeter",
+                     codec: Codec | None = None) -> "_PendingTensor":
         """Read a tensor's chunk records and plan their decoding (ANS blocks not decoded yet).
 
         ``inline``: the data of the one chunk of a SMALL record (no CHUNK records follow it).
         ``meter``: the read's output so far; the tensor's decoded bytes are charged to it before its
         output is allocated (on a stream, chunk by chunk as they arrive).
+        ``codec``: the header's codec when the caller already built it (a pack group's).
         """
         name = header.name
         try:
@@ -688,7 +690,8 @@ class RdcReader:
             raise LimitExceededError(f"shape {header.shape} is too large to represent",
                                      offset=head.offset, record="tensor", tensor=name)
         try:
-            codec = codec_from_config(header.codec_id, header.codec_config)
+            if codec is None:
+                codec = codec_from_config(header.codec_id, header.codec_config)
         except RdcError as exc:
             raise exc.with_context(offset=head.offset, record="tensor", tensor=name)
         except (TypeError, ValueError) as exc:
