@@ -150,9 +150,10 @@ def onnx_sensitivity(model_path: str | os.PathLike, *, calibration: str | os.Pat
                      seconds, covariance)
 
 
-def hf_sensitivity(weights_path: str | os.PathLike, *, seed: int = 0) -> TaskAware | None:
-    """Output sensitivity of a Hugging Face checkpoint (a ``.safetensors`` file with a ``config.json``
-    beside it) on synthetic inputs, or a fallback notice; None when there is no config to run it by.
+def hf_sensitivity(weights_path: str | os.PathLike, *, fmt: str = "safetensors", seed: int = 0) -> TaskAware | None:
+    """Output sensitivity of a Hugging Face checkpoint (a ``.safetensors`` file, or with ``fmt="pytorch"``
+    a ``pytorch_model.bin``, with a ``config.json`` beside it) on synthetic inputs, or a fallback notice;
+    None when there is no config to run it by.
 
     Needs ``transformers`` (and torch); only its built-in architectures are built
     (:mod:`rdformat.hf_calibration`).
@@ -167,7 +168,13 @@ def hf_sensitivity(weights_path: str | os.PathLike, *, seed: int = 0) -> TaskAwa
         from .hf_calibration import hf_output_sensitivity
         from .safetensors_io import read_safetensors
 
-        weights, _meta = read_safetensors(weights_path)
+        if fmt == "pytorch":
+            from .torch import read_checkpoint, to_numpy
+
+            weights = {k: to_numpy(v, k) for k, v in read_checkpoint(weights_path).items()
+                       if hasattr(v, "detach")}
+        else:
+            weights, _meta = read_safetensors(weights_path)
         sens, arch = hf_output_sensitivity(weights, config, seed=seed)
     except CalibrationUnavailable as exc:
         return TaskAware(None, f"note: {config.name} is here but the model cannot be run ({exc.message}); "

@@ -108,3 +108,11 @@ def test_rdc_compress_runs_a_hugging_face_folder_and_lowers_its_output_error(tmp
     assert "task-aware" in said and "BertModel" in said
     assert rdc_main(["compress", str(path), str(tmp_path / "plain.rdc"), "--bits", "3", "--no-calibrate"]) == 0
     assert error(tmp_path / "task.rdc") < 0.5 * error(tmp_path / "plain.rdc")
+
+
+def test_a_pytorch_model_bin_with_its_config_is_run_too(tmp_path):
+    path, state = _bert_folder(tmp_path, fragile=True)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "pytorch_model.bin")
+    found = calibrate.hf_sensitivity(tmp_path / "pytorch_model.bin", fmt="pytorch")
+    from_st = calibrate.hf_sensitivity(path)
+    assert found.sensitivity == from_st.sensitivity and "BertModel" in found.notice

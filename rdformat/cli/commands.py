@@ -121,7 +121,7 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
         if found.covariance:
             lossy["covariance"] = found.covariance
         out.say(found.notice)
-    elif (found := calibrate.hf_sensitivity(src) if fmt == "safetensors" else None) is not None:
+    elif (found := calibrate.hf_sensitivity(src, fmt=fmt) if fmt in ("safetensors", "pytorch") else None) is not None:
         lossy["sensitivity"] = found.sensitivity  # a Hugging Face folder: config.json says how to run it
         out.say(found.notice)
     else:
