@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "safetensors_io": 6.5,  # the safetensors file format itself (what the safetensors adapter converts)
     "contrib": 7,
     "onnx_calibration": 7,
+    "hf_calibration": 7,  # runs Hugging Face folders (weights + config.json) through torch_sensitivity
     "convert": 8,  # picks an adapter by a file's format (what rdc compress/decompress call)
     "calibrate": 8,  # task-aware lossy targets for the CLI (runs ONNX models through onnx_calibration)
     "surp": 8,  # SuRP's user-facing module (re-exports the producer and the contrib loop)

@@ -22,6 +22,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import rdformat.onnx_calibration as calibration  # noqa: E402
 from rdformat.onnx_calibration import (  # noqa: E402
     CalibrationUnavailable,
     OnnxProbe,
@@ -115,14 +116,15 @@ def test_constant_node_weights_are_probed_under_the_names_the_adapter_stores(tmp
     assert len(model.graph.node) == 7  # the caller's model is not changed
 
 
-def _classifier(softmax):
-    """x -> W1 -> relu -> W2 -> (Softmax): logits about +-40, so the softmax is saturated on every input.
+def _classifier(softmax, scale: float = 12.0):
+    """x -> W1 -> relu -> W2 -> (Softmax). ``scale`` 12: logits about +-40, so the softmax is saturated on
+    every input; 0.05: an unsure classifier.
 
     ``softmax``: True (a Softmax node), "spelled" (exp(z) / sum exp(z) of z = logits - max, as jax2tf
-    writes it), "shifted" (outputs that z), False (outputs the logits)."""
+    writes it), "centered" (outputs the logits less their mean), False (outputs the logits)."""
     rng = np.random.default_rng(3)
     w1 = (rng.standard_normal((8, 64)) / np.sqrt(8)).astype(np.float32)
-    w2 = (rng.standard_normal((64, 10)) * 12).astype(np.float32)
+    w2 = (rng.standard_normal((64, 10)) * scale).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["logits"])]
     out = "logits"
@@ -130,43 +132,47 @@ def _classifier(softmax):
     if softmax is True:
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1))
         out = "probs"
-    elif softmax in ("spelled", "shifted"):
+    elif softmax == "centered":
+        nodes += [helper.make_node("ReduceMean", ["logits"], ["mean"], axes=[-1], keepdims=1),
+                  helper.make_node("Sub", ["logits", "mean"], ["centered"])]
+        out = "centered"
+    elif softmax == "spelled":
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), "axes"))
         nodes += [helper.make_node("ReduceMax", ["logits"], ["top"], axes=[-1], keepdims=1),
-                  helper.make_node("Sub", ["logits", "top"], ["z"])]
-        out = "z"
-        if softmax == "spelled":
-            inits.append(numpy_helper.from_array(np.array([-1], np.int64), "axes"))
-            nodes += [helper.make_node("Exp", ["z"], ["e"]), helper.make_node("ReduceSum", ["e", "axes"], ["total"]),
-                      helper.make_node("Div", ["e", "total"], ["probs"])]
-            out = "probs"
+                  helper.make_node("Sub", ["logits", "top"], ["z"]), helper.make_node("Exp", ["z"], ["e"]),
+                  helper.make_node("ReduceSum", ["e", "axes"], ["total"]),
+                  helper.make_node("Div", ["e", "total"], ["probs"])]
+        out = "probs"
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
                   [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", 10])], inits)
 
 
-def test_sensitivity_of_a_softmax_output_is_measured_on_its_logits():
+def test_a_saturated_softmax_is_probed_on_its_logits():
     """A saturated softmax hides how much its weights matter (the probing noise moves no probability), which
-    starved PP-OCR's recogniser head of bits; the probe measures the logits instead, exactly as for the
-    model without the Softmax, while its reference and output error stay the model's real outputs."""
+    starved PP-OCR's recogniser head of bits; the probe measures the logits less their mean instead, while
+    its reference and output error stay the model's real outputs."""
     with_softmax = OnnxProbe(_classifier(True))
-    logits_only = OnnxProbe(_classifier(False))
     sens = with_softmax.output_sensitivity()
     assert sens.keys() == {"w1", "w2"}
-    want = logits_only.output_sensitivity()
+    want = OnnxProbe(_classifier("centered")).output_sensitivity()
     assert all(sens[k] == pytest.approx(want[k], rel=1e-5) for k in sens)
     (probs,) = with_softmax.reference
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert with_softmax.output_error({"w2": with_softmax.weights["w2"] * 1.001}) < 1e-3
+    # magika's head is exp(z) / ReduceSum(exp(z)) (jax2tf), not a Softmax node: probed the same way
+    spelled = OnnxProbe(_classifier("spelled")).output_sensitivity()
+    assert all(spelled[k] == pytest.approx(want[k], rel=1e-5) for k in sens)
 
 
-def test_a_spelled_out_softmax_is_probed_on_its_logits_too():
-    """magika's head is exp(z) / ReduceSum(exp(z)) (jax2tf), not a Softmax node: measured on z all the same."""
-    spelled = OnnxProbe(_classifier("spelled"))
-    sens = spelled.output_sensitivity()
-    want = OnnxProbe(_classifier("shifted")).output_sensitivity()
-    assert sens.keys() == {"w1", "w2"}
-    assert all(sens[k] == pytest.approx(want[k], rel=1e-5) for k in sens)
-    (probs,) = spelled.reference
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+def test_an_unsure_softmax_is_probed_on_its_probabilities(monkeypatch):
+    """Synthetic inputs usually leave a classifier unsure: its probabilities move and are measured as they are
+    (on PP-OCR they allocated better than the logits, which overstated the 6625-class head)."""
+    unsure = OnnxProbe(_classifier(True, scale=0.05)).output_sensitivity()
+    (probs,) = OnnxProbe(_classifier(True, scale=0.05)).reference
+    assert probs.max(axis=1).mean() < calibration.SATURATED
+    monkeypatch.setattr(calibration, "_softmax_logits", lambda graph, opset=13: {})
+    plain = OnnxProbe(_classifier(True, scale=0.05)).output_sensitivity()
+    assert unsure == plain
 
 
 def test_sensitivity_lowers_the_output_error_of_a_lossy_file():
