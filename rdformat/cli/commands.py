@@ -104,7 +104,8 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
     onnx_only = [flag for flag, given in (("--calibration", args.calibration), ("--input-shape", args.input_shape),
                                           ("--max-output-error", args.max_output_error is not None)) if given]
     if onnx_only and fmt != "onnx":
-        raise CommandLineError(f"{onnx_only[0]} needs a runnable model (ONNX); a {fmt} file holds weights only")
+        raise CommandLineError(f"{onnx_only[0]} works with ONNX models only, not with a {fmt} file (a Hugging Face "
+                               "folder is measured on synthetic inputs; --sensitivity FILE.json takes any other)")
     shapes = calibrate.parse_input_shapes(args.input_shape or ())
     if lossy["method"] == "surp" and args.max_output_error is not None:
         raise CommandLineError("--method surp does not take --max-output-error yet (give --sparsity or --bits)")
@@ -126,7 +127,8 @@ def _task_aware(args: argparse.Namespace, src: Path, fmt: str, lossy: dict, out:
         out.say(found.notice)
     else:
         out.say(f"note: a {fmt} file holds weights only and cannot be run: bits are allocated by weight error "
-                "(--sensitivity FILE.json, e.g. from rdformat.torch.output_sensitivity, makes it task-aware)")
+                "(--sensitivity FILE.json, e.g. from rdformat.torch.output_sensitivity, makes it task-aware; "
+                "so does a Hugging Face config.json beside a .safetensors or .bin file)")
     if args.write_sensitivity:
         if not lossy.get("sensitivity"):
             raise CommandLineError("--write-sensitivity: no sensitivity was measured (an ONNX model or a Hugging Face folder that runs here "
@@ -370,7 +372,8 @@ def _command(sub: Any, common: argparse.ArgumentParser, name: str, summary: str,
 _TASK_HELP = ("with a lossy target, bits go where the model's outputs feel them: for ONNX models the output "
               "sensitivity of each tensor is measured with onnxruntime (noise injection; synthetic inputs unless "
               "--calibration is given; real calibration inputs also let the sq levels compensate each layer's "
-              "errors), for others a --sensitivity file is used")
+              "errors); a .safetensors or .bin with a Hugging Face config.json beside it is run with transformers "
+              "on synthetic inputs; for others a --sensitivity file is used")
 
 
 def build_parser() -> argparse.ArgumentParser:
