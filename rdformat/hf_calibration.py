@@ -65,6 +65,13 @@ def _build(config_path: Path, weights: Mapping[str, np.ndarray]):
         raise CalibrationUnavailable(f"{config_path.name} is not readable JSON ({type(exc).__name__})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
         raise CalibrationUnavailable(f"{config_path.name} names no model_type")
+    # Module counts follow these fields, and even a meta-device build of millions of layers would hang:
+    # every layer, expert or block holds at least one tensor of the file.
+    for key, value in _config_items(raw):
+        if isinstance(value, int) and any(w in key.lower() for w in ("layer", "expert", "block")) \
+                and value > len(weights):
+            raise CalibrationUnavailable(f"{config_path.name}: {key} = {value} is more than the file's "
+                                         f"{len(weights)} tensors could fill")
     try:
         config = transformers.AutoConfig.for_model(**raw)
     except Exception as exc:  # noqa: BLE001 - unknown model types, bad values: a notice, not a crash
@@ -93,6 +100,14 @@ def _build(config_path: Path, weights: Mapping[str, np.ndarray]):
                 loaded = sorted(n for n, t in state.items() if n in wanted and tuple(t.shape) == wanted[n])
                 return cls, config, module is not model, sorted(params), loaded
     raise CalibrationUnavailable(f"the weights do not match the architecture {config_path.name} describes")
+
+
+def _config_items(raw: Mapping[str, Any], depth: int = 0):
+    """``(key, value)`` of a config and of its nested configs (text_config, vision_config...)."""
+    for key, value in raw.items():
+        yield str(key), value
+        if isinstance(value, Mapping) and depth < 4:
+            yield from _config_items(value, depth + 1)
 
 
 def _inputs(module, config, samples: int, tokens: int, seed: int) -> dict[str, Any]:
