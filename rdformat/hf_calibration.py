@@ -170,12 +170,16 @@ def hf_output_sensitivity(weights: Mapping[str, np.ndarray], config_path: str | 
         return {}, type(module).__name__
     inputs = _inputs(module, config, samples, tokens, seed)
     rounds = DEFAULT_ROUNDS
-    if seconds is not None:
+    try:
         with torch.no_grad():
-            module(**inputs)  # the first pass pays one-off setup; the second is what the estimate repeats
+            module(**inputs)  # the first pass pays one-off setup (and says whether the inputs fit at all)
             start = time.perf_counter()
-            module(**inputs)
+            if seconds is not None:
+                module(**inputs)  # what the estimate repeats
             per_pass = time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - e.g. an encoder-decoder needs decoder inputs too
+        raise CalibrationUnavailable(f"the model fails on synthetic inputs: {_first_line(exc)}") from None
+    if seconds is not None:
         cost = forward_passes(len(probe), rounds=rounds, group=DEFAULT_GROUP) * per_pass
         if cost > seconds:
             keep = int(samples * seconds / cost)

@@ -118,3 +118,24 @@ def test_a_pytorch_model_bin_with_its_config_is_run_too(tmp_path):
     found = calibrate.hf_sensitivity(tmp_path / "pytorch_model.bin", fmt="pytorch")
     from_st = calibrate.hf_sensitivity(path)
     assert found.sensitivity == from_st.sensitivity and "BertModel" in found.notice
+
+
+def _save_pretrained(tmp_path, config, cls):
+    torch.manual_seed(0)
+    cls(config).save_pretrained(str(tmp_path))
+    return tmp_path / "model.safetensors"
+
+
+def test_a_causal_lm_runs_and_an_encoder_decoder_falls_back(tmp_path):
+    (tmp_path / "gpt2").mkdir()
+    gpt2 = _save_pretrained(tmp_path / "gpt2", transformers.GPT2Config(vocab_size=200, n_embd=32, n_layer=2, n_head=2,
+                                                                       n_positions=64), transformers.GPT2LMHeadModel)
+    found = calibrate.hf_sensitivity(gpt2)
+    assert found.sensitivity and "GPT2LMHeadModel" in found.notice
+    # T5 needs decoder inputs, which synthetic token ids alone do not give: a notice, never a crash
+    (tmp_path / "t5").mkdir()
+    t5 = _save_pretrained(tmp_path / "t5", transformers.T5Config(vocab_size=200, d_model=32, d_kv=8, d_ff=64,
+                                                                 num_layers=2, num_heads=2),
+                          transformers.T5ForConditionalGeneration)
+    found = calibrate.hf_sensitivity(t5)
+    assert found.sensitivity is None and "fails on synthetic inputs" in found.notice
