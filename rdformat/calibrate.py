@@ -30,6 +30,9 @@ from .file.reader import load as _load
 from .format.atomic import atomic_output
 from .producers.channels import ChannelSensitivity
 
+#: Hugging Face checkpoints larger than this are not run for task-aware allocation: the model is built
+#: in float32 next to the file's tensors (about 5x the file in memory for a bfloat16 checkpoint).
+HF_MAX_FILE_BYTES = 1 << 30
 #: ``--max-output-error`` searches bits per weight in this range (levels only, as ``--bits``).
 SEARCH_BITS = (0.5, 16.0)
 #: Bisection steps of that search: the bits found are within (16 - 0.5) / 2**9 ~ 0.03 of the best.
@@ -163,6 +166,12 @@ def hf_sensitivity(weights_path: str | os.PathLike, *, fmt: str = "safetensors",
     config = find_config(weights_path)
     if config is None:
         return None
+    size = os.path.getsize(weights_path)
+    if size > HF_MAX_FILE_BYTES:
+        return TaskAware(None, f"note: {config.name} is here but the model is too large to run for task-aware "
+                               f"allocation ({size / 2**30:.1f} GiB of weights, limit {HF_MAX_FILE_BYTES / 2**30:.0f} "
+                               "GiB: it would be built in float32 in memory); allocating bits by weight error "
+                               "(--sensitivity FILE.json gives a measured one)")
     start = time.perf_counter()
     try:
         from .hf_calibration import hf_output_sensitivity

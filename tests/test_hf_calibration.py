@@ -139,3 +139,10 @@ def test_a_causal_lm_runs_and_an_encoder_decoder_falls_back(tmp_path):
                           transformers.T5ForConditionalGeneration)
     found = calibrate.hf_sensitivity(t5)
     assert found.sensitivity is None and "fails on synthetic inputs" in found.notice
+
+
+def test_a_checkpoint_too_large_to_build_here_is_not_run(tmp_path, monkeypatch):
+    path, _ = _bert_folder(tmp_path)
+    monkeypatch.setattr(calibrate, "HF_MAX_FILE_BYTES", path.stat().st_size - 1)
+    found = calibrate.hf_sensitivity(path)
+    assert found.sensitivity is None and "too large" in found.notice and "weight error" in found.notice
