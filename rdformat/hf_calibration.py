@@ -151,10 +151,21 @@ def hf_output_sensitivity(weights: Mapping[str, np.ndarray], config_path: str | 
         CalibrationUnavailable: transformers is missing, the config is not a built-in architecture,
             or the weights do not fit it; callers fall back to weight-error allocation.
     """
+    _torch, transformers = _require()
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its config and init warnings are not the user's concern here
+    try:
+        return _measure(weights, Path(config_path), seed=seed, samples=samples, tokens=tokens, seconds=seconds)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _measure(weights: Mapping[str, np.ndarray], config_path: Path, *, seed: int, samples: int, tokens: int,
+             seconds: float | None) -> tuple[dict[str, float], str]:
     from .torch_sensitivity import output_sensitivity
 
     torch, transformers = _require()
-    cls, config, base, params, loaded = _build(Path(config_path), weights)
+    cls, config, base, params, loaded = _build(config_path, weights)
     floats = {n: f for n in loaded if (f := _as_float32(weights[n])) is not None}
     try:
         model = transformers.AutoModel.from_config(config) if cls is None else cls(config)
