@@ -31,6 +31,7 @@ MAX_INPUT = 1 << 16  # inputs stay below 64 KB (a hang is > 1 s on such an input
 MAGIC = b"\x89RDC\r\n\x1a\n"
 REC_META, REC_GRAPH, REC_TENSOR, REC_CHUNK, REC_ALIAS, REC_INDEX, REC_END, REC_SMALL = range(1, 9)
 REC_ZMETA, REC_ZGRAPH = 9, 10  # format 1.2: zlib-compressed META / GRAPH (indexed as META / GRAPH)
+REC_XGRAPH = 16  # format 1.7: LZMA2-compressed GRAPH (indexed as GRAPH)
 REC_LAYER = 12  # format 1.3: pieces of layered tensors (indexed as one region, entry kind 6)
 REC_PACK = 11  # format 1.3: several small tensors in one record (indexed by one unnamed entry, kind 5)
 REC_DMETA = 13  # format 1.5: META deflated with the preset dictionary (indexed as META)
@@ -779,7 +780,7 @@ class RdcFile:
             elif rec.rtype in (REC_ALIAS, REC_SMALL) and len(payload) >= 2:
                 n = struct.unpack_from("<H", payload)[0]
                 entries.append((2 if rec.rtype == REC_ALIAS else 1, payload[2 : 2 + n], start, len(out) - start))
-            elif rec.rtype in (REC_META, REC_GRAPH, REC_ZMETA, REC_ZGRAPH, REC_DMETA):
+            elif rec.rtype in (REC_META, REC_GRAPH, REC_ZMETA, REC_ZGRAPH, REC_DMETA, REC_XGRAPH):
                 entries.append((3 if rec.rtype in (REC_META, REC_ZMETA, REC_DMETA) else 4, b"", start,
                                 len(out) - start))
             elif rec.rtype == REC_LAYER:

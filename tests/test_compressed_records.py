@@ -59,7 +59,7 @@ def _read_all_ways(data: bytes) -> list[tuple[dict, bytes | None, str | None, di
 
 
 def test_large_graph_and_metadata_round_trip_smaller():
-    data = _save(metadata=META, graph=GRAPH, graph_format="onnx")
+    data = _save(metadata=META, graph=GRAPH, graph_format="onnx", max_minor=6)  # zlib: 1.7 would take LZMA2
     plain = _write(compress=False, metadata=META, graph=GRAPH)
     assert len(data) < len(plain) // 10  # the graph compresses well over 10x
     assert len(plain) - len(data) > len(GRAPH) * 0.9
@@ -74,7 +74,7 @@ def test_large_graph_and_metadata_round_trip_smaller():
 
 def test_compressed_payload_layout_follows_the_spec():
     """Hand-parse the payloads with the layout of spec section 1.4."""
-    data = _save(metadata=META, graph=GRAPH, graph_format="onnx")
+    data = _save(metadata=META, graph=GRAPH, graph_format="onnx", max_minor=6)
     (_t1, _f1, _o1, p1), (_t2, _f2, _o2, p2) = _records(data)[:2]
     size = struct.unpack_from("<Q", p1)[0]
     text = zlib.decompress(p1[8:])
@@ -142,8 +142,9 @@ def test_a_1_1_reader_refuses_compressed_records_cleanly():
 # ---------------------------------------------------------------------------- limits and bombs
 
 
-def test_reader_limits_apply_to_the_decompressed_size():
-    data = _save(metadata=META, graph=GRAPH)
+@pytest.mark.parametrize("max_minor, graph_record", [(6, "compressed graph"), (None, "lzma graph")])
+def test_reader_limits_apply_to_the_decompressed_size(max_minor, graph_record):
+    data = _save(metadata=META, graph=GRAPH, max_minor=max_minor)
     meta_len = len(json.dumps(META).encode())
     zmeta_stored = _records(data)[0][3]
     assert len(zmeta_stored) < 1000 < meta_len  # stored under the cap, decompressed over it
@@ -152,7 +153,7 @@ def test_reader_limits_apply_to_the_decompressed_size():
     assert exc.value.record == "compressed meta" and exc.value.offset == C.FILE_HEADER_SIZE + C.RECORD_HEADER_SIZE
     with pytest.raises(LimitExceededError) as exc:
         rdformat.open(NonSeekable(data), limits=Limits(max_graph_bytes=len(GRAPH) - 1))
-    assert exc.value.record == "compressed graph"
+    assert exc.value.record == graph_record
     with rdformat.open(data, limits=Limits(max_meta_bytes=meta_len, max_graph_bytes=len(GRAPH))) as f:
         assert f.graph == GRAPH
 
@@ -239,3 +240,55 @@ def test_1_1_golden_and_vectors_still_read():
         assert struct.unpack_from("<H", data, 10)[0] <= 1
         assert all(r[0] not in (C.REC_ZMETA, C.REC_ZGRAPH) for r in _records(data))
         assert rdformat.load(data)
+
+
+def test_a_graph_lzma_compresses_better_goes_in_an_xgraph_record_of_a_1_7_file():
+    data = _save(metadata=META, graph=GRAPH, graph_format="onnx")
+    zlib_file = _save(metadata=META, graph=GRAPH, graph_format="onnx", max_minor=6)
+    assert len(data) < len(zlib_file) - C.ZLIB_MIN_SAVING
+    assert struct.unpack_from("<HH", data, 8) == (1, C.VERSION_MINOR_LZMA)
+    recs = _records(data)
+    assert (recs[1][0], recs[1][1]) == (C.REC_XGRAPH, C.FLAG_REQUIRED)
+    for meta, graph, fmt, tensors in _read_all_ways(data):
+        assert meta == META and graph == GRAPH and fmt == "onnx"
+
+
+def _xgraph_file(edit) -> bytes:
+    """A 1.7 file (assembled from the spec: XGRAPH, INDEX, END) whose XGRAPH payload is
+    ``edit(format bytes, size, dictionary size, stream)``."""
+    payload = C.lzma_pack(GRAPH)
+    size, dict_size = struct.unpack_from("<QI", payload, 0)
+    out = bytearray(C.file_header(C.VERSION_MINOR_LZMA))
+    out += C.frame(C.REC_XGRAPH, edit(C.pack_str("onnx"), size, dict_size, payload[12:]), C.FLAG_REQUIRED)
+    index_at = len(out)
+    out += C.frame(C.REC_INDEX, C.index_payload([(C.ENTRY_GRAPH, "", C.FILE_HEADER_SIZE, index_at - C.FILE_HEADER_SIZE)]))
+    out += C.frame(C.REC_END, C.end_payload(index_at, len(out) + C.END_RECORD_SIZE))
+    return bytes(out)
+
+
+def test_a_hand_assembled_xgraph_file_reads():
+    data = _xgraph_file(lambda h, n, d, s: h + struct.pack("<QI", n, d) + s)
+    for _meta, graph, fmt, tensors in _read_all_ways(data):
+        assert graph == GRAPH and fmt == "onnx" and tensors == {}
+
+
+@pytest.mark.parametrize("edit, error, text", [
+    # a bomb: the stream holds the whole graph, the record declares a tenth of it
+    (lambda h, n, d, s: h + struct.pack("<QI", n // 10, max(4096, n // 10)) + s, rdformat.errors.LimitExceededError,
+     "more than"),
+    (lambda h, n, d, s: h + struct.pack("<QI", n + 1, d) + s, rdformat.errors.CorruptDataError, "declared"),
+    (lambda h, n, d, s: h + struct.pack("<QI", n, d) + s[: len(s) // 2], rdformat.errors.CorruptDataError, "ends early|corrupt"),
+    (lambda h, n, d, s: h + struct.pack("<QI", n, d) + s + b"x", rdformat.errors.CorruptDataError, "after the LZMA2"),
+    (lambda h, n, d, s: h + struct.pack("<QI", n, 1 << 30) + s, rdformat.errors.CorruptDataError, "dictionary size"),
+    (lambda h, n, d, s: h + struct.pack("<QI", n, d) + bytes([0xFF]) + s[1:], rdformat.errors.CorruptDataError, "corrupt"),
+    (lambda h, n, d, s: h + struct.pack("<QI", 1 << 40, d) + s, rdformat.errors.LimitExceededError, "over"),
+])
+def test_hostile_xgraph_records_get_located_errors(edit, error, text):
+    data = _xgraph_file(edit)
+    with pytest.raises(error, match=text) as info:
+        with rdformat.open(data) as f:
+            f.graph
+    assert info.value.offset is not None and info.value.record == "lzma graph"
+    with pytest.raises(error, match=text):  # a stream fails the same way
+        with rdformat.open(NonSeekable(data)) as f:
+            dict(iter(f))

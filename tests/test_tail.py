@@ -60,7 +60,7 @@ def test_tail_file_inside_a_larger_stream_reads_by_name():
         assert f.get_tensor("fc.weight").tobytes() == _model()["fc.weight"].tobytes()
 
 
-def test_unseekable_target_announces_1_6():
+def test_unseekable_target_announces_the_newest_minor():
     out = io.BytesIO()
 
     class Pipe(io.RawIOBase):
@@ -73,7 +73,7 @@ def test_unseekable_target_announces_1_6():
     with rdformat.Writer(Pipe(), metadata={"a": 1}) as w:
         w.add("x", np.arange(10, dtype=np.float32))
     data = out.getvalue()
-    assert struct.unpack_from("<H", data, 10)[0] == C.VERSION_MINOR == 6
+    assert struct.unpack_from("<H", data, 10)[0] == C.VERSION_MINOR == 7
     assert rdformat.load(data)["x"].tolist() == list(range(10))
 
 
@@ -175,7 +175,7 @@ def test_max_minor_bounds_the_file_version(max_minor):
 
 
 def test_max_minor_out_of_range_or_below_a_needed_feature_is_refused():
-    for bad in (0, 7):
+    for bad in (0, C.VERSION_MINOR + 1):
         with pytest.raises(rdformat.errors.InvalidInputError, match="max_minor"):
             rdformat.Writer(io.BytesIO(), max_minor=bad)
     with pytest.raises(rdformat.errors.InvalidInputError, match="layered"):

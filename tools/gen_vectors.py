@@ -497,6 +497,37 @@ def build() -> dict[str, bytes]:
     b.invalid("zlib_graph_corrupt", assemble([zrecs[0], bad_graph] + zbody), "CorruptDataError",
               "compressed GRAPH whose zlib stream has its first deflate byte damaged (CRCs recomputed)")
 
+    # -- LZMA2-compressed GRAPH (since 1.7) ---------------------------------------------------------------
+    # Streams built by hand, so the vectors do not depend on an encoder's version: an LZMA2 "uncompressed,
+    # dictionary reset" chunk (control byte 1, u16 big-endian size - 1, the bytes), then the end marker 0.
+    xblob = b"".join(b"\x08\x01node:Relu(" + bytes([65 + i % 26]) + b")" for i in range(40))
+    xstream = b"\x01" + struct.pack(">H", len(xblob) - 1) + xblob + b"\x00"
+
+    def xgraph_rec(size: int, dict_size: int, stream: bytes) -> list:
+        return [C.REC_XGRAPH, C.FLAG_REQUIRED, C.pack_str("onnx") + struct.pack("<QI", size, dict_size) + stream]
+
+    xhead = struct.pack("<8sHH", C.MAGIC, 1, C.VERSION_MINOR_LZMA)
+    xheader = xhead + struct.pack("<I", crc(xhead))
+    b.valid("records_xgraph", assemble([xgraph_rec(len(xblob), 4096, xstream)] + zbody, header=xheader),
+            "format 1.7: an XGRAPH record (type 16, REQUIRED): graph format, u64 size, u32 dictionary size "
+            "4096, then a raw LZMA2 stream (one uncompressed chunk and the end marker)")
+    b.invalid("xgraph_bomb_over_declared", assemble([xgraph_rec(len(xblob) // 2, 4096, xstream)] + zbody,
+                                                    header=xheader), "LimitExceededError",
+              "XGRAPH declaring half the bytes its LZMA2 stream decodes to: refused once the output passes "
+              "the declared size")
+    b.invalid("xgraph_dict_size_out_of_range", assemble([xgraph_rec(len(xblob), 1 << 30, xstream)] + zbody,
+                                                        header=xheader), "CorruptDataError",
+              "XGRAPH with a 1 GiB dictionary for a graph of a few hundred bytes (what a decoder would allocate)")
+    b.invalid("xgraph_truncated_stream", assemble([xgraph_rec(len(xblob), 4096, xstream[:-1])] + zbody,
+                                                  header=xheader), "CorruptDataError",
+              "XGRAPH whose LZMA2 stream lacks its end marker")
+    b.invalid("xgraph_trailing_garbage", assemble([xgraph_rec(len(xblob), 4096, xstream + b"junk")] + zbody,
+                                                  header=xheader), "CorruptDataError",
+              "4 bytes after the end of the LZMA2 stream in an XGRAPH record")
+    b.invalid("xgraph_bad_control", assemble([xgraph_rec(len(xblob), 4096, b"\x03" + xstream[1:])] + zbody,
+                                             header=xheader), "CorruptDataError",
+              "XGRAPH whose LZMA2 stream starts with an invalid chunk control byte (3)")
+
     # -- invalid files (all CRCs valid unless the CRC is the damage) ----------------------------------
     small = write([("w", w[:1]), ("b", np.array([1, 2, 3], "<u1"))], codec="raw", metadata={"m": 1})
     srecs = records(small)  # META, TENSOR w, CHUNK, TENSOR b, CHUNK, INDEX, END

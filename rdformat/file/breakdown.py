@@ -201,7 +201,7 @@ def breakdown(source: str | os.PathLike | bytes | BinaryIO) -> dict:
         acc["framing"] += C.RECORD_OVERHEAD
         if rtype in (C.REC_META, C.REC_ZMETA, C.REC_DMETA):
             acc["metadata"] += length
-        elif rtype in (C.REC_GRAPH, C.REC_ZGRAPH):
+        elif rtype in (C.REC_GRAPH, C.REC_ZGRAPH, C.REC_XGRAPH):
             acc["graph"] += length
         elif rtype == C.REC_TENSOR:
             h = C.parse_tensor_header(payload, base)

@@ -343,6 +343,8 @@ class RdcReader:
             self._meta_text = (C.parse_dmeta(payload, base, cap), "metadata (decompressed)", base)
         elif head.rtype == C.REC_GRAPH:
             self.graph_format, self.graph = C.parse_graph(payload, base)
+        elif head.rtype == C.REC_XGRAPH:
+            self.graph_format, self.graph = C.parse_xgraph(payload, base, cap)
         else:
             self.graph_format, self.graph = C.parse_zgraph(payload, base, cap)
 

@@ -253,9 +253,11 @@ class Writer:
                                              dictionary=self.compact) + (C.ENTRY_META,))
             if graph is not None:
                 fmt = _check_name(graph_format, "graph format")
-                leading.append(C.graph_record(fmt, bytes(graph), compress=compress_records) + (C.ENTRY_GRAPH,))
+                leading.append(C.graph_record(fmt, bytes(graph), compress=compress_records,
+                                              lzma_ok=self.max_minor >= C.VERSION_MINOR_LZMA)
+                               + (C.ENTRY_GRAPH,))
             # The file is 1.2 only when it holds a compressed record (1.1 readers read every other file).
-            compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH) for rtype, _p, _k in leading)
+            compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH, C.REC_XGRAPH) for rtype, _p, _k in leading)
             self._minor = (C.VERSION_MINOR_LAYERS if layered else
                            C.VERSION_MINOR_ZLIB if compressed else C.VERSION_MINOR_BASE)
             # The minor version is raised at close (1.3: a PACK record, 1.4: axis scales): in place when the
@@ -263,12 +265,14 @@ class Writer:
             self._header_at = _tell(self._stream)
             if any(rtype == C.REC_DMETA for rtype, _p, _k in leading):
                 self._minor_needed = C.VERSION_MINOR_DICT
+            if any(rtype == C.REC_XGRAPH for rtype, _p, _k in leading):
+                self._minor_needed = max(self._minor_needed, C.VERSION_MINOR_LZMA)
             if self._header_at is None:  # cannot seek back: announce the newest minor (features may follow)
                 self._minor = self.max_minor
             self._minor = max(self._minor, self._minor_needed)
             self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
-                flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH, C.REC_DMETA) else 0
+                flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH, C.REC_DMETA, C.REC_XGRAPH) else 0
                 self._record(rtype, payload, kind=kind, name="", flags=flags)
         except BaseException:
             self.abort()

@@ -36,7 +36,7 @@ VERSION_MAJOR = 1
 #: Newest minor version this module reads and writes. Writers write 3 when a file holds a PACK or LAYER
 #: record (1.3), 2 when it uses a 1.2 feature (compressed META/GRAPH records) and 1 otherwise, so files
 #: without newer features stay readable by older readers.
-VERSION_MINOR = 6
+VERSION_MINOR = 7
 VERSION_MINOR_ZLIB = 2
 VERSION_MINOR_PACK = 3
 #: Since 1.5: metadata and PACK directories deflated with the preset dictionary (DMETA, ZPACK records),
@@ -44,6 +44,8 @@ VERSION_MINOR_PACK = 3
 VERSION_MINOR_DICT = 5
 #: Since 1.6: the TAIL record (a compact index and the end of the file in one record).
 VERSION_MINOR_TAIL = 6
+#: Since 1.7: the XGRAPH record (a graph blob compressed with LZMA2, about 40% smaller than zlib on ONNX graphs).
+VERSION_MINOR_LZMA = 7
 VERSION_MINOR_BASE = 1
 VERSION_MINOR_COMPRESSED = VERSION_MINOR_ZLIB
 VERSION_MINOR_LAYERS = 3
@@ -74,6 +76,7 @@ REC_PACK = 11  # since 1.3: several small tensors with compact headers and share
 REC_DMETA = 13  # since 1.5: META deflated with the preset dictionary (always REQUIRED)
 REC_ZPACK = 14  # since 1.5: a PACK record whose directory is deflated with the preset dictionary (always REQUIRED)
 REC_TAIL = 15  # since 1.6: compact index + end of file in one record, the last of the file (always REQUIRED)
+REC_XGRAPH = 16  # since 1.7: GRAPH whose blob is compressed with raw LZMA2 (always REQUIRED)
 RECORD_NAMES = {
     REC_META: "meta",
     REC_GRAPH: "graph",
@@ -90,6 +93,7 @@ RECORD_NAMES = {
     REC_DMETA: "dictionary meta",
     REC_ZPACK: "compressed pack",
     REC_TAIL: "tail",
+    REC_XGRAPH: "lzma graph",
 }
 #: Record types that hold a PACK (plain, or with a deflated directory); both are indexed as kind 5.
 PACK_TYPES = (REC_PACK, REC_ZPACK)
@@ -104,7 +108,7 @@ ENTRY_LAYERS = 6  # since 1.3: the LAYER records, as one region (offset of the f
 ENTRY_PACK = 5  # since 1.3: a PACK record (empty name); its members' names are in the record
 #: META/GRAPH record types (plain and compressed) -> their index entry kind.
 LEADING_KINDS = {REC_META: ENTRY_META, REC_ZMETA: ENTRY_META, REC_DMETA: ENTRY_META, REC_GRAPH: ENTRY_GRAPH,
-                 REC_ZGRAPH: ENTRY_GRAPH}
+                 REC_ZGRAPH: ENTRY_GRAPH, REC_XGRAPH: ENTRY_GRAPH}
 
 # Tensor flags.
 TENSOR_STRUCTURAL = 0x01
@@ -150,6 +154,7 @@ PAYLOAD_LIMITS = {
     REC_DMETA: MAX_META_BYTES,
     REC_ZPACK: MAX_PACK_BYTES,
     REC_TAIL: MAX_INDEX_BYTES,
+    REC_XGRAPH: MAX_GRAPH_BYTES,
 }
 #: Writers store a tensor as one SMALL record when its single chunk's data is shorter than this
 #: (such data is never memory-mapped, so nothing is lost by leaving it unaligned).
@@ -296,15 +301,46 @@ def meta_record(meta: bytes, *, compress: bool = True, dictionary: bool = True) 
     return REC_META, meta
 
 
-def graph_record(fmt: str, blob: bytes, *, compress: bool = True) -> tuple[int, bytes]:
+def graph_record(fmt: str, blob: bytes, *, compress: bool = True, lzma_ok: bool = False) -> tuple[int, bytes]:
     """(record type, payload) for a graph blob: compressed GRAPH when that saves at least ZLIB_MIN_SAVING
-    bytes (and ``compress``), else a plain GRAPH record."""
+    bytes (and ``compress``), else a plain GRAPH record; with ``lzma_ok`` (a 1.7 file), XGRAPH when LZMA2
+    saves another ZLIB_MIN_SAVING bytes over zlib."""
     head = pack_str(fmt)
+    best = (REC_GRAPH, head + blob)
     if compress and len(blob) > ZLIB_MIN_SAVING:
         packed = _U64.pack(len(blob)) + zlib.compress(blob, ZLIB_LEVEL)
         if len(packed) + ZLIB_MIN_SAVING <= len(blob):
-            return REC_ZGRAPH, head + packed
-    return REC_GRAPH, head + blob
+            best = (REC_ZGRAPH, head + packed)
+        xz = lzma_pack(blob) if lzma_ok else None
+        if xz is not None and len(head) + len(xz) + ZLIB_MIN_SAVING <= len(best[1]):
+            best = (REC_XGRAPH, head + xz)
+    return best
+
+
+#: XGRAPH dictionary sizes: at least liblzma's minimum, at most 64 MiB (what a decoder allocates).
+LZMA_MIN_DICT = 4096
+LZMA_MAX_DICT = 64 << 20
+
+
+def _lzma_filters(dict_size: int) -> list[dict]:
+    import lzma
+
+    # Every parameter explicit: the decoder of a raw stream needs exactly the encoder's filter chain.
+    return [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size, "lc": 3, "lp": 0, "pb": 2}]
+
+
+def lzma_pack(blob: bytes) -> bytes | None:
+    """XGRAPH data for ``blob``: ``u64`` size, ``u32`` dictionary size, raw LZMA2 stream; None without
+    Python's lzma module."""
+    try:
+        import lzma
+    except ImportError:
+        return None
+    dict_size = max(LZMA_MIN_DICT, min(len(blob), LZMA_MAX_DICT))
+    filters = _lzma_filters(dict_size)
+    filters[0].update(mode=lzma.MODE_NORMAL, nice_len=273, mf=lzma.MF_BT4, depth=0)
+    stream = lzma.compress(blob, format=lzma.FORMAT_RAW, filters=filters)
+    return _U64.pack(len(blob)) + _U32.pack(dict_size) + stream
 
 
 def chunk_payload_prefix(index: int, data_offset_in_file: int, *, align: bool = True) -> bytes:
@@ -894,6 +930,52 @@ def parse_dmeta(payload: bytes, base: int, cap: int) -> bytes:
 def parse_zmeta(payload: bytes, base: int, cap: int) -> bytes:
     """Parse a compressed META payload -> the metadata JSON text (at most ``cap`` bytes)."""
     return inflate(PayloadReader(payload, base, "compressed meta"), cap, MAX_META_BYTES)
+
+
+def parse_xgraph(payload: bytes, base: int, cap: int) -> tuple[str, bytes]:
+    """Parse an LZMA-compressed GRAPH payload -> (format name, blob of at most ``cap`` bytes).
+
+    The declared size is checked against the format's limit and ``cap`` before anything is decompressed,
+    the dictionary size (what the decoder allocates) must lie within 4 KiB and max(4 KiB, declared size),
+    and decompression never produces more than the declared size plus one byte.
+    """
+    r = PayloadReader(payload, base, "lzma graph")
+    fmt = r.text("graph format", MAX_GRAPH_FORMAT_BYTES)
+    size_at = r.pos
+    size = r.u64("decompressed size")
+    bound = min(cap, MAX_GRAPH_BYTES)
+    if size > bound:
+        r.pos = size_at
+        which = "the format's limit" if size > MAX_GRAPH_BYTES else "the reader limit"
+        raise r.fail(f"lzma graph record declares {size} decompressed bytes, over {which} of {bound}",
+                     LimitExceededError)
+    dict_size = r.u32("dictionary size")
+    if not LZMA_MIN_DICT <= dict_size <= max(LZMA_MIN_DICT, min(size, LZMA_MAX_DICT)):
+        raise r.fail(f"lzma graph record: dictionary size {dict_size} is outside {LZMA_MIN_DICT}.."
+                     f"{max(LZMA_MIN_DICT, min(size, LZMA_MAX_DICT))} for {size} bytes")
+    try:
+        import lzma
+    except ImportError:
+        raise UnsupportedFeatureError("this Python has no lzma module, which the file's graph record needs "
+                                      "(a Python built with liblzma reads it)") from None
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(dict_size))
+    stream_at = r.pos
+    try:
+        out = d.decompress(memoryview(r.data)[stream_at:], size + 1)
+    except lzma.LZMAError as exc:
+        raise r.fail(f"lzma graph record: the LZMA2 stream is corrupt ({exc})") from None
+    if len(out) > size:
+        raise r.fail(f"lzma graph record: the stream decompresses to more than its declared {size} bytes",
+                     LimitExceededError)
+    if not d.eof:
+        raise r.fail(f"lzma graph record: the LZMA2 stream ends early (incomplete) after {len(out)} bytes")
+    if d.unused_data:
+        r.pos = len(r.data) - len(d.unused_data)
+        raise r.fail(f"{len(d.unused_data)} bytes after the LZMA2 stream in the lzma graph record")
+    if len(out) != size:
+        raise r.fail(f"lzma graph record: the stream decompresses to {len(out)} bytes, {size} declared")
+    r.pos = len(r.data)
+    return fmt, out
 
 
 def parse_zgraph(payload: bytes, base: int, cap: int) -> tuple[str, bytes]:
