@@ -9,7 +9,8 @@ output size is printed too, with the file's size minus it (negative: the whole .
 ZipNN's bare tensor bytes).
 
 Models: MTCNN P-Net, R-Net and O-Net (``../shared/models/*.pt``), an ONNX export of O-Net (graph included),
-and magika's ONNX classifier from the ``magika`` package when installed.
+magika's ONNX classifier from the ``magika`` package and RapidOCR's PP-OCRv4 detector and recogniser
+(``rapidocr_onnxruntime``) when installed.
 
     python tools/bench_overhead.py [--markdown tools/results/bench_overhead.md]
 """
@@ -59,6 +60,17 @@ def _magika() -> Path | None:
     return found[0] if found else None
 
 
+def _ppocr() -> list[tuple[str, Path]]:
+    """RapidOCR's PP-OCRv4 text detector and recogniser (paddle2onnx exports) when installed."""
+    try:
+        import rapidocr_onnxruntime
+    except ImportError:
+        return []
+    folder = Path(rapidocr_onnxruntime.__file__).parent / "models"
+    return [(f"PP-OCRv4 {kind} (.onnx)", folder / f"ch_PP-OCRv4_{kind}_infer.onnx") for kind in ("det", "rec")
+            if (folder / f"ch_PP-OCRv4_{kind}_infer.onnx").exists()]
+
+
 def models(folder: Path) -> list[tuple[str, Path]]:
     out = [(f"MTCNN {n} (.pt)", MODELS / f"{n}.pt") for n in ("pnet", "rnet", "onet") if (MODELS / f"{n}.pt").exists()]
     onnx_onet = _onet_onnx(folder)
@@ -67,7 +79,7 @@ def models(folder: Path) -> list[tuple[str, Path]]:
     mag = _magika()
     if mag is not None:
         out.append((f"magika {mag.parent.name} (.onnx)", mag))
-    return out
+    return out + _ppocr()
 
 
 def tensors_of(path: Path) -> dict[str, np.ndarray]:
