@@ -862,6 +862,12 @@ def inflate(r: PayloadReader, cap: int, limit: int) -> bytes:
     decompressed, and decompression never produces more than the declared size plus one byte, so a
     zlib bomb costs at most ``cap`` bytes of memory.
     """
+    size = _declared_size(r, cap, limit)
+    return _decompress_rest(r, zlib.decompressobj(), size, "zlib", zlib.error)
+
+
+def _declared_size(r: PayloadReader, cap: int, limit: int) -> int:
+    """A compressed record's ``u64`` decompressed size, refused over ``min(cap, limit)`` before decoding."""
     size_at = r.pos
     size = r.u64("decompressed size")
     bound = min(cap, limit)
@@ -870,22 +876,26 @@ def inflate(r: PayloadReader, cap: int, limit: int) -> bytes:
         which = "the format's limit" if size > limit else "the reader limit"
         raise r.fail(f"{r.record} record declares {size} decompressed bytes, over {which} of {bound}",
                      LimitExceededError)
-    stream = memoryview(r.data)[r.pos :]
-    d = zlib.decompressobj()
+    return size
+
+
+def _decompress_rest(r: PayloadReader, d, size: int, kind: str, error: type) -> bytes:
+    """The rest of ``r``'s payload through decompressor ``d`` (zlib's or lzma's): exactly ``size`` bytes,
+    ending exactly at the payload's end; never more than ``size + 1`` bytes are produced."""
     try:
-        out = d.decompress(stream, size + 1)
-    except zlib.error as exc:
-        raise r.fail(f"{r.record} record: the zlib stream is corrupt ({exc})") from None
+        out = d.decompress(memoryview(r.data)[r.pos :], size + 1)
+    except error as exc:
+        raise r.fail(f"{r.record} record: the {kind} stream is corrupt ({exc})") from None
     if len(out) > size:  # a decompression bomb, or damage: stopped at the declared size
-        raise r.fail(f"{r.record} record: the zlib stream decompresses to more than its declared {size} bytes",
+        raise r.fail(f"{r.record} record: the {kind} stream decompresses to more than its declared {size} bytes",
                      LimitExceededError)
     if not d.eof:
-        raise r.fail(f"{r.record} record: the zlib stream ends early (incomplete) after {len(out)} bytes")
+        raise r.fail(f"{r.record} record: the {kind} stream ends early (incomplete) after {len(out)} bytes")
     if d.unused_data:
         r.pos = len(r.data) - len(d.unused_data)
-        raise r.fail(f"{len(d.unused_data)} bytes after the zlib stream in the {r.record} record")
+        raise r.fail(f"{len(d.unused_data)} bytes after the {kind} stream in the {r.record} record")
     if len(out) != size:
-        raise r.fail(f"{r.record} record: the zlib stream decompresses to {len(out)} bytes, {size} declared")
+        raise r.fail(f"{r.record} record: the {kind} stream decompresses to {len(out)} bytes, {size} declared")
     r.pos = len(r.data)
     return out
 
@@ -941,14 +951,7 @@ def parse_xgraph(payload: bytes, base: int, cap: int) -> tuple[str, bytes]:
     """
     r = PayloadReader(payload, base, "lzma graph")
     fmt = r.text("graph format", MAX_GRAPH_FORMAT_BYTES)
-    size_at = r.pos
-    size = r.u64("decompressed size")
-    bound = min(cap, MAX_GRAPH_BYTES)
-    if size > bound:
-        r.pos = size_at
-        which = "the format's limit" if size > MAX_GRAPH_BYTES else "the reader limit"
-        raise r.fail(f"lzma graph record declares {size} decompressed bytes, over {which} of {bound}",
-                     LimitExceededError)
+    size = _declared_size(r, cap, MAX_GRAPH_BYTES)
     dict_size = r.u32("dictionary size")
     if not LZMA_MIN_DICT <= dict_size <= max(LZMA_MIN_DICT, min(size, LZMA_MAX_DICT)):
         raise r.fail(f"lzma graph record: dictionary size {dict_size} is outside {LZMA_MIN_DICT}.."
@@ -959,23 +962,7 @@ def parse_xgraph(payload: bytes, base: int, cap: int) -> tuple[str, bytes]:
         raise UnsupportedFeatureError("this Python has no lzma module, which the file's graph record needs "
                                       "(a Python built with liblzma reads it)") from None
     d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(dict_size))
-    stream_at = r.pos
-    try:
-        out = d.decompress(memoryview(r.data)[stream_at:], size + 1)
-    except lzma.LZMAError as exc:
-        raise r.fail(f"lzma graph record: the LZMA2 stream is corrupt ({exc})") from None
-    if len(out) > size:
-        raise r.fail(f"lzma graph record: the stream decompresses to more than its declared {size} bytes",
-                     LimitExceededError)
-    if not d.eof:
-        raise r.fail(f"lzma graph record: the LZMA2 stream ends early (incomplete) after {len(out)} bytes")
-    if d.unused_data:
-        r.pos = len(r.data) - len(d.unused_data)
-        raise r.fail(f"{len(d.unused_data)} bytes after the LZMA2 stream in the lzma graph record")
-    if len(out) != size:
-        raise r.fail(f"lzma graph record: the stream decompresses to {len(out)} bytes, {size} declared")
-    r.pos = len(r.data)
-    return fmt, out
+    return fmt, _decompress_rest(r, d, size, "LZMA2", lzma.LZMAError)
 
 
 def parse_zgraph(payload: bytes, base: int, cap: int) -> tuple[str, bytes]:
