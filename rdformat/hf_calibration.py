@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CalibrationUnavailable
-from .producers.sensitivity import DEFAULT_GROUP, DEFAULT_ROUNDS, default_probe_names, forward_passes
+from .producers.sensitivity import DEFAULT_ROUNDS, budgeted_samples, default_probe_names
 
 #: A config.json larger than this is not a model config.
 MAX_CONFIG_BYTES = 1 << 20
@@ -190,13 +190,8 @@ def _measure(weights: Mapping[str, np.ndarray], config_path: Path, *, seed: int,
             per_pass = time.perf_counter() - start
     except Exception as exc:  # noqa: BLE001 - e.g. an encoder-decoder needs decoder inputs too
         raise CalibrationUnavailable(f"the model fails on synthetic inputs: {_first_line(exc)}") from None
-    if seconds is not None:
-        cost = forward_passes(len(probe), rounds=rounds, group=DEFAULT_GROUP) * per_pass
-        if cost > seconds:
-            keep = int(samples * seconds / cost)
-            if keep < 1:
-                rounds = max(1, min(rounds, int(rounds * seconds * samples / cost)))
-            inputs = {k: v[:max(keep, 1)] for k, v in inputs.items()}
+    keep, rounds = budgeted_samples(len(probe), samples, per_pass, seconds, rounds=rounds)
+    inputs = {k: v[:keep] for k, v in inputs.items()}
     try:
         found = output_sensitivity(module, inputs, names=probe, seed=seed, rounds=rounds, channels=False)
     except CalibrationUnavailable:

@@ -47,8 +47,8 @@ from .producers.sensitivity import (
     DEFAULT_MAX_SLICES,
     default_probe_names,
     estimate_channel_profiles,
+    budgeted_samples,
     estimate_output_sensitivity,
-    forward_passes,
     refine_sensitivity,
     relative_output_error,
 )
@@ -622,23 +622,11 @@ class OnnxProbe:
 
     def _budgeted_feeds(self, tensors: int, rounds: int, group: int,
                         seconds: float | None) -> tuple[list[dict[str, np.ndarray]], int]:
-        """The feeds (first samples) and noise rounds whose per-tensor estimate fits in ``seconds``.
-
-        Planned from the timed reference pass: a pass costs about the same per sample, so the samples
-        kept are the budget's share of them; below one sample, rounds go (never below one of each).
-        """
-        if seconds is None:
-            return self.feeds, rounds
-        cost = forward_passes(tensors, rounds=rounds, group=group) * self.pass_seconds
-        if cost <= seconds:
-            return self.feeds, rounds
+        """The feeds (first samples) and noise rounds whose per-tensor estimate fits in ``seconds``,
+        planned from the timed reference pass (:func:`budgeted_samples`)."""
         total = sum(_feed_samples(f) for f in self.feeds)
-        keep = int(total * seconds / cost)
-        if keep >= 1:
-            return _limit_samples(self.feeds, keep), rounds
-        one = _limit_samples(self.feeds, 1)
-        per_round = cost / rounds / max(total, 1)
-        return one, max(1, min(rounds, int(seconds / per_round)))
+        keep, rounds = budgeted_samples(tensors, total, self.pass_seconds, seconds, rounds=rounds, group=group)
+        return (self.feeds if keep >= total else _limit_samples(self.feeds, keep)), rounds
 
     def refine_sensitivity(self, sensitivity: Mapping[str, float], *, iterations: int = DEFAULT_REFINE_ITERATIONS,
                            method: str = "auto", **target: float) -> dict[str, float]:

@@ -427,7 +427,8 @@ def task_ocr(args) -> dict:
 
 
 def task_minilm(args) -> dict:
-    from minilm_task import EmbeddingModel, MiniLMTask
+    from minilm_task import EmbeddingModel, MiniLMTask, model_dir
+    from rdformat.hf_calibration import hf_output_sensitivity
     from rdformat.torch_sensitivity import input_covariances, output_error, output_sensitivity
 
     task = MiniLMTask(n_sentences=64 if args.quick else 256)
@@ -439,9 +440,6 @@ def task_minilm(args) -> dict:
         return {n[len("bert."):]: v for n, v in found.items()}
 
     # no data: what `rdc compress model.safetensors` does with the config.json beside it (random token ids)
-    from minilm_task import model_dir
-    from rdformat.hf_calibration import hf_output_sensitivity
-
     t0 = time.perf_counter()
     sens, _arch = hf_output_sensitivity(task.weights, model_dir() / "config.json")
     t_syn = time.perf_counter() - t0

@@ -257,7 +257,7 @@ class Writer:
                                               lzma_ok=self.max_minor >= C.VERSION_MINOR_LZMA)
                                + (C.ENTRY_GRAPH,))
             # The file is 1.2 only when it holds a compressed record (1.1 readers read every other file).
-            compressed = any(rtype in (C.REC_ZMETA, C.REC_ZGRAPH, C.REC_XGRAPH) for rtype, _p, _k in leading)
+            compressed = any(rtype not in (C.REC_META, C.REC_GRAPH) for rtype, _p, _k in leading)
             self._minor = (C.VERSION_MINOR_LAYERS if layered else
                            C.VERSION_MINOR_ZLIB if compressed else C.VERSION_MINOR_BASE)
             # The minor version is raised at close (1.3: a PACK record, 1.4: axis scales): in place when the
@@ -272,7 +272,7 @@ class Writer:
             self._minor = max(self._minor, self._minor_needed)
             self._write(C.file_header(self._minor))
             for rtype, payload, kind in leading:
-                flags = C.FLAG_REQUIRED if rtype in (C.REC_ZMETA, C.REC_ZGRAPH, C.REC_DMETA, C.REC_XGRAPH) else 0
+                flags = 0 if rtype in (C.REC_META, C.REC_GRAPH) else C.FLAG_REQUIRED  # every compressed kind
                 self._record(rtype, payload, kind=kind, name="", flags=flags)
         except BaseException:
             self.abort()

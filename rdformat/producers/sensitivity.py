@@ -505,6 +505,23 @@ def channel_passes(shapes: Sequence[tuple[int, ...]], *, group: int = DEFAULT_CH
     return full * k + ((1 << math.ceil(math.log2(rest + 1))) if rest else 0)
 
 
+def budgeted_samples(tensor_count: int, samples: int, pass_seconds: float, seconds: float | None, *,
+                     rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP) -> tuple[int, int]:
+    """``(samples, rounds)`` whose :func:`estimate_output_sensitivity` fits in ``seconds`` of wall time,
+    when one forward pass over all ``samples`` takes ``pass_seconds``.
+
+    A pass costs about the same per sample, so the samples kept are the budget's share of them; below
+    one sample, noise rounds go (never below one of each). ``seconds=None``: no limit.
+    """
+    cost = forward_passes(tensor_count, rounds=rounds, group=group) * pass_seconds
+    if seconds is None or cost <= seconds:
+        return samples, rounds
+    keep = int(samples * seconds / cost)
+    if keep >= 1:
+        return keep, rounds
+    return 1, max(1, min(rounds, int(rounds * seconds * max(samples, 1) / cost)))
+
+
 def forward_passes(tensor_count: int, *, rounds: int = DEFAULT_ROUNDS, group: int = DEFAULT_GROUP) -> int:
     """Number of ``run`` calls :func:`estimate_output_sensitivity` makes for ``tensor_count`` tensors."""
     passes = 1
@@ -524,6 +541,7 @@ __all__ = [
     "default_probe_names",
     "float_outputs",
     "forward_passes",
+    "budgeted_samples",
     "quantization_sensitivity",
     "refine_sensitivity",
 ]
