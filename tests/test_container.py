@@ -85,6 +85,66 @@ def test_readonly_input_accepted():
     assert_bit_exact(back["a"], a)
 
 
+def test_loading_bytes_reads_chunks_in_place_but_returns_arrays_of_its_own():
+    """Chunk payloads of an in-memory file are views of the caller's bytes (no copy); the tensors returned
+    are still fresh, writable arrays that do not share the input's memory, for every codec path."""
+    rng = np.random.default_rng(3)
+    tensors = {"big": rng.laplace(0, 0.05, (300, 1000)).astype(np.float32),  # several chunks
+               "raw8": rng.integers(0, 255, 5000).astype(np.uint8),
+               "bias": rng.normal(0, 0.1, 64).astype(np.float32)}
+    for kwargs in ({}, {"codec": "raw"}, {"bits": 4}):
+        buf = io.BytesIO()
+        rdformat.save(tensors, buf, chunk_bytes=1 << 18, **kwargs)
+        data = buf.getvalue()
+        for source in (data, bytearray(data), memoryview(data)):
+            back = rdformat.load(source)
+            for name, array in back.items():
+                assert array.flags.writeable, (kwargs, name)
+                assert not np.shares_memory(array, np.frombuffer(data, np.uint8)), (kwargs, name)
+                array[...] = 0  # the caller may change what it got
+            if kwargs.get("codec") != "raw" and "bits" not in kwargs:
+                for name, a in rdformat.load(data).items():
+                    assert_bit_exact(a, tensors[name])
+
+
+def test_crc32_is_zlibs_with_or_without_the_zlib_ng_accelerator(monkeypatch):
+    """Large buffers go to zlib-ng where it is installed: the same CRC-32 as zlib's, continuation included."""
+    import zlib
+
+    from rdformat.format import wire
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, wire.FAST_CRC_MIN_BYTES - 1, wire.FAST_CRC_MIN_BYTES, 3 * wire.FAST_CRC_MIN_BYTES + 7):
+        data = rng.integers(0, 256, n).astype(np.uint8).tobytes()
+        for start in (0, 0xDEADBEEF):
+            expected = zlib.crc32(data, start) & 0xFFFFFFFF
+            assert wire.crc32(data, start) == expected
+            assert wire.crc32(memoryview(data), start) == expected
+    monkeypatch.setattr(wire, "_fast_crc", [None])  # as without zlib-ng
+    big = rng.integers(0, 256, 1 << 17).astype(np.uint8).tobytes()
+    assert wire.crc32(big) == zlib.crc32(big) & 0xFFFFFFFF
+
+
+def test_pack_records_decode_in_one_batch_with_the_tensors_around_them():
+    """PACK records no longer end a decode batch: tensors before, inside and after packs come back in file
+    order and bit-exact."""
+    rng = np.random.default_rng(9)
+    tensors = {}
+    for i in range(4):
+        tensors[f"l{i}.weight"] = rng.normal(0, 0.05, (300, 300)).astype(np.float32)  # a TENSOR record
+        tensors[f"l{i}.bias"] = rng.normal(0, 0.05, 64).astype(np.float32)  # in a PACK record
+    buf = io.BytesIO()
+    rdformat.save(tensors, buf)
+    data = buf.getvalue()
+    with rdformat.open(data) as reader:
+        kinds = [e.kind for e in reader._load_index().values()]
+        got = list(reader)
+    assert C.ENTRY_PACK in kinds and C.ENTRY_TENSOR in kinds
+    assert [n for n, _a in got] == list(tensors)
+    for name, array in got:
+        assert_bit_exact(array, tensors[name])
+
+
 def test_streaming_through_nonseekable_stream_and_real_pipe():
     rng = np.random.default_rng(1)
     tensors = {f"t{i}": random_array(rng, np.dtype(np.float32), (50, 30)) for i in range(5)}

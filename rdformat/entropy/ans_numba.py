@@ -13,10 +13,13 @@ Every kernel is compiled with ``cache=True`` (the machine code is stored next to
 
 **Tables.** A frequency table of precision ``Q`` with ``m`` symbols becomes a direct lookup table of
 ``2**Q`` entries, ``slot_rank`` (``uint8`` when every table of the set has at most 256 symbols, else
-``uint16``): the ``f[r]`` entries from ``cum[r]`` on hold ``r``. Per rank, ``rank_coder`` holds
-``k | c << 24`` (``uint64``; ``k = f << (24-Q)``, ``c = cum << (24-Q)``, both < 2**24) and ``rank_value``
-what the decoder outputs (``uint32``): normally the symbol ``s[r]``, or ``r`` itself when the caller builds
-the table with ``values = arange(m)`` to get ranks (e.g. to gather dequantized values next). The tables of a
+``uint16``): the ``f[r]`` entries from ``cum[r]`` on hold ``r``. Per rank, ``rank_value`` holds what
+the decoder outputs (``uint32``): normally the symbol ``s[r]``, or ``r`` itself when the caller builds the
+table with ``values = arange(m)`` to get ranks (e.g. to gather dequantized values next); and
+``rank_coder`` holds ``k | c << 24 | v << 48`` (``uint64``; ``k = f << (24-Q)``, ``c = cum << (24-Q)``,
+both < 2**24; ``v`` the value when it is below 2**16, else 0). With every value of a table in those top
+bits, one load per symbol gives the decoder all it needs: with the second load of ``rank_value`` the
+decode loop ran 1.7x slower (it was bound by instructions and register spills, not by latency). The tables of a
 set are concatenated: table ``i`` has precision ``precision[i]`` and ``num_symbols[i]`` symbols, its slots
 start at ``slot_rank[slot_base[i]]`` (``slot_base[i]`` is -1 for a table built without slots: the decoder
 searches its cumulative frequencies instead) and its ranks at ``rank_base[i]``. :func:`build_decode_tables` makes this
@@ -127,8 +130,11 @@ if AVAILABLE:
     _S16 = np.uint64(16)
     _S24 = np.uint64(CODER_PRECISION)
     _S32 = np.uint64(32)
+    _S48 = np.uint64(48)
     _S40 = np.uint64(64 - CODER_PRECISION)
     _ONE = np.uint64(1)
+    _TWO = np.uint64(2)
+    _THREE = np.uint64(3)
 
     @njit(cache=True, nogil=True, inline="always")
     def _read_u32(data: np.ndarray, p: int) -> np.uint64:
@@ -155,7 +161,8 @@ if AVAILABLE:
                 f = np.int64(freqs[r])
                 if f < 1 or cum + f > size:
                     return i
-                rank_coder[r] = _U64(f << sh) | (_U64(cum << sh) << _S24)
+                packed = _U64(values[r]) << _S48 if values[r] < 65536 else _U64(0)
+                rank_coder[r] = _U64(f << sh) | (_U64(cum << sh) << _S24) | packed
                 rank_value[r] = values[r]
                 if base >= 0:
                     slot_rank[base + cum:base + cum + f] = r - a
@@ -219,62 +226,77 @@ if AVAILABLE:
         return OK, -1, -1
 
     @njit(cache=True, nogil=True, inline="always")
-    def _step(s: np.uint64, p: int, lo: int, sh: np.uint64, slots: np.ndarray, coder: np.ndarray,
-              value: np.ndarray, wp: np.ndarray) -> tuple:
-        """One symbol of one lane (spec 6.2): (new state, new word position, decoded value)."""
+    def _step(s: np.uint64, p: np.uint64, lo: np.uint64, sh: np.uint64, slots: np.ndarray,
+              coder: np.ndarray, wp: np.ndarray) -> tuple:
+        """One symbol of one lane (spec 6.2): (new state, new word position, decoded value), for a table
+        whose values sit in ``coder``'s top 16 bits. Positions are unsigned: numba then indexes without
+        the wraparound code of negative indices."""
         q = s & _MASK24
-        r = slots[q >> sh]
-        kc = coder[r]
-        s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)  # S = (S >> 24) * k + (q - c)
+        kc = coder[slots[q >> sh]]
+        s = (s >> _S24) * (kc & _MASK24) + q - ((kc >> _S24) & _MASK24)  # S = (S >> 24) * k + (q - c)
         # refill from the lane's next word when the state fell below 2**32 and the lane has words left;
         # wp[p] is inside the array for every p the lane can reach, so the read is unconditional
         need = (s < _TWO32) & (p > lo)
         refilled = (s << _S32) | _U64(wp[p])
-        return (refilled if need else s), p - np.int64(need), value[r]
+        return (refilled if need else s), p - _U64(need), kc >> _S48
 
     @njit(cache=True, nogil=True)
     def _lanes_by_groups(state: np.ndarray, pos: np.ndarray, low: np.ndarray, full: int, rest: int,
-                         sh: np.uint64, slots: np.ndarray, coder: np.ndarray, value: np.ndarray, wp: np.ndarray,
+                         sh: np.uint64, slots: np.ndarray, coder: np.ndarray, wp: np.ndarray,
                          out: np.ndarray, out_start: int, out_stride: int) -> None:
         """Every lane through its ``full`` (+1 for the first ``rest`` lanes) symbols, four lanes at a time
         with their states in registers: four independent dependency chains keep the CPU busy where one
         lane after the other, or all lanes in lockstep through memory, would wait. Each lane decodes the
-        same symbols in the same order as in lockstep, so the output is identical."""
+        same symbols in the same order as in lockstep, so the output is identical. ``coder`` holds the
+        values (every value of the table is below 2**16); a contiguous output has its own loop."""
         lanes = state.size
-        row = lanes * out_stride
+        row = _U64(lanes * out_stride)
+        stride = _U64(out_stride)
         g_end = lanes - lanes % 4
         for g in range(0, g_end, 4):
             s0, s1, s2, s3 = state[g], state[g + 1], state[g + 2], state[g + 3]
-            p0, p1, p2, p3 = pos[g], pos[g + 1], pos[g + 2], pos[g + 3]
-            l0, l1, l2, l3 = low[g], low[g + 1], low[g + 2], low[g + 3]
-            o = out_start + g * out_stride
-            for _t in range(full):
-                s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, value, wp)
-                s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, value, wp)
-                s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, value, wp)
-                s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, value, wp)
-                out[o] = v0
-                out[o + out_stride] = v1
-                out[o + 2 * out_stride] = v2
-                out[o + 3 * out_stride] = v3
-                o += row
+            p0, p1, p2, p3 = _U64(pos[g]), _U64(pos[g + 1]), _U64(pos[g + 2]), _U64(pos[g + 3])
+            l0, l1, l2, l3 = _U64(low[g]), _U64(low[g + 1]), _U64(low[g + 2]), _U64(low[g + 3])
+            o = _U64(out_start + g * out_stride)
+            if out_stride == 1:
+                for _t in range(full):
+                    s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
+                    s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
+                    s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, wp)
+                    s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, wp)
+                    out[o] = v0
+                    out[o + _ONE] = v1
+                    out[o + _TWO] = v2
+                    out[o + _THREE] = v3
+                    o += row
+            else:
+                for _t in range(full):
+                    s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
+                    s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
+                    s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, wp)
+                    s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, wp)
+                    out[o] = v0
+                    out[o + stride] = v1
+                    out[o + _TWO * stride] = v2
+                    out[o + _THREE * stride] = v3
+                    o += row
             state[g], state[g + 1], state[g + 2], state[g + 3] = s0, s1, s2, s3
             pos[g], pos[g + 1], pos[g + 2], pos[g + 3] = p0, p1, p2, p3
         for j in range(g_end, lanes):
-            s, p, lo = state[j], pos[j], low[j]
-            o = out_start + j * out_stride
+            s, p, lo = state[j], _U64(pos[j]), _U64(low[j])
+            o = _U64(out_start + j * out_stride)
             for _t in range(full):
-                s, p, v = _step(s, p, lo, sh, slots, coder, value, wp)
+                s, p, v = _step(s, p, lo, sh, slots, coder, wp)
                 out[o] = v
                 o += row
             state[j] = s
             pos[j] = p
-        o = out_start + full * row
+        o = _U64(out_start) + _U64(full) * row
         for j in range(rest):  # the last, partial step
-            s, p, v = _step(state[j], pos[j], low[j], sh, slots, coder, value, wp)
+            s, p, v = _step(state[j], _U64(pos[j]), _U64(low[j]), sh, slots, coder, wp)
             state[j] = s
             pos[j] = p
-            out[o + j * out_stride] = v
+            out[o + _U64(j) * stride] = v
 
     @njit(cache=True, nogil=True)
     def _decode_checked_block(data: np.ndarray, start: int, size: int, count: int, table: int,
@@ -327,8 +349,13 @@ if AVAILABLE:
         full = count // lanes
         rest = count - full * lanes
         row = lanes * out_stride
-        if expanded:
-            _lanes_by_groups(state, pos, low, full, rest, sh, slots, coder, value, wp, out, out_start, out_stride)
+        small_values = True  # every value in coder's top bits (the fast loop)
+        for r in range(m):
+            if value[r] >= 65536:
+                small_values = False
+                break
+        if expanded and small_values:
+            _lanes_by_groups(state, pos, low, full, rest, sh, slots, coder, wp, out, out_start, out_stride)
         else:
             for t in range(full + 1):
                 active = lanes if t < full else rest
@@ -336,19 +363,22 @@ if AVAILABLE:
                 for j in range(active):
                     s = state[j]
                     q = s & _MASK24
-                    # a table whose 2**Q slots the batch does not justify: search the cumulative starts
-                    # (c_0 = 0 <= q, so the largest rank with c_r <= q exists)
-                    lo, hi = np.int64(0), m
-                    while hi - lo > 1:
-                        mid = (lo + hi) >> 1
-                        if (coder[mid] >> _S24) <= q:
-                            lo = mid
-                        else:
-                            hi = mid
-                    r = lo
+                    if expanded:  # values of 2**16 and more: in rank_value only
+                        r = np.int64(slots[q >> sh])
+                    else:
+                        # a table whose 2**Q slots the batch does not justify: search the cumulative starts
+                        # (c_0 = 0 <= q, so the largest rank with c_r <= q exists)
+                        lo, hi = np.int64(0), m
+                        while hi - lo > 1:
+                            mid = (lo + hi) >> 1
+                            if ((coder[mid] >> _S24) & _MASK24) <= q:
+                                lo = mid
+                            else:
+                                hi = mid
+                        r = lo
                     kc = coder[r]
                     # S = (S >> 24) * k + (q - c)
-                    s = (s >> _S24) * (kc & _MASK24) + q - (kc >> _S24)
+                    s = (s >> _S24) * (kc & _MASK24) + q - ((kc >> _S24) & _MASK24)
                     p = pos[j]
                     need = (s < _TWO32) & (p > low[j])
                     refilled = (s << _S32) | _U64(wp[p])

@@ -204,12 +204,17 @@ class RdcReader:
         #: With a byte budget: the share of every progressive chunk's bytes that is decoded.
         self._prefix_fraction: float | None = None
         self._owns = False
+        self._memory: memoryview | None = None
         if isinstance(source, (str, os.PathLike)):
             self._stream: BinaryIO = builtins.open(source, "rb")
             self._owns = True
             self.name = os.fspath(source)
         elif isinstance(source, (bytes, bytearray, memoryview)):
-            self._stream = io.BytesIO(bytes(source))
+            # bytes are immutable: read in place (chunk payloads are views of them); other buffers are
+            # copied once, since the caller could change them while they are read
+            data = source if isinstance(source, bytes) else bytes(source)
+            self._stream = io.BytesIO(data)
+            self._memory = memoryview(data)
             self.name = "<bytes>"
         elif hasattr(source, "read"):
             self._stream = source
@@ -234,7 +239,7 @@ class RdcReader:
         self.graph: bytes | None = None
         self.graph_format: str | None = None
         try:
-            self._src = C.Source(self._stream)
+            self._src = C.Source(self._stream, memory=self._memory)
             self._start = self._src.pos
             self.version = C.read_file_header(self._src)
             self._read_leading_records()
@@ -416,8 +421,8 @@ class RdcReader:
                         raise CorruptDataError(f"{head.name} record after the index record (only the end record "
                                                "may follow it)", offset=head.offset, record=head.name)
                     rel = head.offset - self._start
-                    if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL) or queued >= DECODE_BATCH_BYTES
-                                  or queued_chunks >= DECODE_BATCH_CHUNKS):
+                    if queue and (head.rtype not in (C.REC_TENSOR, C.REC_SMALL, *C.PACK_TYPES)
+                                  or queued >= DECODE_BATCH_BYTES or queued_chunks >= DECODE_BATCH_CHUNKS):
                         # decode what is queued (aliases need their targets; the batch is big enough)
                         ready = self._finish_tensors(queue)
                         queue, queued, queued_chunks = [], 0, 0
@@ -450,17 +455,22 @@ class RdcReader:
                     continue
                 elif head.rtype in C.PACK_TYPES:
                     payload = C.read_payload(self._src, head)
-                    ready = self._decode_pack(head, payload, meter)
-                    for tname, _a in ready:
-                        if tname in names:
-                            raise CorruptDataError(f"duplicate name {tname!r}", offset=head.offset,
-                                                   record=head.name, tensor=tname)
-                        names.add(tname)
-                        tensors.add(tname)
-                        order.append(tname)
+                    # planned now, decoded with the tensors around it: one batch keeps both threads busy
+                    pack = self._plan_pack(head, payload, meter)
+                    for m in pack.members:
+                        if m.name in names:
+                            raise CorruptDataError(f"duplicate name {m.name!r}", offset=head.offset,
+                                                   record=head.name, tensor=m.name)
+                        names.add(m.name)
+                        tensors.add(m.name)
+                        order.append(m.name)
+                    queue.append(pack)
+                    queued += sum(g.nbytes for g in pack.groups.values())
+                    queued_chunks += len(pack.groups)
                     entries.append((C.ENTRY_PACK, "", rel, head.end - head.offset))
                     head = None
                     pos = self._src.pos
+                    continue
                 elif head.rtype == C.REC_ALIAS:
                     payload = C.read_payload(self._src, head)
                     alias, target = C.parse_alias(payload, head.offset + C.RECORD_HEADER_SIZE)
@@ -585,6 +595,11 @@ class RdcReader:
     def _decode_pack(self, head: C.RecordHead, payload: bytes, meter: "_OutputMeter",
                      only: str | None = None) -> list[tuple[str, np.ndarray]]:
         """The tensors of a PACK record in order (``only``: just that member, decoding only its group)."""
+        return self._finish_tensors([self._plan_pack(head, payload, meter, only)])
+
+    def _plan_pack(self, head: C.RecordHead, payload: bytes, meter: "_OutputMeter",
+                   only: str | None = None) -> "_PlannedPack":
+        """Parse a PACK record and plan the groups needed (``only``: just that member's)."""
         members, groups = C.parse_pack_record(head.rtype, payload, head.offset + C.RECORD_HEADER_SIZE)
         # the groups needed, planned in order, then decoded together (one batch of ANS blocks: a pack of
         # small tensors would otherwise pay the per-batch cost once per group)
@@ -592,15 +607,7 @@ class RdcReader:
         for m in members:
             if (only is None or m.name == only) and m.group not in planned:
                 planned[m.group] = self._plan_group(head, members, groups[m.group], meter)
-        done = self._finish_tensors(list(planned.values()))
-        arrays = {g: array for g, (_name, array) in zip(planned, done)}
-        out = []
-        for m in members:
-            if only is not None and m.name != only:
-                continue
-            flat = arrays[m.group][m.start : m.start + m.numel]
-            out.append((m.name, flat.reshape(m.shape)))
-        return out
+        return _PlannedPack([m for m in members if only is None or m.name == only], planned)
 
     def _group_header(self, head: C.RecordHead, members: list, group: "C.PackGroup") -> C.TensorHeader:
         """A group of a PACK record as a one-chunk tensor of its members' concatenated elements."""
@@ -763,7 +770,7 @@ class RdcReader:
                     f"expected chunk {index} of {header.chunk_count}, found a {chead.name} record",
                     offset=chead.offset, record=chead.name, tensor=name,
                 )
-            payload = C.read_payload(self._src, chead, tensor=name)
+            payload = C.read_payload(self._src, chead, tensor=name, view=True)
             base = chead.offset + C.RECORD_HEADER_SIZE
             data = C.parse_chunk(payload, base, index, name)
             start = index * header.chunk_elements
@@ -970,19 +977,33 @@ class RdcReader:
                     raise LimitExceededError(f"cannot allocate memory for the tensor ({exc})", offset=chead.offset,
                                              record="chunk", tensor=pend.header.name) from None
 
-    def _finish_tensors(self, pending: list["_PendingTensor"]) -> list[tuple[str, np.ndarray]]:
-        """Decode everything still planned in ``pending`` (together), then return the tensors."""
-        self._decode_pending(pending)
+    def _finish_tensors(self, pending: list) -> list[tuple[str, np.ndarray]]:
+        """Decode everything still planned in ``pending`` (tensors and packs, together), then return the
+        tensors in order."""
+        flat: list[_PendingTensor] = []
+        for item in pending:
+            flat.extend(item.groups.values() if isinstance(item, _PlannedPack) else [item])
+        self._decode_pending(flat)
         out_list = []
-        for pend in pending:
-            header, head, info, out = pend.header, pend.head, pend.info, pend.out
-            if info.kind == "bool" and header.numel and out.view(np.uint8).max() > 1:
-                raise CorruptDataError("bool tensor holds values other than 0 and 1",
-                                       offset=head.offset, record="tensor", tensor=header.name)
-            if pend.codec is not None and pend.codec.transforms_tensor:
-                out = pend.codec.finish_tensor(out, header.shape)
-            out_list.append((header.name, out.reshape(header.shape)))
+        for item in pending:
+            if isinstance(item, _PlannedPack):
+                arrays = {g: self._tensor_array(pend)[1] for g, pend in item.groups.items()}
+                out_list.extend((m.name, arrays[m.group][m.start : m.start + m.numel].reshape(m.shape))
+                                for m in item.members)
+            else:
+                out_list.append(self._tensor_array(item))
         return out_list
+
+    @staticmethod
+    def _tensor_array(pend: "_PendingTensor") -> tuple[str, np.ndarray]:
+        """A decoded tensor's name and array (checked, finished, in its shape)."""
+        header, head, info, out = pend.header, pend.head, pend.info, pend.out
+        if info.kind == "bool" and header.numel and out.view(np.uint8).max() > 1:
+            raise CorruptDataError("bool tensor holds values other than 0 and 1",
+                                   offset=head.offset, record="tensor", tensor=header.name)
+        if pend.codec is not None and pend.codec.transforms_tensor:
+            out = pend.codec.finish_tensor(out, header.shape)
+        return header.name, out.reshape(header.shape)
 
     def _allocate(self, numel: int, dtype: np.dtype, nbytes: int, head: C.RecordHead, name: str) -> np.ndarray:
         """The output array; an allocation the machine refuses is a LimitExceededError, not a crash."""
@@ -1359,6 +1380,16 @@ DECODE_BATCH_BYTES = 64 << 20
 #: ... and up to this many chunks: what a planned chunk holds (its tables, blocks, plan) costs a few KiB
 #: whatever its size, so a file of many tiny chunks is decoded in batches of bounded memory.
 DECODE_BATCH_CHUNKS = 1024
+
+
+class _PlannedPack:
+    """A PACK record read and planned: the members to return, and the planned groups they lie in."""
+
+    __slots__ = ("members", "groups")
+
+    def __init__(self, members: list, groups: dict[int, "_PendingTensor"]) -> None:
+        self.members = members
+        self.groups = groups
 
 
 class _PendingTensor:
