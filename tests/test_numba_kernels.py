@@ -331,6 +331,25 @@ def test_joint_planes_matches_numpy(bits: int) -> None:
             kn.joint_planes(symbols, bits, ((count + 1, 0),), joint.low, count)
 
 
+def test_unshift_plane_matches_numpy() -> None:
+    """bytesplit mode 4's compiled unshift equals ``_unshift`` (byte 0 kept, every shift 0..254, uint16
+    symbols as the decoder may give them); segments that do not cover the symbols are refused."""
+    from rdformat.codecs.bytesplit import _unshift
+
+    rng = np.random.default_rng(11)
+    for segs in (((1, 0),), ((300, 0), (7, 254), (1, 1)), tuple((4, s) for s in range(255))):
+        count = sum(n for n, _s in segs)
+        symbols = rng.integers(0, 256, size=count).astype(np.uint8)
+        symbols[::5] = 0
+        want = _unshift(symbols, segs)
+        assert np.array_equal(kn.unshift_plane(symbols, segs), want)
+        assert np.array_equal(kn.unshift_plane(symbols.astype(np.uint16), segs), want)
+        with pytest.raises(ValueError):
+            kn.unshift_plane(symbols[:-1], segs)
+        with pytest.raises(ValueError):
+            kn.unshift_plane(symbols, segs + ((1, 0),))
+
+
 def test_gather_groups() -> None:
     rng = np.random.default_rng(2)
     for k in (1, 2, 3, 8):

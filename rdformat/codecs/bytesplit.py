@@ -14,6 +14,7 @@ import numpy as np
 from ..format.dtypes import DtypeInfo
 from ..format.wire import leb128
 from ..entropy import FrequencyTable, ans
+from ..entropy.models import _varint_decode_many
 from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
 from .base import ChunkPlan, Codec, byte_view
@@ -272,7 +273,7 @@ class ByteSplitCodec(Codec):
                     sources[k], sources[k + 1] = kernels_numba.joint_planes(symbols, mode.bits, mode.segs, mode.low,
                                                                             count)
                 elif isinstance(mode, tuple):
-                    sources[k] = _unshift(symbols, mode)
+                    sources[k] = kernels_numba.unshift_plane(symbols, mode)
                 elif mode == PLANE_ANS:
                     sources[k] = symbols
                 else:
@@ -585,6 +586,10 @@ def _read_joint_table(buf, pos: int, t: int, what: str) -> tuple[FrequencyTable,
     per = (1 << t) - 1
     if len(buf) - pos < tops.symbols.size * per:  # each varint takes at least a byte: checked before the loop
         raise CorruptDataError(f"{what}: joint frequencies are truncated", offset=pos)
+    fast = _joint_frequencies(buf, pos, tops, t)
+    if fast is not None:
+        return fast
+    # anything irregular: the loop below finds the first problem and names it
     symbols, freqs = [], []
     for e, f in zip(tops.symbols.tolist(), tops.freqs.tolist()):
         left = f
@@ -602,6 +607,27 @@ def _read_joint_table(buf, pos: int, t: int, what: str) -> tuple[FrequencyTable,
                 symbols.append((e << t) | j)
                 freqs.append(g)
     return FrequencyTable(tops.precision, symbols, freqs), pos
+
+
+def _joint_frequencies(buf, pos: int, tops: FrequencyTable, t: int) -> tuple[FrequencyTable, int] | None:
+    """:func:`_read_joint_table`'s sub-frequencies read at once (a table of a large chunk has hundreds, and a
+    loop over them cost a sixth of a lossless load); None when anything is irregular (a varint that is long,
+    non-canonical or truncated, a sum over its top symbol's frequency), for the loop to report."""
+    per = (1 << t) - 1
+    m = tops.symbols.size
+    try:
+        values, end = _varint_decode_many(np.frombuffer(buf, np.uint8), pos, m * per, "joint frequency")
+    except RdcError:
+        return None
+    sub = values.astype(np.int64).reshape(m, per)
+    top_freqs = tops.freqs.astype(np.int64)
+    used = np.cumsum(sub, axis=1)
+    if (used > top_freqs[:, None]).any():
+        return None
+    full = np.concatenate([sub, (top_freqs - used[:, -1])[:, None]], axis=1)
+    present = full > 0
+    joint = (tops.symbols.astype(np.int64)[:, None] << t) | np.arange(per + 1, dtype=np.int64)
+    return FrequencyTable(tops.precision, joint[present], full[present]), end
 
 
 def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]], budget: int) -> bytes | None:

@@ -10,6 +10,7 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
   words reading each plane where it lies (chunk bytes, decoder output), without a plane matrix.
 * :func:`joint_planes` - ``bytesplit`` plane mode 5: joint symbols and packed low bits -> the two planes
   (replaces ``_Joint.planes``' numpy passes).
+* :func:`unshift_plane` - ``bytesplit`` plane mode 4: shifted bytes -> the plane (replaces ``_unshift``).
 * :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
   group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
   ``_symbols_to_levels`` in ``dq``).
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "gather_groups", "dq_reconstruct",
+__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "unshift_plane", "gather_groups", "dq_reconstruct",
            "plane_histograms", "DQ_NEXT_STATE"]
 
 try:
@@ -131,6 +132,27 @@ if AVAILABLE:
         return 0
 
     @njit(cache=True, nogil=True)
+    def _unshift_plane(symbols: np.ndarray, seg_length: np.ndarray, seg_shift: np.ndarray, out: np.ndarray) -> int:
+        """Bytes of a shifted plane back to the plane: per segment, byte 0 stays and b >= 1 becomes
+        ((b - 1 + shift) mod 255) + 1, through a 256-entry table (no division per element)."""
+        if seg_length.size != seg_shift.size:
+            return -1
+        lut = np.empty(256, dtype=np.uint8)
+        i = 0
+        for g in range(seg_length.size):
+            end = i + seg_length[g]
+            if seg_length[g] < 0 or end > symbols.size or end > out.size:
+                return -1
+            shift = seg_shift[g]
+            lut[0] = 0
+            for v in range(1, 256):
+                lut[v] = (v - 1 + shift) % 255 + 1
+            for j in range(i, end):
+                out[j] = lut[symbols[j] & 255]
+            i = end
+        return 0 if i == symbols.size else -1
+
+    @njit(cache=True, nogil=True)
     def _gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray) -> int:
         rows, k = values.shape
         if count < 0 or out.size < count or index.size * k < count or k < 1:
@@ -201,7 +223,7 @@ if AVAILABLE:
 
 else:
     _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _unavailable
-    _gather_groups = _dq_reconstruct = _plane_histograms = _unavailable
+    _gather_groups = _dq_reconstruct = _plane_histograms = _unshift_plane = _unavailable
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -291,6 +313,24 @@ def joint_planes(symbols: np.ndarray, bits: int, segs: tuple, packed: np.ndarray
     if _joint_planes(symbols.reshape(-1), int(bits), lengths, shifts, packed, int(count), below, top) != 0:
         raise ValueError("joint_planes: segments, symbols or packed bits do not match the count")
     return below, top
+
+
+def unshift_plane(symbols: np.ndarray, segs: tuple) -> np.ndarray:
+    """``bytesplit`` plane mode 4: the decoded bytes of a shifted plane, unshifted by their segments'
+    ``((length, shift), ...)`` (lengths summing to the symbol count); bit-exact with ``bytesplit._unshift``.
+
+    Raises:
+        ValueError: the segments do not cover the symbols.
+    """
+    lengths = np.fromiter((n for n, _s in segs), np.int64, len(segs))
+    shifts = np.fromiter((sh for _n, sh in segs), np.int64, len(segs))
+    syms = symbols.reshape(-1)
+    if syms.dtype != np.uint8:
+        syms = syms.astype(np.uint8)  # plane symbols are bytes
+    out = np.empty(syms.size, dtype=np.uint8)
+    if _unshift_plane(syms, lengths, shifts, out) != 0:
+        raise ValueError("unshift_plane: the segments do not cover the symbols")
+    return out
 
 
 def gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:

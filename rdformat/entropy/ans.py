@@ -382,7 +382,7 @@ def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: 
                              f"{size - header_end} bytes left", offset=size)
     if end < size:
         raise CorruptDataError(f"ANS block: {size - end} bytes after the end of the block", offset=end)
-    words = data[header_end:end].view("<u4").astype(np.uint32)  # aligned native copy
+    words = data[header_end:end].view("<u4")  # a view (Block.words copies it when a decoder needs it)
     starts = np.zeros(lanes, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     nonempty = np.flatnonzero(counts)

@@ -156,7 +156,7 @@ def encode_numpy(ranks: np.ndarray, table: FrequencyTable, lanes: int) -> tuple[
 class Block:
     """A validated ANS block (reader checks 1-5 of spec section 6.2 passed), ready to decode."""
 
-    __slots__ = ("index", "n", "table", "odt", "lanes", "words", "starts", "counts", "word_base", "raw")
+    __slots__ = ("index", "n", "table", "odt", "lanes", "_words", "starts", "counts", "word_base", "raw")
 
     def __init__(self, index: int, n: int, table: FrequencyTable, odt: np.dtype, words: np.ndarray,
                  starts: np.ndarray, counts: np.ndarray, word_base: int, raw: np.ndarray) -> None:
@@ -165,11 +165,20 @@ class Block:
         self.table = table
         self.odt = odt
         self.lanes = int(counts.size)
-        self.words = words  # uint32, every lane's words, lane-major
+        self._words = words  # every lane's words, lane-major: a little-endian view of raw until first used
         self.starts = starts  # int64, first word of each lane
         self.counts = counts  # int64, words of each lane
         self.word_base = word_base  # byte offset of words[0] in the caller's buffer
         self.raw = raw  # uint8, the whole block as given (what the compiled decoder reads)
+
+
+    @property
+    def words(self) -> np.ndarray:
+        """Every lane's words, lane-major, as an aligned native ``uint32`` copy made on first use (the
+        compiled decoder reads ``raw`` and never needs it)."""
+        if not (self._words.dtype == np.uint32 and self._words.flags.aligned and self._words.flags.writeable):
+            self._words = self._words.astype(np.uint32)
+        return self._words
 
 
 def _lane_error(block: Block, j: int) -> CorruptDataError:
