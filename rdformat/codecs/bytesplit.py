@@ -134,8 +134,13 @@ class ByteSplitCodec(Codec):
         present = np.flatnonzero(counts)
         if present.size == 1:
             return bytes([PLANE_CONSTANT, int(present[0])])
+        overhead = 64 + 12 * max(1, n // 2048)
+        c = counts[present].astype(np.float64)
+        entropy_bits = n * np.log2(n) - float((c * np.log2(c)).sum())  # no table codes below it
+        if entropy_bits * (1 - 1e-9) / 8 + overhead > n * (1.0 - self.min_gain):  # (float rounding)
+            return bytes([PLANE_RAW]) + plane.tobytes()  # what the estimate below decides, without a table
         table = FrequencyTable.from_counts(present, counts[present], precision=self.precision)
-        estimate = table.cost_bits(counts[present]) / 8 + 64 + 12 * max(1, n // 2048)
+        estimate = table.cost_bits(counts[present]) / 8 + overhead
         if estimate > n * (1.0 - self.min_gain):
             return bytes([PLANE_RAW]) + plane.tobytes()
         best = (estimate, PLANE_ANS, plane, table)
@@ -476,7 +481,7 @@ def _encode_shifted_with(plane: np.ndarray, segments: list[int], shifts: list[in
     best = None
     for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 14) for p in (10, 12, precision)}):
         table = FrequencyTable.from_counts(present, counts[present], precision=q)
-        cost = table.cost_bits(counts[present]) / 8 + len(table.to_bytes())
+        cost = table.cost_bits(counts[present]) / 8 + table.stored_size()
         if best is None or cost < best[0]:
             best = (cost, table)
     table = best[1]
@@ -574,6 +579,19 @@ def _joint_table_bytes(table: FrequencyTable, t: int) -> bytes:
     return b"".join(parts)
 
 
+def _joint_table_size(table: FrequencyTable, t: int) -> int:
+    """``len(_joint_table_bytes(table, t))`` without writing it: the encoder sizes nine candidate tables a
+    chunk, and writing each took a quarter of a lossless save."""
+    top = table.symbols.astype(np.int64) >> t
+    tops, first = np.unique(top, return_index=True)
+    sums = np.add.reduceat(table.freqs.astype(np.int64), first)
+    sub = np.zeros((tops.size, 1 << t), np.int64)
+    sub[np.searchsorted(tops, top), table.symbols.astype(np.int64) & ((1 << t) - 1)] = table.freqs
+    stored = sub[:, :-1]
+    varint_bytes = int(stored.size + np.count_nonzero(stored >= 1 << 7) + np.count_nonzero(stored >= 1 << 14))
+    return FrequencyTable(table.precision, tops, sums).stored_size() + varint_bytes
+
+
 def _read_joint_table(buf, pos: int, t: int, what: str) -> tuple[FrequencyTable, int]:
     """Parse a joint table (:func:`_joint_table_bytes`): every sub-frequency is bounded by what is left of its
     top symbol's frequency, so the joint table is valid by construction (sum 2**Q, every frequency >= 1)."""
@@ -645,7 +663,7 @@ def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]
         low = -(-count * (8 - t) // 8)
         for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 16) for p in (10, 12, 14)}):
             table = FrequencyTable.from_counts(present, counts[present], precision=q)
-            estimate = len(_joint_table_bytes(table, t)) + table.cost_bits(counts[present]) / 8 + 16 + low
+            estimate = _joint_table_size(table, t) + table.cost_bits(counts[present]) / 8 + 16 + low
             if best is None or estimate < best[0]:
                 best = (estimate, t, symbols, table)
     if best is None or best[0] + len(head) + 4 >= budget:

@@ -48,6 +48,12 @@ _FAST_VARINTS: list = []
 # --------------------------------------------------------------------------------------------
 
 
+def _varint_size(values: np.ndarray) -> int:
+    """Bytes of the canonical LEB128 encodings of ``values`` (uint64, each < 2**32), summed."""
+    v = np.asarray(values, dtype=np.uint64)
+    return int(v.size + sum(np.count_nonzero(v >> np.uint64(7 * k)) for k in range(1, _VARINT_MAX_BYTES)))
+
+
 def _varint_encode_many(values: np.ndarray) -> bytes:
     """Canonical LEB128 encoding of every value of ``values`` (uint64, each < 2**32), concatenated."""
     v = np.asarray(values, dtype=np.uint64)
@@ -391,6 +397,15 @@ class FrequencyTable:
         gaps[1:] = sym[1:] - sym[:-1] - np.uint64(1)
         return (bytes([self.precision]) + _varint_encode_many(np.array([sym.size], dtype=np.uint64))
                 + _varint_encode_many(gaps) + _varint_encode_many(self.freqs.astype(np.uint64) - np.uint64(1)))
+
+    def stored_size(self) -> int:
+        """``len(self.to_bytes())``, counted without writing the bytes (encoders size many candidates)."""
+        sym = self.symbols.astype(np.uint64)
+        gaps = np.empty_like(sym)
+        gaps[0] = sym[0]
+        gaps[1:] = sym[1:] - sym[:-1] - np.uint64(1)
+        return 1 + _varint_size(np.array([sym.size], dtype=np.uint64)) + _varint_size(gaps) + \
+            _varint_size(self.freqs.astype(np.uint64) - np.uint64(1))
 
     @classmethod
     def from_bytes(cls, buf: Any, offset: int = 0) -> tuple["FrequencyTable", int]:

@@ -15,6 +15,7 @@ from ..codecs import Codec, Prepared, get_codec_class
 from ..codecs import bytesplit
 from ..codecs.bytesplit import ByteSplitCodec
 from ..codecs.raw import RawCodec
+from ..entropy import ans
 from ..format.dtypes import by_numpy, little_endian
 from ..errors import InvalidInputError
 from .layering import LayerSpool
@@ -346,6 +347,9 @@ class Writer:
         if len(shape) > C.MAX_RANK:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
         if coded is None:
+            # chunks are coded one at a time, each too small to pay for loading the compiled kernels; a
+            # tensor that large pays for it, and then every chunk after it uses them
+            ans.compiled_active(numel)
             chunk_elements = max(1, self.chunk_bytes // info.itemsize)
             multiple = chosen.chunk_multiple
             if multiple > 1:  # e.g. dq: trellis chains must not straddle chunks
