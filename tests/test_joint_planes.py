@@ -147,3 +147,23 @@ def test_writer_uses_joint_planes_only_for_1_6_files():
     assert len(new.getvalue()) < len(old.getvalue())
     for data in (new.getvalue(), old.getvalue()):
         assert rdformat.load(data)["w"].tobytes() == x["w"].tobytes()
+
+
+def test_table_sizes_counted_without_writing_equal_the_written_sizes():
+    """The encoder sizes candidate tables without writing them (FrequencyTable.stored_size,
+    bytesplit._joint_table_size): the counts must equal the bytes written, or it would pick wrongly."""
+    from rdformat.codecs import bytesplit as B
+    from rdformat.entropy import FrequencyTable
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        t = int(rng.integers(1, 8))
+        top = int(rng.choice([2, 256 << t, 1 << 16, 1 << 31]))
+        symbols = np.unique(rng.integers(0, top, int(rng.integers(1, 3000))))
+        if symbols.size < 2:
+            continue
+        table = FrequencyTable.from_counts(symbols, rng.integers(1, 100_000, symbols.size),
+                                           precision=int(rng.integers(max(1, int(symbols.size - 1).bit_length()), 17)))
+        assert table.stored_size() == len(table.to_bytes())
+        if symbols[-1] < 256 << t:
+            assert B._joint_table_size(table, t) == len(B._joint_table_bytes(table, t))
