@@ -107,6 +107,35 @@ def test_loading_bytes_reads_chunks_in_place_but_returns_arrays_of_its_own():
                     assert_bit_exact(a, tensors[name])
 
 
+def test_files_are_read_through_a_read_only_mapping_that_closes_with_the_reader(tmp_path, monkeypatch):
+    """A path is mapped (POSIX): the tensors are the same as from bytes, owned by the caller, and nothing
+    keeps the file busy after close; RDFORMAT_NO_MMAP=1 and non-regular files read with copies."""
+    import os
+
+    rng = np.random.default_rng(4)
+    tensors = {"w": rng.laplace(0, 0.05, (400, 700)).astype(np.float32), "b": rng.normal(0, 1, 40).astype(np.float32)}
+    path = tmp_path / "m.rdc"
+    rdformat.save(tensors, path, chunk_bytes=1 << 18)
+    reader = rdformat.open(path)
+    assert (reader._mmap is not None) == (os.name == "posix")
+    got = dict(iter(reader))
+    w = reader.get_tensor("w")
+    reader.close()
+    assert reader._mmap is None
+    for name, array in got.items():
+        assert_bit_exact(array, tensors[name])
+        array[...] = 1  # the caller's own memory, writable after the mapping is gone
+    assert_bit_exact(w, tensors["w"])
+    path.write_bytes(b"")  # the file can be rewritten after close (an atomic replace works even before)
+    with pytest.raises(RdcError):
+        rdformat.load(path)  # an empty file: no mapping, a clear error
+    rdformat.save(tensors, path)
+    monkeypatch.setenv("RDFORMAT_NO_MMAP", "1")
+    with rdformat.open(path) as plain:
+        assert plain._mmap is None
+        assert_bit_exact(plain.get_tensor("w"), tensors["w"])
+
+
 def test_crc32_is_zlibs_with_or_without_the_zlib_ng_accelerator(monkeypatch):
     """Large buffers go to zlib-ng where it is installed: the same CRC-32 as zlib's, continuation included."""
     import zlib

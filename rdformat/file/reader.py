@@ -10,8 +10,10 @@ import builtins
 import contextlib
 import io
 import math
+import mmap
 import numbers
 import os
+import stat
 import threading
 import weakref
 from collections.abc import Iterator
@@ -205,10 +207,12 @@ class RdcReader:
         self._prefix_fraction: float | None = None
         self._owns = False
         self._memory: memoryview | None = None
+        self._mmap: mmap.mmap | None = None
         if isinstance(source, (str, os.PathLike)):
             self._stream: BinaryIO = builtins.open(source, "rb")
             self._owns = True
             self.name = os.fspath(source)
+            self._memory = self._map(self._stream)
         elif isinstance(source, (bytes, bytearray, memoryview)):
             # bytes are immutable: read in place (chunk payloads are views of them); other buffers are
             # copied once, since the caller could change them while they are read
@@ -1313,8 +1317,38 @@ class RdcReader:
         return TensorInfo(name, dtype, m.shape, g.codec_id, config, bool(m.flags & C.TENSOR_STRUCTURAL), stored,
                           alias_of)
 
+    def _map(self, stream: BinaryIO) -> memoryview | None:
+        """The file mapped read-only (chunk payloads are then views of the page cache, not copies: a
+        quarter of a lossless load was copying them), or None where that is not possible or not wanted:
+        not POSIX, not a regular file, empty, or ``RDFORMAT_NO_MMAP=1``."""
+        if os.name != "posix" or os.environ.get(_ENV_NO_MMAP, "").strip() not in ("", "0"):
+            return None
+        try:
+            info = os.fstat(stream.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+                return None
+            # not populated up front: reading one tensor by name must not read the whole file
+            self._mmap = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        if hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+            with contextlib.suppress(OSError):
+                self._mmap.madvise(mmap.MADV_SEQUENTIAL)
+        return memoryview(self._mmap)
+
     def close(self) -> None:
         """Close the underlying file if this reader opened it."""
+        if self._mmap is not None:
+            # views of the mapping may outlive the reader (plans not yet collected): the mapping then
+            # closes when the last of them goes
+            with contextlib.suppress(BufferError):
+                if self._memory is not None:
+                    self._memory.release()
+                self._mmap.close()
+            self._memory = self._mmap = None
+            src = getattr(self, "_src", None)  # absent when the constructor failed early
+            if src is not None:
+                src.memory = None
         if self._owns:
             self._stream.close()
 
@@ -1376,6 +1410,9 @@ def salvage(source: str | os.PathLike | bytes | BinaryIO, *,
 
 
 #: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
+#: Set to 1 to read files with copies instead of mapping them (e.g. files that another process may
+#: truncate while they are read: a mapped file cut under the reader ends the process with SIGBUS).
+_ENV_NO_MMAP = "RDFORMAT_NO_MMAP"
 DECODE_BATCH_BYTES = 64 << 20
 #: ... and up to this many chunks: what a planned chunk holds (its tables, blocks, plan) costs a few KiB
 #: whatever its size, so a file of many tiny chunks is decoded in batches of bounded memory.
