@@ -7,7 +7,10 @@ Every test builds its file from records with valid CRCs, so the damage reaches t
 
 from __future__ import annotations
 
+import builtins
 import io
+import os
+import tempfile
 import struct
 import time
 import tracemalloc
@@ -68,11 +71,18 @@ def modes(data: bytes):
         with rdformat.open(io.BytesIO(data)) as f:
             return {n: f.get_tensor(n) for n in f.keys()}
 
+    def by_path():  # a path is read through a memory mapping (POSIX)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "hostile.rdc")
+            with builtins.open(path, "wb") as f:
+                f.write(data)
+            return rdformat.load(path)
+
     return {"bytes": lambda: rdformat.load(data), "stream": lambda: rdformat.load(NonSeekable(data)),
-            "by_name": by_name}
+            "by_name": by_name, "path": by_path}
 
 
-def assert_all_raise(data: bytes, cls: type, only=("bytes", "stream", "by_name")) -> None:
+def assert_all_raise(data: bytes, cls: type, only=("bytes", "stream", "by_name", "path")) -> None:
     for mode, fn in modes(data).items():
         if mode in only:
             with pytest.raises(cls):

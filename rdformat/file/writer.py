@@ -196,6 +196,7 @@ class Writer:
             pack_records = pack_records and max_minor >= C.VERSION_MINOR_PACK
             compress_records = compress_records and max_minor >= C.VERSION_MINOR_ZLIB
         self.max_minor = C.VERSION_MINOR if max_minor is None else max_minor
+        self._elements_coded = 0  # elements this writer has coded so far (see add: compiled kernels)
         self.default_codec = resolve_codec(codec)
         #: store single-chunk tensors with under SMALL_DATA_BYTES of data as one SMALL record (format 1.1);
         #: False writes TENSOR + CHUNK records only, which 1.0 readers can read.
@@ -348,8 +349,10 @@ class Writer:
             raise InvalidInputError(f"tensor {name!r} has rank {len(shape)}; the limit is {C.MAX_RANK}")
         if coded is None:
             # chunks are coded one at a time, each too small to pay for loading the compiled kernels; a
-            # tensor that large pays for it, and then every chunk after it uses them
-            ans.compiled_active(numel)
+            # model that large (counted over the tensors written so far) pays for it, and every chunk
+            # after that point uses them
+            self._elements_coded += numel
+            ans.compiled_active(self._elements_coded)
             chunk_elements = max(1, self.chunk_bytes // info.itemsize)
             multiple = chosen.chunk_multiple
             if multiple > 1:  # e.g. dq: trellis chains must not straddle chunks
