@@ -88,6 +88,14 @@ if AVAILABLE:
             out[i] = half
         return 0
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _unshift_table(lut: np.ndarray, shift: int) -> None:
+        """``lut[b]``: byte ``b`` of a plane shifted by ``shift`` (bytesplit modes 4 and 5) unshifted: 0 stays
+        0, b >= 1 becomes ((b - 1 + shift) mod 255) + 1 (a table per segment: no division per element)."""
+        lut[0] = 0
+        for v in range(1, 256):
+            lut[v] = (v - 1 + shift) % 255 + 1
+
     @njit(cache=True, nogil=True)
     def _joint_planes(symbols: np.ndarray, bits: int, seg_length: np.ndarray, seg_shift: np.ndarray,
                       packed: np.ndarray, count: int, below: np.ndarray, top: np.ndarray) -> int:
@@ -102,10 +110,7 @@ if AVAILABLE:
             end = i + seg_length[g]
             if seg_length[g] < 0 or end > count:
                 return -1
-            shift = seg_shift[g]
-            lut[0] = 0
-            for v in range(1, 256):
-                lut[v] = (v - 1 + shift) % 255 + 1
+            _unshift_table(lut, seg_shift[g])
             for j in range(i, end):
                 top[j] = lut[(np.int64(symbols[j]) >> bits) & 255]
             i = end
@@ -143,10 +148,7 @@ if AVAILABLE:
             end = i + seg_length[g]
             if seg_length[g] < 0 or end > symbols.size or end > out.size:
                 return -1
-            shift = seg_shift[g]
-            lut[0] = 0
-            for v in range(1, 256):
-                lut[v] = (v - 1 + shift) % 255 + 1
+            _unshift_table(lut, seg_shift[g])
             for j in range(i, end):
                 out[j] = lut[symbols[j] & 255]
             i = end

@@ -248,7 +248,7 @@ if AVAILABLE:
         with their states in registers: four independent dependency chains keep the CPU busy where one
         lane after the other, or all lanes in lockstep through memory, would wait. Each lane decodes the
         same symbols in the same order as in lockstep, so the output is identical. ``coder`` holds the
-        values (every value of the table is below 2**16); a contiguous output has its own loop."""
+        values (every value of the table is below 2**16)."""
         lanes = state.size
         row = _U64(lanes * out_stride)
         stride = _U64(out_stride)
@@ -258,28 +258,16 @@ if AVAILABLE:
             p0, p1, p2, p3 = _U64(pos[g]), _U64(pos[g + 1]), _U64(pos[g + 2]), _U64(pos[g + 3])
             l0, l1, l2, l3 = _U64(low[g]), _U64(low[g + 1]), _U64(low[g + 2]), _U64(low[g + 3])
             o = _U64(out_start + g * out_stride)
-            if out_stride == 1:
-                for _t in range(full):
-                    s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
-                    s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
-                    s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, wp)
-                    s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, wp)
-                    out[o] = v0
-                    out[o + _ONE] = v1
-                    out[o + _TWO] = v2
-                    out[o + _THREE] = v3
-                    o += row
-            else:
-                for _t in range(full):
-                    s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
-                    s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
-                    s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, wp)
-                    s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, wp)
-                    out[o] = v0
-                    out[o + stride] = v1
-                    out[o + _TWO * stride] = v2
-                    out[o + _THREE * stride] = v3
-                    o += row
+            for _t in range(full):
+                s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
+                s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
+                s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, wp)
+                s3, p3, v3 = _step(s3, p3, l3, sh, slots, coder, wp)
+                out[o] = v0
+                out[o + stride] = v1
+                out[o + _TWO * stride] = v2
+                out[o + _THREE * stride] = v3
+                o += row
             state[g], state[g + 1], state[g + 2], state[g + 3] = s0, s1, s2, s3
             pos[g], pos[g + 1], pos[g + 2], pos[g + 3] = p0, p1, p2, p3
         for j in range(g_end, lanes):
