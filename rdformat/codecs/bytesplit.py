@@ -655,21 +655,25 @@ def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]
     exp = _shift_bytes(top, shifts).astype(np.uint32)
     head = b"".join([leb128(len(merged))] + [leb128(n) + bytes([s]) for n, s in merged])
     count = top.size
+    # one histogram at the finest split; every coarser one sums its columns (no pass over the chunk each)
+    finest_bits = max(JOINT_BITS)
+    finest = np.bincount((exp << finest_bits) | (below >> (8 - finest_bits)).astype(np.uint32))
+    finest = np.concatenate([finest, np.zeros(-finest.size % (1 << finest_bits), finest.dtype)])
+    finest = finest.reshape(-1, 1 << finest_bits)
     best = None
     for t in JOINT_BITS:
-        symbols = (exp << t) | (below >> (8 - t)).astype(np.uint32)
-        counts = np.bincount(symbols)
+        counts = finest.reshape(finest.shape[0], 1 << t, -1).sum(axis=2).reshape(-1)
         present = np.flatnonzero(counts)
         low = -(-count * (8 - t) // 8)
         for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 16) for p in (10, 12, 14)}):
             table = FrequencyTable.from_counts(present, counts[present], precision=q)
             estimate = _joint_table_size(table, t) + table.cost_bits(counts[present]) / 8 + 16 + low
             if best is None or estimate < best[0]:
-                best = (estimate, t, symbols, table)
+                best = (estimate, t, table)
     if best is None or best[0] + len(head) + 4 >= budget:
         return None
-    _estimate, t, symbols, table = best
-    block = ans.encode(symbols, table)
+    _estimate, t, table = best
+    block = ans.encode((exp << t) | (below >> (8 - t)).astype(np.uint32), table)
     data = b"".join([bytes([PLANE_ANS_JOINT, t]), head, _joint_table_bytes(table, t), leb128(len(block)), block,
                      _pack_bits(below & ((1 << (8 - t)) - 1), 8 - t)])
     return data if len(data) < budget else None
