@@ -115,6 +115,11 @@ def test_files_are_read_through_a_read_only_mapping_that_closes_with_the_reader(
     rng = np.random.default_rng(4)
     tensors = {"w": rng.laplace(0, 0.05, (400, 700)).astype(np.float32), "b": rng.normal(0, 1, 40).astype(np.float32)}
     path = tmp_path / "m.rdc"
+    for kwargs in ({"codec": "raw"}, {"bits": 4}):  # every array is the caller's, whatever the codec
+        rdformat.save(tensors, path, chunk_bytes=1 << 18, **kwargs)
+        for array in rdformat.load(path).values():
+            assert array.flags.writeable
+            array[...] = 0
     rdformat.save(tensors, path, chunk_bytes=1 << 18)
     reader = rdformat.open(path)
     assert (reader._mmap is not None) == (os.name == "posix")
