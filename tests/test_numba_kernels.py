@@ -109,6 +109,31 @@ def test_large_alphabet_and_default_lanes() -> None:
     assert status[0] == an.OK and np.array_equal(out, values)
 
 
+@pytest.mark.parametrize("precision", [1, 5, 12, 13, 16])
+def test_tables_without_slots_decode_through_buckets_or_search(precision: int) -> None:
+    """A table decoded without its 2**Q slots: blocks of enough symbols go through buckets (the first rank
+    of each range of states, then steps up the cumulative starts), short ones through a binary search.
+    Both equal the numpy decoder, on skewed tables too (one frequent symbol and many rare ones, so that a
+    bucket holds many ranks: the most steps a state can take)."""
+    rng = np.random.default_rng(precision)
+    size = 1 << precision
+    tables = [random_table(rng, precision, min(size, 40)), random_table(rng, precision, size)]
+    if size >= 4:
+        rare = size // 2
+        tables.append(FrequencyTable(precision, np.arange(rare + 1), [size - rare] + [1] * rare))
+    for table in tables:
+        for n in (3, 200, 1025, 20_000):  # (1 << min(Q, 12)) // 4 is the shortest bucketed block
+            values = sample(rng, table, n)
+            block = ans.encode(values, table, backend="numpy")
+            for expand in (True, False):
+                status, out = numba_decode(block, n, table, expand=expand)
+                assert status == (an.OK, -1, -1, -1), (table.num_symbols, n, expand)
+                assert np.array_equal(out, values)
+            corrupt = bytearray(block)
+            corrupt[-1] ^= 0x5A  # a lane that does not end cleanly: the same error either way
+            assert_same_outcome(bytes(corrupt), n, table)
+
+
 def test_spec_example() -> None:
     table = FrequencyTable(2, [5, 9], [3, 1])
     block = bytes.fromhex("01000000" "01000000" "0000c000")

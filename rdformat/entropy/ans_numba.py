@@ -22,7 +22,8 @@ bits, one load per symbol gives the decoder all it needs: with the second load o
 decode loop ran 1.7x slower (it was bound by instructions and register spills, not by latency). The tables of a
 set are concatenated: table ``i`` has precision ``precision[i]`` and ``num_symbols[i]`` symbols, its slots
 start at ``slot_rank[slot_base[i]]`` (``slot_base[i]`` is -1 for a table built without slots: the decoder
-searches its cumulative frequencies instead) and its ranks at ``rank_base[i]``. :func:`build_decode_tables` makes this
+finds ranks from its cumulative frequencies instead, through at most ``2**BUCKET_BITS`` buckets built per
+block, or by a binary search in a short block) and its ranks at ``rank_base[i]``. :func:`build_decode_tables` makes this
 layout and validates the tables (spec 6.1), which is what makes every lookup safe: the decode kernels take
 tables only from it (they re-check that each table's ranges lie inside the arrays) and treat only the
 *blocks* as untrusted.
@@ -35,7 +36,7 @@ an interleaved layout). Every reader check of spec 6.2 is applied to every block
 (the same order and offsets as ``rdformat.entropy.ans.decode_many``); then the blocks are decoded in
 order, four lanes of a block at a time with their states in registers (four independent dependency chains
 keep the CPU's pipelines full, without a load and store of every lane's state per symbol), or, for a table
-decoded by search, every lane in lockstep.
+without slots, every lane in lockstep.
 
 **Status.** Decode kernels return ``(code, block, lane, offset)`` (``int64``): ``code`` is :data:`OK` or
 one of the ``ERR_*`` constants, ``block`` the index of the failing block in the batch, ``lane`` the lane
@@ -96,6 +97,8 @@ ERROR_CLASS = {
 CODER_PRECISION = 24
 #: Largest table precision ``Q``.
 MAX_TABLE_PRECISION = 16
+#: A table decoded without its ``2**Q`` slots uses up to ``2**BUCKET_BITS`` buckets (see the decode loop).
+BUCKET_BITS = 12
 
 try:
     import numba
@@ -345,6 +348,20 @@ if AVAILABLE:
         if expanded and small_values:
             _lanes_by_groups(state, pos, low, full, rest, sh, slots, coder, wp, out, out_start, out_stride)
         else:
+            # A table whose 2**Q slots the batch does not justify: a block of enough symbols gets buckets,
+            # the first rank of each 2**(24-B) range of states (at most 2**B entries, B <= 12), then steps
+            # up the cumulative starts from there (at most 2**(Q-B) steps: every rank spans a slot or
+            # more); a short block searches them.
+            bits = min(precision[table], BUCKET_BITS)
+            bucketed = not expanded and count >= (np.int64(1) << bits) // 4
+            bsh = _U64(CODER_PRECISION - bits)
+            bucket = np.empty((np.int64(1) << bits) if bucketed else 0, dtype=np.int64)
+            r = np.int64(0)
+            for b in range(bucket.size):
+                start = _U64(b) << bsh
+                while r + 1 < m and ((coder[r + 1] >> _S24) & _MASK24) <= start:
+                    r += 1
+                bucket[b] = r
             for t in range(full + 1):
                 active = lanes if t < full else rest
                 o = out_start + t * row
@@ -353,9 +370,12 @@ if AVAILABLE:
                     q = s & _MASK24
                     if expanded:  # values of 2**16 and more: in rank_value only
                         r = np.int64(slots[q >> sh])
+                    elif bucketed:
+                        r = bucket[q >> bsh]
+                        while r + 1 < m and ((coder[r + 1] >> _S24) & _MASK24) <= q:
+                            r += 1
                     else:
-                        # a table whose 2**Q slots the batch does not justify: search the cumulative starts
-                        # (c_0 = 0 <= q, so the largest rank with c_r <= q exists)
+                        # search the cumulative starts (c_0 = 0 <= q, so the largest rank with c_r <= q exists)
                         lo, hi = np.int64(0), m
                         while hi - lo > 1:
                             mid = (lo + hi) >> 1
@@ -564,8 +584,9 @@ def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[n
         values: per table, what the decoder outputs for each rank: ``table.symbols``, or ``arange(m)`` to
             decode ranks. Each value below 2**32.
         expand: per table, whether it gets its ``2**Q``-slot lookup table (default: all). A table without
-            one (``slot_base`` -1) is decoded by a binary search of its cumulative frequencies: slower per
-            symbol, but a batch of many small blocks with their own tables does not pay ``2**Q`` slots each.
+            one (``slot_base`` -1) is decoded from its cumulative frequencies (buckets, or a binary search in
+            short blocks): slower per symbol, but a batch of many small blocks with their own tables does not
+            pay ``2**Q`` slots each.
 
     Returns:
         A :class:`DecodeTables`: ``2**Q`` bytes per table (twice that if a table has over 256 symbols)
