@@ -565,31 +565,32 @@ def _read_joint(buf, pos: int, count: int, k: int) -> tuple[_Joint, FrequencyTab
     return _Joint(t, segs), table, n, pos
 
 
-def _joint_table_bytes(table: FrequencyTable, t: int) -> bytes:
-    """The joint table in its stored form: a table (section 6.1) of the top symbols ``y >> t`` whose
-    frequencies are the sums over their ``2**t`` joint symbols, then, per top symbol in order, the
-    frequencies of its joint symbols ``0 .. 2**t - 2`` (varints, 0 = absent; the last is the remainder)."""
+def _joint_table_parts(table: FrequencyTable, t: int) -> tuple[FrequencyTable, np.ndarray]:
+    """What :func:`_joint_table_bytes` stores: the table of the top symbols ``y >> t`` (frequencies summed
+    over their ``2**t`` joint symbols) and, per top symbol in order, the frequencies of its joint symbols
+    ``0 .. 2**t - 2`` (0 = absent; the last is the remainder, not stored)."""
     top = table.symbols.astype(np.int64) >> t
     tops, first = np.unique(top, return_index=True)
     sums = np.add.reduceat(table.freqs.astype(np.int64), first)
-    parts = [FrequencyTable(table.precision, tops, sums).to_bytes()]
     sub = np.zeros((tops.size, 1 << t), np.int64)
     sub[np.searchsorted(tops, top), table.symbols.astype(np.int64) & ((1 << t) - 1)] = table.freqs
-    parts += [leb128(int(f)) for f in sub[:, :-1].reshape(-1)]
-    return b"".join(parts)
+    return FrequencyTable(table.precision, tops, sums), sub[:, :-1]
+
+
+def _joint_table_bytes(table: FrequencyTable, t: int) -> bytes:
+    """The joint table in its stored form: the top-symbol table (section 6.1), then the sub-frequencies of
+    :func:`_joint_table_parts` as varints."""
+    tops, stored = _joint_table_parts(table, t)
+    return b"".join([tops.to_bytes()] + [leb128(int(f)) for f in stored.reshape(-1)])
 
 
 def _joint_table_size(table: FrequencyTable, t: int) -> int:
     """``len(_joint_table_bytes(table, t))`` without writing it: the encoder sizes nine candidate tables a
     chunk, and writing each took a quarter of a lossless save."""
-    top = table.symbols.astype(np.int64) >> t
-    tops, first = np.unique(top, return_index=True)
-    sums = np.add.reduceat(table.freqs.astype(np.int64), first)
-    sub = np.zeros((tops.size, 1 << t), np.int64)
-    sub[np.searchsorted(tops, top), table.symbols.astype(np.int64) & ((1 << t) - 1)] = table.freqs
-    stored = sub[:, :-1]
-    varint_bytes = int(stored.size + np.count_nonzero(stored >= 1 << 7) + np.count_nonzero(stored >= 1 << 14))
-    return FrequencyTable(table.precision, tops, sums).stored_size() + varint_bytes
+    tops, stored = _joint_table_parts(table, t)
+    # sub-frequencies are below 2**17 (Q <= 16): one to three varint bytes each
+    return tops.stored_size() + int(stored.size + np.count_nonzero(stored >= 1 << 7)
+                                    + np.count_nonzero(stored >= 1 << 14))
 
 
 def _read_joint_table(buf, pos: int, t: int, what: str) -> tuple[FrequencyTable, int]:

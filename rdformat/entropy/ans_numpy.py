@@ -171,7 +171,6 @@ class Block:
         self.word_base = word_base  # byte offset of words[0] in the caller's buffer
         self.raw = raw  # uint8, the whole block as given (what the compiled decoder reads)
 
-
     @property
     def words(self) -> np.ndarray:
         """Every lane's words, lane-major, as an aligned native ``uint32`` copy made on first use (the

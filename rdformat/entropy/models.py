@@ -389,23 +389,21 @@ class FrequencyTable:
 
     # -- bytes -------------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        """The stored form (see module docstring / ``spec/entropy.md``)."""
+    def _stored_varints(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three varint runs after the precision byte: symbol count, symbol gaps, frequencies - 1."""
         sym = self.symbols.astype(np.uint64)
         gaps = np.empty_like(sym)
         gaps[0] = sym[0]
         gaps[1:] = sym[1:] - sym[:-1] - np.uint64(1)
-        return (bytes([self.precision]) + _varint_encode_many(np.array([sym.size], dtype=np.uint64))
-                + _varint_encode_many(gaps) + _varint_encode_many(self.freqs.astype(np.uint64) - np.uint64(1)))
+        return np.array([sym.size], dtype=np.uint64), gaps, self.freqs.astype(np.uint64) - np.uint64(1)
+
+    def to_bytes(self) -> bytes:
+        """The stored form (see module docstring / ``spec/entropy.md``)."""
+        return bytes([self.precision]) + b"".join(_varint_encode_many(v) for v in self._stored_varints())
 
     def stored_size(self) -> int:
         """``len(self.to_bytes())``, counted without writing the bytes (encoders size many candidates)."""
-        sym = self.symbols.astype(np.uint64)
-        gaps = np.empty_like(sym)
-        gaps[0] = sym[0]
-        gaps[1:] = sym[1:] - sym[:-1] - np.uint64(1)
-        return 1 + _varint_size(np.array([sym.size], dtype=np.uint64)) + _varint_size(gaps) + \
-            _varint_size(self.freqs.astype(np.uint64) - np.uint64(1))
+        return 1 + sum(_varint_size(v) for v in self._stored_varints())
 
     @classmethod
     def from_bytes(cls, buf: Any, offset: int = 0) -> tuple["FrequencyTable", int]:

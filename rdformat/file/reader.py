@@ -1409,10 +1409,10 @@ def salvage(source: str | os.PathLike | bytes | BinaryIO, *,
     return bytes(body), reader.truncation
 
 
-#: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
 #: Set to 1 to read files with copies instead of mapping them (e.g. files that another process may
 #: truncate while they are read: a mapped file cut under the reader ends the process with SIGBUS).
 _ENV_NO_MMAP = "RDFORMAT_NO_MMAP"
+#: ``RdcReader`` iteration decodes the ANS blocks of several tensors together, up to this many decoded bytes.
 DECODE_BATCH_BYTES = 64 << 20
 #: ... and up to this many chunks: what a planned chunk holds (its tables, blocks, plan) costs a few KiB
 #: whatever its size, so a file of many tiny chunks is decoded in batches of bounded memory.

@@ -647,7 +647,8 @@ def read_record_head(src: Source, *, tensor: str | None = None) -> RecordHead:
     return head
 
 
-def read_payload(src: Source, head: RecordHead, *, tensor: str | None = None, view: bool = False) -> bytes:
+def read_payload(src: Source, head: RecordHead, *, tensor: str | None = None,
+                 view: bool = False) -> bytes | memoryview:
     """Read a record's payload and trailing CRC; verify the CRC. ``view``: the payload may be a read-only
     memoryview of an in-memory input (:meth:`Source.read_view`) instead of a copy."""
     read = src.read_view if view else src.read_exact
