@@ -167,3 +167,22 @@ def test_table_sizes_counted_without_writing_equal_the_written_sizes():
         assert table.stored_size() == len(table.to_bytes())
         if symbols[-1] < 256 << t:
             assert B._joint_table_size(table, t) == len(B._joint_table_bytes(table, t))
+
+
+def test_planes_a_joint_plane_replaces_are_sized_but_not_coded(monkeypatch):
+    # The top two planes of a chunk the joint plane clearly beats are only estimated: one ANS block (the joint
+    # one) is coded. Where the joint plane does not win, the planes are coded as before: a chunk written with
+    # joint=False and one whose joint attempt is refused are the same bytes.
+    rng = np.random.default_rng(5)  # exponents 120..127 whose top 3 mantissa bits repeat them: joint wins by far
+    e = rng.integers(120, 128, 20_000).astype(np.uint32)
+    bits = (rng.integers(0, 2, e.size).astype(np.uint32) << 31) | (e << 23) | ((e & 7) << 20) \
+        | rng.integers(0, 1 << 20, e.size).astype(np.uint32)
+    x = bits.view(np.float32)
+    info = by_numpy(x.dtype)
+    calls = []
+    real = BS.ans.encode
+    monkeypatch.setattr(BS.ans, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    joint = BS.ByteSplitCodec("rotl1").encode_chunk(x, info)
+    assert BS.PLANE_ANS_JOINT in BS.plane_modes(joint, x.size, info.itemsize) and len(calls) == 1
+    monkeypatch.setattr(BS, "_encode_joint", lambda *a: None)
+    assert BS.ByteSplitCodec("rotl1").encode_chunk(x, info) == BS.ByteSplitCodec("rotl1", joint=False).encode_chunk(x, info)

@@ -9,6 +9,8 @@ third while mantissa planes stay raw (they are close to uniform and would cost t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..format.dtypes import DtypeInfo
@@ -103,26 +105,39 @@ class ByteSplitCodec(Codec):
         coded per segment (PLANE_ANS_SHIFTED, format 1.5)."""
         w = dtype.itemsize
         planes = self._words(elements, dtype).view(np.uint8).reshape(-1, w)
-        out = []
+        # The top two planes of floats are usually replaced by the joint plane (format 1.6): they are sized
+        # first and only written if the joint plane does not beat them.
+        joint = self.joint and self.transform == "rotl1" and w >= 2 and 64 <= planes.shape[0] <= JOINT_MAX_ELEMENTS
+        out: list = []  # bytes, or (estimated size, function writing the plane)
         shifts = None
         for k in range(w):
             plane = np.ascontiguousarray(planes[:, k])
-            coded = self._encode_plane(plane)
+            coded = self._plane_choice(plane) if joint and k >= w - 2 else self._encode_plane(plane)
             if segments is not None and k == w - 1 and self.transform == "rotl1" and len(segments) > 1:
                 shifted, shifts = _encode_shifted(plane, segments, self.precision, with_shifts=True)
-                if shifted is not None and len(shifted) < len(coded):
+                if shifted is not None and len(shifted) < _size(coded):
                     coded = shifted
             out.append(coded)
-        if self.joint and self.transform == "rotl1" and w >= 2 and 64 <= planes.shape[0] <= JOINT_MAX_ELEMENTS:
-            # planes w-2 and w-1 coded together when that is smaller (format 1.6)
+        if joint:
             segs = list(zip(segments, shifts)) if segments is not None and shifts is not None else [(planes.shape[0], 0)]
-            joint = _encode_joint(np.ascontiguousarray(planes[:, w - 1]), np.ascontiguousarray(planes[:, w - 2]),
-                                  segs, len(out[-1]) + len(out[-2]))
-            if joint is not None:
-                out[-2:] = [joint]
-        return b"".join(out)
+            apart = _size(out[-1]) + _size(out[-2])
+            slack = 16 + apart / 128  # more than an estimate misses by (see _plane_choice)
+            coded = _encode_joint(np.ascontiguousarray(planes[:, w - 1]), np.ascontiguousarray(planes[:, w - 2]),
+                                  segs, apart + slack)
+            if coded is not None and len(coded) >= apart - slack:  # too close to call: write the planes
+                out[-2:] = [_written(part) for part in out[-2:]]
+                if len(coded) >= len(out[-1]) + len(out[-2]):
+                    coded = None
+            if coded is not None:
+                out[-2:] = [coded]
+        return b"".join(_written(part) for part in out)
 
     def _encode_plane(self, plane: np.ndarray) -> bytes:
+        return self._plane_choice(plane)[1]()
+
+    def _plane_choice(self, plane: np.ndarray) -> tuple[float, Callable[[], bytes]]:
+        """(size in bytes, exact for raw and constant planes, estimated for ANS ones; a function writing the
+        plane) of the cheapest of raw / constant / ANS / ANS pairs."""
         n = plane.size
         pair_counts = None
         if ans.compiled_active(n):
@@ -133,33 +148,43 @@ class ByteSplitCodec(Codec):
             counts = np.bincount(plane, minlength=256)
         present = np.flatnonzero(counts)
         if present.size == 1:
-            return bytes([PLANE_CONSTANT, int(present[0])])
+            return 2, lambda: bytes([PLANE_CONSTANT, int(present[0])])
+        raw = (1 + n, lambda: bytes([PLANE_RAW]) + plane.tobytes())
         overhead = 64 + 12 * max(1, n // 2048)
         c = counts[present].astype(np.float64)
         entropy_bits = n * np.log2(n) - float((c * np.log2(c)).sum())  # no table codes below it
         if entropy_bits * (1 - 1e-9) / 8 + overhead > n * (1.0 - self.min_gain):  # (float rounding)
-            return bytes([PLANE_RAW]) + plane.tobytes()  # what the estimate below decides, without a table
+            return raw  # what the estimate below decides, without a table
         table = FrequencyTable.from_counts(present, counts[present], precision=self.precision)
-        estimate = table.cost_bits(counts[present]) / 8 + overhead
+        bits = table.cost_bits(counts[present])
+        estimate = bits / 8 + overhead
         if estimate > n * (1.0 - self.min_gain):
-            return bytes([PLANE_RAW]) + plane.tobytes()
-        best = (estimate, PLANE_ANS, plane, table)
+            return raw
+        best = (estimate, PLANE_ANS, bits, n, table)
         if n >= 4096:
             # Coding byte pairs halves the symbols to decode; worth it while the bigger table stays small.
-            pairs = None if pair_counts is not None else _pairs(plane)
-            pcounts = pair_counts if pair_counts is not None else np.bincount(pairs, minlength=1)
+            pcounts = pair_counts if pair_counts is not None else np.bincount(_pairs(plane), minlength=1)
             ppresent = np.flatnonzero(pcounts)
             if ppresent.size <= 4096:
                 ptable = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=16)
-                pest = ptable.cost_bits(pcounts[ppresent]) / 8 + 3 * ppresent.size + 12 * max(1, n // 4096)
+                pbits = ptable.cost_bits(pcounts[ppresent])
+                pest = pbits / 8 + 3 * ppresent.size + 12 * max(1, n // 4096)
                 if pest <= estimate * 1.005:
-                    best = (pest, PLANE_ANS_PAIRS, _pairs(plane) if pairs is None else pairs, ptable)
-        _, mode, symbols, table = best
-        block = ans.encode(symbols, table)
-        coded = table.to_bytes()
-        if len(block) + len(coded) + 9 >= n:
-            return bytes([PLANE_RAW]) + plane.tobytes()
-        return b"".join([bytes([mode]), coded, len(block).to_bytes(8, "little"), block])
+                    best = (pest, PLANE_ANS_PAIRS, pbits, -(-n // 2), ptable)
+        _, mode, bits, symbols, table = best
+        lanes = ans.default_lanes(symbols, bits)
+        # the block: its ideal size plus about 8.1 bytes per lane (a word count, the final state, the last
+        # word's unused bits: measured 7.7-8.6 on blocks of 8 lanes or more, 6-10.5 on fewer)
+        size = 9 + table.stored_size() + bits / 8 + 4 + 8.1 * lanes
+
+        def write() -> bytes:
+            block = ans.encode(plane if mode == PLANE_ANS else _pairs(plane), table)
+            coded = table.to_bytes()
+            if len(block) + len(coded) + 9 >= n:
+                return bytes([PLANE_RAW]) + plane.tobytes()
+            return b"".join([bytes([mode]), coded, len(block).to_bytes(8, "little"), block])
+
+        return min(size, n + 1), write  # (raw when the block would not be smaller)
 
     def min_data_bytes(self, count: int, dtype: DtypeInfo) -> int:
         """Smallest chunk data for ``count`` elements: every plane takes at least 2 bytes (reader's bomb check)."""
@@ -312,6 +337,16 @@ class ByteSplitCodec(Codec):
         """Rebuild the planes (all ANS planes decoded together), interleave them and undo the transform."""
         plan = self.plan_chunk(data, count, dtype)
         return plan.finish(ans.decode_many(plan.blocks))
+
+
+def _size(part) -> float:
+    """Bytes of an encoded plane, or the estimate of a plane not written yet (see ``_plane_choice``)."""
+    return len(part) if isinstance(part, bytes) else part[0]
+
+
+def _written(part) -> bytes:
+    """An encoded plane's bytes, writing a plane still held as ``(estimate, writer)``."""
+    return part if isinstance(part, bytes) else part[1]()
 
 
 def _pairs(plane: np.ndarray) -> np.ndarray:
