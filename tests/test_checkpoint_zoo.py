@@ -43,3 +43,13 @@ def test_complex_npz_refused_naming_the_array(tmp_path, capsys):
     assert rdc_main(["compress", str(src), str(tmp_path / "m.rdc")]) == 1
     err = capsys.readouterr().err
     assert "'spectrum'" in err and "internal error" not in err
+
+
+def test_unsupported_safetensors_dtype_names_file_and_tensor_once(tmp_path):
+    header = json.dumps({"c": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}).encode()
+    path = tmp_path / "complex.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    with pytest.raises(UnsupportedFeatureError) as info:
+        rst.compress_file(path, tmp_path / "c.rdc")
+    message = str(info.value)
+    assert "complex.safetensors" in message and message.count("'c'") == 1 and info.value.tensor == "c"
