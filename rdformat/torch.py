@@ -24,7 +24,9 @@ their original strides. The module-version map of a state_dict (``state_dict._me
 
 Metadata written under ``metadata["rdformat"]``: ``source_format="pytorch"``, ``checkpoint_key`` (the
 key the state_dict was found under, if any), ``state_dict_metadata``, ``strides``, ``folded_pruning``,
-``extra_entries`` (JSON-able non-tensor state_dict entries such as ``_extra_state``).
+``extra_entries`` (non-tensor state_dict entries such as ``_extra_state`` that JSON gives back exactly;
+others are refused). Of a training checkpoint only the state_dict is stored (``compress_file`` warns,
+naming the entries left out).
 
 One module on purpose (over 500 lines): a state_dict's layout conventions (aliases, strides,
 pruning reparametrisations, extra entries) are applied on the way in and undone on the way out,
@@ -37,6 +39,7 @@ import io
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -224,7 +227,17 @@ def _json_able(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)
         return True
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _json_exact(value: Any) -> bool:
+    """True when JSON gives ``value`` back as it is. Non-tensor state_dict entries travel as JSON, which
+    would turn a tuple into a list and an int key into a string, and cannot hold NaN: such a value is
+    refused rather than restored changed (lossless means the same entries back)."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError, RecursionError):
         return False
 
 
@@ -317,11 +330,13 @@ def _prepare(
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"state_dict key {name!r} is not a non-empty string")
         if not isinstance(value, torch.Tensor):
-            if _json_able(value):
+            if _json_exact(value):
                 extras[name] = value
                 continue
             raise InvalidInputError(
-                f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor, and cannot be stored"
+                f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor, and cannot be stored: "
+                "non-tensor entries are kept as JSON, which would not give this value back as it is "
+                "(tuples, non-string keys, NaN/Infinity, bytes and objects); convert or drop it"
             )
         key = _storage_key(value)
         if key is not None and key in seen:
@@ -579,18 +594,12 @@ def find_state_dict(obj: Any, *, key: str | None = None) -> tuple[Mapping[str, A
     raise FormatError(f"the checkpoint holds a {type(obj).__name__}, not a state_dict")
 
 
-def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = None, fold: bool = True,
-                    return_key: bool = False):
-    """Read a ``.pt``/``.pth`` checkpoint with ``torch.load(weights_only=True)`` and return its state_dict.
-
-    Only the safe unpickler is ever used: a checkpoint whose pickle references anything beyond
-    tensors and plain containers (a whole pickled ``nn.Module``, custom classes, code) is refused with
-    :class:`UnsafeCheckpointError`, and none of its code runs. ``key`` forces the nesting key; with
-    ``fold`` pruning reparametrisations are folded (see :func:`fold_pruning`).
-    """
+def _load_checkpoint(path: str | os.PathLike | BinaryIO) -> Any:
+    """The object a checkpoint file holds, through ``torch.load(weights_only=True)`` only; every failure
+    is an rdformat error (:class:`UnsafeCheckpointError` for pickles that need more than tensors)."""
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<stream>"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"{name}: refused: this checkpoint needs arbitrary unpickling, which could run code "
@@ -605,7 +614,18 @@ def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = Non
         if "TorchScript" in str(exc) or "torch.jit" in str(exc):
             raise UnsafeCheckpointError(f"{name}: refused: TorchScript archives are programs, not weights") from exc
         raise FormatError(f"{name}: not a readable PyTorch checkpoint: {msg}") from exc
-    state_dict, found = find_state_dict(obj, key=key)
+
+
+def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = None, fold: bool = True,
+                    return_key: bool = False):
+    """Read a ``.pt``/``.pth`` checkpoint with ``torch.load(weights_only=True)`` and return its state_dict.
+
+    Only the safe unpickler is ever used: a checkpoint whose pickle references anything beyond
+    tensors and plain containers (a whole pickled ``nn.Module``, custom classes, code) is refused with
+    :class:`UnsafeCheckpointError`, and none of its code runs. ``key`` forces the nesting key; with
+    ``fold`` pruning reparametrisations are folded (see :func:`fold_pruning`).
+    """
+    state_dict, found = find_state_dict(_load_checkpoint(path), key=key)
     if fold:
         state_dict, _ = fold_pruning(state_dict)
     return (state_dict, found) if return_key else state_dict
@@ -626,7 +646,15 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *, 
                   metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None,
                   progress: Progress | None = None) -> None:
     """Convert a ``.pt``/``.pth`` checkpoint into an .rdc container (lossless by default)."""
-    state_dict, found = read_checkpoint(src, key=key, fold=False, return_key=True)
+    obj = _load_checkpoint(src)
+    state_dict, found = find_state_dict(obj, key=key)
+    if found is not None and len(obj) > 1:
+        # A training checkpoint: the .rdc file holds its state_dict only. Say so, or a round trip would
+        # drop the optimizer state, epoch, ... without a word (and the size ratio would flatter).
+        others = [repr(k) for k in obj if k != found]
+        listed = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        warnings.warn(f"{Path(os.fspath(src)).name}: only the state_dict under {found!r} is stored; the "
+                      f"checkpoint's other entries are not: {listed}", stacklevel=2)
     _write(dst, state_dict, metadata=metadata, codec=codec, lossy=lossy, progress=progress,
            extra_fields={"checkpoint_key": found, "source_name": Path(os.fspath(src)).name})
 

@@ -53,3 +53,61 @@ def test_unsupported_safetensors_dtype_names_file_and_tensor_once(tmp_path):
         rst.compress_file(path, tmp_path / "c.rdc")
     message = str(info.value)
     assert "complex.safetensors" in message and message.count("'c'") == 1 and info.value.tensor == "c"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-tensor entries: back exactly as they were, or refused
+
+
+@pytest.mark.parametrize("value", [(1, 2), {1: "a"}, {"shape": (3, 4)}], ids=["tuple", "int-keys", "nested-tuple"])
+def test_entries_json_would_change_are_refused(tmp_path, value):
+    """JSON turns a tuple into a list and an int key into a string: lossless must not alter an entry
+    (refused, naming it), while entries JSON keeps exactly still come back with their types."""
+    sd = OrderedDict([("w", torch.ones(2)), ("block._extra_state", value)])
+    with pytest.raises(InvalidInputError, match="'block._extra_state'"):
+        rt.save(sd)
+    path = tmp_path / "extra.pt"
+    torch.save(sd, path)
+    with pytest.raises(InvalidInputError, match="'block._extra_state'"):
+        rt.compress_file(path, tmp_path / "extra.rdc")
+    assert not (tmp_path / "extra.rdc").exists()
+
+    extra = {"scale": [1.5, 2, -0.0], "on": True, "n": None, "name": "fp8", "big": 2**70, "nested": {"a": [[]]}}
+    sd = OrderedDict([("w", torch.ones(2)), ("block._extra_state", extra), ("epoch", 3), ("lr", 0.1)])
+    back = rt.load(rt.save(sd))
+    assert list(back) == list(sd)
+    for key in ("block._extra_state", "epoch", "lr"):
+        assert back[key] == sd[key] and type(back[key]) is type(sd[key])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training checkpoints: what is not stored is named
+
+
+def _training_checkpoint() -> dict:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "config": {"arch": "mlp"}}
+
+
+def test_training_checkpoint_says_what_is_not_stored(tmp_path, capsys):
+    """Only the state_dict of a training checkpoint is stored: the entries left out are named (a plain
+    state_dict compresses without a word)."""
+    ckpt = _training_checkpoint()
+    src = tmp_path / "ckpt.pt"
+    torch.save(ckpt, src)
+    with pytest.warns(UserWarning, match="under 'model'.*'optimizer', 'epoch', 'config'"):
+        rt.compress_file(src, tmp_path / "a.rdc")
+    assert rdc_main(["compress", str(src), str(tmp_path / "b.rdc")]) == 0
+    assert "warning: ckpt.pt: only the state_dict under 'model' is stored" in capsys.readouterr().err
+    back = rt.load_file(tmp_path / "b.rdc")  # what is stored comes back bit for bit
+    assert rt.tensors_equal(ckpt["model"], back)
+
+    plain = tmp_path / "sd.pt"
+    torch.save(ckpt["model"], plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rt.compress_file(plain, tmp_path / "sd.rdc")
