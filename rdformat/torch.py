@@ -52,7 +52,7 @@ import torch
 from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_metadata, no_progress,
                        open_rdc, rdc_bytes, refuse_input_as_output, writable, write_rdc)
 from .api import Limits
-from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
+from .errors import CorruptDataError, InvalidInputError, LimitExceededError, UnsafeCheckpointError
 from .format.dtypes import numpy_dtype
 from .torch_sensitivity import input_covariances, output_error, output_sensitivity  # noqa: F401  (rdformat.torch.*)
 
@@ -594,10 +594,52 @@ def find_state_dict(obj: Any, *, key: str | None = None) -> tuple[Mapping[str, A
     raise FormatError(f"the checkpoint holds a {type(obj).__name__}, not a state_dict")
 
 
+#: Most bytes the members of a zip checkpoint may unpack to, per byte of the file (above
+#: ``Limits.ratio_floor_bytes``). torch writes members uncompressed (1x); weights deflate by 1.1-1.5x, so
+#: 16 leaves room for a repacked file while a deflate bomb (up to ~1000x) is refused before torch.load.
+MAX_CHECKPOINT_INFLATION = 16
+
+
+def _check_inflation(path: str | os.PathLike | BinaryIO, name: str) -> None:
+    """Refuse a zip checkpoint whose members unpack to more than :data:`MAX_CHECKPOINT_INFLATION` times
+    its size (and more than ``Limits.ratio_floor_bytes``).
+
+    ``torch.load`` inflates every member it reads (``data.pkl``, each storage) into memory, and reads
+    deflated members although it never writes them: a 98 KB file whose ``data.pkl`` inflates to 100 MB
+    made it hold 380 MB. The sizes the zip directory declares bound what it allocates, so they are
+    checked first. Anything that is not a readable zip is left to torch.
+    """
+    try:
+        if isinstance(path, (str, os.PathLike)):
+            size = os.path.getsize(path)
+            with zipfile.ZipFile(path) as zf:
+                declared = sum(i.file_size for i in zf.infolist())
+        elif path.seekable():
+            start = path.tell()
+            try:
+                size = path.seek(0, os.SEEK_END) - start
+                path.seek(start)
+                with zipfile.ZipFile(path) as zf:
+                    declared = sum(i.file_size for i in zf.infolist())
+            finally:
+                path.seek(start)
+        else:
+            return
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, AttributeError):
+        return  # a legacy (non-zip) checkpoint, or a damaged one: torch.load says what is wrong
+    floor = Limits().ratio_floor_bytes
+    if declared > max(MAX_CHECKPOINT_INFLATION * size, floor):
+        raise LimitExceededError(
+            f"{name}: its zip members unpack to {declared:,} bytes, {declared / max(size, 1):,.0f} times the "
+            f"file's {size:,} bytes (limit: {MAX_CHECKPOINT_INFLATION}x, or {floor:,} bytes); refused: "
+            "torch.load would hold them in memory (torch.save writes members uncompressed: re-save it)")
+
+
 def _load_checkpoint(path: str | os.PathLike | BinaryIO) -> Any:
     """The object a checkpoint file holds, through ``torch.load(weights_only=True)`` only; every failure
     is an rdformat error (:class:`UnsafeCheckpointError` for pickles that need more than tensors)."""
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<stream>"
+    _check_inflation(path, name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -111,3 +111,31 @@ def test_training_checkpoint_says_what_is_not_stored(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rt.compress_file(plain, tmp_path / "sd.rdc")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hostile checkpoints: a deflate bomb is refused before torch.load
+
+
+def test_zip_checkpoint_that_inflates_far_beyond_its_size_is_refused(tmp_path, monkeypatch):
+    """torch.load inflates deflated members in memory (torch never writes them): a ~70 KB file whose
+    data.pkl claims 72 MB is refused from the zip directory, before torch.load runs."""
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data.pkl", "w", force_zip64=True) as fh:
+            chunk = bytes(1 << 20)
+            for _ in range(72):
+                fh.write(chunk)
+    assert path.stat().st_size < 200_000
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load ran on a deflate bomb")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    with pytest.raises(rdformat.LimitExceededError, match="unpack to 75,497,472 bytes"):
+        rt.compress_file(path, tmp_path / "bomb.rdc")
+    with open(path, "rb") as stream, pytest.raises(rdformat.LimitExceededError):
+        rt.read_checkpoint(stream)
+    assert not (tmp_path / "bomb.rdc").exists()

@@ -374,6 +374,13 @@ def build_cases(root: Path) -> list[Case]:
     path = root / "trunc_legacy.pt"
     path.write_bytes(legacy[: len(legacy) // 2])
     cases.append(Case("trunc_legacy", path, "pytorch", refuse=True))
+    path = root / "deflate_bomb.pt"  # data.pkl deflated: ~70 KB that torch.load would inflate to 72 MB
+    import zipfile
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data.pkl", "w", force_zip64=True) as fh:
+            for _ in range(72):
+                fh.write(bytes(1 << 20))
+    cases.append(Case("deflate_bomb", path, "pytorch", refuse=True, refuse_reason="unpack to"))
     path = root / "empty_file.pt"
     path.write_bytes(b"")
     cases.append(Case("empty_file", path, "pytorch", refuse=True))
