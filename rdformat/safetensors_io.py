@@ -46,11 +46,10 @@ _ST_TO_NP = {
 _NP_TO_ST = {v: k for k, v in _ST_TO_NP.items()}
 
 
-def _np_dtype(st: str, name: str) -> np.dtype:
+def _np_dtype(st: str, name: str, where: str = "<stream>") -> np.dtype:
     np_name = _ST_TO_NP.get(st)
     if np_name is None:
-        raise UnsupportedFeatureError(f"tensor {name!r}: safetensors dtype {st!r} is not supported by .rdc",
-                                      tensor=name)
+        raise UnsupportedFeatureError(f"{where}: safetensors dtype {st!r} is not supported by .rdc", tensor=name)
     return numpy_dtype(np_name).newbyteorder("<")
 
 
@@ -112,7 +111,7 @@ def read_header(fh: BinaryIO, size: int, *, name: str = "<stream>") -> tuple[lis
     for tname, spec in header.items():
         if not isinstance(spec, dict):
             raise FormatError(f"{name}: header entry {tname!r} is not an object")
-        dtype = _np_dtype(spec.get("dtype"), tname) if isinstance(spec.get("dtype"), str) else None
+        dtype = _np_dtype(spec.get("dtype"), tname, name) if isinstance(spec.get("dtype"), str) else None
         shape, offsets = spec.get("shape"), spec.get("data_offsets")
         if dtype is None or not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
             raise FormatError(f"{name}: header entry {tname!r} lacks dtype/shape/data_offsets")

@@ -24,7 +24,9 @@ their original strides. The module-version map of a state_dict (``state_dict._me
 
 Metadata written under ``metadata["rdformat"]``: ``source_format="pytorch"``, ``checkpoint_key`` (the
 key the state_dict was found under, if any), ``state_dict_metadata``, ``strides``, ``folded_pruning``,
-``extra_entries`` (JSON-able non-tensor state_dict entries such as ``_extra_state``).
+``extra_entries`` (non-tensor state_dict entries such as ``_extra_state`` that JSON gives back exactly;
+others are refused). Of a training checkpoint only the state_dict is stored (``compress_file`` warns,
+naming the entries left out).
 
 One module on purpose (over 500 lines): a state_dict's layout conventions (aliases, strides,
 pruning reparametrisations, extra entries) are applied on the way in and undone on the way out,
@@ -37,6 +39,7 @@ import io
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -49,7 +52,7 @@ import torch
 from .adapters import (FormatError, Progress, adapter_info, atomic_output, make_metadata, no_progress,
                        open_rdc, rdc_bytes, refuse_input_as_output, writable, write_rdc)
 from .api import Limits
-from .errors import CorruptDataError, InvalidInputError, UnsafeCheckpointError
+from .errors import CorruptDataError, InvalidInputError, LimitExceededError, UnsafeCheckpointError
 from .format.dtypes import numpy_dtype
 from .torch_sensitivity import input_covariances, output_error, output_sensitivity  # noqa: F401  (rdformat.torch.*)
 
@@ -224,7 +227,17 @@ def _json_able(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)
         return True
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _json_exact(value: Any) -> bool:
+    """True when JSON gives ``value`` back as it is. Non-tensor state_dict entries travel as JSON, which
+    would turn a tuple into a list and an int key into a string, and cannot hold NaN: such a value is
+    refused rather than restored changed (lossless means the same entries back)."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError, RecursionError):
         return False
 
 
@@ -317,11 +330,13 @@ def _prepare(
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"state_dict key {name!r} is not a non-empty string")
         if not isinstance(value, torch.Tensor):
-            if _json_able(value):
+            if _json_exact(value):
                 extras[name] = value
                 continue
             raise InvalidInputError(
-                f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor, and cannot be stored"
+                f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor, and cannot be stored: "
+                "non-tensor entries are kept as JSON, which would not give this value back as it is "
+                "(tuples, non-string keys, NaN/Infinity, bytes and objects); convert or drop it"
             )
         key = _storage_key(value)
         if key is not None and key in seen:
@@ -579,18 +594,54 @@ def find_state_dict(obj: Any, *, key: str | None = None) -> tuple[Mapping[str, A
     raise FormatError(f"the checkpoint holds a {type(obj).__name__}, not a state_dict")
 
 
-def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = None, fold: bool = True,
-                    return_key: bool = False):
-    """Read a ``.pt``/``.pth`` checkpoint with ``torch.load(weights_only=True)`` and return its state_dict.
+#: Most bytes the members of a zip checkpoint may unpack to, per byte of the file (above
+#: ``Limits.ratio_floor_bytes``). torch writes members uncompressed (1x); weights deflate by 1.1-1.5x, so
+#: 16 leaves room for a repacked file while a deflate bomb (up to ~1000x) is refused before torch.load.
+MAX_CHECKPOINT_INFLATION = 16
 
-    Only the safe unpickler is ever used: a checkpoint whose pickle references anything beyond
-    tensors and plain containers (a whole pickled ``nn.Module``, custom classes, code) is refused with
-    :class:`UnsafeCheckpointError`, and none of its code runs. ``key`` forces the nesting key; with
-    ``fold`` pruning reparametrisations are folded (see :func:`fold_pruning`).
+
+def _check_inflation(path: str | os.PathLike | BinaryIO, name: str) -> None:
+    """Refuse a zip checkpoint whose members unpack to more than :data:`MAX_CHECKPOINT_INFLATION` times
+    its size (and more than ``Limits.ratio_floor_bytes``).
+
+    ``torch.load`` inflates every member it reads (``data.pkl``, each storage) into memory, and reads
+    deflated members although it never writes them: a 98 KB file whose ``data.pkl`` inflates to 100 MB
+    made it hold 380 MB. The sizes the zip directory declares bound what it allocates, so they are
+    checked first. Anything that is not a readable zip is left to torch.
     """
-    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<stream>"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(path, (str, os.PathLike)):
+            size = os.path.getsize(path)
+            with zipfile.ZipFile(path) as zf:
+                declared = sum(i.file_size for i in zf.infolist())
+        elif path.seekable():
+            start = path.tell()
+            try:
+                size = path.seek(0, os.SEEK_END) - start
+                path.seek(start)
+                with zipfile.ZipFile(path) as zf:
+                    declared = sum(i.file_size for i in zf.infolist())
+            finally:
+                path.seek(start)
+        else:
+            return
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, AttributeError):
+        return  # a legacy (non-zip) checkpoint, or a damaged one: torch.load says what is wrong
+    floor = Limits().ratio_floor_bytes
+    if declared > max(MAX_CHECKPOINT_INFLATION * size, floor):
+        raise LimitExceededError(
+            f"{name}: its zip members unpack to {declared:,} bytes, {declared / max(size, 1):,.0f} times the "
+            f"file's {size:,} bytes (limit: {MAX_CHECKPOINT_INFLATION}x, or {floor:,} bytes); refused: "
+            "torch.load would hold them in memory (torch.save writes members uncompressed: re-save it)")
+
+
+def _load_checkpoint(path: str | os.PathLike | BinaryIO) -> Any:
+    """The object a checkpoint file holds, through ``torch.load(weights_only=True)`` only; every failure
+    is an rdformat error (:class:`UnsafeCheckpointError` for pickles that need more than tensors)."""
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<stream>"
+    _check_inflation(path, name)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"{name}: refused: this checkpoint needs arbitrary unpickling, which could run code "
@@ -605,7 +656,18 @@ def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = Non
         if "TorchScript" in str(exc) or "torch.jit" in str(exc):
             raise UnsafeCheckpointError(f"{name}: refused: TorchScript archives are programs, not weights") from exc
         raise FormatError(f"{name}: not a readable PyTorch checkpoint: {msg}") from exc
-    state_dict, found = find_state_dict(obj, key=key)
+
+
+def read_checkpoint(path: str | os.PathLike | BinaryIO, *, key: str | None = None, fold: bool = True,
+                    return_key: bool = False):
+    """Read a ``.pt``/``.pth`` checkpoint with ``torch.load(weights_only=True)`` and return its state_dict.
+
+    Only the safe unpickler is ever used: a checkpoint whose pickle references anything beyond
+    tensors and plain containers (a whole pickled ``nn.Module``, custom classes, code) is refused with
+    :class:`UnsafeCheckpointError`, and none of its code runs. ``key`` forces the nesting key; with
+    ``fold`` pruning reparametrisations are folded (see :func:`fold_pruning`).
+    """
+    state_dict, found = find_state_dict(_load_checkpoint(path), key=key)
     if fold:
         state_dict, _ = fold_pruning(state_dict)
     return (state_dict, found) if return_key else state_dict
@@ -626,7 +688,15 @@ def compress_file(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, *, 
                   metadata: Mapping[str, Any] | None = None, codec: str = "lossless", lossy: Any = None,
                   progress: Progress | None = None) -> None:
     """Convert a ``.pt``/``.pth`` checkpoint into an .rdc container (lossless by default)."""
-    state_dict, found = read_checkpoint(src, key=key, fold=False, return_key=True)
+    obj = _load_checkpoint(src)
+    state_dict, found = find_state_dict(obj, key=key)
+    if found is not None and len(obj) > 1:
+        # A training checkpoint: the .rdc file holds its state_dict only. Say so, or a round trip would
+        # drop the optimizer state, epoch, ... without a word (and the size ratio would flatter).
+        others = [repr(k) for k in obj if k != found]
+        listed = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        warnings.warn(f"{Path(os.fspath(src)).name}: only the state_dict under {found!r} is stored; the "
+                      f"checkpoint's other entries are not: {listed}", stacklevel=2)
     _write(dst, state_dict, metadata=metadata, codec=codec, lossy=lossy, progress=progress,
            extra_fields={"checkpoint_key": found, "source_name": Path(os.fspath(src)).name})
 

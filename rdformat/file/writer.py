@@ -16,7 +16,7 @@ from ..codecs import bytesplit
 from ..codecs.bytesplit import ByteSplitCodec
 from ..codecs.raw import RawCodec
 from ..entropy import ans
-from ..format.dtypes import by_numpy, little_endian
+from ..format.dtypes import DtypeInfo, by_numpy, little_endian
 from ..errors import InvalidInputError
 from .layering import LayerSpool
 
@@ -152,6 +152,15 @@ def _pack_groups(queued: list[tuple], compact: bool = False) -> list[tuple[list[
             out.append((members, C.PackGroup(chosen.codec_id, _pack_config(chosen), data)))
     return out
 
+
+
+def _dtype_info(dtype: np.dtype, name: str) -> DtypeInfo:
+    """The dtype table row of a tensor's dtype; an unsupported one (complex, strings, objects) is an
+    InvalidInputError that names the tensor, so a user knows which entry of a checkpoint to convert."""
+    try:
+        return by_numpy(dtype)
+    except InvalidInputError as exc:
+        raise exc.with_context(tensor=name) from None
 
 class Writer:
     """Write an .rdc file tensor by tensor without holding the model in memory.
@@ -310,7 +319,7 @@ class Writer:
         coded: tuple[bytes, ...] | None = None  # chunks a producer coded already
         if isinstance(array, Prepared):
             # Already produced (quantized levels, coded chunks...): declare the decoded dtype, store.
-            info = by_numpy(array.dtype)
+            info = _dtype_info(array.dtype, name)
             shape = tuple(int(d) for d in array.shape)
             numel = int(np.prod(shape, dtype=object))
             chosen = array.codec
@@ -330,7 +339,7 @@ class Writer:
                     raise InvalidInputError(f"tensor {name!r}: {flat.size} prepared elements for shape {shape}")
         else:
             arr = np.asarray(array)
-            info = by_numpy(arr.dtype)
+            info = _dtype_info(arr.dtype, name)
             shape = tuple(int(d) for d in arr.shape)
             flat = little_endian(arr).reshape(-1)
             numel = flat.size
