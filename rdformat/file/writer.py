@@ -153,7 +153,6 @@ def _pack_groups(queued: list[tuple], compact: bool = False) -> list[tuple[list[
     return out
 
 
-
 def _dtype_info(dtype: np.dtype, name: str) -> DtypeInfo:
     """The dtype table row of a tensor's dtype; an unsupported one (complex, strings, objects) is an
     InvalidInputError that names the tensor, so a user knows which entry of a checkpoint to convert."""
@@ -161,6 +160,7 @@ def _dtype_info(dtype: np.dtype, name: str) -> DtypeInfo:
         return by_numpy(dtype)
     except InvalidInputError as exc:
         raise exc.with_context(tensor=name) from None
+
 
 class Writer:
     """Write an .rdc file tensor by tensor without holding the model in memory.
