@@ -41,13 +41,14 @@ def adapter_for(fmt: str) -> ModuleType:
 
 
 def compress_file(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None, codec: Any = "lossless",
-                  lossy: Any = None, progress: Progress | None = None) -> str:
+                  lossy: Any = None, progress: Progress | None = None, **options: Any) -> str:
     """Convert a framework file into an .rdc container; returns the detected source format.
 
-    ``lossy``: a :class:`rdformat.Lossy` or a mapping of its fields (lossless when None).
+    ``lossy``: a :class:`rdformat.Lossy` or a mapping of its fields (lossless when None). ``options`` go to
+    the adapter (e.g. PyTorch's ``key``).
     """
     fmt = fmt or detect_format(src)
-    adapter_for(fmt).compress_file(src, dst, codec=codec, lossy=lossy, progress=progress)
+    adapter_for(fmt).compress_file(src, dst, codec=codec, lossy=lossy, progress=progress, **options)
     return fmt
 
 

@@ -587,7 +587,8 @@ def find_state_dict(obj: Any, *, key: str | None = None) -> tuple[Mapping[str, A
         raise FormatError(
             "no state_dict found in the checkpoint (expected a mapping of names to tensors, or one under "
             f"a key such as 'state_dict' or 'model'); top-level keys: {keys}"
-            + ("; several candidates: " + ", ".join(map(repr, candidates)) if candidates else "")
+            + ("; several candidates: " + ", ".join(map(repr, candidates))
+               + " (pick one with rdc compress --key KEY, or key= in Python)" if candidates else "")
         )
     if isinstance(obj, torch.Tensor):
         raise FormatError("the checkpoint is a single tensor, not a state_dict")

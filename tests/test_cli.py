@@ -262,3 +262,25 @@ def test_surp_compress_and_budgeted_decompress(tmp_path):
 
     with rdformat.open(tmp_path / "m.rdc", budget=size // 3) as f:
         assert np.array_equal(dict(iter(f))["w"], part["w"])
+
+
+def test_key_picks_the_state_dict_of_a_checkpoint_holding_several(tmp_path):
+    torch = pytest.importorskip("torch")
+    gen = {"net.weight": torch.randn(8, 4), "net.bias": torch.randn(8)}
+    disc = {"head.weight": torch.randn(1, 8)}
+    src = tmp_path / "gan.pt"
+    torch.save({"G": gen, "D": disc, "epoch": 3}, src)
+    out = tmp_path / "g.rdc"
+    assert "--key" in one_error_line(rdc("compress", src, out, check=False))  # ambiguous: the error names the fix
+    proc = rdc("compress", src, out, "--key", "G")
+    assert "'D'" in proc.stderr and "'epoch'" in proc.stderr  # what is left out is named
+    back = tmp_path / "back.pt"
+    rdc("decompress", out, back)
+    got = torch.load(back, weights_only=True)
+    assert list(got) == list(gen) and all(torch.equal(got[k], gen[k]) for k in gen)
+    rdc("compress", src, out, "--key", "D")
+    rdc("decompress", out, back)
+    assert list(torch.load(back, weights_only=True)) == ["head.weight"]
+    npz = tmp_path / "w.npz"
+    np.savez(npz, w=np.zeros(3, np.float32))
+    assert "PyTorch" in one_error_line(rdc("compress", npz, tmp_path / "w.rdc", "--key", "G", check=False))

@@ -164,7 +164,13 @@ def cmd_compress(args: argparse.Namespace, out: Out) -> int:
     elif args.sensitivity or args.calibration or args.input_shape or args.write_sensitivity:
         raise CommandLineError("--sensitivity, --write-sensitivity, --calibration and --input-shape go with a lossy "
                                "target (--bits ...)")
-    fmt = convert.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress)
+    options = {}
+    if args.key is not None:
+        fmt = fmt or adapters.detect_format(src)
+        if fmt != "pytorch":
+            raise CommandLineError(f"--key picks the state_dict of a PyTorch checkpoint; {src} is {fmt}")
+        options["key"] = args.key
+    fmt = convert.compress_file(src, dst, fmt=fmt, lossy=codec, progress=out.progress, **options)
     if not out.quiet:
         summary = tensor_summary(dst)
         in_bytes = input_bytes(src, fmt)
@@ -396,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto",
                    choices=("auto", "pytorch", "safetensors", "safetensors-index", "onnx", "npz"),
                    help="input format (default: detect)")
+    p.add_argument("--key", default=None, metavar="KEY",
+                   help="PyTorch checkpoints: the entry holding the state_dict to store, when the checkpoint "
+                        "holds several (e.g. 'G' of a GAN's {'G': ..., 'D': ...}; default: found automatically)")
     lossy = p.add_argument_group(
         "lossy options", "without one of these the file is lossless; with one, float tensors of 2+ dimensions "
         "are quantized (codec sq or dq), 1-D float tensors of 64+ values finely, and everything else stays "
