@@ -210,7 +210,8 @@ def plan(
     weights = {n: 1.0 / math.sqrt(sens.get(n, 1.0) / mean_sens) for n in names}
     n_lossy = sum(int(np.asarray(tensors[n]).size) for n in names)
     norm2 = squared_norm(tensors)
-    amax = max(float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)))) for n in names)
+    amaxes = {n: float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)), initial=0.0)) for n in names}
+    amax = max(amaxes.values())
     if amax == 0.0:
         return RatePlan({n: 1.0 for n in names}, 1.0, 0.0, 0.0, n_lossy, weights, "sq")
 
@@ -235,9 +236,18 @@ def plan(
     # tiny step: many bits; huge step: ~0 bits -- for every tensor, whatever its sensitivity weight (a
     # bracket of the unweighted step would stop the finest-weighted tensors' steps short of a high target)
     bracket = (math.log(amax / 16000.0 / max(weights.values())), math.log(amax * 4.0 / min(weights.values())))
+    # The finest step any tensor can still use (its own levels at the edge of the bracket's range). One
+    # tensor of a far wider range than the rest (a causal mask of 0 and finfo.min, stored as a constant)
+    # sets ``amax``; when the target is missed even at the bracket's finest step, the search continues
+    # below it, where that tensor's step is clamped to its level range (quantize) and the others' fit.
+    finest = min((math.log(a / 16000.0 / weights[n]) for n, a in amaxes.items() if a > 0), default=bracket[0])
     for m in (METHODS if method == "auto" else (method,)):
-        step, b, e = _search(sampled, bracket, weights, lam, m, target_err if rel_error is not None else None,
-                             None if rel_error is not None else target_bits, overhead=bits is None)
+        goal = (target_err if rel_error is not None else None, None if rel_error is not None else target_bits)
+        step, b, e = _search(sampled, bracket, weights, lam, m, *goal, overhead=bits is None)
+        missed = (e > target_err) if rel_error is not None else (b < target_bits)
+        if missed and finest < bracket[0] and math.log(step) < bracket[0] + 0.01:
+            bracket = (finest, bracket[0] + 0.01)
+            step, b, e = _search(sampled, bracket, weights, lam, m, *goal, overhead=bits is None)
         if method == "auto":
             # dq's step at equal fidelity is about half of sq's (its two quantizers interleave): a
             # narrower search saves most of the trellis evaluations.
