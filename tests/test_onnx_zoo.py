@@ -5,6 +5,7 @@ ships for its backend tests, round-tripped through ``rdc``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import rdformat  # noqa: E402
 from rdformat.cli import main  # noqa: E402
+from rdformat.producers import ratecontrol  # noqa: E402
 from rdformat.producers.sensitivity import estimate_output_sensitivity, relative_output_error  # noqa: E402
 
 L = 32  # sequence length of the attention models
@@ -137,6 +139,42 @@ def test_model_without_float_outputs_falls_back_with_one_notice(tmp_path, capsys
     assert len(notices) == 1 and notices[0].startswith("note:") and "weight error" in notices[0]
     x = rng.standard_normal((1, 64)).astype(np.float32)
     assert _run(back, {"x": x})[0].dtype == np.int64
+
+
+def test_subgraph_weight_calibration_cannot_probe_gets_the_mean_sensitivity(tmp_path, capsys):
+    # The If branch's weight is not probed (calibration sees the main graph only); it counted as
+    # sensitivity 1.0 against measured figures of arbitrary scale, so one of the two got far coarser
+    # steps than the other (8x the relative error here).
+    rng = np.random.default_rng(5)
+    branch = lambda name, body: helper.make_graph(  # noqa: E731
+        body, name, [], [_value("o", [1, 64])],
+        initializer=[numpy_helper.from_array(_f32(rng, 64, 64), "inner")] if name == "then" else [])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["x2"]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"],
+                              then_branch=branch("then", [helper.make_node("MatMul", ["x", "inner"], ["o"])]),
+                              else_branch=branch("else", [helper.make_node("Identity", ["x"], ["o"])]))]
+    inits = [numpy_helper.from_array(_f32(rng, 64, 64), "w"), numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    src = _save(nodes, inits, [_value("x", [1, 64])], [_value("y", [1, 64]), _value("x2", [1, 64])],
+                tmp_path / "if.onnx")
+    rdc = tmp_path / "m.rdc"
+    assert main(["compress", "-q", "--bits", "4", str(src), str(rdc)]) == 0
+    assert main(["info", "--json", str(rdc)]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["tensors"]}
+    assert rows["w"]["sensitivity"] is not None  # measured, so the mix of measured and unmeasured is real
+    assert rows["inner"]["sensitivity"] == rows["w"]["sensitivity"]  # what rdc info shows rate control used
+    errors = rows["w"]["rel_error"], rows["inner"]["rel_error"]
+    assert max(errors) / min(errors) < 2
+
+
+def test_plan_counts_a_tensor_the_sensitivity_lacks_as_the_mean():
+    rng = np.random.default_rng(6)
+    tensors = {"a": _f32(rng, 64, 64, scale=1.0), "b": _f32(rng, 64, 64, scale=1.0)}
+    partial = ratecontrol.plan(tensors, bits=4, sensitivity={"a": 1e-3}, method="sq")
+    assert partial.steps["a"] == pytest.approx(partial.steps["b"])
+    both = ratecontrol.plan(tensors, bits=4, sensitivity={"a": 1e-3, "b": 4e-3}, method="sq")
+    assert both.steps["a"] == pytest.approx(2 * both.steps["b"], rel=1e-6)  # given values keep their ratio
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -182,6 +182,7 @@ def plan(
         lossy: names of the tensors to quantize (default: :func:`is_lossy_candidate`).
         sensitivity: optional per-tensor weight of squared error (e.g. mean Fisher information from
             a calibration batch); a tensor with sensitivity s gets step ``global_step / sqrt(s)``.
+            Lossy tensors it does not name count as the mean of those it does.
         lossless_bytes: bytes the lossless tensors will take (for ``size``).
         lam: Lagrangian slope of the quantizer (steps**2 per bit).
         sample: number of weights sampled for the search.
@@ -206,8 +207,13 @@ def plan(
     for n, s in sens.items():
         if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
             raise InvalidInputError(f"sensitivity of {n!r} must be a positive finite number, got {s!r}")
-    mean_sens = float(np.mean([sens.get(n, 1.0) for n in names]))
-    weights = {n: 1.0 / math.sqrt(sens.get(n, 1.0) / mean_sens) for n in names}
+    # A tensor the mapping lacks (an ONNX subgraph's weight, which calibration cannot probe) gets the mean
+    # of the given ones, i.e. the global step: the given values have no absolute scale, so a fixed 1.0
+    # made it up to 100x more or less sensitive than the measured tensors beside it.
+    given = [sens[n] for n in names if n in sens]
+    unknown = float(np.mean(given)) if given else 1.0
+    mean_sens = float(np.mean([sens.get(n, unknown) for n in names]))
+    weights = {n: 1.0 / math.sqrt(sens.get(n, unknown) / mean_sens) for n in names}
     n_lossy = sum(int(np.asarray(tensors[n]).size) for n in names)
     norm2 = squared_norm(tensors)
     amaxes = {n: float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)), initial=0.0)) for n in names}
