@@ -177,6 +177,31 @@ def test_plan_counts_a_tensor_the_sensitivity_lacks_as_the_mean():
     assert both.steps["a"] == pytest.approx(2 * both.steps["b"], rel=1e-6)  # given values keep their ratio
 
 
+@pytest.mark.parametrize("node", [
+    helper.make_node("Constant", [], [], value=numpy_helper.from_array(np.array([3], np.int64), "c")),  # no output
+    helper.make_node("OneHot", ["ids", "depth", "onoff"], ["oh"], axis=-1),  # its depth is an empty constant
+], ids=["constant-without-output", "onehot-empty-depth"])
+def test_malformed_graph_near_an_integer_input_falls_back_not_crashes(tmp_path, capsys, node):
+    # Synthetic integer inputs look for their range (embedding size, one-hot depth) in the graph, which
+    # nothing has checked yet: a node short of outputs or an empty depth raised a bare IndexError
+    # ("rdc compress: internal error").
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(_f32(rng, 16, 8), "emb"), numpy_helper.from_array(np.zeros(0, np.int64), "depth"),
+             numpy_helper.from_array(np.array([0, 1], np.float32), "onoff")]
+    graph = helper.make_graph([node, helper.make_node("Gather", ["emb", "ids"], ["y"])], "bad",
+                              [_value("ids", [1, 4], TensorProto.INT64)], [_value("y", [1, 4, 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "bad.onnx"
+    onnx.save(model, src)  # not checked: the checker rejects it, as onnxruntime will
+    code = main(["compress", "--bits", "4", str(src), str(tmp_path / "bad.rdc")])
+    out, err = capsys.readouterr()
+    assert "internal error" not in err
+    assert code == 0, err
+    notices = [line for line in out.splitlines() if line.startswith(("note:", "task-aware:"))]
+    assert len(notices) == 1 and notices[0].startswith("note:")
+
+
 # ----------------------------------------------------------------------------------------------------
 # The estimator and the error measure on non-finite outputs
 
