@@ -205,15 +205,24 @@ def _index_range(model, input_name: str) -> int | None:
     Follows the input through value-preserving ops to the first Gather on an initializer (an
     embedding table: its size along the gathered axis), OneHot (its depth) or Equal against an
     integer constant (a one-hot built by comparison: the constant's maximum + 1).
+
+    A heuristic: whatever in the graph does not fit it (nodes short of inputs or outputs, constants
+    that do not read as arrays; the model has not been checked yet) gives no range, never an error.
     """
     from onnx import numpy_helper
+
+    def array(t) -> np.ndarray | None:
+        try:
+            return np.asarray(numpy_helper.to_array(t))
+        except Exception:  # noqa: BLE001 - types or sizes numpy_helper cannot read: no range from it
+            return None
 
     inits = {t.name: t for t in model.graph.initializer}
     consts = {}
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute:
+        if node.op_type == "Constant" and node.output and node.output[0]:
             for a in node.attribute:
-                if a.name == "value":
+                if a.name == "value" and a.type == a.TENSOR:
                     consts[node.output[0]] = a.t
     consts.update(inits)
     frontier, seen = [input_name], set()
@@ -231,14 +240,16 @@ def _index_range(model, input_name: str) -> int | None:
                     dims = list(inits[node.input[0]].dims)
                     if dims:
                         return int(dims[axis % len(dims)])
-                if node.op_type == "OneHot" and node.input[0] == value and node.input[1] in consts:
-                    depth = numpy_helper.to_array(consts[node.input[1]])
-                    return int(np.asarray(depth).reshape(-1)[0])
-                if node.op_type == "Equal":
+                if node.op_type == "OneHot" and len(node.input) > 1 and node.input[0] == value \
+                        and node.input[1] in consts:
+                    depth = array(consts[node.input[1]])
+                    if depth is not None and depth.size and depth.dtype.kind in "iuf" and np.isfinite(depth).all():
+                        return int(depth.reshape(-1)[0])
+                if node.op_type == "Equal" and len(node.input) == 2:
                     other = node.input[1] if node.input[0] == value else node.input[0]
                     if other in consts:
-                        arr = numpy_helper.to_array(consts[other])
-                        if arr.size and arr.dtype.kind in "iu":
+                        arr = array(consts[other])
+                        if arr is not None and arr.size and arr.dtype.kind in "iu":
                             return int(arr.max()) + 1
                 if node.op_type in _PASS_THROUGH and node.input[0] == value:
                     nxt.extend(node.output)

@@ -182,6 +182,7 @@ def plan(
         lossy: names of the tensors to quantize (default: :func:`is_lossy_candidate`).
         sensitivity: optional per-tensor weight of squared error (e.g. mean Fisher information from
             a calibration batch); a tensor with sensitivity s gets step ``global_step / sqrt(s)``.
+            Lossy tensors it does not name count as the mean of those it does.
         lossless_bytes: bytes the lossless tensors will take (for ``size``).
         lam: Lagrangian slope of the quantizer (steps**2 per bit).
         sample: number of weights sampled for the search.
@@ -206,11 +207,17 @@ def plan(
     for n, s in sens.items():
         if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
             raise InvalidInputError(f"sensitivity of {n!r} must be a positive finite number, got {s!r}")
-    mean_sens = float(np.mean([sens.get(n, 1.0) for n in names]))
-    weights = {n: 1.0 / math.sqrt(sens.get(n, 1.0) / mean_sens) for n in names}
+    # A tensor the mapping lacks (an ONNX subgraph's weight, which calibration cannot probe) gets the mean
+    # of the given ones, i.e. the global step: the given values have no absolute scale, so a fixed 1.0
+    # made it up to 100x more or less sensitive than the measured tensors beside it.
+    given = [sens[n] for n in names if n in sens]
+    unknown = float(np.mean(given)) if given else 1.0
+    mean_sens = float(np.mean([sens.get(n, unknown) for n in names]))
+    weights = {n: 1.0 / math.sqrt(sens.get(n, unknown) / mean_sens) for n in names}
     n_lossy = sum(int(np.asarray(tensors[n]).size) for n in names)
     norm2 = squared_norm(tensors)
-    amax = max(float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)))) for n in names)
+    amaxes = {n: float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)), initial=0.0)) for n in names}
+    amax = max(amaxes.values())
     if amax == 0.0:
         return RatePlan({n: 1.0 for n in names}, 1.0, 0.0, 0.0, n_lossy, weights, "sq")
 
@@ -235,9 +242,18 @@ def plan(
     # tiny step: many bits; huge step: ~0 bits -- for every tensor, whatever its sensitivity weight (a
     # bracket of the unweighted step would stop the finest-weighted tensors' steps short of a high target)
     bracket = (math.log(amax / 16000.0 / max(weights.values())), math.log(amax * 4.0 / min(weights.values())))
+    # The finest step any tensor can still use (its own levels at the edge of the bracket's range). One
+    # tensor of a far wider range than the rest (a causal mask of 0 and finfo.min, stored as a constant)
+    # sets ``amax``; when the target is missed even at the bracket's finest step, the search continues
+    # below it, where that tensor's step is clamped to its level range (quantize) and the others' fit.
+    finest = min((math.log(a / 16000.0 / weights[n]) for n, a in amaxes.items() if a > 0), default=bracket[0])
     for m in (METHODS if method == "auto" else (method,)):
-        step, b, e = _search(sampled, bracket, weights, lam, m, target_err if rel_error is not None else None,
-                             None if rel_error is not None else target_bits, overhead=bits is None)
+        goal = (target_err if rel_error is not None else None, None if rel_error is not None else target_bits)
+        step, b, e = _search(sampled, bracket, weights, lam, m, *goal, overhead=bits is None)
+        missed = (e > target_err) if rel_error is not None else (b < target_bits)
+        if missed and finest < bracket[0] and math.log(step) < bracket[0] + 0.01:
+            bracket = (finest, bracket[0] + 0.01)
+            step, b, e = _search(sampled, bracket, weights, lam, m, *goal, overhead=bits is None)
         if method == "auto":
             # dq's step at equal fidelity is about half of sq's (its two quantizers interleave): a
             # narrower search saves most of the trellis evaluations.

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import CalibrationUnavailable, InvalidInputError
 from .channels import ChannelSensitivity
 from .ratecontrol import plan, quantize
 
@@ -80,6 +80,23 @@ def float_outputs(outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         elif a.dtype.kind == "c":
             out.append(np.abs(a).astype(np.float64))
     return out
+
+
+def _finite_reference(reference: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """The reference float outputs with their non-finite entries zeroed, and per output the mask of its
+    finite entries (None: all finite).
+
+    A model may give inf or NaN at some positions of its outputs (a log-mel front end on synthetic
+    inputs that are negative, a fully masked attention row); those positions say nothing about any
+    weight, and one NaN there made every figure NaN. Only positions finite in the reference count.
+    """
+    masks = [None if bool(np.isfinite(y).all()) else np.isfinite(y) for y in reference]
+    return _on_finite(reference, masks), masks
+
+
+def _on_finite(outputs: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    """``outputs`` with the positions that are not finite in the reference (``masks``) zeroed."""
+    return [y if m is None or np.shape(y) != m.shape else np.where(m, y, 0.0) for y, m in zip(outputs, masks)]
 
 
 def _output_weights(reference: Sequence[np.ndarray]) -> list[float]:
@@ -110,13 +127,17 @@ def relative_output_error(reference: Sequence[np.ndarray], candidate: Sequence[n
         raise InvalidInputError(f"the runs returned {len(ref)} and {len(cand)} float outputs")
     if not ref:
         raise InvalidInputError("the model has no floating-point output to compare")
-    total = 0.0
-    for w, r, c in zip(_output_weights(ref), ref, cand):
+    for r, c in zip(ref, cand):
         if r.shape != c.shape:
             raise InvalidInputError(f"output shapes differ between the runs: {r.shape} vs {c.shape}")
+    ref, masks = _finite_reference(ref)
+    cand = _on_finite(cand, masks)
+    total = 0.0
+    for w, r, c in zip(_output_weights(ref), ref, cand):
         d = c - r
         total += w * float(np.vdot(d, d).real)
-    return math.sqrt(total)
+    # a candidate that is not finite where the reference is: as far from it as can be
+    return math.sqrt(total) if math.isfinite(total) else math.inf
 
 
 def predicted_output_error(sensitivity: Mapping[str, float], original: Mapping[str, np.ndarray],
@@ -143,15 +164,17 @@ def _hadamard(k: int) -> np.ndarray:
 
 
 def default_probe_names(weights: Mapping[str, np.ndarray]) -> list[str]:
-    """Names of the tensors rate control quantises: float, two or more dimensions, 16+ elements.
+    """Names of the tensors rate control quantises: float, two or more dimensions, 16+ elements, finite.
 
-    Probing anything else would cost forward passes for a sensitivity that rate control never uses.
+    Probing anything else would cost forward passes for a sensitivity that rate control never uses
+    (a tensor holding inf or NaN, e.g. a ``-inf`` attention mask, is always stored losslessly; its noise
+    would make every output NaN).
     """
     names = []
     for name, w in weights.items():
         a = np.asarray(w)
         is_float = a.dtype.kind == "f" or a.dtype.name == "bfloat16"
-        if is_float and a.ndim >= 2 and a.size >= 16:
+        if is_float and a.ndim >= 2 and a.size >= 16 and bool(np.isfinite(a).all()):
             names.append(name)
     return names
 
@@ -192,9 +215,15 @@ def estimate_output_sensitivity(
     Returns:
         ``{name: S_t}`` with ``sum_t S_t * ||dW_t||^2`` approximating the squared relative output
         error (see :func:`relative_output_error`) for white-noise-like weight errors ``dW_t``.
+        Outputs are compared where the reference is finite. A tensor that cannot be measured (its noise
+        overflows its dtype, e.g. a ``finfo.min`` mask, or makes finite outputs inf/NaN, or changes
+        nothing while some reference outputs are not finite) gets the largest figure measured: rate
+        control then treats it as the most sensitive tensor.
 
     Raises:
-        InvalidInputError: unknown or non-float names, bad parameters, or no float output.
+        InvalidInputError: unknown or non-float names, or bad parameters.
+        CalibrationUnavailable: the model has no float output, or no probed tensor measurably changes
+            its finite entries (callers fall back to weight-error allocation).
     """
     if not (noise > 0 and math.isfinite(noise)):
         raise InvalidInputError(f"noise must be a positive fraction of the tensors' RMS, got {noise!r}")
@@ -212,7 +241,8 @@ def estimate_output_sensitivity(
 
     ref = float_outputs(run({}) if reference is None else reference)
     if not ref:
-        raise InvalidInputError("the model has no floating-point output to measure")
+        raise CalibrationUnavailable("the model has no floating-point output to measure sensitivity on")
+    ref, masks = _finite_reference(ref)
     out_w = _output_weights(ref)
 
     originals = {n: np.asarray(weights[n]) for n in names}
@@ -222,6 +252,7 @@ def estimate_output_sensitivity(
 
     rng = np.random.default_rng(seed)
     totals = dict.fromkeys(names, 0.0)
+    unmeasurable: set[str] = set()
     for _ in range(rounds):
         order = [names[i] for i in rng.permutation(len(names))]
         for start in range(0, len(order), group):
@@ -236,6 +267,11 @@ def estimate_output_sensitivity(
                 # weights round a 2% noise noticeably): measure with what the model really saw.
                 plus = (w.astype(np.float64) + e).astype(w.dtype)
                 deltas[n] = plus.astype(np.float64) - w.astype(np.float64)
+                minus = (w.astype(np.float64) - deltas[n]).astype(w.dtype)
+                if not (np.isfinite(plus).all() and np.isfinite(minus).all()):
+                    # beyond the dtype's range: an inf in one pass would poison the group's every figure
+                    deltas[n] = np.zeros(w.shape)
+                    unmeasurable.add(n)
             projections = {n: [np.zeros_like(y) for y in ref] for n in members}
             for row in range(k):
                 overrides = {n: (originals[n].astype(np.float64) + signs[row, j] * deltas[n]).astype(originals[n].dtype)
@@ -243,6 +279,7 @@ def estimate_output_sensitivity(
                 outs = float_outputs(run(overrides))
                 if len(outs) != len(ref):
                     raise InvalidInputError("the model returned a different number of outputs between runs")
+                outs = _on_finite(outs, masks)
                 for j, n in enumerate(members):
                     s = signs[row, j] / k
                     for acc, y, y0 in zip(projections[n], outs, ref):
@@ -252,11 +289,16 @@ def estimate_output_sensitivity(
                 applied = float(np.vdot(deltas[n], deltas[n]))
                 totals[n] += energy / applied if applied > 0 else 0.0
     result = {n: totals[n] / rounds for n in names}
-    top = max(result.values())
-    if not (top > 0 and math.isfinite(top)):
-        raise InvalidInputError("no probed tensor changes the model's outputs (or the outputs are not finite)")
+    if any(m is not None for m in masks):
+        # no effect where the reference is finite may be an effect hidden where it is not (a weight behind
+        # a log of negative synthetic inputs): unknown, not irrelevant (the floor would zero it)
+        unmeasurable.update(n for n, v in result.items() if v == 0)
+    measured = [v for n, v in result.items() if n not in unmeasurable and math.isfinite(v)]
+    top = max(measured, default=0.0)
+    if not top > 0:
+        raise CalibrationUnavailable("no probed tensor measurably changes the model's finite outputs")
     lowest = top * floor
-    return {n: max(v, lowest) for n, v in result.items()}
+    return {n: top if n in unmeasurable or not math.isfinite(v) else max(v, lowest) for n, v in result.items()}
 
 
 #: ``squared_error(overrides) -> err^2``: the squared relative output error (see
@@ -407,6 +449,9 @@ def estimate_channel_profiles(
     ``seconds``: a wall-clock budget; tensors are measured largest first, and those not finished when
     it runs out get no profile (their channels keep one step).
 
+    Outputs are compared where the reference is finite; a slice whose noise gives no finite figure
+    (it overflows the dtype or makes those outputs inf/NaN) leaves its tensor without a profile.
+
     Returns:
         ``{name: (axis0 profile or None, axis1 profile or None)}`` for tensors of rank >= 2 (an axis of
         length 1 has no profile); only ratios within a profile are meaningful.
@@ -429,7 +474,8 @@ def estimate_channel_profiles(
         units.extend((n, axis, b) for b in range(bins))
     ref = float_outputs(run({}) if reference is None else reference)
     if not ref:
-        raise InvalidInputError("the model has no floating-point output to measure")
+        raise CalibrationUnavailable("the model has no floating-point output to measure sensitivity on")
+    ref, masks = _finite_reference(ref)
     out_w = _output_weights(ref)
     rms_all = [float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) for a in tensors.values() if a.size]
     fallback_rms = max([r for r in rms_all if r > 0], default=1.0)
@@ -470,6 +516,7 @@ def estimate_channel_profiles(
             outs = float_outputs(run({n: a.astype(tensors[n].dtype) for n, a in work.items()}))
             if len(outs) != len(ref):
                 raise InvalidInputError("the model returned a different number of outputs between runs")
+            outs = _on_finite(outs, masks)
             for j in range(len(members)):
                 s = signs[row, j] / k
                 for acc, y, y0 in zip(projections[j], outs, ref):
@@ -478,7 +525,8 @@ def estimate_channel_profiles(
             energy = sum(w_o * float(np.vdot(p, p).real) for w_o, p in zip(out_w, projections[j]))
             applied = float(np.vdot(deltas[j][2], deltas[j][2]))
             values[u] = energy / applied if applied > 0 else 0.0
-            measured[u] = True
+            # a slice whose noise overflowed or made the outputs inf/NaN: its tensor gets no profile
+            measured[u] = math.isfinite(values[u])
     def span(n: str, axis: int) -> slice:
         first = first_unit[(n, axis)]
         return slice(first, first + bins_of[(n, axis)][0])
