@@ -139,11 +139,11 @@ class ByteSplitCodec(Codec):
         """(size in bytes, exact for raw and constant planes, estimated for ANS ones; a function writing the
         plane) of the cheapest of raw / constant / ANS / ANS pairs."""
         n = plane.size
-        pair_counts = None
-        if ans.compiled_active(n):
+        compiled = ans.compiled_active(n)
+        if compiled:
             from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
-            counts, pair_counts = kernels_numba.plane_histograms(plane, n >= 4096)
+            counts = kernels_numba.plane_histograms(plane, False)[0]
         else:
             counts = np.bincount(plane, minlength=256)
         present = np.flatnonzero(counts)
@@ -163,7 +163,9 @@ class ByteSplitCodec(Codec):
         best = (estimate, PLANE_ANS, bits, n, table)
         if n >= 4096:
             # Coding byte pairs halves the symbols to decode; worth it while the bigger table stays small.
-            pcounts = pair_counts if pair_counts is not None else np.bincount(_pairs(plane), minlength=1)
+            # (counted only here: most planes of float weights stop above, raw)
+            pcounts = kernels_numba.plane_histograms(plane, True)[1] if compiled else \
+                np.bincount(_pairs(plane), minlength=1)
             ppresent = np.flatnonzero(pcounts)
             if ppresent.size <= 4096:
                 ptable = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=16)
