@@ -356,9 +356,7 @@ def _record_sensitivity(metadata: Mapping | None, tensors: Mapping[str, Any], na
     ``rdc info`` can show where the bits went without repeating tensor names."""
     chosen = set(names)
     order = [i for i, n in enumerate(tensors) if n in chosen]
-    given = [float(sensitivity[n]) for n in tensors if n in chosen and n in sensitivity]
-    unknown = sum(given) / len(given) if given else 1.0  # as rate control counts a tensor the mapping lacks
-    values = [float(sensitivity.get(n, unknown)) for n in tensors if n in chosen]
+    values = list(RC.sensitivity_of([n for n in tensors if n in chosen], sensitivity).values())
     mean = sum(values) / len(values) if values else 1.0
     meta = dict(metadata or {})
     existing = meta.get(META_KEY)

@@ -161,11 +161,15 @@ class ByteSplitCodec(Codec):
         if estimate > n * (1.0 - self.min_gain):
             return raw
         best = (estimate, PLANE_ANS, bits, n, table)
+        pairs = None  # the pair symbols, once made
         if n >= 4096:
             # Coding byte pairs halves the symbols to decode; worth it while the bigger table stays small.
             # (counted only here: most planes of float weights stop above, raw)
-            pcounts = kernels_numba.plane_histograms(plane, True)[1] if compiled else \
-                np.bincount(_pairs(plane), minlength=1)
+            if compiled:
+                pcounts = kernels_numba.plane_histograms(plane, True)[1]
+            else:
+                pairs = _pairs(plane)
+                pcounts = np.bincount(pairs, minlength=1)
             ppresent = np.flatnonzero(pcounts)
             if ppresent.size <= 4096:
                 ptable = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=16)
@@ -180,7 +184,7 @@ class ByteSplitCodec(Codec):
         size = 9 + table.stored_size() + bits / 8 + 4 + 8.1 * lanes
 
         def write() -> bytes:
-            block = ans.encode(plane if mode == PLANE_ANS else _pairs(plane), table)
+            block = ans.encode(plane if mode == PLANE_ANS else pairs if pairs is not None else _pairs(plane), table)
             coded = table.to_bytes()
             if len(block) + len(coded) + 9 >= n:
                 return bytes([PLANE_RAW]) + plane.tobytes()

@@ -207,13 +207,9 @@ def plan(
     for n, s in sens.items():
         if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
             raise InvalidInputError(f"sensitivity of {n!r} must be a positive finite number, got {s!r}")
-    # A tensor the mapping lacks (an ONNX subgraph's weight, which calibration cannot probe) gets the mean
-    # of the given ones, i.e. the global step: the given values have no absolute scale, so a fixed 1.0
-    # made it up to 100x more or less sensitive than the measured tensors beside it.
-    given = [sens[n] for n in names if n in sens]
-    unknown = float(np.mean(given)) if given else 1.0
-    mean_sens = float(np.mean([sens.get(n, unknown) for n in names]))
-    weights = {n: 1.0 / math.sqrt(sens.get(n, unknown) / mean_sens) for n in names}
+    full = sensitivity_of(names, sens)
+    mean_sens = float(np.mean(list(full.values())))
+    weights = {n: 1.0 / math.sqrt(full[n] / mean_sens) for n in names}
     n_lossy = sum(int(np.asarray(tensors[n]).size) for n in names)
     norm2 = squared_norm(tensors)
     amaxes = {n: float(np.max(np.abs(np.asarray(tensors[n], dtype=np.float32)), initial=0.0)) for n in names}
@@ -250,8 +246,7 @@ def plan(
     for m in (METHODS if method == "auto" else (method,)):
         goal = (target_err if rel_error is not None else None, None if rel_error is not None else target_bits)
         step, b, e = _search(sampled, bracket, weights, lam, m, *goal, overhead=bits is None)
-        missed = (e > target_err) if rel_error is not None else (b < target_bits)
-        if missed and finest < bracket[0] and math.log(step) < bracket[0] + 0.01:
+        if _misses(*goal, b, e) and finest < bracket[0] and math.log(step) < bracket[0] + 0.01:
             bracket = (finest, bracket[0] + 0.01)
             step, b, e = _search(sampled, bracket, weights, lam, m, *goal, overhead=bits is None)
         if method == "auto":
@@ -275,7 +270,24 @@ def _search(sampled: _Sampled, bracket: tuple[float, float], weights: dict[str, 
             target_err: float | None, target_bits: float | None, *, overhead: bool = True) -> tuple[float, float, float]:
     """Bisection on the log of the global step: (step, predicted bits, predicted squared error)."""
     return _bisect(lambda step: sampled.evaluate(step, weights, lam, method, overhead), bracket,
-                   lambda b, e: (e > target_err) if target_err is not None else (b < target_bits), 26, 0.004)
+                   lambda b, e: _misses(target_err, target_bits, b, e), 26, 0.004)
+
+
+def _misses(target_err: float | None, target_bits: float | None, bits: float, err: float) -> bool:
+    """Whether predicted ``bits`` and squared error ``err`` fall short of the target (an error over
+    ``target_err``, or fewer bits than ``target_bits``: the step must get finer)."""
+    return (err > target_err) if target_err is not None else (bits < target_bits)
+
+
+def sensitivity_of(names: Iterable[str], sensitivity: Mapping[str, float]) -> dict[str, float]:
+    """Each tensor's sensitivity as rate control counts it: its own, or for a tensor the mapping lacks (an
+    ONNX subgraph's weight, which calibration cannot probe) the mean of the given ones, i.e. the global
+    step. The given values have no absolute scale, so a fixed 1.0 made such a tensor up to 100x more or
+    less sensitive than the measured tensors beside it."""
+    names = list(names)
+    given = [sensitivity[n] for n in names if n in sensitivity]
+    unknown = float(np.mean(given)) if given else 1.0
+    return {n: float(sensitivity.get(n, unknown)) for n in names}
 
 
 def _bisect(evaluate, bracket: tuple[float, float], too_coarse, steps: int, tolerance: float) -> tuple[float, float, float]:
