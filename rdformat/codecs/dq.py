@@ -286,11 +286,12 @@ class DQCodec(AxisScaled, Codec):
             raise CorruptDataError(f"dq class map: {exc.message}", offset=parts[0][0] + (exc.offset or 0)) from None
         if segments and (int(classes.min()) < 0 or int(classes.max()) >= n_classes):
             raise CorruptDataError(f"dq class map holds a class outside 0..{n_classes - 1}", offset=parts[0][0])
-        lengths = np.full(segments, seg, dtype=np.int64)
+        # Elements per class from the segments' classes (no per-element class array: the last segment
+        # is the only short one, by ``pad`` elements).
+        pad = seg * segments - count
+        sizes = np.bincount(classes, minlength=n_classes).astype(np.int64) * seg
         if segments:
-            lengths[-1] = count - seg * (segments - 1)
-        per_element = np.repeat(classes, lengths)
-        sizes = np.bincount(per_element, minlength=n_classes)
+            sizes[int(classes[-1])] -= pad
         blocks, layouts, tables = [], [], []
         for c in range(n_classes):
             start, part = parts[c + 1]
@@ -304,14 +305,26 @@ class DQCodec(AxisScaled, Codec):
             tables.append(table)
 
         def classed(decoded: list) -> np.ndarray:
-            levels = np.zeros(count, dtype=np.int32)
+            # Segment rows of a padded chunk: class c's levels fill its rows in order, the short last
+            # segment's class gets ``pad`` zeros at its end (cut off again below). One segment: its
+            # class's levels are the chunk (a padded row could be far larger than the chunk).
+            last = int(classes[-1]) if segments else -1
+            rows = np.zeros((segments, seg) if segments > 1 else (0, seg), dtype=np.int32)
             it = iter(decoded)
             for c, (k, radix, where) in enumerate(layouts):
                 if k:
                     symbols = next(it)
-                    SQCodec.check_padding(symbols, k, radix, int(sizes[c]), where)
-                    levels[per_element == c] = _symbols_to_levels(symbols, tables[c], k, radix)[: int(sizes[c])]
-            return levels
+                    n = int(sizes[c])
+                    SQCodec.check_padding(symbols, k, radix, n, where)
+                    values = _symbols_to_levels(symbols, tables[c], k, radix)[:n]
+                    if segments == 1:
+                        if c == last:
+                            return values
+                        continue
+                    if c == last and pad:
+                        values = np.concatenate([values, np.zeros(pad, dtype=values.dtype)])
+                    rows[classes == c] = values.reshape(-1, seg)
+            return rows.reshape(-1)[:count] if segments > 1 else np.zeros(count, dtype=np.int32)
 
         return blocks, classed
 
