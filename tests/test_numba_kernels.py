@@ -389,6 +389,30 @@ def test_gather_groups() -> None:
         assert kn.gather_groups(bad, values, 100 * k)[0] == 37
 
 
+def test_group_rows_match_numpy() -> None:
+    """Levels and sq values of a table's group symbols, bit-exact with ``_ungroup``/``unzigzag``/
+    ``dequantize`` (zero levels +0.0, both offsets, every output dtype's rounding done by the caller)."""
+    from rdformat.codecs.sq import _ungroup, dequantize, unzigzag
+
+    rng = np.random.default_rng(5)
+    for k, radix in ((1, 2), (1, 31), (1, 65535), (2, 17), (3, 40), (8, 4)):
+        size = min(radix ** k, 300)
+        symbols = np.unique(rng.integers(0, radix ** k, size=size)).astype(np.uint32)
+        want_levels = unzigzag(_ungroup(symbols.astype(np.int64), k, radix)).reshape(-1, k)
+        for dense in (True, False):
+            rows = kn.group_rows(symbols, k, radix, dense)
+            got = rows[symbols] if dense else rows
+            assert got.dtype == np.int32 and np.array_equal(got, want_levels)
+            for step, o1, o2 in ((0.013, 0.0, 0.0), (3.3e-5, 0.21, 0.07), (1.0, 0.5, 0.999)):
+                values = kn.group_rows(symbols, k, radix, dense, (step, o1, o2))
+                got = values[symbols] if dense else values
+                for dtype in (np.float64, np.float32, np.float16):
+                    want = dequantize(want_levels.reshape(-1), step, o1, o2, np.dtype(dtype))
+                    assert got.astype(dtype).reshape(-1).tobytes() == want.tobytes()
+    with pytest.raises(ValueError):
+        kn.group_rows(np.array([9], np.uint32), 2, 3, True)
+
+
 def test_dq_reconstruct_matches_numpy() -> None:
     from rdformat.codecs import dq
 

@@ -125,6 +125,10 @@ def _histogram_bytes(counts: np.ndarray) -> float:
 
 def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.ndarray:
     """Group symbols -> levels (k per symbol) by one gather from the levels of the table's symbols."""
+    if radix ** k <= 4 * symbols.size and ans.compiled_active():
+        from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+        return gather_compiled(symbols, kernels_numba.group_rows(table.symbols, k, radix, True), symbols.size * k)
     present = table.symbols.astype(np.int64)
     values = unzigzag(_ungroup(present, k, radix)).reshape(-1, k)
     if radix ** k <= 4 * symbols.size:

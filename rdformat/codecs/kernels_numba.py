@@ -14,6 +14,9 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
 * :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
   group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
   ``_symbols_to_levels`` in ``dq``).
+* :func:`group_rows` - ``sq``/``dq``: a level table's group symbols -> the levels of each group, or their
+  ``sq`` values (replaces ``_ungroup``, ``unzigzag``, ``dequantize`` and the table fill of a chunk: a dozen
+  numpy calls on a few dozen symbols, most of a small chunk's decode).
 * :func:`dq_reconstruct` - ``dq``: levels -> values through the 4-state trellis (replaces
   ``rdformat.codecs.dq.dq_reconstruct`` for float32/float64 outputs).
 * :func:`plane_histograms` - ``bytesplit`` encoder: byte and byte-pair counts of a plane (replaces two
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "unshift_plane", "gather_groups", "dq_reconstruct",
+__all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "unshift_plane", "gather_groups", "group_rows", "dq_reconstruct",
            "plane_histograms", "DQ_NEXT_STATE"]
 
 try:
@@ -183,6 +186,34 @@ if AVAILABLE:
         return -1
 
     @njit(cache=True, nogil=True)
+    def _group_rows(symbols: np.ndarray, k: int, radix: int, dense: bool, step: float, offset1: float,
+                    offset2: float, levels: np.ndarray, values: np.ndarray) -> int:
+        """Row ``s`` (dense) or ``i`` of ``levels`` (int32) or, when it is empty, ``values`` (float64): the
+        ``k`` levels of group symbol ``s = symbols[i]`` (digits base ``radix``, zigzag), dequantized by the
+        ``sq`` rule for ``values``; -1, or the first ``i`` whose row is outside the output."""
+        as_values = levels.shape[0] == 0
+        rows = values.shape[0] if as_values else levels.shape[0]
+        for i in range(symbols.size):
+            s = np.int64(symbols[i])
+            r = s if dense else np.int64(i)
+            if r < 0 or r >= rows:
+                return i
+            for j in range(k):
+                z = s % radix
+                s //= radix
+                q = (z >> 1) ^ -(z & 1)  # zigzag: 0, 1, 2, 3, 4 ... -> 0, -1, 1, -2, 2 ...
+                if not as_values:
+                    levels[r, j] = q
+                elif q == 0:
+                    values[r, j] = 0.0
+                else:
+                    # spec 5.3 in float64, the operations of sq.dequantize in its order
+                    m = np.float64(abs(q))
+                    mag = (m - (offset1 if m == 1.0 else offset2)) * step
+                    values[r, j] = -mag if q < 0 else mag
+        return -1
+
+    @njit(cache=True, nogil=True)
     def _dq_reconstruct(levels: np.ndarray, step: float, chain: int, next_state: np.ndarray,
                         out: np.ndarray) -> int:
         n = levels.size
@@ -225,7 +256,7 @@ if AVAILABLE:
 
 else:
     _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _unavailable
-    _gather_groups = _dq_reconstruct = _plane_histograms = _unshift_plane = _unavailable
+    _gather_groups = _dq_reconstruct = _plane_histograms = _unshift_plane = _group_rows = _unavailable
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -360,6 +391,39 @@ def gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.nda
         raise ValueError(f"gather_groups: {count} elements do not fit {index.size} groups of {values.shape[1]} "
                          f"or an output of {out.size}")
     return int(status), out[:count]
+
+
+def group_rows(symbols: np.ndarray, k: int, radix: int, dense: bool, sq: tuple[float, float, float] | None = None
+               ) -> np.ndarray:
+    """The levels of each group symbol of a level table (``sq``/``dq``, spec 5.3), or their ``sq`` values.
+
+    Args:
+        symbols: the table's group symbols (``FrequencyTable.symbols``: increasing, each below
+            ``radix ** k``).
+        k, radix: the group size and digit radix of the chunk.
+        dense: one row per possible group symbol (``radix ** k`` rows, indexed by symbol; rows of absent
+            symbols are zero) instead of one per table symbol.
+        sq: ``(step, offset1, offset2)``: dequantize (float64 results, to be rounded to the tensor's dtype
+            by the caller, as ``sq.dequantize`` does); else int32 levels.
+
+    Returns:
+        A ``(rows, k)`` array.
+
+    Raises:
+        ValueError: a symbol outside ``radix ** k`` rows (a caller bug: tables are checked when parsed).
+    """
+    rows = radix ** k if dense else symbols.size
+    if sq is None:
+        levels = np.zeros((rows, k), dtype=np.int32)
+        values = np.zeros((0, k), dtype=np.float64)
+    else:
+        levels = np.zeros((0, k), dtype=np.int32)
+        values = np.zeros((rows, k), dtype=np.float64)
+    step, offset1, offset2 = sq if sq is not None else (1.0, 0.0, 0.0)
+    if _group_rows(symbols, int(k), int(radix), bool(dense), float(step), float(offset1), float(offset2),
+                   levels, values) != -1:
+        raise ValueError(f"group_rows: a symbol is outside the {rows} rows of radix {radix}, k {k}")
+    return levels if sq is None else values
 
 
 def dq_reconstruct(levels: np.ndarray, step: float, chain: int, out_dtype: Any = np.float32,

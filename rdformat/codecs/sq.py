@@ -179,6 +179,12 @@ class SQCodec(AxisScaled, Codec):
             symbols = decoded[0]
             self.check_padding(symbols, k, radix, count, pos)
             # Reconstruct each present group once, then gather: decoding is one lookup per group.
+            if radix ** k <= 4 * symbols.size and ans.compiled_active():
+                from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+                lut = kernels_numba.group_rows(table.symbols, k, radix, True,
+                                               (self.step, self.offset1, self.offset2)).astype(out_dtype)
+                return gather_compiled(symbols, lut, count, out)
             present = table.symbols.astype(np.int64)
             values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2,
                                 out_dtype)
@@ -332,9 +338,10 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
 
 
 @functools.lru_cache(maxsize=64)
-def _laplace_weights(theta: int) -> np.ndarray:
-    """``w(m)`` of :func:`parametric_table` for m = 0 .. MAX_PARAMETRIC_RADIX // 2 (read-only; cached: an
-    encoder scores a few ``p0`` and precisions per ``theta``, and the recurrence is sequential)."""
+def _laplace_weights(theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """``w(m)`` of :func:`parametric_table` for each zigzag symbol 1 .. MAX_PARAMETRIC_RADIX - 1 (magnitude
+    ``(symbol + 1) >> 1``) and their running sums (read-only; cached: an encoder scores a few ``p0`` and
+    precisions per ``theta``, a decoder builds one table per chunk, and the recurrence is sequential)."""
     w = np.zeros(MAX_PARAMETRIC_RADIX // 2 + 1, dtype=np.int64)
     value = 1 << 24
     ws = []
@@ -344,8 +351,11 @@ def _laplace_weights(theta: int) -> np.ndarray:
         ws.append(value)
         value = (value * theta) >> 16
     w[1:1 + len(ws)] = ws
-    w.flags.writeable = False
-    return w
+    by_symbol = w[(np.arange(1, MAX_PARAMETRIC_RADIX, dtype=np.int64) + 1) >> 1]
+    running = np.cumsum(by_symbol)
+    by_symbol.flags.writeable = False
+    running.flags.writeable = False
+    return by_symbol, running
 
 
 def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.ndarray:
@@ -359,12 +369,15 @@ def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.nda
     nonzero = radix - 1
     f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
     rest = total - f0 - nonzero
-    mags = (np.arange(1, radix, dtype=np.int64) + 1) >> 1  # magnitude of each zigzag symbol >= 1
-    weights = _laplace_weights(theta)[mags]
-    wsum = int(weights.sum())
-    freqs = np.ones(radix, dtype=np.int64)
+    by_symbol, running = _laplace_weights(theta)
+    weights = by_symbol[:nonzero]  # symbols 1 .. radix - 1
+    wsum = int(running[nonzero - 1])
+    freqs = np.empty(radix, dtype=np.int64)
     if wsum:
-        freqs[1:] += (rest * weights) // wsum
+        np.floor_divide(rest * weights, wsum, out=freqs[1:])
+        freqs[1:] += 1
+    else:
+        freqs[1:] = 1
     freqs[0] = total - int(freqs[1:].sum())
     return freqs
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import sys
 import threading
 from typing import Any
@@ -347,6 +348,13 @@ def _check_decode_args(count: Any, table: Any, out_dtype: Any) -> tuple[int, np.
     return n, odt.newbyteorder("=")
 
 
+#: Largest value of each integer output dtype (``np.iinfo`` costs microseconds per call).
+_DTYPE_MAX: dict[np.dtype, int] = {}
+#: Blocks with at most this many lanes have their lane header checked with ``struct`` rather than numpy
+#: (a few microseconds less per block: files of many small tensors hold many such blocks).
+_SCALAR_HEADER_LANES = 32
+
+
 def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: int) -> np.ndarray | Block:
     """Apply the reader checks of spec section 6.2; a trivial block's output, or the block to decode."""
     try:
@@ -354,11 +362,14 @@ def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: 
     except (TypeError, ValueError, BufferError) as exc:
         raise InvalidInputError(f"ANS block: cannot read a buffer from {type(buf).__name__}: {exc}") from None
     size = data.size
-    if n > 0 and int(table.symbols[-1]) > int(np.iinfo(odt).max):
+    top = _DTYPE_MAX.get(odt)
+    if top is None:
+        top = _DTYPE_MAX[odt] = int(np.iinfo(odt).max)
+    if n > 0 and int(table.symbols[-1]) > top:
         raise CorruptDataError(f"ANS block: table symbol {int(table.symbols[-1])} does not fit {odt}")
     if size < 4:
         raise TruncatedError("ANS block: missing lane count", offset=size)
-    lanes = int(data[:4].view("<u4")[0])
+    (lanes,) = struct.unpack_from("<I", data, 0)
 
     if n == 0 or table.num_symbols == 1:
         if lanes != 0:
@@ -374,8 +385,13 @@ def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: 
     if header_end > size:
         raise TruncatedError(f"ANS block: {lanes} lane word counts need {4 * lanes} bytes, "
                              f"{size - 4} left", offset=size)
-    counts = data[4:header_end].view("<u4").astype(np.int64)
-    total = int(counts.sum())
+    small = lanes <= _SCALAR_HEADER_LANES
+    if small:
+        lane_words = struct.unpack_from(f"<{lanes}I", data, 4)
+        total = sum(lane_words)
+    else:
+        counts = data[4:header_end].view("<u4").astype(np.int64)
+        total = int(counts.sum())
     end = header_end + 4 * total
     if end > size:
         raise TruncatedError(f"ANS block: lanes hold {total} words ({4 * total} bytes), "
@@ -383,6 +399,16 @@ def _parse_block(buf: Any, n: int, table: FrequencyTable, odt: np.dtype, index: 
     if end < size:
         raise CorruptDataError(f"ANS block: {size - end} bytes after the end of the block", offset=end)
     words = data[header_end:end].view("<u4")  # a view (Block.words copies it when a decoder needs it)
+    if small:
+        # the same checks as below, lane by lane: no lane may end in a zero word
+        first, at = [], 0
+        for j, count in enumerate(lane_words):
+            first.append(at)
+            at += count
+            if count and struct.unpack_from("<I", data, header_end + 4 * (at - 1))[0] == 0:
+                raise CorruptDataError(f"ANS block: lane {j} ends in a zero word", offset=header_end + 4 * (at - 1))
+        return Block(index, n, table, odt, words, np.array(first, dtype=np.int64),
+                     np.array(lane_words, dtype=np.int64), header_end, data)
     starts = np.zeros(lanes, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     nonempty = np.flatnonzero(counts)

@@ -712,6 +712,14 @@ class PayloadReader:
 
     def varint(self, what: str, limit: int) -> int:
         """An unsigned LEB128 value of at most ``limit``, in its shortest encoding (at most 10 bytes)."""
+        pos = self.pos
+        if pos < len(self.data):  # one byte (most fields of a small file): no call into the general reader
+            value = self.data[pos]
+            if value < 0x80:
+                if value > limit:
+                    raise self.fail(f"{what} {value} is over the limit of {limit}", LimitExceededError)
+                self.pos = pos + 1
+                return value
         try:
             value, self.pos = read_leb128(self.data, self.pos, len(self.data), max_bytes=10, what=what)
         except RdcError as exc:  # located in this record; running out of the record is corruption
