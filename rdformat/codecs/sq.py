@@ -46,7 +46,7 @@ def zigzag(levels: np.ndarray) -> np.ndarray:
 def unzigzag(symbols: np.ndarray) -> np.ndarray:
     """Inverse of :func:`zigzag`."""
     s = symbols.astype(np.int64, copy=False)
-    return np.where(s & 1, -((s + 1) >> 1), s >> 1).astype(np.int32)
+    return ((s >> 1) ^ -(s & 1)).astype(np.int32)  # odd s: ~(s >> 1) = -((s + 1) >> 1)
 
 
 def dequantize(levels: np.ndarray, step: float, offset1: float, offset2: float, dtype: np.dtype) -> np.ndarray:
@@ -317,6 +317,8 @@ def _group(z: np.ndarray, k: int, radix: int) -> np.ndarray:
 
 def _ungroup(symbols: np.ndarray, k: int, radix: int) -> np.ndarray:
     """Inverse of :func:`_group` (without removing the padding)."""
+    if k == 1:  # the digit is the symbol (symbols are below radix ** k)
+        return symbols.astype(np.int64)
     s = symbols.astype(np.int64).reshape(-1, 1)
     return ((s // (radix ** np.arange(k, dtype=np.int64))) % radix).reshape(-1)
 

@@ -193,9 +193,14 @@ def compiled_active(work: int | None = None) -> bool:
     Codecs then use their compiled kernels (``rdformat.codecs.kernels_numba``) too, producers theirs;
     with any other backend they run their numpy code. Results are identical either way.
     """
-    if _preferred in ("numpy", "constriction") or os.environ.get(_ENV_NO_NUMBA, "").strip() not in ("", "0"):
+    global _numba_warm
+    # what _resolve_backend("auto", work) decides, without its constriction check (called per chunk)
+    if _preferred in ("numpy", "constriction") or _preferred == "auto" and not _numba_pays(work):
         return False
-    return _resolve_backend("auto", work)[0] == "numba"
+    if _numba()[0] is None:  # not installed, or disabled by RDFORMAT_NO_NUMBA
+        return False
+    _numba_warm = True
+    return True
 
 
 def parallel_map(fn: Any, items: list, work: int | None = None) -> list:
