@@ -206,6 +206,26 @@ def test_classes_mode_is_used_for_row_scaled_levels_and_round_trips():
     np.testing.assert_array_equal(got, dq_reconstruct(levels, 0.01, 64, np.dtype(np.float32)))
 
 
+def test_classes_mode_with_a_short_last_segment_round_trips():
+    """The last segment of a CLASSES chunk may be short: its class's levels end early (decoded by segment
+    rows, the padding cut off again), on every backend."""
+    from rdformat.codecs.dq import MODE_CLASSES
+    from rdformat.entropy import ans
+    from rdformat.format.dtypes import by_numpy
+
+    f32 = by_numpy(np.dtype(np.float32))
+    for cut in (1, 37, 299):
+        levels = _row_scaled_levels(seed=cut).reshape(-1)[:-cut]
+        codec = DQCodec(0.01, 64, segment_hint=300)
+        payload = codec.encode_chunk(levels, f32)
+        assert payload[0] == MODE_CLASSES
+        for backend in ans.available_backends():
+            with ans.use_backend(backend):
+                np.testing.assert_array_equal(codec.decode_levels(memoryview(payload), levels.size), levels)
+                got = codec.decode_chunk(memoryview(payload), levels.size, f32)
+                np.testing.assert_array_equal(got, dq_reconstruct(levels, 0.01, 64, np.dtype(np.float32)))
+
+
 def test_classes_mode_damage_raises_rdformat_errors():
     from rdformat.format.dtypes import by_numpy
 
