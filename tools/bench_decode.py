@@ -9,7 +9,8 @@ files are byte-identical), then loaded with ``rdformat.load`` on each path; the 
 bit-identical.
 
 Speeds are weights (all tensor elements) per second and float32 bytes per second, from the wall time of
-the fastest of ``--repeat`` loads (the numba path decodes on two threads; "CPU/wall" is the CPU time of
+the fastest of ``--repeat`` loads (at least 40 for the MTCNN nets, whose loads take milliseconds; the peers'
+decodes get the same count) (the numba path decodes on two threads; "CPU/wall" is the CPU time of
 that load over its wall time). Encode is timed once per path (wall). ZipNN 0.5.4 (lossless; the same bytes
 in one buffer, ``threads=1`` and ``threads=2``) and zstd -3 run in the same process on the same machine.
 NNCodec 2.1.3 (``tools/nncodec_peer.py``, when it reports ``available()``) decodes its own bitstream of the
@@ -104,6 +105,17 @@ def models(quick: bool) -> list[tuple[str, dict[str, np.ndarray]]]:
     return out
 
 
+#: Models under this many weights load in milliseconds: their fastest load is taken over at least
+#: SMALL_REPEAT loads (the peers' decodes too), since a few samples of a millisecond are mostly noise.
+SMALL_WEIGHTS = 1_000_000
+SMALL_REPEAT = 40
+
+
+def load_repeats(weights: int, repeat: int) -> int:
+    """How many timed loads (and peer decodes) a model of ``weights`` weights gets."""
+    return max(repeat, SMALL_REPEAT) if weights < SMALL_WEIGHTS else repeat
+
+
 def time_load(data: bytes, backend: str, repeat: int) -> tuple[float, float, dict[str, np.ndarray]]:
     """(wall seconds of the fastest load, its CPU seconds, decoded tensors)."""
     best = (float("inf"), 0.0)
@@ -178,7 +190,8 @@ def nncodec_row(tensors: dict[str, np.ndarray], target_bytes: int, repeat: int) 
         if not nncodec_peer.available():
             return None
         n = sum(a.size for a in tensors.values())
-        runs = nncodec_peer.run(tensors, qps=[-40, -36, -32, -28, -24, -20, -16], repeats=repeat)
+        runs = nncodec_peer.run(tensors, qps=[-40, -36, -32, -28, -24, -20, -16], repeats=repeat,
+                                decode_repeats=load_repeats(n, repeat))
     except Exception as exc:  # noqa: BLE001 - the peer is optional; report and go on
         print(f"NNCodec failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -259,7 +272,7 @@ def main() -> None:
                     rdformat.save(tensors, buf, **kwargs)
                     enc = time.perf_counter() - t0
                 files[path] = buf.getvalue()
-                wall, cpu, decoded[path] = time_load(files[path], path, args.repeat)
+                wall, cpu, decoded[path] = time_load(files[path], path, load_repeats(n, args.repeat))
                 data = files[path]
                 rows.append((model_name, n, mb, mode, 8 * len(data) / n, len(data), f"rdformat, {path}", enc, wall,
                              cpu / wall))
@@ -271,7 +284,7 @@ def main() -> None:
             if any(not same(decoded[paths[0]], decoded[p]) for p in paths[1:]):
                 raise SystemExit(f"{model_name} {mode}: the paths decode differently")
             if mode == "lossless":
-                for peer, size, enc, dec in peer_lossless(tensors, args.repeat):
+                for peer, size, enc, dec in peer_lossless(tensors, load_repeats(n, args.repeat)):
                     rows.append((model_name, n, mb, mode, 8 * size / n, size, peer, enc, dec, float("nan")))
                     print(f"{model_name:26s} {mode:12s} {peer:12s} encode {mb / enc:7.0f} MB/s, decode "
                           f"{mb / dec:7.0f} MB/s", file=sys.stderr)

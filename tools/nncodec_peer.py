@@ -11,8 +11,8 @@ subprocess (tools/nncodec_runner.py); tensors and results travel through tempora
 Each result dict: qp, step (weight step size), nonweight_qp, nonweight_step, bytes (complete NNR
 bitstream length), n_weights (elements of all input tensors), bits_per_weight (8 * bytes / n_weights),
 decoded ({name: array} with the input shapes; float32, or int32 for integer inputs), encode_s,
-decode_s (single-threaded wall clock, min over ``repeats``), encode_cpu_s, decode_cpu_s (process CPU
-time of the same calls, min over ``repeats``), skipped (0-d tensors left out when
+decode_s (single-threaded wall clock, min over ``repeats`` runs, or ``decode_repeats`` decodes if more),
+encode_cpu_s, decode_cpu_s (process CPU time of the same calls, min over the same runs), skipped (0-d tensors left out when
 scalars="skip"), cast ({name: original dtype} for inputs converted to float32/int32), versions.
 
 The venv is found at $NNCODEC_VENV, else <repo>/.venv-nncodec.
@@ -106,6 +106,7 @@ def run(
     opt_qp: bool = False,
     scalars: str = "reshape",
     repeats: int = 1,
+    decode_repeats: int = 0,
     keep_bitstreams: bool = False,
     timeout: float | None = None,
     workdir: str | os.PathLike | None = None,
@@ -135,6 +136,7 @@ def run(
         "opt_qp": bool(opt_qp),
         "scalars": scalars,
         "repeats": int(repeats),
+        "decode_repeats": int(decode_repeats),
         "keep_bitstreams": bool(keep_bitstreams),
     }
     ctx = tempfile.TemporaryDirectory(prefix="nncodec_peer_") if workdir is None else None

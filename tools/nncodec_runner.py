@@ -67,6 +67,7 @@ DEFAULTS = {
     "qp_per_tensor": None,
     "scalars": "reshape",  # reshape | skip | error  (0-d tensors, see module doc)
     "repeats": 1,  # timing: minimum over this many encode and decode runs
+    "decode_repeats": 0,  # timing: at least this many decode runs (the minimum is taken)
     "keep_bitstreams": False,  # also write qp_<qp>.nnc into out_dir
 }
 NNCODEC_VERSION = "2.1.3"
@@ -230,20 +231,26 @@ def run_request(req: dict) -> dict:
             args = _nn_args(qp, opts, scratch)
             enc_t, dec_t, enc_c, dec_c = [], [], [], []
             bs = dec = None
-            for _ in range(max(1, int(opts["repeats"]))):
-                params = {k: v.copy() for k, v in coded.items()}
+            repeats = max(1, int(opts["repeats"]))
+            # decodes beyond the encodes (a small model's decode takes milliseconds: its minimum needs more
+            # samples than an encode's)
+            decodes = max(repeats, int(opts.get("decode_repeats") or 0))
+            for i in range(decodes):
                 with contextlib.redirect_stdout(sys.stderr):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    bs_i = nn_api.encode(params, args=args)
+                    if i < repeats:
+                        params = {k: v.copy() for k, v in coded.items()}
+                        c0, t0 = time.process_time(), time.perf_counter()
+                        bs_i = nn_api.encode(params, args=args)
+                        c1, t1 = time.process_time(), time.perf_counter()
+                        if bs is not None and bytes(bs_i) != bytes(bs):
+                            raise RuntimeError("NNCodec encoder is not deterministic across repeats")
+                        bs = bs_i
+                        enc_t.append(t1 - t0)
+                        enc_c.append(c1 - c0)
                     c1, t1 = time.process_time(), time.perf_counter()
-                    dec_i = nn_api.decode(bytearray(bs_i), args=args)
+                    dec = nn_api.decode(bytearray(bs), args=args)
                     c2, t2 = time.process_time(), time.perf_counter()
-                if bs is not None and bytes(bs_i) != bytes(bs):
-                    raise RuntimeError("NNCodec encoder is not deterministic across repeats")
-                bs, dec = bs_i, dec_i
-                enc_t.append(t1 - t0)
                 dec_t.append(t2 - t1)
-                enc_c.append(c1 - c0)
                 dec_c.append(c2 - c1)
             decoded = {}
             for nname, (name, shape) in back.items():
