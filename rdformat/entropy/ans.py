@@ -539,7 +539,8 @@ def decode_many(blocks: Any, *, backend: str = "auto", out_dtype: Any = np.uint3
         the first failing block, whose position in ``blocks`` is the exception's ``block_index``
         attribute (error offsets are positions in that block's ``buf``).
     """
-    _resolve_backend(backend)  # an unknown backend fails before any block is read
+    if backend != "auto":
+        _resolve_backend(backend)  # an unknown or unusable backend fails before any block is read
     results: list[Any] = []
     pending: list[Block] = []
     for i, item in enumerate(blocks):
