@@ -23,6 +23,7 @@ evaluated on the eval files with margin < 4 or < 5 (s16 checks on all 3000 that 
   s16  checks on all 3000 files that no file outside the low-margin subsets flips
   s18  compensation with covariances from low-margin calibration files only
   s19  ceiling: oracle sensitivity plus compensation
+  s20  bound: only the conv quantized (everything else float): its bytes against the margin noise
 """
 import os, sys, io, time, json
 from pathlib import Path
