@@ -339,12 +339,13 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
                                      _parametric_freqs(radix, precision, p0, theta))
 
 
-@functools.lru_cache(maxsize=64)
-def _laplace_weights(theta: int) -> tuple[np.ndarray, np.ndarray]:
-    """``w(m)`` of :func:`parametric_table` for each zigzag symbol 1 .. MAX_PARAMETRIC_RADIX - 1 (magnitude
+@functools.lru_cache(maxsize=256)
+def _laplace_weights(theta: int, symbols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``w(m)`` of :func:`parametric_table` for each zigzag symbol 1 .. ``symbols`` - 1 (magnitude
     ``(symbol + 1) >> 1``) and their running sums (read-only; cached: an encoder scores a few ``p0`` and
-    precisions per ``theta``, a decoder builds one table per chunk, and the recurrence is sequential)."""
-    w = np.zeros(MAX_PARAMETRIC_RADIX // 2 + 1, dtype=np.int64)
+    precisions per ``theta``, and the recurrence is sequential). ``symbols`` is a power of two (at most
+    MAX_PARAMETRIC_RADIX): a decoder's small radix does not pay for the recurrence up to 512."""
+    w = np.zeros(symbols // 2 + 1, dtype=np.int64)
     value = 1 << 24
     ws = []
     for _m in range(1, w.size):  # sequential on purpose: the exact integer recurrence is normative
@@ -353,7 +354,7 @@ def _laplace_weights(theta: int) -> tuple[np.ndarray, np.ndarray]:
         ws.append(value)
         value = (value * theta) >> 16
     w[1:1 + len(ws)] = ws
-    by_symbol = w[(np.arange(1, MAX_PARAMETRIC_RADIX, dtype=np.int64) + 1) >> 1]
+    by_symbol = w[(np.arange(1, symbols, dtype=np.int64) + 1) >> 1]
     running = np.cumsum(by_symbol)
     by_symbol.flags.writeable = False
     running.flags.writeable = False
@@ -371,7 +372,7 @@ def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.nda
     nonzero = radix - 1
     f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
     rest = total - f0 - nonzero
-    by_symbol, running = _laplace_weights(theta)
+    by_symbol, running = _laplace_weights(theta, max(16, 1 << (radix - 1).bit_length()))
     weights = by_symbol[:nonzero]  # symbols 1 .. radix - 1
     wsum = int(running[nonzero - 1])
     freqs = np.empty(radix, dtype=np.int64)
