@@ -156,15 +156,11 @@ def magika_model_path() -> Path:
     return Path(magika.__file__).parent / "models" / "standard_v3_3" / "model.onnx"
 
 
-def magika_features(limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """magika's own feature extraction (beg/end bytes) of up to ``limit`` real files."""
-    from magika import Magika
-    from magika.types.seekable import Seekable
-
+def magika_files() -> list[Path]:
+    """The real files magika is evaluated on (stdlib + this repository, at least its minimum size), sorted."""
     cfg = json.loads((magika_model_path().parent / "config.min.json").read_text())
-    roots = [Path(sysconfig.get_paths()["stdlib"]), ROOT]
     files = []
-    for root in roots:
+    for root in (Path(sysconfig.get_paths()["stdlib"]), ROOT):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith((".venv", ".git")) and d != "__pycache__"]
             for f in filenames:
@@ -174,19 +170,32 @@ def magika_features(limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
                         files.append(p)
                 except OSError:
                     pass
-    files.sort()
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(files), size=min(limit, len(files)), replace=False)
-    rows, names = [], []
-    for i in pick:  # random order: evaluation and calibration files are split from one random sample
-        p = files[i]
+    return sorted(files)
+
+
+def magika_rows(paths) -> np.ndarray:
+    """magika's own feature extraction (beg/end bytes) of ``paths``: one int32 row per file."""
+    from magika import Magika
+    from magika.types.seekable import Seekable
+
+    cfg = json.loads((magika_model_path().parent / "config.min.json").read_text())
+    rows = []
+    for p in paths:
         with open(p, "rb") as fh:
             fs = Magika._extract_features_from_seekable(
                 Seekable(fh), cfg["beg_size"], cfg["mid_size"], cfg["end_size"], cfg["padding_token"],
                 cfg["block_size"], cfg["use_inputs_at_offsets"])
         rows.append(fs.beg[: cfg["beg_size"]] + fs.end[-cfg["end_size"]:])
-        names.append(str(p))
-    return np.asarray(rows, np.int32), names
+    return np.asarray(rows, np.int32)
+
+
+def magika_features(limit: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """magika's features of up to ``limit`` real files picked at random (evaluation and calibration files
+    are split from one random sample)."""
+    files = magika_files()
+    rng = np.random.default_rng(seed)
+    pick = [files[i] for i in rng.choice(len(files), size=min(limit, len(files)), replace=False)]
+    return magika_rows(pick), [str(p) for p in pick]
 
 
 def task_magika(args) -> dict:
