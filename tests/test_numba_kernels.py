@@ -399,18 +399,18 @@ def test_group_rows_match_numpy() -> None:
         size = min(radix ** k, 300)
         symbols = np.unique(rng.integers(0, radix ** k, size=size)).astype(np.uint32)
         want_levels = unzigzag(_ungroup(symbols.astype(np.int64), k, radix)).reshape(-1, k)
-        for dense in (True, False):
-            rows = kn.group_rows(symbols, k, radix, dense)
-            got = rows[symbols] if dense else rows
-            assert got.dtype == np.int32 and np.array_equal(got, want_levels)
-            for step, o1, o2 in ((0.013, 0.0, 0.0), (3.3e-5, 0.21, 0.07), (1.0, 0.5, 0.999)):
-                values = kn.group_rows(symbols, k, radix, dense, (step, o1, o2))
-                got = values[symbols] if dense else values
-                for dtype in (np.float64, np.float32, np.float16):
-                    want = dequantize(want_levels.reshape(-1), step, o1, o2, np.dtype(dtype))
-                    assert got.astype(dtype).reshape(-1).tobytes() == want.tobytes()
+        rows = kn.group_rows(symbols, k, radix)
+        assert rows.shape == (radix ** k, k)
+        assert np.array_equal(rows[symbols].astype(np.int32), want_levels)
+        absent = np.setdiff1d(np.arange(radix ** k), symbols)
+        assert not rows[absent].any()
+        for step, o1, o2 in ((0.013, 0.0, 0.0), (3.3e-5, 0.21, 0.07), (1.0, 0.5, 0.999)):
+            got = kn.group_rows(symbols, k, radix, step, o1, o2)[symbols]
+            for dtype in (np.float64, np.float32, np.float16):
+                want = dequantize(want_levels.reshape(-1), step, o1, o2, np.dtype(dtype))
+                assert got.astype(dtype).reshape(-1).tobytes() == want.tobytes()
     with pytest.raises(ValueError):
-        kn.group_rows(np.array([9], np.uint32), 2, 3, True)
+        kn.group_rows(np.array([9], np.uint32), 2, 3)
 
 
 def test_dq_reconstruct_matches_numpy() -> None:

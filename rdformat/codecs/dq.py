@@ -125,17 +125,17 @@ def _histogram_bytes(counts: np.ndarray) -> float:
 
 def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.ndarray:
     """Group symbols -> levels (k per symbol) by one gather from the levels of the table's symbols."""
-    if radix ** k <= 4 * symbols.size and ans.compiled_active():
+    dense = radix ** k <= 4 * symbols.size  # a table row per possible group symbol
+    if dense and ans.compiled_active():
         from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
-        return gather_compiled(symbols, kernels_numba.group_rows(table.symbols, k, radix, True), symbols.size * k)
+        lut = kernels_numba.group_rows(table.symbols, k, radix).astype(np.int32)  # levels are exact in float64
+        return gather_compiled(symbols, lut, symbols.size * k)
     present = table.symbols.astype(np.int64)
     values = unzigzag(_ungroup(present, k, radix)).reshape(-1, k)
-    if radix ** k <= 4 * symbols.size:
+    if dense:
         lut = np.zeros((radix ** k, k), dtype=np.int32)
         lut[present] = values
-        if ans.compiled_active():
-            return gather_compiled(symbols, lut, symbols.size * k)
         return lut[symbols].reshape(-1)
     return values[np.searchsorted(present, symbols)].reshape(-1)
 
@@ -290,10 +290,12 @@ class DQCodec(AxisScaled, Codec):
             raise CorruptDataError(f"dq class map: {exc.message}", offset=parts[0][0] + (exc.offset or 0)) from None
         if segments and (int(classes.min()) < 0 or int(classes.max()) >= n_classes):
             raise CorruptDataError(f"dq class map holds a class outside 0..{n_classes - 1}", offset=parts[0][0])
-        # Elements per class from the segments' classes (no per-element class array: the last segment
-        # is the only short one, by ``pad`` elements).
-        pad = seg * segments - count
-        sizes = np.bincount(classes, minlength=n_classes).astype(np.int64) * seg
+        # Elements per class from the segments' classes (no per-element class array): every segment is
+        # ``width`` long but the last, ``pad`` shorter; one segment is the whole chunk (``seg`` may be far
+        # larger than the chunk).
+        width = seg if segments > 1 else max(count, 1)
+        pad = width * segments - count
+        sizes = np.bincount(classes, minlength=n_classes).astype(np.int64) * width
         if segments:
             sizes[int(classes[-1])] -= pad
         blocks, layouts, tables = [], [], []
@@ -309,11 +311,9 @@ class DQCodec(AxisScaled, Codec):
             tables.append(table)
 
         def classed(decoded: list) -> np.ndarray:
-            # Segment rows of a padded chunk: class c's levels fill its rows in order, the short last
-            # segment's class gets ``pad`` zeros at its end (cut off again below). One segment: its
-            # class's levels are the chunk (a padded row could be far larger than the chunk).
-            last = int(classes[-1]) if segments else -1
-            rows = np.zeros((segments, seg) if segments > 1 else (0, seg), dtype=np.int32)
+            # Segment rows of the chunk padded to whole segments: class c's levels fill its rows in order,
+            # the last segment's class gets ``pad`` zeros at its end (cut off again below).
+            rows = np.zeros((segments, width), dtype=np.int32)
             it = iter(decoded)
             for c, (k, radix, where) in enumerate(layouts):
                 if k:
@@ -321,14 +321,10 @@ class DQCodec(AxisScaled, Codec):
                     n = int(sizes[c])
                     SQCodec.check_padding(symbols, k, radix, n, where)
                     values = _symbols_to_levels(symbols, tables[c], k, radix)[:n]
-                    if segments == 1:
-                        if c == last:
-                            return values
-                        continue
-                    if c == last and pad:
+                    if pad and c == int(classes[-1]):
                         values = np.concatenate([values, np.zeros(pad, dtype=values.dtype)])
-                    rows[classes == c] = values.reshape(-1, seg)
-            return rows.reshape(-1)[:count] if segments > 1 else np.zeros(count, dtype=np.int32)
+                    rows[classes == c] = values.reshape(-1, width)
+            return rows.reshape(-1)[:count]
 
         return blocks, classed
 

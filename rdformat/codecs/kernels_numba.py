@@ -14,8 +14,8 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
 * :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
   group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
   ``_symbols_to_levels`` in ``dq``).
-* :func:`group_rows` - ``sq``/``dq``: a level table's group symbols -> the levels of each group, or their
-  ``sq`` values (replaces ``_ungroup``, ``unzigzag``, ``dequantize`` and the table fill of a chunk: a dozen
+* :func:`group_rows` - ``sq``/``dq``: a level table's group symbols -> the ``sq`` values (or levels) of
+  each group (replaces ``_ungroup``, ``unzigzag``, ``dequantize`` and the table fill of a chunk: a dozen
   numpy calls on a few dozen symbols, most of a small chunk's decode).
 * :func:`dq_reconstruct` - ``dq``: levels -> values through the 4-state trellis (replaces
   ``rdformat.codecs.dq.dq_reconstruct`` for float32/float64 outputs).
@@ -186,25 +186,21 @@ if AVAILABLE:
         return -1
 
     @njit(cache=True, nogil=True)
-    def _group_rows(symbols: np.ndarray, k: int, radix: int, dense: bool, step: float, offset1: float,
-                    offset2: float, levels: np.ndarray, values: np.ndarray) -> int:
-        """Row ``s`` (dense) or ``i`` of ``levels`` (int32) or, when it is empty, ``values`` (float64): the
-        ``k`` levels of group symbol ``s = symbols[i]`` (digits base ``radix``, zigzag), dequantized by the
-        ``sq`` rule for ``values``; -1, or the first ``i`` whose row is outside the output."""
-        as_values = levels.shape[0] == 0
-        rows = values.shape[0] if as_values else levels.shape[0]
+    def _group_rows(symbols: np.ndarray, k: int, radix: int, step: float, offset1: float, offset2: float,
+                    values: np.ndarray) -> int:
+        """Row ``s`` of ``values``: the ``k`` levels of group symbol ``s`` of ``symbols`` (digits base
+        ``radix``, zigzag), dequantized by the ``sq`` rule; -1, or the first index whose symbol is outside
+        the rows."""
         for i in range(symbols.size):
             s = np.int64(symbols[i])
-            r = s if dense else np.int64(i)
-            if r < 0 or r >= rows:
+            r = s
+            if r < 0 or r >= values.shape[0]:
                 return i
             for j in range(k):
                 z = s % radix
                 s //= radix
                 q = (z >> 1) ^ -(z & 1)  # zigzag: 0, 1, 2, 3, 4 ... -> 0, -1, 1, -2, 2 ...
-                if not as_values:
-                    levels[r, j] = q
-                elif q == 0:
+                if q == 0:
                     values[r, j] = 0.0
                 else:
                     # spec 5.3 in float64, the operations of sq.dequantize in its order
@@ -393,37 +389,28 @@ def gather_groups(index: np.ndarray, values: np.ndarray, count: int, out: np.nda
     return int(status), out[:count]
 
 
-def group_rows(symbols: np.ndarray, k: int, radix: int, dense: bool, sq: tuple[float, float, float] | None = None
-               ) -> np.ndarray:
-    """The levels of each group symbol of a level table (``sq``/``dq``, spec 5.3), or their ``sq`` values.
+def group_rows(symbols: np.ndarray, k: int, radix: int, step: float = 1.0, offset1: float = 0.0,
+               offset2: float = 0.0) -> np.ndarray:
+    """The ``sq`` values of each group symbol of a level table (spec 5.3), one row per possible symbol.
 
     Args:
         symbols: the table's group symbols (``FrequencyTable.symbols``: increasing, each below
             ``radix ** k``).
         k, radix: the group size and digit radix of the chunk.
-        dense: one row per possible group symbol (``radix ** k`` rows, indexed by symbol; rows of absent
-            symbols are zero) instead of one per table symbol.
-        sq: ``(step, offset1, offset2)``: dequantize (float64 results, to be rounded to the tensor's dtype
-            by the caller, as ``sq.dequantize`` does); else int32 levels.
+        step, offset1, offset2: the dequantization; the defaults give the levels themselves (exact in
+            float64: ``.astype(np.int32)`` for ``dq``).
 
     Returns:
-        A ``(rows, k)`` array.
+        A float64 ``(radix ** k, k)`` array, row ``s`` for symbol ``s`` (rows of absent symbols zero), to
+        be rounded to the tensor's dtype by the caller, as ``sq.dequantize`` does.
 
     Raises:
         ValueError: a symbol outside ``radix ** k`` rows (a caller bug: tables are checked when parsed).
     """
-    rows = radix ** k if dense else symbols.size
-    if sq is None:
-        levels = np.zeros((rows, k), dtype=np.int32)
-        values = np.zeros((0, k), dtype=np.float64)
-    else:
-        levels = np.zeros((0, k), dtype=np.int32)
-        values = np.zeros((rows, k), dtype=np.float64)
-    step, offset1, offset2 = sq if sq is not None else (1.0, 0.0, 0.0)
-    if _group_rows(symbols, int(k), int(radix), bool(dense), float(step), float(offset1), float(offset2),
-                   levels, values) != -1:
-        raise ValueError(f"group_rows: a symbol is outside the {rows} rows of radix {radix}, k {k}")
-    return levels if sq is None else values
+    values = np.zeros((radix ** k, k), dtype=np.float64)
+    if _group_rows(symbols, int(k), int(radix), float(step), float(offset1), float(offset2), values) != -1:
+        raise ValueError(f"group_rows: a symbol is outside the {radix ** k} rows of radix {radix}, k {k}")
+    return values
 
 
 def dq_reconstruct(levels: np.ndarray, step: float, chain: int, out_dtype: Any = np.float32,

@@ -179,21 +179,20 @@ class SQCodec(AxisScaled, Codec):
             symbols = decoded[0]
             self.check_padding(symbols, k, radix, count, pos)
             # Reconstruct each present group once, then gather: decoding is one lookup per group.
-            if radix ** k <= 4 * symbols.size and ans.compiled_active():
+            dense = radix ** k <= 4 * symbols.size  # a table row per possible group symbol
+            if dense and ans.compiled_active():
                 from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
-                lut = kernels_numba.group_rows(table.symbols, k, radix, True,
-                                               (self.step, self.offset1, self.offset2)).astype(out_dtype)
+                lut = kernels_numba.group_rows(table.symbols, k, radix, self.step, self.offset1,
+                                               self.offset2).astype(out_dtype)
                 return gather_compiled(symbols, lut, count, out)
             present = table.symbols.astype(np.int64)
             values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2,
                                 out_dtype)
             values = values.reshape(-1, k)
-            if radix ** k <= 4 * symbols.size:
+            if dense:
                 lut = np.zeros((radix ** k, k), dtype=out_dtype)
                 lut[present] = values
-                if ans.compiled_active():
-                    return gather_compiled(symbols, lut, count, out)
                 return lut[symbols].reshape(-1)[:count]
             # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
             return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
