@@ -186,3 +186,32 @@ def test_planes_a_joint_plane_replaces_are_sized_but_not_coded(monkeypatch):
     assert BS.PLANE_ANS_JOINT in BS.plane_modes(joint, x.size, info.itemsize) and len(calls) == 1
     monkeypatch.setattr(BS, "_encode_joint", lambda *a: None)
     assert BS.ByteSplitCodec("rotl1").encode_chunk(x, info) == BS.ByteSplitCodec("rotl1", joint=False).encode_chunk(x, info)
+
+
+def _pair_table_precision(chunk: bytes, count: int, itemsize: int) -> int | None:
+    """The precision of the pair table (plane mode 3) of a bytesplit chunk, None without one."""
+    plan = BS.ByteSplitCodec("rotl1").plan_chunk(memoryview(chunk), count, by_numpy(np.dtype(f"<f{itemsize}")))
+    pairs = [table for _block, n, table, dt in plan.blocks if dt == np.uint16 and n == -(-count // 2)]
+    return pairs[0].precision if pairs else None
+
+
+def test_pair_tables_use_the_fast_precision_unless_fine_codes_smaller():
+    """Large float chunks code their exponent plane as byte pairs at PAIR_PRECISION (a decoder's slot table
+    stays small); a plane of many rare pairs, which a coarse table codes badly, keeps precision 16."""
+    x = _weights(np.float32, n=300_000)  # over JOINT_MAX_ELEMENTS: the pair mode
+    info = by_numpy(x.dtype)
+    codec = BS.ByteSplitCodec("rotl1")
+    chunk = codec.encode_chunk(x, info)
+    assert BS.plane_modes(chunk, x.size, 4) >= {BS.PLANE_ANS_PAIRS}
+    assert _pair_table_precision(chunk, x.size, 4) == BS.PAIR_PRECISION < 16
+    assert codec.decode_chunk(memoryview(chunk), x.size, info).tobytes() == x.tobytes()
+    # 3% outliers spread over 2**-20..2**20: over PAIR_FINE_SYMBOLS pairs, most of them rare, which precision
+    # 14 codes over 0.5% larger
+    rng = np.random.default_rng(5)
+    wide = rng.laplace(0, 0.05, 1 << 20)
+    outliers = rng.random(wide.size) < 0.03
+    wide[outliers] *= np.exp2(rng.integers(-20, 20, int(outliers.sum())))
+    wide = wide.astype(np.float32)
+    chunk = codec.encode_chunk(wide, info)
+    assert _pair_table_precision(chunk, wide.size, 4) == 16
+    assert codec.decode_chunk(memoryview(chunk), wide.size, info).tobytes() == wide.tobytes()

@@ -620,3 +620,40 @@ def test_table_varint_parser_matches_numpy() -> None:
         assert np.array_equal(fast[0], gaps) and fast[1] == mid and np.array_equal(fast[2], fm1) and fast[3] == end
         outcomes.add("parsed")
     assert outcomes == {"error", "parsed"}
+
+
+def test_joint_table_parser_matches_python() -> None:
+    """The compiled joint-table parser (bytesplit plane mode 5): the same table as the Python parser on every
+    valid table, and None wherever that parser raises (flipped bits, truncations, long varints), so that
+    parser names the error."""
+    from rdformat.codecs import bytesplit as BS
+
+    rng = np.random.default_rng(11)
+    outcomes = set()
+    for trial in range(150):
+        t = int(rng.integers(1, 8))
+        m = int(rng.integers(1, 40))
+        q = int(rng.integers(max(2, (m << t).bit_length() + 1), 17))
+        symbols = np.sort(rng.choice(256 << t, size=m, replace=False))
+        table = FrequencyTable.from_counts(symbols, rng.pareto(1.0, size=m) + 0.01, precision=q)
+        raw = bytearray(b"\x07" + BS._joint_table_bytes(table, t))  # at an offset, as in a chunk
+        if trial % 3 == 1:
+            raw[int(rng.integers(1, len(raw)))] ^= 1 << int(rng.integers(8))
+        elif trial % 3 == 2:
+            raw = raw[:int(rng.integers(1, len(raw)))]
+        raw += bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]) if trial % 5 == 0 else b""
+        fast = kn.parse_joint_table(np.frombuffer(bytes(raw), np.uint8), 1, t)
+        with ans.use_backend("numpy"):
+            try:
+                slow, end = BS._read_joint_table(bytes(raw), 1, t, "test")
+            except errors.RdcError:
+                assert fast is None
+                outcomes.add("error")
+                continue
+        assert fast is not None
+        assert fast[0] == slow.precision and fast[3] == end
+        assert np.array_equal(fast[1], slow.symbols) and np.array_equal(fast[2], slow.freqs)
+        if trial % 3 == 0:
+            assert slow == table
+        outcomes.add("parsed")
+    assert outcomes == {"error", "parsed"}
