@@ -657,3 +657,52 @@ def test_joint_table_parser_matches_python() -> None:
             assert slow == table
         outcomes.add("parsed")
     assert outcomes == {"error", "parsed"}
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_decode_map_matches_decode_many(threads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_map: fn sees each group's decode_many result, results in group order, on any thread count; with
+    corrupt blocks in several groups it raises decode_many's error (the first failing block of the batch)."""
+    from rdformat.entropy import ans_compiled
+
+    monkeypatch.setenv("RDFORMAT_THREADS", threads)
+    monkeypatch.setattr(ans_compiled, "PARALLEL_MIN_SYMBOLS", 0)
+    rng = np.random.default_rng(8)
+    groups = []
+    for g in range(40):
+        blocks = []
+        for _ in range(int(rng.integers(0, 4))):  # some groups have no block, some only trivial ones
+            table = random_table(rng, int(rng.integers(6, 15)), int(rng.integers(1, 30)))
+            n = int(rng.integers(0, 3000))
+            values = sample(rng, table, n)
+            blocks.append((ans.encode(values, table), n, table, np.uint16))
+        groups.append(blocks)
+    with ans.use_backend("numba"):
+        want = [ans.decode_many(g) if g else [] for g in groups]
+        got = ans.decode_map(groups, lambda i, decoded: (i, decoded), [1 + len(g) for g in groups])
+        assert [i for i, _d in got] == list(range(len(groups)))
+        for (_i, decoded), expected in zip(got, want):
+            assert len(decoded) == len(expected) and all(np.array_equal(a, b) for a, b in zip(decoded, expected))
+        # corrupt a late block, then an earlier one: the error is the earlier block's, as decode_many says
+        flat = [(g, j) for g, blocks in enumerate(groups) for j, b in enumerate(blocks) if b[1] > 100
+                and b[2].num_symbols > 1]
+        for g, j in (flat[-1], flat[len(flat) // 3]):
+            buf, n, table, dt = groups[g][j]
+            bad = bytearray(buf)
+            bad[-5] ^= 0x40  # inside the last lane's words: the lane no longer ends cleanly
+            groups[g][j] = (bytes(bad), n, table, dt)
+        with pytest.raises(errors.RdcError) as many:
+            ans.decode_many([b for blocks in groups for b in blocks])
+        with pytest.raises(errors.RdcError) as mapped:
+            ans.decode_map(groups, lambda i, decoded: None)
+    assert type(mapped.value) is type(many.value) and str(mapped.value) == str(many.value)
+    assert mapped.value.block_index == many.value.block_index
+    assert "initial state" in str(mapped.value)  # a lane error, found by a decode thread
+
+
+def test_balanced_runs_cover_the_items_in_order() -> None:
+    for work, width in (([5] * 10, 3), ([100, 1, 1, 1, 1], 2), ([1], 4), ([0, 0, 0], 2), ([3, 9, 1, 7, 2, 8], 16)):
+        runs = ans._balanced_runs(work, width)
+        assert runs[0][0] == 0 and runs[-1][1] == len(work) and len(runs) <= width
+        assert all(a < b for a, b in runs) and all(runs[i][1] == runs[i + 1][0] for i in range(len(runs) - 1))
+    assert ans._balanced_runs([5] * 10, 2) == [(0, 5), (5, 10)]

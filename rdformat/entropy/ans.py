@@ -46,7 +46,7 @@ from .models import FrequencyTable
 
 __all__ = [
     "encode", "decode", "decode_many", "available_backends", "set_backend", "use_backend", "default_lanes",
-    "compiled_active", "parallel_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
+    "compiled_active", "parallel_map", "decode_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
 ]
 
 #: Upper bound of the lane count :func:`default_lanes` picks (``lanes=`` may ask for more).
@@ -68,6 +68,8 @@ _ENV_COLD_MIN = "RDFORMAT_NUMBA_MIN_SYMBOLS"
 #: ``ans_numba.ERR_TOO_MANY_WORDS`` (not imported from there: that would import numba).
 _NUMBA_TOO_MANY_WORDS = 9
 _BACKEND_NAMES = ("auto", "numba", "constriction", "numpy")
+#: :func:`decode_map` cuts a batch into this many runs per thread, handed out in order to free threads.
+DECODE_MAP_RUNS_PER_THREAD = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,17 +466,22 @@ def _decode_parsed(blocks: list[Block], name: str, mod: Any, free: bool) -> list
     return [results[id(b)] for b in blocks]
 
 
+def _decode_compiled(blocks: list[Block], mod: Any, width: int | None = None) -> list[np.ndarray]:
+    """Parsed blocks through the compiled decoder (on ``width`` threads); a lane error carries ``block_index``."""
+    out, err = mod.decode(blocks, width)
+    if err is not None:
+        b = blocks[err.block]
+        exc = CorruptDataError(f"ANS block: lane {err.lane} does not decode to its initial state "
+                               f"(corrupt data or wrong table/count)", offset=err.offset)
+        exc.block_index = b.index  # type: ignore[attr-defined]
+        raise exc
+    return out
+
+
 def _decode_expanded(blocks: list[Block], name: str, mod: Any, free: bool) -> list[np.ndarray]:
     """:func:`_decode_parsed` for blocks whose tables are worth expanding to ``2**Q`` slots (numba: any)."""
     if name == "numba":
-        out, err = mod.decode(blocks)
-        if err is not None:
-            b = blocks[err.block]
-            exc = CorruptDataError(f"ANS block: lane {err.lane} does not decode to its initial state "
-                                   f"(corrupt data or wrong table/count)", offset=err.offset)
-            exc.block_index = b.index  # type: ignore[attr-defined]
-            raise exc
-        return out
+        return _decode_compiled(blocks, mod)
     if name == "constriction" and not (free and _numpy_decode_is_faster(blocks)):
         out = []
         for b in blocks:
@@ -541,6 +548,15 @@ def decode_many(blocks: Any, *, backend: str = "auto", out_dtype: Any = np.uint3
     """
     if backend != "auto":
         _resolve_backend(backend)  # an unknown or unusable backend fails before any block is read
+    results, pending = _parse_many(blocks, out_dtype)
+    name, mod, free = _resolve_backend(backend, sum(b.n for b in pending))
+    decoded = iter(_decode_parsed(pending, name, mod, free))
+    return [next(decoded) if isinstance(r, Block) else r for r in results]
+
+
+def _parse_many(blocks: Any, out_dtype: Any) -> tuple[list[Any], list[Block]]:
+    """:func:`decode_many`'s reader checks of every block, in order: (per block, its output if trivial, else
+    its parsed :class:`Block`; the Blocks). An error carries the failing block's ``block_index``."""
     results: list[Any] = []
     pending: list[Block] = []
     for i, item in enumerate(blocks):
@@ -556,6 +572,89 @@ def decode_many(blocks: Any, *, backend: str = "auto", out_dtype: Any = np.uint3
         if isinstance(parsed, Block):
             pending.append(parsed)
         results.append(parsed)
-    name, mod, free = _resolve_backend(backend, sum(b.n for b in pending))
-    decoded = iter(_decode_parsed(pending, name, mod, free))
-    return [next(decoded) if isinstance(r, Block) else r for r in results]
+    return results, pending
+
+
+def _balanced_runs(work: list[int], width: int) -> list[tuple[int, int]]:
+    """Cut ``range(len(work))`` into at most ``width`` contiguous nonempty runs of about equal total work."""
+    total = sum(work)
+    runs, start, acc = [], 0, 0
+    for i, w in enumerate(work):
+        acc += w
+        # close the run once it holds its share of the work (the last run takes the rest)
+        if len(runs) < width - 1 and acc * width >= total * (len(runs) + 1) and i + 1 < len(work):
+            runs.append((start, i + 1))
+            start = i + 1
+    runs.append((start, len(work)))
+    return runs
+
+
+def decode_map(groups: list, fn: Any, work: list[int] | None = None, *, backend: str = "auto",
+               out_dtype: Any = np.uint32) -> list:
+    """``[fn(i, decode_many(groups[i])) for i in range(len(groups))]``, decoding and ``fn`` side by side.
+
+    With the compiled backend and a batch worth threads, each thread takes a contiguous run of groups (of
+    about equal ``work``, e.g. elements per chunk; default their symbols), decodes all their blocks in one
+    call, then calls ``fn`` on each group while its decoded symbols are still in cache: no barrier between
+    decoding and ``fn``, and no group waits for the slowest thread's decoding. ``fn`` must be thread-safe
+    and spend its time in code that releases the GIL (compiled kernels, large numpy operations).
+
+    Args:
+        groups: per group, a list of blocks as :func:`decode_many` takes them (e.g. a chunk's ANS blocks).
+        fn: called as ``fn(i, decoded)`` with group ``i``'s decoded arrays, in order within a thread.
+        work: per group, its cost for the split between threads.
+        backend, out_dtype: as for :func:`decode_many`.
+
+    Returns:
+        ``fn``'s results, in group order.
+
+    Raises:
+        The errors of :func:`decode_many` on all the groups' blocks in order (``block_index`` counts blocks
+        across groups), before any result is returned; an exception of ``fn`` propagates.
+    """
+    if backend != "auto":
+        _resolve_backend(backend)
+    bounds = [0]
+    for g in groups:
+        bounds.append(bounds[-1] + len(g))
+    results, pending = _parse_many([b for g in groups for b in g], out_dtype)
+    total = sum(b.n for b in pending)
+    name, mod, free = _resolve_backend(backend, total)
+    width = mod.threads() if name == "numba" and len(groups) > 1 and total >= mod.PARALLEL_MIN_SYMBOLS else 1
+    if width <= 1:
+        decoded = iter(_decode_parsed(pending, name, mod, free))
+        values = [next(decoded) if isinstance(r, Block) else r for r in results]
+        return [fn(i, values[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
+    if work is None:
+        work = [sum(getattr(r, "n", 0) for r in results[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
+
+    # runs of about an eighth of a thread's share, taken in order by whichever thread is free: a static
+    # split left one thread idle for a quarter of a load (chunks of equal size do not finish equally fast)
+    runs = _balanced_runs(work, width * DECODE_MAP_RUNS_PER_THREAD)
+    done: list = [None] * len(runs)
+    taken = iter(range(len(runs)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                k = next(taken, None)
+            if k is None:
+                return
+            g0, g1 = runs[k]
+            part = results[bounds[g0]:bounds[g1]]
+            try:  # one thread per run: the other threads are busy with other runs
+                blocks = [r for r in part if isinstance(r, Block)]
+                decoded = iter(_decode_compiled(blocks, mod, 1) if blocks else ())
+            except CorruptDataError as exc:  # a lane error: reported for the whole batch below
+                done[k] = (exc, [])
+                continue
+            values = [next(decoded) if isinstance(r, Block) else r for r in part]
+            base = bounds[g0]
+            done[k] = (None, [fn(i, values[bounds[i] - base:bounds[i + 1] - base]) for i in range(g0, g1)])
+
+    mod.run_parallel([worker] * min(width, len(runs)))
+    errors = [e for e, _r in done if e is not None]
+    if errors:  # the first failing block of the batch, as decode_many reports it
+        raise min(errors, key=lambda e: e.block_index)  # type: ignore[attr-defined]
+    return [r for _e, part in done for r in part]

@@ -102,8 +102,11 @@ def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, np.ndarray]:
                                     [t.symbols for t in tabs], expand), index
 
 
-def decode(blocks: list[Block]) -> tuple[list[np.ndarray], LaneError | None]:
+def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarray], LaneError | None]:
     """Decode parsed blocks; (one array of ``b.n`` values of ``b.odt`` per block, None) or (partial, error).
+
+    ``width``: threads to decode on (default: :func:`threads` for a batch of at least
+    ``PARALLEL_MIN_SYMBOLS`` symbols, else 1); a job already running on the pool passes 1.
 
     The error concerns the first block (in batch order) with a lane that does not end cleanly, and its
     lowest such lane, as the numpy decoder reports it.
@@ -130,7 +133,8 @@ def decode(blocks: list[Block]) -> tuple[list[np.ndarray], LaneError | None]:
         outs[dt] = np.empty(int(counts[sel].sum()), dtype=dt)
     # runs of consecutive blocks of one dtype, cut so that each thread gets about as many symbols
     total = int(counts.sum())
-    width = threads() if total >= PARALLEL_MIN_SYMBOLS else 1
+    if width is None:
+        width = threads() if total >= PARALLEL_MIN_SYMBOLS else 1
     share = -(-total // width)
     jobs = []
     for dt, members in groups.items():

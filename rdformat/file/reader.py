@@ -938,31 +938,26 @@ class RdcReader:
         return self._finish_layered({0: pend}, [], self._layer_limit is None)[0][1]
 
     def _decode_pending(self, pending: list["_PendingTensor"]) -> None:
-        """Decode the ANS blocks of the planned chunks of ``pending`` at once; write the chunks out."""
-        blocks, owners = [], []
+        """Decode the ANS blocks of the planned chunks of ``pending`` and write the chunks out: on the compiled
+        backend each decode thread finishes (dequantizes, interleaves, ...) its chunks right after decoding
+        them (the kernels release the GIL); errors still come in order."""
+        work = [(pend, chunk) for pend in pending for chunk in pend.chunks]
         for pend in pending:
-            for chunk in pend.chunks:
-                blocks.extend(chunk[4].blocks)
-                owners.extend([(pend, chunk)] * len(chunk[4].blocks))
+            self._grow(pend)
         try:
-            decoded = ans.decode_many(blocks)
+            errors = ans.decode_map([chunk[4].blocks for _p, chunk in work],
+                                    lambda i, decoded: _finish_chunk((*work[i], decoded)),
+                                    [chunk[3] for _p, chunk in work])
         except RdcError as exc:
             i = getattr(exc, "block_index", None)
             if i is None:
                 raise
-            pend, (index, chead, _s, _c, _p) = owners[i]
-            raise exc.with_context(offset=chead.offset, record="chunk", tensor=pend.header.name)
-        # finish every chunk (dequantize, interleave, ...) and write it out; on the compiled backend the
-        # chunks are spread over the decode threads (the kernels release the GIL), errors still come in order
-        work = []
-        at = 0
-        for pend in pending:
-            for chunk in pend.chunks:
-                nb = len(chunk[4].blocks)
-                work.append((pend, chunk, decoded[at:at + nb]))
-                at += nb
-            self._grow(pend)
-        for error in ans.parallel_map(_finish_chunk, work, sum(chunk[3] for _p, chunk, _d in work)):
+            for pend, (index, chead, _s, _c, plan) in work:  # the chunk holding block i
+                if i < len(plan.blocks):
+                    raise exc.with_context(offset=chead.offset, record="chunk", tensor=pend.header.name)
+                i -= len(plan.blocks)
+            raise
+        for error in errors:
             if error is not None:
                 raise error
         for pend in pending:
