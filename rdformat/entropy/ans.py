@@ -70,6 +70,8 @@ _NUMBA_TOO_MANY_WORDS = 9
 _BACKEND_NAMES = ("auto", "numba", "constriction", "numpy")
 #: :func:`decode_map` cuts a batch into this many runs per thread, handed out in order to free threads.
 DECODE_MAP_RUNS_PER_THREAD = 8
+#: ... but a run gets at least about this much work (symbols or elements): each costs ~0.1 ms of setup.
+DECODE_MAP_RUN_WORK = 1 << 17
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +632,7 @@ def decode_map(groups: list, fn: Any, work: list[int] | None = None, *, backend:
 
     # runs of about an eighth of a thread's share, taken in order by whichever thread is free: a static
     # split left one thread idle for a quarter of a load (chunks of equal size do not finish equally fast)
-    runs = _balanced_runs(work, width * DECODE_MAP_RUNS_PER_THREAD)
+    runs = _balanced_runs(work, max(width, min(width * DECODE_MAP_RUNS_PER_THREAD, sum(work) // DECODE_MAP_RUN_WORK)))
     done: list = [None] * len(runs)
     taken = iter(range(len(runs)))
     lock = threading.Lock()
