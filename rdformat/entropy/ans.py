@@ -595,11 +595,12 @@ def decode_map(groups: list, fn: Any, work: list[int] | None = None, *, backend:
                out_dtype: Any = np.uint32) -> list:
     """``[fn(i, decode_many(groups[i])) for i in range(len(groups))]``, decoding and ``fn`` side by side.
 
-    With the compiled backend and a batch worth threads, each thread takes a contiguous run of groups (of
-    about equal ``work``, e.g. elements per chunk; default their symbols), decodes all their blocks in one
-    call, then calls ``fn`` on each group while its decoded symbols are still in cache: no barrier between
-    decoding and ``fn``, and no group waits for the slowest thread's decoding. ``fn`` must be thread-safe
-    and spend its time in code that releases the GIL (compiled kernels, large numpy operations).
+    With the compiled backend and a batch worth threads, the groups are cut into contiguous runs (of about
+    an eighth of a thread's share of ``work``, e.g. elements per chunk, default their symbols; at least
+    ``DECODE_MAP_RUN_WORK`` each), handed in order to whichever thread is free. A thread decodes a run's
+    blocks in one call, then calls ``fn`` on each of its groups while the decoded symbols are still in
+    cache: no barrier between decoding and ``fn``. ``fn`` must be thread-safe and spend its time in code
+    that releases the GIL (compiled kernels, large numpy operations).
 
     Args:
         groups: per group, a list of blocks as :func:`decode_many` takes them (e.g. a chunk's ANS blocks).
