@@ -291,7 +291,7 @@ def main() -> None:
         n = sum(a.size for a in tensors.values())
         mb = sum(a.nbytes for a in tensors.values()) / 1e6
         lossy_numba = {}  # lossy mode -> (its row's index, the file), for the turns with NNCodec below
-        nncodec_at = None  # the NNCodec row's index
+        nncodec_at = nncodec_qp = None  # the NNCodec row's index and QP
         for mode, kwargs in MODES.items():
             files, decoded = {}, {}
             for path in paths:
@@ -335,16 +335,15 @@ def main() -> None:
             elif mode.startswith("sq") and not args.no_nncodec and (args.nncodec_synthetic or "MTCNN" in model_name):
                 r = nncodec_row(tensors, len(files[paths[0]]), args.repeat)
                 if r is not None:
-                    nncodec_at = len(rows)
+                    nncodec_at, nncodec_qp = len(rows), r["qp"]
                     rows.append((model_name, n, mb, f"NNCodec QP {r['qp']}", 8 * r["bytes"] / n, r["bytes"],
                                  "NNCodec 2.1.3", float("nan"), r["wall"], r["cpu"] / r["wall"]))
         if nncodec_at is not None:
             # NNCodec decodes in a subprocess, so its decodes cannot take turns with our loads one by one;
             # instead both are timed again, NNCodec first, twice, and each keeps its fastest: one phase of
             # this VM's drift no longer decides the comparison
-            qp = int(rows[nncodec_at][3].split()[-1])
             for _ in range(NNCODEC_TURNS):
-                again = nncodec_row(tensors, rows[nncodec_at][5], args.repeat, qps=[qp])
+                again = nncodec_row(tensors, rows[nncodec_at][5], args.repeat, qps=[nncodec_qp])
                 if again is not None and again["wall"] < rows[nncodec_at][8]:
                     rows[nncodec_at] = rows[nncodec_at][:8] + (again["wall"], again["cpu"] / again["wall"])
                 for at, data in lossy_numba.values():

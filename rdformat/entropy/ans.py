@@ -552,8 +552,13 @@ def decode_many(blocks: Any, *, backend: str = "auto", out_dtype: Any = np.uint3
         _resolve_backend(backend)  # an unknown or unusable backend fails before any block is read
     results, pending = _parse_many(blocks, out_dtype)
     name, mod, free = _resolve_backend(backend, sum(b.n for b in pending))
-    decoded = iter(_decode_parsed(pending, name, mod, free))
-    return [next(decoded) if isinstance(r, Block) else r for r in results]
+    return _merged(results, _decode_parsed(pending, name, mod, free))
+
+
+def _merged(results: list[Any], decoded: list[np.ndarray]) -> list[np.ndarray]:
+    """:func:`_parse_many`'s results with each parsed Block replaced, in order, by its decoded array."""
+    it = iter(decoded)
+    return [next(it) if isinstance(r, Block) else r for r in results]
 
 
 def _parse_many(blocks: Any, out_dtype: Any) -> tuple[list[Any], list[Block]]:
@@ -625,8 +630,7 @@ def decode_map(groups: list, fn: Any, work: list[int] | None = None, *, backend:
     name, mod, free = _resolve_backend(backend, total)
     width = mod.threads() if name == "numba" and len(groups) > 1 and total >= mod.PARALLEL_MIN_SYMBOLS else 1
     if width <= 1:
-        decoded = iter(_decode_parsed(pending, name, mod, free))
-        values = [next(decoded) if isinstance(r, Block) else r for r in results]
+        values = _merged(results, _decode_parsed(pending, name, mod, free))
         return [fn(i, values[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
     if work is None:
         work = [sum(getattr(r, "n", 0) for r in results[bounds[i]:bounds[i + 1]]) for i in range(len(groups))]
@@ -648,11 +652,10 @@ def decode_map(groups: list, fn: Any, work: list[int] | None = None, *, backend:
             part = results[bounds[g0]:bounds[g1]]
             try:  # one thread per run: the other threads are busy with other runs
                 blocks = [r for r in part if isinstance(r, Block)]
-                decoded = iter(_decode_compiled(blocks, mod, 1) if blocks else ())
+                values = _merged(part, _decode_compiled(blocks, mod, 1) if blocks else [])
             except CorruptDataError as exc:  # a lane error: reported for the whole batch below
                 done[k] = (exc, [])
                 continue
-            values = [next(decoded) if isinstance(r, Block) else r for r in part]
             base = bounds[g0]
             done[k] = (None, [fn(i, values[bounds[i] - base:bounds[i + 1] - base]) for i in range(g0, g1)])
 

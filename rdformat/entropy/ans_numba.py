@@ -232,31 +232,38 @@ if AVAILABLE:
         return OK, -1, -1
 
     @njit(cache=True, nogil=True, inline="always")
-    def _step(s: np.uint64, p: np.uint64, lo: np.uint64, sh: np.uint64, slots: np.ndarray,
-              coder: np.ndarray, wp: np.ndarray) -> tuple:
-        """One symbol of one lane (spec 6.2): (new state, new word position, decoded value), for a table
-        whose values sit in ``coder``'s top 16 bits. Positions are unsigned: numba then indexes without
-        the wraparound code of negative indices."""
+    def _refill(s: np.uint64, p: np.uint64, need: bool, wp: np.ndarray) -> tuple:
+        """(state, word position) after a step: the lane's next word shifted in when ``need``; wp[p] is inside
+        the array for every p a lane can reach, so the read is unconditional (no unpredictable branch)."""
+        refilled = (s << _S32) | _U64(wp[p])
+        return (refilled if need else s), p - _U64(need)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _advance(s: np.uint64, sh: np.uint64, slots: np.ndarray, coder: np.ndarray) -> tuple:
+        """(state before refill, decoded value) of one symbol (spec 6.2), for a table whose values sit in
+        ``coder``'s top 16 bits: S = (S >> 24) * k + (q - c)."""
         q = s & _MASK24
         kc = coder[slots[q >> sh]]
-        s = (s >> _S24) * (kc & _MASK24) + q - ((kc >> _S24) & _MASK24)  # S = (S >> 24) * k + (q - c)
-        # refill from the lane's next word when the state fell below 2**32 and the lane has words left;
-        # wp[p] is inside the array for every p the lane can reach, so the read is unconditional
-        need = (s < _TWO32) & (p > lo)
-        refilled = (s << _S32) | _U64(wp[p])
-        return (refilled if need else s), p - _U64(need), kc >> _S48
+        return (s >> _S24) * (kc & _MASK24) + q - ((kc >> _S24) & _MASK24), kc >> _S48
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _step(s: np.uint64, p: np.uint64, lo: np.uint64, sh: np.uint64, slots: np.ndarray,
+              coder: np.ndarray, wp: np.ndarray) -> tuple:
+        """One symbol of one lane: (new state, new word position, decoded value); the lane refills when
+        its state fell below 2**32 and it has words left. Positions are unsigned: numba then indexes
+        without the wraparound code of negative indices."""
+        s, v = _advance(s, sh, slots, coder)
+        s, p = _refill(s, p, (s < _TWO32) & (p > lo), wp)
+        return s, p, v
 
     @njit(cache=True, nogil=True, inline="always")
     def _step_unbounded(s: np.uint64, p: np.uint64, sh: np.uint64, slots: np.ndarray, coder: np.ndarray,
                         wp: np.ndarray) -> tuple:
         """:func:`_step` for a lane known to hold a word for this step (its position above its first word):
         the same result without the bound check."""
-        q = s & _MASK24
-        kc = coder[slots[q >> sh]]
-        s = (s >> _S24) * (kc & _MASK24) + q - ((kc >> _S24) & _MASK24)
-        need = s < _TWO32
-        refilled = (s << _S32) | _U64(wp[p])
-        return (refilled if need else s), p - _U64(need), kc >> _S48
+        s, v = _advance(s, sh, slots, coder)
+        s, p = _refill(s, p, s < _TWO32, wp)
+        return s, p, v
 
     @njit(cache=True, nogil=True)
     def _lanes_by_groups(state: np.ndarray, pos: np.ndarray, low: np.ndarray, full: int, rest: int,
