@@ -214,8 +214,10 @@ def test_classes_mode_with_a_short_last_segment_round_trips():
     from rdformat.format.dtypes import by_numpy
 
     f32 = by_numpy(np.dtype(np.float32))
-    for cut in (1, 37, 299):
-        levels = _row_scaled_levels(seed=cut).reshape(-1)[:-cut]
+    zero_rows = _row_scaled_levels(seed=3)
+    zero_rows[::3] = 0  # a class of all-zero rows: its part is a ZERO payload, no ANS block
+    for cut, source in ((1, None), (37, None), (299, None), (5, zero_rows)):
+        levels = (_row_scaled_levels(seed=cut) if source is None else source).reshape(-1)[:-cut]
         codec = DQCodec(0.01, 64, segment_hint=300)
         payload = codec.encode_chunk(levels, f32)
         assert payload[0] == MODE_CLASSES

@@ -97,6 +97,35 @@ def test_round_trip_every_precision(precision: int) -> None:
             assert np.array_equal(out, values)
 
 
+def test_every_lane_remainder_decodes_and_reports_its_bad_lane() -> None:
+    """Lanes run four at a time and the last 1-3 together: every lane count 1..13 decodes bit-exactly (with a
+    partial last step), and a corrupted lane among the last ones is reported as the numpy decoder reports it."""
+    rng = np.random.default_rng(23)
+    table = random_table(rng, 12, 30)
+    for lanes in range(1, 14):
+        n = 97 * lanes + int(rng.integers(lanes))  # rest = n % lanes lanes take one more symbol
+        values = sample(rng, table, n)
+        block = ans.encode(values, table, lanes=lanes, backend="numpy")
+        status, out = numba_decode(block, n, table)
+        assert status == (an.OK, -1, -1, -1) and np.array_equal(out, values), lanes
+        last_lane_word = 4 + 4 * lanes + 4 * int(np.frombuffer(block[4:4 + 4 * lanes], "<u4")[:-1].sum())
+        bad = bytearray(block)
+        bad[last_lane_word] ^= 0x10  # the first word of the last lane
+        with ans.use_backend("numpy"):
+            try:
+                ans.decode(bytes(bad), n, table)
+                expected = None
+            except errors.RdcError as exc:
+                expected = (type(exc), exc.offset)
+        with ans.use_backend("numba"):
+            try:
+                ans.decode(bytes(bad), n, table)
+                got = None
+            except errors.RdcError as exc:
+                got = (type(exc), exc.offset)
+        assert got == expected and expected is not None, lanes
+
+
 def test_large_alphabet_and_default_lanes() -> None:
     rng = np.random.default_rng(5)
     table = random_table(rng, 16, 65536)
@@ -587,14 +616,15 @@ def test_plane_histograms(n: int) -> None:
             assert pair_counts is None
 
 
-def test_table_varint_parser_matches_numpy() -> None:
-    """The compiled varint parser of stored tables: same values as the numpy parser, None wherever that
-    parser raises (truncations, flipped bits, over-long and non-canonical varints)."""
+def test_table_parser_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled parser of stored tables: the same table and end offset as the numpy parser, None
+    wherever that parser raises (truncations, flipped bits, over-long and non-canonical varints, bad sums)."""
     from rdformat.entropy import models
 
+    monkeypatch.setattr(models, "_FAST_TABLE", [])  # FrequencyTable.from_bytes: the numpy parser only
     rng = np.random.default_rng(5)
     outcomes = set()
-    for trial in range(60):
+    for trial in range(90):
         table = random_table(rng, int(rng.integers(4, 17)), int(rng.integers(1, 14)))
         raw = bytearray(table.to_bytes())
         if trial % 3 == 1:
@@ -603,21 +633,21 @@ def test_table_varint_parser_matches_numpy() -> None:
             raw = raw[:int(rng.integers(len(raw)))]
         raw += bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]) if trial % 5 == 0 else b""
         data = np.frombuffer(bytes(raw), np.uint8)
-        if data.size < 2:
+        if data.size < 2 or not 1 <= data[0] <= 16:
             continue
         m, pos = models._varint_decode_one(data, 1, "count") if data[1] < 0x80 else (0, 0)
-        if not 1 <= m <= 64:
+        if not 1 <= m <= min(64, 1 << int(data[0])) or data.size - pos < 2 * m:
             continue
-        fast = an.parse_table_varints(data, pos, m)
+        fast = an.parse_table_body(data, pos, m, int(data[0]))
         try:
-            gaps, mid = models._varint_decode_many(data, pos, m, "gap")
-            fm1, end = models._varint_decode_many(data, mid, m, "freq")
+            slow, end = FrequencyTable.from_bytes(data, 0)
         except errors.RdcError:
             assert fast is None
             outcomes.add("error")
             continue
         assert fast is not None
-        assert np.array_equal(fast[0], gaps) and fast[1] == mid and np.array_equal(fast[2], fm1) and fast[3] == end
+        assert fast[0].dtype == fast[1].dtype == np.uint32
+        assert np.array_equal(fast[0], slow.symbols) and np.array_equal(fast[1], slow.freqs) and fast[2] == end
         outcomes.add("parsed")
     assert outcomes == {"error", "parsed"}
 
@@ -706,3 +736,24 @@ def test_balanced_runs_cover_the_items_in_order() -> None:
         assert runs[0][0] == 0 and runs[-1][1] == len(work) and len(runs) <= width
         assert all(a < b for a, b in runs) and all(runs[i][1] == runs[i + 1][0] for i in range(len(runs) - 1))
     assert ans._balanced_runs([5] * 10, 2) == [(0, 5), (5, 10)]
+
+
+def test_parametric_freqs_match_numpy() -> None:
+    """The compiled two-parameter model (spec 5.3): the numpy path's frequencies for random parameters,
+    extreme ones included (theta 1 and 65535, the largest radix, every precision)."""
+    from rdformat.codecs import sq
+
+    rng = np.random.default_rng(17)
+    cases = [(1024, 16, 65535, 65535), (1024, 10, 1, 1), (2, 8, 1, 65535), (256, 8, 65535, 30000)]
+    for _ in range(1500):
+        radix = int(rng.integers(2, 1025))
+        precision = int(rng.integers(max(8, (radix - 1).bit_length()), 17))
+        cases.append((radix, precision, int(rng.integers(1, 65536)), int(rng.choice([1, 65535, rng.integers(1, 65536)]))))
+    for radix, precision, p0, theta in cases:
+        if radix > 1 << precision:
+            continue
+        with ans.use_backend("numpy"):  # sq's numpy path
+            expected = sq._parametric_freqs(radix, precision, p0, theta)
+        got = kn.parametric_freqs(radix, precision, p0, theta)
+        assert got.dtype == np.int64 and np.array_equal(got, expected), (radix, precision, p0, theta)
+        assert int(got.sum()) == 1 << precision and int(got.min()) >= 1

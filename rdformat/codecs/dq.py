@@ -25,7 +25,7 @@ from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
 from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
 from .base import ChunkPlan, Codec, byte_view
-from .sq import MODE_ZERO, SQCodec, _ungroup, encode_levels, gather_compiled, symbol_dtype, unzigzag, zigzag
+from .sq import MODE_ZERO, SQCodec, encode_levels, symbol_dtype, symbols_to_levels, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -121,23 +121,6 @@ def _histogram_bytes(counts: np.ndarray) -> float:
     counts = counts[counts > 0].astype(np.float64)
     bits = float(-(counts * np.log2(counts / counts.sum())).sum())
     return bits / 8 + 2.5 * int(counts.size) + 12
-
-
-def _symbols_to_levels(symbols: np.ndarray, table, k: int, radix: int) -> np.ndarray:
-    """Group symbols -> levels (k per symbol) by one gather from the levels of the table's symbols."""
-    dense = radix ** k <= 4 * symbols.size  # a table row per possible group symbol
-    if dense and ans.compiled_active():
-        from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
-
-        lut = kernels_numba.group_rows(table.symbols, k, radix).astype(np.int32)  # levels are exact in float64
-        return gather_compiled(symbols, lut, symbols.size * k)
-    present = table.symbols.astype(np.int64)
-    values = unzigzag(_ungroup(present, k, radix)).reshape(-1, k)
-    if dense:
-        lut = np.zeros((radix ** k, k), dtype=np.int32)
-        lut[present] = values
-        return lut[symbols].reshape(-1)
-    return values[np.searchsorted(present, symbols)].reshape(-1)
 
 
 def encode_dq_levels(levels: np.ndarray, segment_hint: int | None = None) -> bytes:
@@ -262,7 +245,7 @@ class DQCodec(AxisScaled, Codec):
 
             def single(decoded: list) -> np.ndarray:
                 SQCodec.check_padding(decoded[0], k, radix, count, pos)
-                return _symbols_to_levels(decoded[0], table, k, radix)[:count]
+                return symbols_to_levels(decoded[0], table, k, radix)[:count]
 
             return [(block, -(-count // k), table, symbol_dtype(table))], single
         if len(buf) < 6:
@@ -311,6 +294,19 @@ class DQCodec(AxisScaled, Codec):
             tables.append(table)
 
         def classed(decoded: list) -> np.ndarray:
+            if ans.compiled_active():
+                from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+                # each class's levels straight into its segments (a zero class leaves its segments zero)
+                levels = np.zeros(count, dtype=np.int32)
+                it = iter(decoded)
+                for c, (k, radix, where) in enumerate(layouts):
+                    if k:
+                        symbols = next(it)
+                        SQCodec.check_padding(symbols, k, radix, int(sizes[c]), where)
+                        kernels_numba.place_class(symbols_to_levels(symbols, tables[c], k, radix), classes, c,
+                                                  width, levels)
+                return levels
             # Segment rows of the chunk padded to whole segments: class c's levels fill its rows in order,
             # the last segment's class gets ``pad`` zeros at its end (cut off again below).
             rows = np.zeros((segments, width), dtype=np.int32)
@@ -320,7 +316,7 @@ class DQCodec(AxisScaled, Codec):
                     symbols = next(it)
                     n = int(sizes[c])
                     SQCodec.check_padding(symbols, k, radix, n, where)
-                    values = _symbols_to_levels(symbols, tables[c], k, radix)[:n]
+                    values = symbols_to_levels(symbols, tables[c], k, radix)[:n]
                     if pad and c == int(classes[-1]):
                         values = np.concatenate([values, np.zeros(pad, dtype=values.dtype)])
                     rows[classes == c] = values.reshape(-1, width)

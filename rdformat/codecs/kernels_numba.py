@@ -19,6 +19,10 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
   numpy calls on a few dozen symbols, most of a small chunk's decode).
 * :func:`dq_reconstruct` - ``dq``: levels -> values through the 4-state trellis (replaces
   ``rdformat.codecs.dq.dq_reconstruct`` for float32/float64 outputs).
+* :func:`parametric_freqs` - ``sq``/``dq``: the frequencies of a chunk's two-parameter model (replaces the
+  numpy passes of ``sq._parametric_freqs``).
+* :func:`place_class` - ``dq`` CLASSES: one class's levels into its segments of the chunk (replaces a
+  padded row matrix and a masked assignment per class).
 * :func:`plane_histograms` - ``bytesplit`` encoder: byte and byte-pair counts of a plane (replaces two
   ``np.bincount`` calls and the pair array they need).
 """
@@ -30,7 +34,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["AVAILABLE", "interleave_planes", "interleave_sources", "joint_planes", "unshift_plane", "gather_groups", "group_rows", "dq_reconstruct",
-           "plane_histograms", "DQ_NEXT_STATE"]
+           "plane_histograms", "parametric_freqs", "place_class", "DQ_NEXT_STATE"]
 
 try:
     from numba import njit
@@ -320,10 +324,73 @@ if AVAILABLE:
                     n += 1
         return q, n, at
 
+    @njit(cache=True, nogil=True)
+    def _parametric_freqs(radix: int, precision: int, p0: int, theta: int, freqs: np.ndarray) -> None:
+        total = np.int64(1) << precision
+        nonzero = radix - 1
+        f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
+        rest = total - f0 - nonzero
+        top = (radix - 1 + 1) >> 1  # the largest magnitude, of symbol radix - 1
+        weight = np.zeros(top + 1, dtype=np.int64)
+        value = np.int64(1) << 24
+        for m in range(1, top + 1):  # w(1) = 2**24, w(m + 1) = (w(m) * theta) >> 16: exact integers
+            weight[m] = value
+            value = (value * theta) >> 16
+        wsum = np.int64(0)
+        for s in range(1, radix):
+            wsum += weight[(s + 1) >> 1]
+        used = np.int64(0)
+        for s in range(1, radix):
+            f = (rest * weight[(s + 1) >> 1]) // wsum + 1 if wsum else np.int64(1)
+            freqs[s] = f
+            used += f
+        freqs[0] = total - used
+
+    @njit(cache=True, nogil=True)
+    def _place_class(values: np.ndarray, classes: np.ndarray, c: int, width: int, out: np.ndarray) -> int:
+        n = out.size
+        at = 0
+        for seg in range(classes.size):
+            if classes[seg] != c:
+                continue
+            start = seg * width
+            end = min(start + width, n)
+            if start >= end or at + (end - start) > values.size:
+                return -1
+            for i in range(start, end):
+                out[i] = values[at]
+                at += 1
+        return at
+
 else:
     _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _unavailable
     _gather_groups = _dq_reconstruct = _plane_histograms = _unshift_plane = _group_rows = _unavailable
-    _parse_joint_table = _unavailable
+    _parse_joint_table = _parametric_freqs = _place_class = _unavailable
+
+
+def parametric_freqs(radix: int, precision: int, p0: int, theta: int, dtype: Any = np.int64) -> np.ndarray:
+    """``sq``'s two-parameter model (spec 5.3): the frequencies (by symbol, ``int64`` or ``uint32``) of
+    ``rdformat.codecs.sq.parametric_table`` for parameters it has checked (replaces ``_parametric_freqs``'
+    numpy passes and cached weights)."""
+    freqs = np.empty(radix, dtype=dtype)
+    _parametric_freqs(radix, precision, p0, theta, freqs)
+    return freqs
+
+
+def place_class(values: np.ndarray, classes: np.ndarray, c: int, width: int, out: np.ndarray) -> int:
+    """``dq`` CLASSES: the levels of class ``c`` (``values``, int32, in order) into the segments of ``out``
+    (the chunk's int32 levels, cut into segments of ``width``; the last may be shorter) whose class in
+    ``classes`` is ``c`` (replaces a padded row matrix, a mask and its assignment per class). Returns the
+    number of values placed.
+
+    Raises:
+        ValueError: ``values`` too short for the class's segments or a segment past ``out`` (a caller bug:
+            the class sizes come from ``classes``).
+    """
+    placed = _place_class(values, classes, int(c), int(width), out)
+    if placed < 0:
+        raise ValueError("place_class: the class's segments need more values or lie outside the chunk")
+    return placed
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -119,9 +119,9 @@ class SQCodec(AxisScaled, Codec):
         k, radix, table, block, pos = self.parse_payload(data, count)
         if k == 0:
             return np.zeros(count, dtype=np.int32)
-        symbols = ans.decode(block, -(-count // k), table, out_dtype=np.uint32)
+        symbols = ans.decode(block, -(-count // k), table, out_dtype=symbol_dtype(table))
         self.check_padding(symbols, k, radix, count, pos)
-        return unzigzag(_ungroup(symbols, k, radix)[:count])
+        return symbols_to_levels(symbols, table, k, radix)[:count]
 
     @staticmethod
     def parse_payload(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
@@ -160,9 +160,9 @@ class SQCodec(AxisScaled, Codec):
     def check_padding(symbols: np.ndarray, k: int, radix: int, count: int, pos: int) -> None:
         """Refuse a last group whose digits past ``count`` are not zero (spec 5.3; also used by dq)."""
         if count % k:
-            # Padding digits of the last group must be zero (one valid encoding per chunk).
-            tail = _ungroup(symbols[-1:], k, radix)[count % k :]
-            if tail.any():
+            # Padding digits of the last group must be zero (one valid encoding per chunk): the digits from
+            # count % k on are the last symbol divided by radix ** (count % k).
+            if int(symbols[-1]) // radix ** (count % k):
                 raise CorruptDataError("sq chunk has nonzero padding in its last group", offset=pos)
 
     def plan_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
@@ -215,6 +215,24 @@ def symbol_dtype(table: FrequencyTable) -> type:
     """What a level block's symbols decode to: ``uint16`` when every symbol of its table fits (half the
     bytes the ANS decoder writes and the gather reads again), else ``uint32``."""
     return np.uint16 if int(table.symbols[-1]) < 1 << 16 else np.uint32
+
+
+def symbols_to_levels(symbols: np.ndarray, table: FrequencyTable, k: int, radix: int) -> np.ndarray:
+    """Group symbols -> int32 levels (``k`` per symbol, padding included) by one gather from the levels of
+    the table's symbols (also used by dq)."""
+    dense = radix ** k <= 4 * symbols.size  # a table row per possible group symbol
+    if dense and ans.compiled_active():
+        from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+        lut = kernels_numba.group_rows(table.symbols, k, radix).astype(np.int32)  # levels are exact in float64
+        return gather_compiled(symbols, lut, symbols.size * k)
+    present = table.symbols.astype(np.int64)
+    values = unzigzag(_ungroup(present, k, radix)).reshape(-1, k)
+    if dense:
+        lut = np.zeros((radix ** k, k), dtype=np.int32)
+        lut[present] = values
+        return lut[symbols].reshape(-1)
+    return values[np.searchsorted(present, symbols)].reshape(-1)
 
 
 def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -334,8 +352,8 @@ def parametric_table(radix: int, precision: int, p0: int, theta: int) -> Frequen
     Laplacian). Every symbol below ``radix`` gets a frequency of at least 1.
     """
     # valid by construction (symbols 0..radix-1, radix <= 2**precision, frequencies >= 1 summing to 2**precision)
-    return FrequencyTable._unchecked(precision, np.arange(radix, dtype=np.uint32),
-                                     _parametric_freqs(radix, precision, p0, theta))
+    freqs = _parametric_freqs(radix, precision, p0, theta, np.uint32)
+    return FrequencyTable._owned(precision, np.arange(radix, dtype=np.uint32), freqs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -360,14 +378,19 @@ def _laplace_weights(theta: int, symbols: int) -> tuple[np.ndarray, np.ndarray]:
     return by_symbol, running
 
 
-def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.ndarray:
-    """The frequencies (int64, by symbol) of :func:`parametric_table`; the same checks."""
+def _parametric_freqs(radix: int, precision: int, p0: int, theta: int, dtype: type = np.int64) -> np.ndarray:
+    """The frequencies (by symbol, a new array of ``dtype``: int64 or uint32) of :func:`parametric_table`;
+    the same checks."""
     if not (2 <= radix <= MAX_PARAMETRIC_RADIX and 8 <= precision <= 16 and 1 <= p0 <= 65535 and 1 <= theta <= 65535):
         raise CorruptDataError(f"sq parametric model out of range (radix {radix}, precision {precision}, "
                                f"p0 {p0}, theta {theta})")
     total = 1 << precision
     if radix > total:
         raise CorruptDataError(f"sq parametric model: {radix} symbols do not fit precision {precision}")
+    if ans.compiled_active():  # a decoder builds one model per chunk: a few numpy calls cost more than this
+        from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+        return kernels_numba.parametric_freqs(radix, precision, p0, theta, dtype)
     nonzero = radix - 1
     f0 = max(1, min(total - nonzero, (p0 * total) >> 16))
     rest = total - f0 - nonzero
@@ -381,7 +404,7 @@ def _parametric_freqs(radix: int, precision: int, p0: int, theta: int) -> np.nda
     else:
         freqs[1:] = 1
     freqs[0] = total - int(freqs[1:].sum())
-    return freqs
+    return freqs if dtype is np.int64 else freqs.astype(dtype)
 
 
 def _parametric_candidates(counts: np.ndarray):

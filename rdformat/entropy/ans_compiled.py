@@ -25,8 +25,8 @@ from .ans_numpy import Block
 
 #: Whether numba imported (the kernels exist).
 AVAILABLE = kern.AVAILABLE
-if AVAILABLE and not _models._FAST_VARINTS:
-    _models._FAST_VARINTS.append(kern.parse_table_varints)
+if AVAILABLE and not _models._FAST_TABLE:
+    _models._FAST_TABLE.append(kern.parse_table_body)
 #: Output dtypes the decode kernel is compiled for; other integer outputs are decoded to uint32 and
 #: converted (each extra dtype would cost another compilation of the kernel on first use).
 _KERNEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
@@ -72,7 +72,7 @@ class LaneError(NamedTuple):
     offset: int
 
 
-def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, np.ndarray]:
+def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, list[int]]:
     """Lookup tables of the distinct tables of ``blocks`` and each block's table index.
 
     A table gets its ``2**Q`` slots only when the batch decodes enough of its symbols
@@ -82,15 +82,15 @@ def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, np.ndarray]:
     order: dict[int, int] = {}
     tabs = []
     use: list[int] = []
-    index = np.empty(len(blocks), dtype=np.int64)
-    for i, b in enumerate(blocks):
+    index = []
+    for b in blocks:
         at = order.get(id(b.table))
         if at is None:
             at = order[id(b.table)] = len(tabs)
             tabs.append(b.table)
             use.append(0)
         use[at] += b.n
-        index[i] = at
+        index.append(at)
     expand = [(1 << t.precision) <= _SLOTS_PER_SYMBOL * u for t, u in zip(tabs, use)]
     if len(tabs) == 1:
         t = tabs[0]
@@ -111,43 +111,49 @@ def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarr
     The error concerns the first block (in batch order) with a lane that does not end cleanly, and its
     lowest such lane, as the numpy decoder reports it.
     """
-    nb = len(blocks)
-    sizes = np.fromiter((b.raw.size for b in blocks), dtype=np.int64, count=nb)
-    starts = np.zeros(nb, dtype=np.int64)
-    np.cumsum(sizes[:-1], out=starts[1:])
-    data = np.concatenate([b.raw for b in blocks])  # one writable buffer: one kernel signature
-    counts = np.fromiter((b.n for b in blocks), dtype=np.int64, count=nb)
+    # Per-block bookkeeping on Python ints: batches hold a few to a few hundred blocks, and small numpy
+    # calls per batch cost more than decoding a small model's symbols.
+    counts = [b.n for b in blocks]
+    data, starts = _shared_buffer(blocks)
+    if data is None:  # blocks of several buffers: copied into one
+        starts, at = [], 0
+        for b in blocks:
+            starts.append(at)
+            at += b.raw.size
+        data = np.concatenate([b.raw for b in blocks])
+        data.flags.writeable = False  # as a shared buffer is: one kernel signature (one compilation)
     tables, table_of = _decode_tables(blocks)
     # one output buffer per kernel dtype; a block's values are a view of it
-    kdt = [b.odt if b.odt in _KERNEL_DTYPES else np.dtype(np.uint32) for b in blocks]
+    kdt = [b.odt if b.odt in _KERNEL_DTYPES else _U32 for b in blocks]
     groups: dict[np.dtype, list[int]] = {}
     for i, dt in enumerate(kdt):
         groups.setdefault(dt, []).append(i)
-    out_start = np.zeros(nb, dtype=np.int64)
+    out_start = [0] * len(blocks)
     outs = {}
     for dt, members in groups.items():
-        sel = np.array(members, dtype=np.int64)
-        at = np.zeros(sel.size, dtype=np.int64)
-        np.cumsum(counts[sel][:-1], out=at[1:])
-        out_start[sel] = at
-        outs[dt] = np.empty(int(counts[sel].sum()), dtype=dt)
+        at = 0
+        for i in members:
+            out_start[i] = at
+            at += counts[i]
+        outs[dt] = np.empty(at, dtype=dt)
     # runs of consecutive blocks of one dtype, cut so that each thread gets about as many symbols
-    total = int(counts.sum())
+    total = sum(counts)
     if width is None:
         width = threads() if total >= PARALLEL_MIN_SYMBOLS else 1
     share = -(-total // width)
+    columns = (starts, [b.raw.size for b in blocks], counts, table_of, out_start)
     jobs = []
     for dt, members in groups.items():
         run: list[int] = []
         load = 0
         for i in members:
             run.append(i)
-            load += int(counts[i])
+            load += counts[i]
             if load >= share:
-                jobs.append(_job(data, starts, sizes, counts, table_of, tables, outs[dt], out_start, run))
+                jobs.append(_job(data, columns, tables, outs[dt], run))
                 run, load = [], 0
         if run:
-            jobs.append(_job(data, starts, sizes, counts, table_of, tables, outs[dt], out_start, run))
+            jobs.append(_job(data, columns, tables, outs[dt], run))
     # one thread: the jobs (one per output dtype) run here, without a hand-off to the pool
     errors = [e for e in (run_parallel(jobs) if width > 1 else [job() for job in jobs]) if e is not None]
     results = [outs[kdt[i]][out_start[i]:out_start[i] + b.n] for i, b in enumerate(blocks)]
@@ -155,11 +161,47 @@ def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarr
     return results, (min(errors) if errors else None)
 
 
-def _job(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, counts: np.ndarray, table_of: np.ndarray,
-         tables: kern.DecodeTables, out: np.ndarray, out_start: np.ndarray, run: list[int]):
-    """A function decoding blocks ``run`` (batch positions) into ``out``; it returns a LaneError or None."""
-    sel = np.array(run, dtype=np.int64)
-    args = (data, starts[sel], sizes[sel], counts[sel], table_of[sel], tables, out, out_start[sel])
+_U32 = np.dtype(np.uint32)
+#: Blocks of at least this many bytes in all are decoded where they lie in a shared buffer rather than
+#: copied into one: a lossless load of a large model copied its whole file once more that way.
+SHARED_MIN_BYTES = 1 << 16
+
+
+def _shared_buffer(blocks: list[Block]) -> tuple[np.ndarray | None, list[int]]:
+    """(the one buffer every block's bytes lie in, as ``uint8``, and each block's start in it), or
+    (None, []) when the blocks are small or do not share a buffer (e.g. records read from a stream)."""
+    if sum(b.raw.size for b in blocks) < SHARED_MIN_BYTES:
+        return None, []
+    owner = None
+    for b in blocks:
+        view = b.raw.base
+        obj = view.obj if isinstance(view, memoryview) else None
+        if obj is None or (owner is not None and obj is not owner):
+            return None, []
+        owner = obj
+    try:
+        data = np.frombuffer(owner, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError):
+        return None, []
+    if data.flags.writeable:  # a buffer the caller may still change: decode a copy of the blocks instead
+        return None, []
+    base = data.ctypes.data
+    starts = []
+    for b in blocks:
+        at = b.raw.ctypes.data - base
+        if not b.raw.flags.c_contiguous or at < 0 or at + b.raw.size > data.size:
+            return None, []
+        starts.append(at)
+    return data, starts
+
+
+def _job(data: np.ndarray, columns: tuple, tables: kern.DecodeTables, out: np.ndarray, run: list[int]):
+    """A function decoding blocks ``run`` (batch positions) into ``out``; it returns a LaneError or None.
+    ``columns``: per block of the batch, its start and size in ``data``, its symbol count, table index and
+    start in ``out``."""
+    starts, sizes, counts, table_of, out_start = (np.array([column[i] for i in run], dtype=np.int64)
+                                                  for column in columns)
+    args = (data, starts, sizes, counts, table_of, tables, out, out_start)
 
     def job() -> LaneError | None:
         code, b, lane, offset = kern.decode_blocks(*args)

@@ -59,7 +59,7 @@ __all__ = [
     "AVAILABLE", "OK", "ERR_TRUNCATED", "ERR_LANE_COUNT", "ERR_TRAILING_BYTES", "ERR_ZERO_LAST_WORD",
     "ERR_LANE_STATE", "ERR_SYMBOL_RANGE", "ERR_BAD_ARGUMENT", "ERR_RANK", "ERR_TOO_MANY_WORDS", "ERROR_CLASS",
     "DecodeTables", "build_decode_tables", "decode_tables_for", "decode_blocks", "decode_block",
-    "encode_block", "encode_capacity", "output_max", "parse_table_varints",
+    "encode_block", "encode_capacity", "output_max", "parse_table_body",
 ]
 
 #: Success.
@@ -313,7 +313,35 @@ if AVAILABLE:
                 o += row
             state[g], state[g + 1], state[g + 2], state[g + 3] = s0, s1, s2, s3
             pos[g], pos[g + 1], pos[g + 2], pos[g + 3] = p0, p1, p2, p3
-        for j in range(g_end, lanes):
+        # The last 1-3 lanes together (two or three chains at once: blocks of a few lanes are common in
+        # small models, and one lane after the other waits on each symbol's lookup).
+        left = lanes - g_end
+        if left >= 2:
+            g = g_end
+            s0, s1, s2 = state[g], state[g + 1], state[g + left - 1]
+            p0, p1, p2 = _U64(pos[g]), _U64(pos[g + 1]), _U64(pos[g + left - 1])
+            l0, l1, l2 = _U64(low[g]), _U64(low[g + 1]), _U64(low[g + left - 1])
+            o = _U64(out_start + g * out_stride)
+            if left == 3:
+                for _t in range(full):
+                    s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
+                    s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
+                    s2, p2, v2 = _step(s2, p2, l2, sh, slots, coder, wp)
+                    out[o] = v0
+                    out[o + stride] = v1
+                    out[o + _TWO * stride] = v2
+                    o += row
+                state[g + 2], pos[g + 2] = s2, p2
+            else:
+                for _t in range(full):
+                    s0, p0, v0 = _step(s0, p0, l0, sh, slots, coder, wp)
+                    s1, p1, v1 = _step(s1, p1, l1, sh, slots, coder, wp)
+                    out[o] = v0
+                    out[o + stride] = v1
+                    o += row
+            state[g], state[g + 1], pos[g], pos[g + 1] = s0, s1, p0, p1
+        elif left == 1:
+            j = g_end
             s, p, lo = state[j], _U64(pos[j]), _U64(low[j])
             o = _U64(out_start + j * out_stride)
             for _t in range(full):
@@ -590,10 +618,35 @@ if AVAILABLE:
             ends[run] = p
         return ends[0], ends[1]
 
+    @njit(cache=True, nogil=True)
+    def _parse_table_body(data: np.ndarray, pos: int, m: int, q: int, symbols: np.ndarray,
+                          freqs: np.ndarray) -> int:
+        """A stored table's ``m`` symbols and frequencies (spec 6.1) from its two varint runs at ``pos``:
+        fills ``symbols`` and ``freqs`` (uint32) and returns the end offset, or -1 on anything a reader must
+        refuse (an irregular varint, a symbol >= 2**31, a frequency > 2**q, a sum other than 2**q)."""
+        first = np.empty(m, dtype=np.uint64)
+        second = np.empty(m, dtype=np.uint64)
+        mid, end = _parse_varints(data, pos, m, first, second)
+        if end < 0:
+            return -1
+        symbol = np.uint64(0)
+        total = np.uint64(0)
+        top = np.uint64(1) << np.uint64(q)
+        for i in range(m):
+            symbol += first[i] + (np.uint64(1) if i else np.uint64(0))
+            if symbol >= np.uint64(1 << 31) or second[i] >= top:
+                return -1
+            symbols[i] = symbol
+            freqs[i] = second[i] + np.uint64(1)
+            total += second[i] + np.uint64(1)
+        if total != top:
+            return -1
+        return end
+
 else:
     _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
     _step = _lanes_by_groups = _unavailable
-    _parse_varints = _unavailable
+    _parse_varints = _parse_table_body = _unavailable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -636,41 +689,54 @@ def build_decode_tables(precisions: Any, freqs: list[np.ndarray], values: list[n
         ValueError: inconsistent lengths, a value >= 2**32, or a table breaking spec 6.1 (a caller bug:
             ``FrequencyTable`` validates tables already).
     """
-    q = np.asarray(precisions, dtype=np.int64).reshape(-1)
-    if len(freqs) != q.size or len(values) != q.size:
+    # The bookkeeping is on Python ints (a batch has a few tables): loading a file of small tensors builds
+    # tables for every chunk, and a dozen small numpy calls per build cost more than decoding its symbols.
+    if not isinstance(precisions, (list, tuple)):
+        precisions = np.asarray(precisions, dtype=np.int64).reshape(-1)
+    q = [int(p) for p in precisions]
+    if len(freqs) != len(q) or len(values) != len(q):
         raise ValueError("build_decode_tables: precisions, freqs and values differ in length")
-    sizes = np.array([np.size(f) for f in freqs], dtype=np.int64)
-    if any(np.size(v) != n for v, n in zip(values, sizes.tolist())):
+    sizes = [int(np.size(f)) for f in freqs]
+    if any(int(np.size(v)) != n for v, n in zip(values, sizes)):
         raise ValueError("build_decode_tables: a table's values and freqs differ in length")
-    if q.size and (int(q.min()) < 1 or int(q.max()) > MAX_TABLE_PRECISION):
+    if q and (min(q) < 1 or max(q) > MAX_TABLE_PRECISION):
         raise ValueError(f"build_decode_tables: precision outside 1..{MAX_TABLE_PRECISION}")
-    table_start = np.zeros(q.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=table_start[1:])
-    slot_sizes = np.left_shift(np.int64(1), q)
-    if expand is not None:
-        keep = np.asarray(expand, dtype=bool).reshape(-1)
-        if keep.size != q.size:
-            raise ValueError("build_decode_tables: expand and precisions differ in length")
-        slot_sizes = np.where(keep, slot_sizes, 0)
-    slot_base = np.zeros(q.size, dtype=np.int64)
-    np.cumsum(slot_sizes[:-1], out=slot_base[1:])
-    if expand is not None:
-        slot_base[~keep] = -1
-    flat_freqs = np.concatenate([np.asarray(f).reshape(-1) for f in freqs]).astype(np.int64) if q.size else \
-        np.zeros(0, np.int64)
-    flat_values = np.concatenate([np.asarray(v).reshape(-1) for v in values]).astype(np.int64) if q.size else \
-        np.zeros(0, np.int64)
-    if flat_values.size and (int(flat_values.min()) < 0 or int(flat_values.max()) >= 1 << 32):
-        raise ValueError("build_decode_tables: values must be in 0..2**32-1")
-    rank_dtype = np.uint8 if sizes.size == 0 or int(sizes.max()) <= 256 else np.uint16
-    slot_rank = np.empty(int(slot_sizes.sum()), dtype=rank_dtype)
+    keep = [True] * len(q) if expand is None else [bool(k) for k in np.asarray(expand).reshape(-1)]
+    if len(keep) != len(q):
+        raise ValueError("build_decode_tables: expand and precisions differ in length")
+    table_start, slot_base = [0], []
+    slots = 0
+    for p, n, k in zip(q, sizes, keep):
+        table_start.append(table_start[-1] + n)
+        slot_base.append(slots if k else -1)
+        slots += (1 << p) if k else 0
+    flat_freqs = _flat(freqs, np.int64)
+    flat_values = _flat(values, np.int64 if any(np.asarray(v).dtype != np.uint32 for v in values) else np.uint32)
+    if flat_values.dtype != np.uint32:
+        if flat_values.size and (int(flat_values.min()) < 0 or int(flat_values.max()) >= 1 << 32):
+            raise ValueError("build_decode_tables: values must be in 0..2**32-1")
+        flat_values = flat_values.astype(np.uint32)
+    rank_dtype = np.uint8 if not sizes or max(sizes) <= 256 else np.uint16
+    slot_rank = np.empty(slots, dtype=rank_dtype)
     rank_coder = np.empty(flat_freqs.size, dtype=np.uint64)
     rank_value = np.empty(flat_freqs.size, dtype=np.uint32)
-    bad = _build_tables(q, table_start, flat_freqs, flat_values.astype(np.uint32), slot_base, slot_rank,
-                        rank_coder, rank_value)
+    precision = np.array(q, dtype=np.int64)
+    starts = np.array(table_start, dtype=np.int64)
+    bases = np.array(slot_base, dtype=np.int64)
+    bad = _build_tables(precision, starts, flat_freqs, flat_values, bases, slot_rank, rank_coder, rank_value)
     if bad >= 0:
         raise ValueError(f"build_decode_tables: table {bad} breaks spec 6.1 (symbol count or frequencies)")
-    return DecodeTables(q, sizes, slot_base, table_start[:-1].copy(), slot_rank, rank_coder, rank_value)
+    return DecodeTables(precision, np.array(sizes, dtype=np.int64), bases, starts[:-1], slot_rank, rank_coder,
+                        rank_value)
+
+
+def _flat(arrays: list, dtype: Any) -> np.ndarray:
+    """The arrays (flattened) one after the other as one C-contiguous array of ``dtype`` (a copy)."""
+    if len(arrays) == 1:
+        return np.array(np.asarray(arrays[0]).reshape(-1), dtype=dtype)
+    if not arrays:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate([np.asarray(a).reshape(-1) for a in arrays]).astype(dtype, copy=False)
 
 
 def decode_tables_for(table: Any, *, ranks: bool = False) -> DecodeTables:
@@ -716,16 +782,14 @@ def decode_block(data: np.ndarray, count: int, tables: DecodeTables, out: np.nda
     return _decode_one(data, count, table, *tables, out, output_max(out.dtype))
 
 
-def parse_table_varints(data: np.ndarray, pos: int, m: int) -> tuple[np.ndarray, int, np.ndarray, int] | None:
-    """A stored frequency table's two varint runs (symbol gaps, frequencies - 1; ``spec/entropy.md`` 6.1):
-    ``(gaps, end of gaps, fm1, end)`` as ``uint64`` arrays, or None when a varint is truncated, longer than
-    5 bytes, non-canonical or >= 2**32 (the caller's own parser then reports the error)."""
-    first = np.empty(m, dtype=np.uint64)
-    second = np.empty(m, dtype=np.uint64)
-    mid, end = _parse_varints(data, pos, m, first, second)
-    if end < 0:
-        return None
-    return first, int(mid), second, int(end)
+def parse_table_body(data: np.ndarray, pos: int, m: int, q: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """A stored frequency table after its precision ``q`` and symbol count ``m`` (``spec/entropy.md`` 6.1):
+    ``(symbols, freqs, end)`` as new ``uint32`` arrays, or None wherever the table must be refused (the
+    caller's own parser then names the error)."""
+    symbols = np.empty(m, dtype=np.uint32)
+    freqs = np.empty(m, dtype=np.uint32)
+    end = _parse_table_body(data, pos, m, q, symbols, freqs)
+    return None if end < 0 else (symbols, freqs, int(end))
 
 
 def encode_capacity(n: int, lanes: int) -> int:

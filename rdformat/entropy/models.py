@@ -36,11 +36,11 @@ DEFAULT_PRECISION = 14
 MAX_SYMBOL = 1 << 31
 
 _VARINT_MAX_BYTES = 5  # values < 2**32
-#: A compiled parser of a table's two varint runs, installed by the numba backend when it loads
-#: (``ans_numba.parse_table_varints``): the numpy parser costs ~0.1 ms a table, a real cost when every
-#: chunk of a small model has its own. Same results; on any irregular varint it returns None and the
-#: numpy parser below raises the error.
-_FAST_VARINTS: list = []
+#: A compiled parser of a stored table after its count (``ans_numba.parse_table_body``), installed by the
+#: numba backend when it loads: the numpy parser costs tens of microseconds a table, a real cost when every
+#: chunk of a small model has its own. Same table; on anything irregular it returns None and the numpy
+#: parser below raises the error.
+_FAST_TABLE: list = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +285,18 @@ class FrequencyTable:
         object.__setattr__(table, "_cache", {})
         return table
 
+    @classmethod
+    def _owned(cls, precision: int, symbols: np.ndarray, freqs: np.ndarray) -> "FrequencyTable":
+        """:meth:`_unchecked` on ``uint32`` arrays nobody else holds (made read-only here, not copied)."""
+        symbols.flags.writeable = False
+        freqs.flags.writeable = False
+        table = cls.__new__(cls)
+        object.__setattr__(table, "precision", int(precision))
+        object.__setattr__(table, "symbols", symbols)
+        object.__setattr__(table, "freqs", freqs)
+        object.__setattr__(table, "_cache", {})
+        return table
+
     # -- immutability / value semantics ------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -433,14 +445,14 @@ class FrequencyTable:
         if data.size - pos < 2 * m:
             raise TruncatedError(f"frequency table: {m} symbols need at least {2 * m} more bytes, "
                                  f"{data.size - pos} left", offset=data.size)
+        parsed = _FAST_TABLE[0](data, pos, m, q) if _FAST_TABLE else None
+        if parsed is not None:  # the compiled parser made every check below
+            sym, freqs, end = parsed
+            return cls._owned(q, sym, freqs), end
         gaps_pos = pos
-        parsed = _FAST_VARINTS[0](data, pos, m) if _FAST_VARINTS else None
-        if parsed is not None:  # the compiled parser; any irregular varint is left to the checks below
-            gaps, freqs_pos, fm1, pos = parsed
-        else:
-            gaps, pos = _varint_decode_many(data, pos, m, "symbol gap")
-            freqs_pos = pos
-            fm1, pos = _varint_decode_many(data, pos, m, "frequency")
+        gaps, pos = _varint_decode_many(data, pos, m, "symbol gap")
+        freqs_pos = pos
+        fm1, pos = _varint_decode_many(data, pos, m, "frequency")
         sym = np.cumsum(gaps, dtype=np.uint64) + np.arange(m, dtype=np.uint64)  # < 2**49, exact
         if int(sym[-1]) >= MAX_SYMBOL:
             raise CorruptDataError("frequency table: symbol value >= 2**31", offset=gaps_pos)
