@@ -114,14 +114,11 @@ def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarr
     # Per-block bookkeeping on Python ints: batches hold a few to a few hundred blocks, and small numpy
     # calls per batch cost more than decoding a small model's symbols.
     counts = [b.n for b in blocks]
-    data, starts = _shared_buffer(blocks)
-    if data is None:  # blocks of several buffers: copied into one
-        starts, at = [], 0
-        for b in blocks:
-            starts.append(at)
-            at += b.raw.size
-        data = np.concatenate([b.raw for b in blocks])
-        data.flags.writeable = False  # as a shared buffer is: one kernel signature (one compilation)
+    starts, at = [], 0
+    for b in blocks:
+        starts.append(at)
+        at += b.raw.size
+    data = np.concatenate([b.raw for b in blocks])  # one writable buffer: one kernel signature
     tables, table_of = _decode_tables(blocks)
     # one output buffer per kernel dtype; a block's values are a view of it
     kdt = [b.odt if b.odt in _KERNEL_DTYPES else _U32 for b in blocks]
@@ -162,37 +159,6 @@ def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarr
 
 
 _U32 = np.dtype(np.uint32)
-#: Blocks of at least this many bytes in all are decoded where they lie in a shared buffer rather than
-#: copied into one: a lossless load of a large model copied its whole file once more that way.
-SHARED_MIN_BYTES = 1 << 16
-
-
-def _shared_buffer(blocks: list[Block]) -> tuple[np.ndarray | None, list[int]]:
-    """(the one buffer every block's bytes lie in, as ``uint8``, and each block's start in it), or
-    (None, []) when the blocks are small or do not share a buffer (e.g. records read from a stream)."""
-    if sum(b.raw.size for b in blocks) < SHARED_MIN_BYTES:
-        return None, []
-    owner = None
-    for b in blocks:
-        view = b.raw.base
-        obj = view.obj if isinstance(view, memoryview) else None
-        if obj is None or (owner is not None and obj is not owner):
-            return None, []
-        owner = obj
-    try:
-        data = np.frombuffer(owner, dtype=np.uint8)
-    except (TypeError, ValueError, BufferError):
-        return None, []
-    if data.flags.writeable:  # a buffer the caller may still change: decode a copy of the blocks instead
-        return None, []
-    base = data.ctypes.data
-    starts = []
-    for b in blocks:
-        at = b.raw.ctypes.data - base
-        if not b.raw.flags.c_contiguous or at < 0 or at + b.raw.size > data.size:
-            return None, []
-        starts.append(at)
-    return data, starts
 
 
 def _job(data: np.ndarray, columns: tuple, tables: kern.DecodeTables, out: np.ndarray, run: list[int]):

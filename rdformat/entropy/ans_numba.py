@@ -376,6 +376,8 @@ if AVAILABLE:
         sh = _U64(CODER_PRECISION - precision[table])
         lanes = np.int64(_read_u32(data, start))
         header_end = 4 + 4 * lanes
+        if lanes < 1 or header_end > size:  # checked by _check_block; re-read here, so bounded again
+            return 0, 0
         nw = (size - header_end) // 4
         # The lanes' words shifted by one (wp[i + 1] = word i, wp[0] = 0): a lane at ``pos`` pops wp[pos],
         # and wp[pos] is inside the array for every pos in 0..nw, so the refill below reads
@@ -395,6 +397,8 @@ if AVAILABLE:
         for j in range(lanes):
             low[j] = at
             p = at + np.int64(_read_u32(data, start + 4 + 4 * j))
+            if p > nw:  # likewise: no lane may point past the words copied
+                return j, header_end + 4 * at
             at = p
             s = _U64(0)
             if p > low[j]:
