@@ -257,3 +257,25 @@ def test_config_numbers_beyond_float_range_are_corrupt_data(codec_id, config) ->
 
     with pytest.raises(CorruptDataError):
         codec_from_config(codec_id, config)
+
+
+@pytest.mark.parametrize("n, spread", [(50, 3000), (3000, 3000), (40, 30), (5000, 2)])
+def test_dense_and_searched_lookups_decode_alike(n: int, spread: int) -> None:
+    """A chunk decodes through a dense table (a row per possible group symbol) or by searching its table's
+    symbols (a large alphabet, few symbols): on every backend the values are the normative dequantization."""
+    from rdformat.codecs import sq
+    from rdformat.entropy import ans
+
+    rng = np.random.default_rng(n + spread)
+    levels = np.clip(np.rint(rng.laplace(0, spread / 4, n)), -spread, spread).astype(np.int32)
+    codec = SQCodec(0.01, 0.1, 0.2)
+    f32 = by_numpy(np.dtype(np.float32))
+    payload = codec.encode_chunk(levels, f32)
+    k, radix, _table, _block, _pos = SQCodec.parse_payload(memoryview(payload), n)
+    searched = not sq._dense(radix ** k, -(-n // k))
+    assert searched == (spread == 3000 and n == 50)  # the cases cover both lookups
+    expected = sq.dequantize(levels, 0.01, 0.1, 0.2, np.dtype(np.float32))
+    for backend in ans.available_backends():
+        with ans.use_backend(backend):
+            np.testing.assert_array_equal(codec.decode_chunk(memoryview(payload), n, f32), expected)
+            np.testing.assert_array_equal(codec.decode_levels(memoryview(payload), n), levels)

@@ -179,7 +179,7 @@ class SQCodec(AxisScaled, Codec):
             symbols = decoded[0]
             self.check_padding(symbols, k, radix, count, pos)
             # Reconstruct each present group once, then gather: decoding is one lookup per group.
-            dense = radix ** k <= 4 * symbols.size  # a table row per possible group symbol
+            dense = _dense(radix ** k, symbols.size)  # a table row per possible group symbol
             if dense and ans.compiled_active():
                 from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
@@ -217,10 +217,21 @@ def symbol_dtype(table: FrequencyTable) -> type:
     return np.uint16 if int(table.symbols[-1]) < 1 << 16 else np.uint32
 
 
+#: A chunk's lookup table gets a row per possible group symbol when it has at most this many rows, or at
+#: most four per decoded symbol: small chunks of a large alphabet (fine steps) then gather from it too
+#: instead of searching their table's symbols, at a bounded cost (the rows are 8 values at most).
+DENSE_MIN_ROWS = 4096
+
+
+def _dense(rows: int, symbols: int) -> bool:
+    """Whether a chunk of ``symbols`` group symbols with ``rows`` possible ones decodes by a dense table."""
+    return rows <= max(4 * symbols, DENSE_MIN_ROWS)
+
+
 def symbols_to_levels(symbols: np.ndarray, table: FrequencyTable, k: int, radix: int) -> np.ndarray:
     """Group symbols -> int32 levels (``k`` per symbol, padding included) by one gather from the levels of
     the table's symbols (also used by dq)."""
-    dense = radix ** k <= 4 * symbols.size  # a table row per possible group symbol
+    dense = _dense(radix ** k, symbols.size)  # a table row per possible group symbol
     if dense and ans.compiled_active():
         from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
