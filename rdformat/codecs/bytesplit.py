@@ -709,6 +709,18 @@ def _joint_frequencies(buf, pos: int, tops: FrequencyTable, t: int) -> tuple[Fre
     return FrequencyTable(tops.precision, joint[present], full[present]), end
 
 
+def _joint_bound(counts: np.ndarray, symbols: np.ndarray, t: int) -> float:
+    """A lower bound of ``_joint_table_size(table, t) + table.cost_bits(counts) / 8`` for every table of
+    these joint symbols (increasing) and counts: their entropy (no table codes below it) plus the smallest
+    stored table (precision byte, count, a gap and a frequency byte per top symbol, ``2**t - 1``
+    sub-frequency bytes each)."""
+    c = counts.astype(np.float64)
+    entropy = float(-(c * np.log2(c / c.sum())).sum()) / 8
+    top = symbols >> t
+    tops = int(np.count_nonzero(top[1:] != top[:-1])) + 1
+    return entropy + 2 + tops * (2 + (1 << t) - 1)
+
+
 def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]], budget: int) -> bytes | None:
     """Planes w-1 (``top``) and w-2 (``below``) as one PLANE_ANS_JOINT plane, for the joined bit count whose
     estimated size is smallest; None unless that is smaller than ``budget`` bytes (the two planes apart)."""
@@ -726,6 +738,8 @@ def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]
         counts = finest.reshape(finest.shape[0], 1 << t, -1).sum(axis=2).reshape(-1)
         present = np.flatnonzero(counts)
         low = -(-count * (8 - t) // 8)
+        if best is not None and _joint_bound(counts[present], present, t) + 16 + low > best[0] * (1 + 1e-9):
+            continue  # no table of this split can beat the best one: not built (small chunks try many)
         for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 16) for p in (10, 12, 14)}):
             table = FrequencyTable.from_counts(present, counts[present], precision=q)
             estimate = _joint_table_size(table, t) + table.cost_bits(counts[present]) / 8 + 16 + low

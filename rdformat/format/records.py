@@ -211,7 +211,12 @@ def record_head(rtype: int, length: int, flags: int = 0) -> bytes:
 
 def frame(rtype: int, payload: bytes, flags: int = 0) -> bytes:
     """A whole record: header, payload and payload CRC."""
-    return record_head(rtype, len(payload), flags) + payload + _U32.pack(crc32(payload))
+    return record_head(rtype, len(payload), flags) + payload + payload_crc(payload)
+
+
+def payload_crc(payload: bytes, prefix: bytes = b"") -> bytes:
+    """The 4-byte trailer of a record whose payload is ``prefix + payload``."""
+    return _U32.pack(crc32(payload, crc32(prefix)) if prefix else crc32(payload))
 
 
 def pack_str(text: str, width: struct.Struct = _U16) -> bytes:
