@@ -44,13 +44,16 @@ def ranks_of(values: np.ndarray, table: FrequencyTable) -> np.ndarray:
     elif top == m - 1:  # table symbols are exactly 0..m-1: a value is its rank
         ranks = v if v.dtype.kind == "u" and v.dtype.itemsize < 8 else v.astype(np.uint16)
     elif top < max(1 << 20, 4 * v.size):
-        lut = np.full(top + 1, m, dtype=np.uint32)
-        lut[sym] = np.arange(m, dtype=np.uint32)
+        # ranks are below m <= 2**16: uint16 ranks straight from the lookup unless m itself (the mark of an
+        # absent value) needs more
+        kind = np.uint16 if m < 1 << 16 else np.uint32
+        lut = np.full(top + 1, m, dtype=kind)
+        lut[sym] = np.arange(m, dtype=kind)
         found = lut[v]
         if int(found.max()) >= m:
             bad_msg = "symbol value not in the table"
         else:
-            ranks = found.astype(np.uint16)
+            ranks = found.astype(np.uint16, copy=False)
     else:
         found = np.searchsorted(sym, v)
         np.minimum(found, m - 1, out=found)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptDataError, InvalidInputError, TruncatedError
-from ..format.wire import read_leb128
+from ..format.wire import leb128, read_leb128
 
 __all__ = ["FrequencyTable", "MAX_PRECISION", "MAX_SYMBOL", "DEFAULT_PRECISION", "entropy_bits"]
 
@@ -48,17 +48,24 @@ _FAST_TABLE: list = []
 # --------------------------------------------------------------------------------------------
 
 
+#: Up to this many values, varints are written and sized by a Python loop (numpy's fixed cost per call is
+#: larger: an encoder sizes and writes several small tables per chunk).
+_SMALL_VARINT_RUN = 64
+
+
 def _varint_size(values: np.ndarray) -> int:
     """Bytes of the canonical LEB128 encodings of ``values`` (uint64, each < 2**32), summed."""
     v = np.asarray(values, dtype=np.uint64)
+    if v.size <= _SMALL_VARINT_RUN:
+        return sum(1 + (x >= 1 << 7) + (x >= 1 << 14) + (x >= 1 << 21) + (x >= 1 << 28) for x in v.tolist())
     return int(v.size + sum(np.count_nonzero(v >> np.uint64(7 * k)) for k in range(1, _VARINT_MAX_BYTES)))
 
 
 def _varint_encode_many(values: np.ndarray) -> bytes:
     """Canonical LEB128 encoding of every value of ``values`` (uint64, each < 2**32), concatenated."""
     v = np.asarray(values, dtype=np.uint64)
-    if v.size == 0:
-        return b""
+    if v.size <= _SMALL_VARINT_RUN:
+        return b"".join(leb128(x) for x in v.tolist())
     nbytes = np.ones(v.size, dtype=np.int64)
     for k in range(1, _VARINT_MAX_BYTES):
         nbytes += (v >> np.uint64(7 * k)) != 0
