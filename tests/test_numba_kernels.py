@@ -446,12 +446,15 @@ def test_dq_reconstruct_matches_numpy() -> None:
     from rdformat.codecs import dq
 
     rng = np.random.default_rng(4)
-    levels = np.clip(np.round(rng.laplace(0, 4, size=10_007)), -32767, 32767).astype(np.int32)
-    for chain in (1, 2, 5, 8, 256, 1024, 20_000):
-        for dtype in (np.float32, np.float64):
-            for step in (0.013, 1.0, 3.3e-5):
-                want = dq.dq_reconstruct(levels, step, chain, np.dtype(dtype))
-                assert kn.dq_reconstruct(levels, step, chain, dtype).tobytes() == want.tobytes()
+    all_levels = np.clip(np.round(rng.laplace(0, 4, size=10_007)), -32767, 32767).astype(np.int32)
+    # whole chains four at a time, then the rest one by one: sizes of 4 whole chains, fewer, and a part
+    for n in (10_007, 1024, 768, 100):
+        levels = all_levels[:n]
+        for chain in (1, 2, 5, 8, 256, 1024, 20_000):
+            for dtype in (np.float32, np.float64):
+                for step in (0.013, 1.0, 3.3e-5):
+                    want = dq.dq_reconstruct(levels, step, chain, np.dtype(dtype))
+                    assert kn.dq_reconstruct(levels, step, chain, dtype).tobytes() == want.tobytes()
 
 
 # ----------------------------------------------------------------------------------------------------
