@@ -760,3 +760,18 @@ def test_parametric_freqs_match_numpy() -> None:
         got = kn.parametric_freqs(radix, precision, p0, theta)
         assert got.dtype == np.int64 and np.array_equal(got, expected), (radix, precision, p0, theta)
         assert int(got.sum()) == 1 << precision and int(got.min()) >= 1
+
+
+def test_single_table_builder_matches_the_general_one() -> None:
+    """decode_tables_for's one compiled call gives the arrays build_decode_tables gives (slots or not, u8 and
+    u16 slot ranks, one symbol, every precision)."""
+    rng = np.random.default_rng(29)
+    for q, m in ((1, 1), (1, 2), (4, 16), (8, 256), (12, 13), (12, 257), (16, 300), (16, 1)):
+        table = random_table(rng, q, m)
+        for expand in (True, False):
+            for ranks in (False, True):
+                got = an.decode_tables_for(table, ranks=ranks, expand=expand)
+                values = np.arange(m, dtype=np.uint32) if ranks else table.symbols
+                want = an.build_decode_tables([q], [table.freqs], [values], None if expand else [False])
+                for name, a, b in zip(want._fields, got, want):
+                    assert a.dtype == b.dtype and np.array_equal(a, b), (q, m, expand, ranks, name)

@@ -96,8 +96,7 @@ def _decode_tables(blocks: list[Block]) -> tuple[kern.DecodeTables, list[int]]:
         t = tabs[0]
         if expand[0]:
             return t._derived("numba", lambda: kern.decode_tables_for(t)), index
-        return t._derived("numba-search", lambda: kern.build_decode_tables(
-            [t.precision], [t.freqs], [t.symbols], [False])), index
+        return t._derived("numba-search", lambda: kern.decode_tables_for(t, expand=False)), index
     return kern.build_decode_tables([t.precision for t in tabs], [t.freqs for t in tabs],
                                     [t.symbols for t in tabs], expand), index
 

@@ -177,6 +177,31 @@ if AVAILABLE:
                 return i
         return -1
 
+    def _single_table_builder(rank_type: Any) -> Any:
+        """A compiled builder of one table's lookup arrays with ``rank_type`` slots (uint8 or uint16)."""
+
+        @njit(cache=True, nogil=True)
+        def build(q: int, freqs: np.ndarray, values: np.ndarray, expand: bool) -> tuple:
+            m = freqs.size
+            precision = np.full(1, q, dtype=np.int64)
+            num_symbols = np.full(1, m, dtype=np.int64)
+            slot_base = np.full(1, 0 if expand else -1, dtype=np.int64)
+            rank_base = np.zeros(1, dtype=np.int64)
+            table_start = np.array([0, m], dtype=np.int64)
+            slot_rank = np.empty((np.int64(1) << q) if expand else 0, dtype=rank_type)
+            rank_coder = np.empty(m, dtype=np.uint64)
+            rank_value = np.empty(m, dtype=np.uint32)
+            flat = np.empty(m, dtype=np.int64)
+            for r in range(m):
+                flat[r] = freqs[r]
+            bad = _build_tables(precision, table_start, flat, values, slot_base, slot_rank, rank_coder, rank_value)
+            return bad, precision, num_symbols, slot_base, rank_base, slot_rank, rank_coder, rank_value
+
+        return build
+
+    _build_single8 = _single_table_builder(np.uint8)
+    _build_single16 = _single_table_builder(np.uint16)
+
     @njit(cache=True, nogil=True)
     def _check_block(data: np.ndarray, start: int, size: int, count: int, table: int, precision: np.ndarray,
                      num_symbols: np.ndarray, slot_base: np.ndarray, rank_base: np.ndarray, slot_rank: np.ndarray,
@@ -650,7 +675,7 @@ if AVAILABLE:
 else:
     _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
     _step = _lanes_by_groups = _unavailable
-    _parse_varints = _parse_table_body = _unavailable
+    _parse_varints = _parse_table_body = _build_single8 = _build_single16 = _unavailable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -743,11 +768,20 @@ def _flat(arrays: list, dtype: Any) -> np.ndarray:
     return np.concatenate([np.asarray(a).reshape(-1) for a in arrays]).astype(dtype, copy=False)
 
 
-def decode_tables_for(table: Any, *, ranks: bool = False) -> DecodeTables:
+def decode_tables_for(table: Any, *, ranks: bool = False, expand: bool = True) -> DecodeTables:
     """:func:`build_decode_tables` for one object with ``precision``, ``freqs`` and ``symbols`` attributes
-    (a ``FrequencyTable``); ``ranks=True`` makes the decoder output ranks instead of symbols."""
-    values = np.arange(table.freqs.size, dtype=np.uint32) if ranks else table.symbols
-    return build_decode_tables([table.precision], [table.freqs], [values])
+    (a ``FrequencyTable``, which is valid by construction); ``ranks=True`` makes the decoder output ranks
+    instead of symbols, ``expand=False`` leaves its slots out. One compiled call: a file of small chunks
+    builds a table for each."""
+    freqs = table.freqs
+    values = np.arange(freqs.size, dtype=np.uint32) if ranks else table.symbols
+    if freqs.dtype != np.uint32 or values.dtype != np.uint32 or not 1 <= table.precision <= MAX_TABLE_PRECISION:
+        return build_decode_tables([table.precision], [freqs], [values], None if expand else [False])
+    build = _build_single8 if freqs.size <= 256 else _build_single16
+    bad, *arrays = build(int(table.precision), freqs, values, bool(expand))
+    if bad >= 0:
+        raise ValueError("build_decode_tables: table 0 breaks spec 6.1 (symbol count or frequencies)")
+    return DecodeTables(*arrays)
 
 
 def decode_blocks(data: np.ndarray, block_start: np.ndarray, block_size: np.ndarray, block_count: np.ndarray,
