@@ -111,19 +111,18 @@ def test_every_lane_remainder_decodes_and_reports_its_bad_lane() -> None:
         last_lane_word = 4 + 4 * lanes + 4 * int(np.frombuffer(block[4:4 + 4 * lanes], "<u4")[:-1].sum())
         bad = bytearray(block)
         bad[last_lane_word] ^= 0x10  # the first word of the last lane
-        with ans.use_backend("numpy"):
-            try:
-                ans.decode(bytes(bad), n, table)
-                expected = None
-            except errors.RdcError as exc:
-                expected = (type(exc), exc.offset)
-        with ans.use_backend("numba"):
-            try:
-                ans.decode(bytes(bad), n, table)
-                got = None
-            except errors.RdcError as exc:
-                got = (type(exc), exc.offset)
-        assert got == expected and expected is not None, lanes
+        expected = decode_error(bytes(bad), n, table, "numpy")
+        assert decode_error(bytes(bad), n, table, "numba") == expected and expected is not None, lanes
+
+
+def decode_error(block: bytes, n: int, table: FrequencyTable, backend: str) -> tuple | None:
+    """(error class, offset) of decoding ``block`` with ``backend``, or None if it decodes."""
+    with ans.use_backend(backend):
+        try:
+            ans.decode(block, n, table)
+        except errors.RdcError as exc:
+            return type(exc), exc.offset
+    return None
 
 
 def test_large_alphabet_and_default_lanes() -> None:
