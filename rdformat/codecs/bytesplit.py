@@ -162,7 +162,7 @@ class ByteSplitCodec(Codec):
         entropy_bits = n * np.log2(n) - float((c * np.log2(c)).sum())  # no table codes below it
         if entropy_bits * (1 - 1e-9) / 8 + overhead > n * (1.0 - self.min_gain):  # (float rounding)
             return raw  # what the estimate below decides, without a table
-        table = FrequencyTable.from_counts(present, counts[present], precision=self.precision)
+        table = FrequencyTable._from_histogram(present, counts[present], self.precision)
         bits = table.cost_bits(counts[present])
         estimate = bits / 8 + overhead
         if estimate > n * (1.0 - self.min_gain):
@@ -179,10 +179,10 @@ class ByteSplitCodec(Codec):
                 pcounts = np.bincount(pairs, minlength=1)
             ppresent = np.flatnonzero(pcounts)
             if ppresent.size <= 4096:
-                ptable = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=PAIR_PRECISION)
+                ptable = FrequencyTable._from_histogram(ppresent, pcounts[ppresent], PAIR_PRECISION)
                 pbits = ptable.cost_bits(pcounts[ppresent])
                 if ppresent.size > PAIR_FINE_SYMBOLS:
-                    fine = FrequencyTable.from_counts(ppresent, pcounts[ppresent], precision=16)
+                    fine = FrequencyTable._from_histogram(ppresent, pcounts[ppresent], 16)
                     fbits = fine.cost_bits(pcounts[ppresent])
                     if fbits < 0.995 * pbits:
                         ptable, pbits = fine, fbits
@@ -533,7 +533,7 @@ def _encode_shifted_with(plane: np.ndarray, segments: list[int], shifts: list[in
         return None
     best = None
     for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 14) for p in (10, 12, precision)}):
-        table = FrequencyTable.from_counts(present, counts[present], precision=q)
+        table = FrequencyTable._from_histogram(present, counts[present], q)
         cost = table.cost_bits(counts[present]) / 8 + table.stored_size()
         if best is None or cost < best[0]:
             best = (cost, table)
@@ -741,7 +741,7 @@ def _encode_joint(top: np.ndarray, below: np.ndarray, segs: list[tuple[int, int]
         if best is not None and _joint_bound(counts[present], present, t) + 16 + low > best[0] * (1 + 1e-9):
             continue  # no table of this split can beat the best one: not built (small chunks try many)
         for q in sorted({min(max(p, int(present.size - 1).bit_length() + 1), 16) for p in (10, 12, 14)}):
-            table = FrequencyTable.from_counts(present, counts[present], precision=q)
+            table = FrequencyTable._from_histogram(present, counts[present], q)
             estimate = _joint_table_size(table, t) + table.cost_bits(counts[present]) / 8 + 16 + low
             if best is None or estimate < best[0]:
                 best = (estimate, t, table)

@@ -306,7 +306,7 @@ def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
         # Coarser tables cost fewer bytes to store: small chunks pick a lower precision.
         lowest = max(8, int(present.size - 1).bit_length() + 1)
         for precision in sorted({min(max(p, lowest), TABLE_PRECISION) for p in (10, 12, 14, 16)}):
-            table = FrequencyTable.from_counts(present, counts[present], precision=precision)
+            table = FrequencyTable._from_histogram(present, counts[present], precision)
             table_bytes = table.to_bytes()
             cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + lanes_bytes
             # Larger groups decode proportionally faster: take them unless they cost over 1% more.

@@ -372,6 +372,17 @@ class FrequencyTable:
         return cls(q, sym, _normalise(cf, q))
 
     @classmethod
+    def _from_histogram(cls, symbols: np.ndarray, counts: np.ndarray, precision: int) -> "FrequencyTable":
+        """:meth:`from_counts` for an encoder's own histogram: ``symbols`` strictly increasing integers >= 0
+        (``np.flatnonzero(counts)``) and their integer counts. The same table, without checking again what
+        the histogram guarantees (encoders build several candidate tables per chunk); anything it does not
+        (precision, symbol range and count) goes to :meth:`from_counts`, which raises its errors."""
+        q = int(precision)
+        if not 1 <= q <= MAX_PRECISION or not 1 <= symbols.size <= 1 << q or int(symbols[-1]) >= MAX_SYMBOL:
+            return cls.from_counts(symbols, counts, precision)
+        return cls._owned(q, symbols.astype(np.uint32), _normalise(counts, q).astype(np.uint32))
+
+    @classmethod
     def from_values(cls, values: np.ndarray, precision: int = DEFAULT_PRECISION) -> "FrequencyTable":
         """Table of the histogram of ``values`` (integers in 0..2**31-1, any shape, not empty).
 
