@@ -196,7 +196,9 @@ class ByteSplitCodec(Codec):
         size = 9 + table.stored_size() + bits / 8 + 4 + 8.1 * lanes
 
         def write() -> bytes:
-            block = ans.encode(plane if mode == PLANE_ANS else pairs if pairs is not None else _pairs(plane), table)
+            # ``lanes``: what ans.encode would count from the symbols' histogram, known here already
+            block = ans.encode(plane if mode == PLANE_ANS else pairs if pairs is not None else _pairs(plane), table,
+                               lanes=lanes)
             coded = table.to_bytes()
             if len(block) + len(coded) + 9 >= n:
                 return bytes([PLANE_RAW]) + plane.tobytes()
