@@ -25,7 +25,7 @@ from ..errors import CorruptDataError, RdcError
 from .registry import register_codec
 from .axis_scales import KEYS as SCALE_KEYS, AxisScaled, AxisScales
 from .base import ChunkPlan, Codec, byte_view
-from .sq import MODE_ZERO, SQCodec, encode_levels, symbol_dtype, symbols_to_levels, zigzag
+from .sq import MODE_ZERO, SQCodec, encode_levels, group_values, symbol_dtype, zigzag
 
 #: next_state = NEXT_STATE[state][level & 1]; the quantizer of a state is ``state >> 1``.
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -245,7 +245,7 @@ class DQCodec(AxisScaled, Codec):
 
             def single(decoded: list) -> np.ndarray:
                 SQCodec.check_padding(decoded[0], k, radix, count, pos)
-                return symbols_to_levels(decoded[0], table, k, radix)[:count]
+                return group_values(decoded[0], table, k, radix, count, np.int32)
 
             return [(block, -(-count // k), table, symbol_dtype(table))], single
         if len(buf) < 6:
@@ -304,8 +304,8 @@ class DQCodec(AxisScaled, Codec):
                     if k:
                         symbols = next(it)
                         SQCodec.check_padding(symbols, k, radix, int(sizes[c]), where)
-                        kernels_numba.place_class(symbols_to_levels(symbols, tables[c], k, radix), classes, c,
-                                                  width, levels)
+                        values = group_values(symbols, tables[c], k, radix, int(sizes[c]), np.int32)
+                        kernels_numba.place_class(values, classes, c, width, levels)
                 return levels
             # Segment rows of the chunk padded to whole segments: class c's levels fill its rows in order,
             # the last segment's class gets ``pad`` zeros at its end (cut off again below).
@@ -316,7 +316,7 @@ class DQCodec(AxisScaled, Codec):
                     symbols = next(it)
                     n = int(sizes[c])
                     SQCodec.check_padding(symbols, k, radix, n, where)
-                    values = symbols_to_levels(symbols, tables[c], k, radix)[:n]
+                    values = group_values(symbols, tables[c], k, radix, n, np.int32)
                     if pad and c == int(classes[-1]):
                         values = np.concatenate([values, np.zeros(pad, dtype=values.dtype)])
                     rows[classes == c] = values.reshape(-1, width)

@@ -1,8 +1,9 @@
 """Compiled (numba) kernels for the per-element work of the codecs, bit-exact with their numpy code.
 
-An optional accelerator like :mod:`rdformat.entropy.ans_numba`: imports only numpy, numba and the standard
-library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`` (the functions raise
-``RuntimeError``) when numba is missing. Every kernel is compiled with ``cache=True`` and ``nogil=True``.
+An optional accelerator like :mod:`rdformat.entropy.ans_numba` (whose stored-table parser it reuses): imports
+only numpy, numba, that module and the standard library, takes and returns plain numpy arrays, and
+:data:`AVAILABLE` is ``False`` (the functions raise ``RuntimeError``) when numba is missing. Every kernel is
+compiled with ``cache=True`` and ``nogil=True``.
 
 * :func:`interleave_planes` - ``bytesplit``: byte planes -> elements, undoing ``rotl1`` on the way
   (replaces the ``planes[:, k] = ...`` fills, ``planes.view`` and ``_rotate(..., left=False)`` of
@@ -12,8 +13,7 @@ library, takes and returns plain numpy arrays, and :data:`AVAILABLE` is ``False`
   (replaces ``_Joint.planes``' numpy passes).
 * :func:`unshift_plane` - ``bytesplit`` plane mode 4: shifted bytes -> the plane (replaces ``_unshift``).
 * :func:`gather_groups` - ``sq``/``dq``: decoded ranks (or group symbols) -> the ``k`` values of each
-  group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``SQCodec.plan_chunk`` and
-  ``_symbols_to_levels`` in ``dq``).
+  group, cut at ``count`` (replaces ``lut[symbols].reshape(-1)[:count]`` in ``sq.group_values``).
 * :func:`group_rows` - ``sq``/``dq``: a level table's group symbols -> the ``sq`` values (or levels) of
   each group (replaces ``_ungroup``, ``unzigzag``, ``dequantize`` and the table fill of a chunk: a dozen
   numpy calls on a few dozen symbols, most of a small chunk's decode).
@@ -52,6 +52,8 @@ def _unavailable(*_args: Any, **_kwargs: Any) -> Any:
 
 
 if AVAILABLE:
+    from ..entropy.ans_numba import _parse_table_body  # a stored table's body (the joint table's tops)
+
     _ONE = np.uint64(1)
     _S8 = np.uint64(8)
 
@@ -284,30 +286,16 @@ if AVAILABLE:
         m, at = _varint_at(data, pos + 1)
         if m < 1 or m > 256 or m > (np.int64(1) << q):  # top symbols are bytes
             return -1, -1, -1
-        tops = np.empty(m, dtype=np.int64)
-        top_freqs = np.empty(m, dtype=np.int64)
-        sym = np.int64(-1)
-        for i in range(m):
-            gap, at = _varint_at(data, at)
-            if gap < 0:
-                return -1, -1, -1
-            sym += gap + 1
-            if sym > 255:
-                return -1, -1, -1
-            tops[i] = sym
-        total = np.int64(0)
-        for i in range(m):
-            fm1, at = _varint_at(data, at)
-            if fm1 < 0 or fm1 >= (np.int64(1) << q):
-                return -1, -1, -1
-            top_freqs[i] = fm1 + 1
-            total += fm1 + 1
-        if total != np.int64(1) << q:
+        # the top symbols' table is a stored table (spec 6.1)
+        tops = np.empty(m, dtype=np.uint32)
+        top_freqs = np.empty(m, dtype=np.uint32)
+        at = _parse_table_body(data, at, m, q, tops, top_freqs)
+        if at < 0 or tops[m - 1] > 255:
             return -1, -1, -1
         per = (np.int64(1) << t) - 1
         n = np.int64(0)
         for i in range(m):
-            left = top_freqs[i]
+            left = np.int64(top_freqs[i])
             for j in range(per + 1):
                 if j < per:
                     g, at = _varint_at(data, at)
@@ -319,7 +307,7 @@ if AVAILABLE:
                 if g > 0:
                     if n >= symbols.size:
                         return -1, -1, -1
-                    symbols[n] = (tops[i] << t) | j
+                    symbols[n] = (np.int64(tops[i]) << t) | j
                     freqs[n] = g
                     n += 1
         return q, n, at

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ class SQCodec(AxisScaled, Codec):
             return np.zeros(count, dtype=np.int32)
         symbols = ans.decode(block, -(-count // k), table, out_dtype=symbol_dtype(table))
         self.check_padding(symbols, k, radix, count, pos)
-        return symbols_to_levels(symbols, table, k, radix)[:count]
+        return group_values(symbols, table, k, radix, count, np.int32)
 
     @staticmethod
     def parse_payload(data: memoryview, count: int) -> tuple[int, int, FrequencyTable | None, memoryview | None, int]:
@@ -176,26 +177,9 @@ class SQCodec(AxisScaled, Codec):
             return ChunkPlan([], lambda _decoded: np.zeros(count, dtype=out_dtype))
 
         def finish(decoded: list, out: np.ndarray | None = None) -> np.ndarray:
-            symbols = decoded[0]
-            self.check_padding(symbols, k, radix, count, pos)
-            # Reconstruct each present group once, then gather: decoding is one lookup per group.
-            dense = _dense(radix ** k, symbols.size)  # a table row per possible group symbol
-            if dense and ans.compiled_active():
-                from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
-
-                lut = kernels_numba.group_rows(table.symbols, k, radix, self.step, self.offset1,
-                                               self.offset2).astype(out_dtype)
-                return gather_compiled(symbols, lut, count, out)
-            present = table.symbols.astype(np.int64)
-            values = dequantize(unzigzag(_ungroup(present, k, radix)), self.step, self.offset1, self.offset2,
-                                out_dtype)
-            values = values.reshape(-1, k)
-            if dense:
-                lut = np.zeros((radix ** k, k), dtype=out_dtype)
-                lut[present] = values
-                return lut[symbols].reshape(-1)[:count]
-            # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
-            return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
+            self.check_padding(decoded[0], k, radix, count, pos)
+            return group_values(decoded[0], table, k, radix, count, out_dtype,
+                                (self.step, self.offset1, self.offset2), out)
 
         def into(decoded: list, out: np.ndarray) -> None:
             got = finish(decoded, out)
@@ -228,22 +212,32 @@ def _dense(rows: int, symbols: int) -> bool:
     return rows <= max(4 * symbols, DENSE_MIN_ROWS)
 
 
-def symbols_to_levels(symbols: np.ndarray, table: FrequencyTable, k: int, radix: int) -> np.ndarray:
-    """Group symbols -> int32 levels (``k`` per symbol, padding included) by one gather from the levels of
-    the table's symbols (also used by dq)."""
-    dense = _dense(radix ** k, symbols.size)  # a table row per possible group symbol
+def group_values(symbols: np.ndarray, table: FrequencyTable, k: int, radix: int, count: int, dtype: Any,
+                 dequant: tuple[float, float, float] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """The first ``count`` values of a chunk's group symbols (``k`` per symbol): its levels (``dequant``
+    None, ``dtype`` int32), or the levels dequantized by ``(step, offset1, offset2)`` to ``dtype``. Each
+    present group is reconstructed once, then gathered: from a dense table (a row per possible group
+    symbol), or by each symbol's rank in the table. ``out``: where the compiled gather writes (a view of it
+    is returned). Used by sq and dq."""
+    step, offset1, offset2 = dequant or (1.0, 0.0, 0.0)
+    dense = _dense(radix ** k, symbols.size)
     if dense and ans.compiled_active():
         from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
-        lut = kernels_numba.group_rows(table.symbols, k, radix).astype(np.int32)  # levels are exact in float64
-        return gather_compiled(symbols, lut, symbols.size * k)
+        # float64 rows rounded to the dtype, as sq.dequantize does (levels are exact in float64)
+        lut = kernels_numba.group_rows(table.symbols, k, radix, step, offset1, offset2).astype(dtype)
+        return gather_compiled(symbols, lut, count, out)
     present = table.symbols.astype(np.int64)
-    values = unzigzag(_ungroup(present, k, radix)).reshape(-1, k)
+    values = unzigzag(_ungroup(present, k, radix))
+    if dequant is not None:
+        values = dequantize(values, step, offset1, offset2, dtype)
+    values = values.reshape(-1, k)
     if dense:
-        lut = np.zeros((radix ** k, k), dtype=np.int32)
+        lut = np.zeros((radix ** k, k), dtype=values.dtype)
         lut[present] = values
-        return lut[symbols].reshape(-1)
-    return values[np.searchsorted(present, symbols)].reshape(-1)
+        return lut[symbols].reshape(-1)[:count]
+    # Few symbols, large alphabet: map each symbol to its table rank instead of a dense table.
+    return values[np.searchsorted(present, symbols)].reshape(-1)[:count]
 
 
 def gather_compiled(symbols: np.ndarray, lut: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -281,16 +281,7 @@ class FrequencyTable:
     def _unchecked(cls, precision: int, symbols: np.ndarray, freqs: np.ndarray) -> "FrequencyTable":
         """A table from arrays its caller has already validated (as ``__init__`` would): a decoder parses
         one table per chunk, and checking every table twice costs more than decoding a small chunk."""
-        table = cls.__new__(cls)
-        sym = symbols.astype(np.uint32)  # always a fresh copy
-        frq = freqs.astype(np.uint32)
-        sym.flags.writeable = False
-        frq.flags.writeable = False
-        object.__setattr__(table, "precision", int(precision))
-        object.__setattr__(table, "symbols", sym)
-        object.__setattr__(table, "freqs", frq)
-        object.__setattr__(table, "_cache", {})
-        return table
+        return cls._owned(precision, symbols.astype(np.uint32), freqs.astype(np.uint32))  # fresh copies
 
     @classmethod
     def _owned(cls, precision: int, symbols: np.ndarray, freqs: np.ndarray) -> "FrequencyTable":
