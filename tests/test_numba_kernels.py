@@ -98,11 +98,12 @@ def test_round_trip_every_precision(precision: int) -> None:
 
 
 def test_every_lane_remainder_decodes_and_reports_its_bad_lane() -> None:
-    """Lanes run four at a time and the last 1-3 together: every lane count 1..13 decodes bit-exactly (with a
-    partial last step), and a corrupted lane among the last ones is reported as the numpy decoder reports it."""
+    """Lanes run eight at a time while no lane can run out of words, then four at a time and the last 1-3
+    together: every lane count 1..19 decodes bit-exactly (with a partial last step), and a corrupted lane
+    among the last ones is reported as the numpy decoder reports it."""
     rng = np.random.default_rng(23)
     table = random_table(rng, 12, 30)
-    for lanes in range(1, 14):
+    for lanes in range(1, 20):
         n = 97 * lanes + int(rng.integers(lanes))  # rest = n % lanes lanes take one more symbol
         values = sample(rng, table, n)
         block = ans.encode(values, table, lanes=lanes, backend="numpy")

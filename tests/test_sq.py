@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import rdformat
 from rdformat.codecs.sq import MAX_LEVEL, SQCodec, unzigzag, zigzag
+from rdformat.entropy import ans
 from rdformat.format.dtypes import by_numpy
 from rdformat.errors import CorruptDataError, InvalidInputError
 from rdformat.producers.quantize import magnitude_prune, quantize_rdo, quantize_uniform
@@ -279,3 +280,28 @@ def test_dense_and_searched_lookups_decode_alike(n: int, spread: int) -> None:
         with ans.use_backend(backend):
             np.testing.assert_array_equal(codec.decode_chunk(memoryview(payload), n, f32), expected)
             np.testing.assert_array_equal(codec.decode_levels(memoryview(payload), n), levels)
+
+
+@pytest.mark.parametrize("scale, n", [(2, 20000), (6, 3000), (80, 3000)])
+def test_finer_table_only_for_a_real_gain(monkeypatch, scale: float, n: int) -> None:
+    """A level table with more lookup slots than a quarter of the chunk's symbols is chosen over a coarser
+    one only if it codes the chunk ``FINE_TABLE_GAIN`` smaller (these chunks would take a finer table for
+    under 0.3% fewer bytes); both choices decode to the same levels."""
+    from rdformat.codecs import sq
+
+    levels = np.round(np.random.default_rng(1).laplace(0, scale, n)).astype(np.int32)
+    chosen = sq.choose_level_model(levels)
+    monkeypatch.setattr(sq, "FINE_TABLE_GAIN", 0.0)
+    finest = sq.choose_level_model(levels)
+    assert chosen[4].precision < finest[4].precision
+    assert (1 << finest[4].precision) > finest[3].size // 4
+    assert finest[0] < chosen[0] <= finest[0] / (1 - 0.003)
+    sizes = []
+    for gain in (0.003, 0.0):
+        monkeypatch.setattr(sq, "FINE_TABLE_GAIN", gain)
+        data = sq.encode_levels(levels)
+        sizes.append(len(data))
+        for backend in ans.available_backends():
+            with ans.use_backend(backend):
+                assert np.array_equal(SQCodec(step=0.5).decode_levels(memoryview(data), n), levels)
+    assert sizes[1] <= sizes[0] <= sizes[1] * 1.004 + 8

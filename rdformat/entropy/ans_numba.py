@@ -141,6 +141,10 @@ if AVAILABLE:
     _ONE = np.uint64(1)
     _TWO = np.uint64(2)
     _THREE = np.uint64(3)
+    _FOUR = np.uint64(4)
+    _FIVE = np.uint64(5)
+    _SIX = np.uint64(6)
+    _SEVEN = np.uint64(7)
 
     @njit(cache=True, nogil=True, inline="always")
     def _read_u32(data: np.ndarray, p: int) -> np.uint64:
@@ -294,23 +298,66 @@ if AVAILABLE:
     def _lanes_by_groups(state: np.ndarray, pos: np.ndarray, low: np.ndarray, full: int, rest: int,
                          sh: np.uint64, slots: np.ndarray, coder: np.ndarray, wp: np.ndarray,
                          out: np.ndarray, out_start: int, out_stride: int) -> None:
-        """Every lane through its ``full`` (+1 for the first ``rest`` lanes) symbols, four lanes at a time
-        with their states in registers: four independent dependency chains keep the CPU busy where one
-        lane after the other, or all lanes in lockstep through memory, would wait. Each lane decodes the
-        same symbols in the same order as in lockstep, so the output is identical. ``coder`` holds the
-        values (every value of the table is below 2**16)."""
+        """Every lane through its ``full`` (+1 for the first ``rest`` lanes) symbols, eight or four lanes at a
+        time with their states in registers: independent dependency chains keep the CPU busy where one
+        lane after the other, or all lanes in lockstep through memory, would wait (eight chains: the ANS
+        kernel ~10% faster than four on blocks of many lanes; they take the steps no lane of the eight can
+        run out of words in, groups of four finish). Each lane decodes the same symbols in the same order
+        as in lockstep, so the output is identical. ``coder`` holds the values (every value of the table
+        is below 2**16)."""
         lanes = state.size
         row = _U64(lanes * out_stride)
         stride = _U64(out_stride)
+        g8_end = lanes - lanes % 8
+        first = np.zeros(lanes // 4, dtype=np.int64)  # steps a group of four lanes starts at
+        for g in range(0, g8_end, 8):
+            s0, s1, s2, s3 = state[g], state[g + 1], state[g + 2], state[g + 3]
+            s4, s5, s6, s7 = state[g + 4], state[g + 5], state[g + 6], state[g + 7]
+            p0, p1, p2, p3 = _U64(pos[g]), _U64(pos[g + 1]), _U64(pos[g + 2]), _U64(pos[g + 3])
+            p4, p5, p6, p7 = _U64(pos[g + 4]), _U64(pos[g + 5]), _U64(pos[g + 6]), _U64(pos[g + 7])
+            lw = low[g:g + 8]
+            o = _U64(out_start + g * out_stride)
+            t = np.int64(0)
+            while True:  # only the unbounded steps (see below); the rest runs four lanes at a time
+                m0 = min(min(p0 - _U64(lw[0]), p1 - _U64(lw[1])), min(p2 - _U64(lw[2]), p3 - _U64(lw[3])))
+                m1 = min(min(p4 - _U64(lw[4]), p5 - _U64(lw[5])), min(p6 - _U64(lw[6]), p7 - _U64(lw[7])))
+                safe = min(np.int64(min(m0, m1)), full - t)
+                if safe < UNBOUNDED_MIN_STEPS:
+                    break
+                for _t in range(safe):
+                    s0, p0, v0 = _step_unbounded(s0, p0, sh, slots, coder, wp)
+                    s1, p1, v1 = _step_unbounded(s1, p1, sh, slots, coder, wp)
+                    s2, p2, v2 = _step_unbounded(s2, p2, sh, slots, coder, wp)
+                    s3, p3, v3 = _step_unbounded(s3, p3, sh, slots, coder, wp)
+                    s4, p4, v4 = _step_unbounded(s4, p4, sh, slots, coder, wp)
+                    s5, p5, v5 = _step_unbounded(s5, p5, sh, slots, coder, wp)
+                    s6, p6, v6 = _step_unbounded(s6, p6, sh, slots, coder, wp)
+                    s7, p7, v7 = _step_unbounded(s7, p7, sh, slots, coder, wp)
+                    out[o] = v0
+                    out[o + stride] = v1
+                    out[o + _TWO * stride] = v2
+                    out[o + _THREE * stride] = v3
+                    out[o + _FOUR * stride] = v4
+                    out[o + _FIVE * stride] = v5
+                    out[o + _SIX * stride] = v6
+                    out[o + _SEVEN * stride] = v7
+                    o += row
+                t += safe
+            state[g], state[g + 1], state[g + 2], state[g + 3] = s0, s1, s2, s3
+            state[g + 4], state[g + 5], state[g + 6], state[g + 7] = s4, s5, s6, s7
+            pos[g], pos[g + 1], pos[g + 2], pos[g + 3] = p0, p1, p2, p3
+            pos[g + 4], pos[g + 5], pos[g + 6], pos[g + 7] = p4, p5, p6, p7
+            first[g // 4] = t  # the steps left: four lanes at a time below, bounded
+            first[g // 4 + 1] = t
         g_end = lanes - lanes % 4
         for g in range(0, g_end, 4):
             s0, s1, s2, s3 = state[g], state[g + 1], state[g + 2], state[g + 3]
             p0, p1, p2, p3 = _U64(pos[g]), _U64(pos[g + 1]), _U64(pos[g + 2]), _U64(pos[g + 3])
             l0, l1, l2, l3 = _U64(low[g]), _U64(low[g + 1]), _U64(low[g + 2]), _U64(low[g + 3])
-            o = _U64(out_start + g * out_stride)
+            t = first[g // 4]
+            o = _U64(out_start + g * out_stride) + _U64(t) * row
             # A step pops at most one word per lane, so while every lane of the group has at least as many
             # words left as the steps run, no lane can run out: those steps skip the bound check (10% faster).
-            t = np.int64(0)
             while True:
                 safe = min(np.int64(min(min(p0 - l0, p1 - l1), min(p2 - l2, p3 - l3))), full - t)
                 if safe < UNBOUNDED_MIN_STEPS:
