@@ -6,6 +6,7 @@ Covers ``rdformat.entropy.ans_numba`` (ANS block decode/encode) and ``rdformat.c
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -775,3 +776,26 @@ def test_single_table_builder_matches_the_general_one() -> None:
                 want = an.build_decode_tables([q], [table.freqs], [values], None if expand else [False])
                 for name, a, b in zip(want._fields, got, want):
                     assert a.dtype == b.dtype and np.array_equal(a, b), (q, m, expand, ranks, name)
+
+
+def test_pinned_choice_decides_once_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside ``ans.pinned_choice()`` (one load, one tensor read) the RDFORMAT_NO_NUMBA switch is read once, at
+    the first use; after the block it counts again on every call, and a new block decides afresh."""
+    monkeypatch.delenv("RDFORMAT_NO_NUMBA", raising=False)
+    with ans.use_backend("numba"):
+        with ans.pinned_choice():
+            assert ans.compiled_active()
+            monkeypatch.setenv("RDFORMAT_NO_NUMBA", "1")
+            with ans.pinned_choice():  # nested: the same decision
+                assert ans.compiled_active()
+        assert not ans.compiled_active()
+        with ans.pinned_choice():
+            assert not ans.compiled_active()
+            monkeypatch.delenv("RDFORMAT_NO_NUMBA")
+            assert not ans.compiled_active()
+        assert ans.compiled_active()
+    data = io.BytesIO()
+    rdformat.save({"w": np.arange(5000, dtype=np.float32)}, data)
+    monkeypatch.setenv("RDFORMAT_NO_NUMBA", "1")
+    assert np.array_equal(rdformat.load(data.getvalue())["w"], np.arange(5000, dtype=np.float32))
+    assert not ans.compiled_active()  # load's block ended: the switch counts again

@@ -34,7 +34,7 @@ import os
 import struct
 import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -92,11 +92,48 @@ def _numba_pays(work: int | None) -> bool:
     return work is not None and work >= least or least == 0
 
 
+_pin_lock = threading.Lock()
+_pin_depth = 0  # open pinned_choice() blocks (any thread)
+_pinned: tuple[Any, str] | None = None  # what _numba() decided inside them
+
+
+@contextlib.contextmanager
+def pinned_choice() -> Iterator[None]:
+    """Inside the block, whether the compiled backend is usable is decided once (on first use), not on
+    every call of :func:`compiled_active`: codecs ask per chunk, and the ``RDFORMAT_NO_NUMBA`` lookup
+    (~1.5 us) took 3% of loading a small model. For one load or one tensor read; nested and concurrent
+    blocks share the decision until the last one ends."""
+    global _pin_depth, _pinned
+    with _pin_lock:
+        if _pin_depth == 0:
+            _pinned = None  # decided afresh (a late write of an earlier block may remain)
+        _pin_depth += 1
+    try:
+        yield
+    finally:
+        with _pin_lock:
+            _pin_depth -= 1
+            if _pin_depth == 0:
+                _pinned = None
+
+
 def _numba() -> tuple[Any, str]:
     """(the :mod:`.ans_compiled` module, "") if the numba backend is usable, else (None, reason).
 
     The first call imports numba (about half a second); compiled kernels load from numba's cache.
     """
+    global _pinned
+    pinned = _pinned
+    if pinned is not None and _pin_depth:
+        return pinned
+    res = _numba_unpinned()
+    if _pin_depth:
+        _pinned = res
+    return res
+
+
+def _numba_unpinned() -> tuple[Any, str]:
+    """What :func:`_numba` decides, from the environment and the import."""
     global _numba_result
     if os.environ.get(_ENV_NO_NUMBA, "").strip() not in ("", "0"):
         return None, f"disabled by {_ENV_NO_NUMBA}"

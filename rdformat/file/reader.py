@@ -1256,7 +1256,7 @@ class RdcReader:
 
     def get_tensor(self, name: str) -> np.ndarray:
         """Decode one tensor by name (seekable files), reading only its own records."""
-        with self._lock:
+        with self._lock, ans.pinned_choice():
             return self._get_by_name(name)
 
     def keys(self) -> list[str]:
@@ -1374,7 +1374,7 @@ def load(source: str | os.PathLike | bytes | BinaryIO, *, limits: Limits | None 
 
     ``budget`` and ``partial``: as for :func:`open`.
     """
-    with RdcReader(source, limits=limits, budget=budget, partial=partial) as reader:
+    with ans.pinned_choice(), RdcReader(source, limits=limits, budget=budget, partial=partial) as reader:
         decoded = dict(iter(reader))
         # file order (layered tensors are decoded after the layers, at the end of iteration)
         return {name: decoded[name] for name in reader._stream_order}
