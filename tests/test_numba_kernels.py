@@ -799,3 +799,50 @@ def test_pinned_choice_decides_once_per_block(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("RDFORMAT_NO_NUMBA", "1")
     assert np.array_equal(rdformat.load(data.getvalue())["w"], np.arange(5000, dtype=np.float32))
     assert not ans.compiled_active()  # load's block ended: the switch counts again
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float16, np.uint16])
+@pytest.mark.parametrize("rotate", [True, False])
+def test_split_planes_matches_numpy(dtype, rotate: bool) -> None:
+    """The bytesplit encoder's one-pass split: each plane a contiguous row equal to numpy's (rotated) byte
+    column, and its byte counts equal to np.bincount, at sizes with every remainder of the two-copy count."""
+    from rdformat.codecs.bytesplit import _rotate
+
+    rng = np.random.default_rng(11)
+    width = np.dtype(dtype).itemsize
+    for n in (0, 1, 2, 3, 1001):
+        x = (rng.laplace(0, 0.05, n) * (1 if np.dtype(dtype).kind == "f" else 30000)).astype(dtype)
+        words = x.view(f"<u{width}")
+        planes, counts = kn.split_planes(words, rotate)
+        ref = (_rotate(words, 8 * width, True) if rotate else words).view(np.uint8).reshape(-1, width)
+        assert planes.shape == (width, n) and counts.shape == (width, 256)
+        for k in range(width):
+            assert planes[k].flags.c_contiguous and np.array_equal(planes[k], ref[:, k])
+            assert np.array_equal(counts[k], np.bincount(ref[:, k], minlength=256))
+    with pytest.raises(ValueError, match="uint16 or uint32"):
+        kn.split_planes(np.zeros(4, np.uint64), True)
+
+
+def test_compiled_ranks_match_numpy_and_refuse_absent_values() -> None:
+    """``ans_numba.ranks_of`` (the encoder's one-pass symbol -> rank lookup) gives numpy's ranks for byte and
+    pair symbols, tables reaching past 2**16 included; a value not in the table gives None, and ans.encode
+    then raises numpy's error naming the element."""
+    from rdformat.entropy import ans_numpy
+
+    rng = np.random.default_rng(12)
+    for dtype, symbols in ((np.uint8, [3, 7, 200, 255]), (np.uint16, [0, 5, 300, 65535]),
+                           (np.uint16, [9, 40000, 70000, 1 << 20])):
+        table = FrequencyTable.from_counts(np.array(symbols), [5, 3, 2, 1], precision=8)
+        usable = [s for s in symbols if s <= np.iinfo(dtype).max]
+        values = rng.choice(usable, 500).astype(dtype)
+        ranks = an.ranks_of(values, table)
+        assert ranks is not None and ranks.dtype == np.uint16
+        assert np.array_equal(ranks, ans_numpy.ranks_of(values, table))
+        bad = values.copy()
+        bad[123] = 1  # in none of the tables
+        assert an.ranks_of(bad, table) is None
+        with pytest.raises(errors.InvalidInputError, match="element 123 = 1"):
+            ans.encode(bad, table, backend="numba")
+        with pytest.raises(errors.InvalidInputError, match="element 123 = 1"):
+            ans.encode(bad, table, backend="numpy")
+    assert an.ranks_of(np.zeros(3, np.int64), table) is None  # other dtypes: numpy's lookup

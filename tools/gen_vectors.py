@@ -254,7 +254,7 @@ class LanesCodec(ByteSplitCodec):
     def for_tensor(self, array, dtype):
         return self
 
-    def _encode_plane(self, plane: np.ndarray) -> bytes:
+    def _encode_plane(self, plane: np.ndarray, counts: np.ndarray | None = None) -> bytes:
         counts = np.bincount(plane, minlength=256)
         present = np.flatnonzero(counts)
         table = FrequencyTable.from_counts(present, counts[present], precision=12)
@@ -265,7 +265,7 @@ class LanesCodec(ByteSplitCodec):
 class PairsCodec(LanesCodec):
     """bytesplit whose planes are ANS-coded byte pairs (mode 3), in a fixed number of lanes."""
 
-    def _encode_plane(self, plane: np.ndarray) -> bytes:
+    def _encode_plane(self, plane: np.ndarray, counts: np.ndarray | None = None) -> bytes:
         padded = np.concatenate([plane, np.zeros(plane.size % 2, np.uint8)])
         pairs = padded.view("<u2").astype(np.uint32)
         counts = np.bincount(pairs)

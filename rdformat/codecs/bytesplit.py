@@ -111,25 +111,33 @@ class ByteSplitCodec(Codec):
         summing to the chunk's, e.g. the members of a PACK group) also tries the top plane of a float dtype
         coded per segment (PLANE_ANS_SHIFTED, format 1.5)."""
         w = dtype.itemsize
-        planes = self._words(elements, dtype).view(np.uint8).reshape(-1, w)
+        n = elements.size
+        if w in (2, 4) and ans.compiled_active(n):
+            from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+            # one pass: the planes as contiguous rows and their byte counts
+            planes, counts = kernels_numba.split_planes(np.ascontiguousarray(elements).reshape(-1).view(_UINT[w]),
+                                                        self.transform == "rotl1")
+        else:
+            planes, counts = self._words(elements, dtype).view(np.uint8).reshape(-1, w).T, [None] * w
         # The top two planes of floats are usually replaced by the joint plane (format 1.6): they are sized
         # first and only written if the joint plane does not beat them.
-        joint = self.joint and self.transform == "rotl1" and w >= 2 and 64 <= planes.shape[0] <= JOINT_MAX_ELEMENTS
+        joint = self.joint and self.transform == "rotl1" and w >= 2 and 64 <= n <= JOINT_MAX_ELEMENTS
         out: list = []  # bytes, or (estimated size, function writing the plane)
         shifts = None
         for k in range(w):
-            plane = np.ascontiguousarray(planes[:, k])
-            coded = self._plane_choice(plane) if joint and k >= w - 2 else self._encode_plane(plane)
+            plane = np.ascontiguousarray(planes[k])
+            coded = self._plane_choice(plane, counts[k]) if joint and k >= w - 2 else self._encode_plane(plane, counts[k])
             if segments is not None and k == w - 1 and self.transform == "rotl1" and len(segments) > 1:
                 shifted, shifts = _encode_shifted(plane, segments, self.precision, with_shifts=True)
                 if shifted is not None and len(shifted) < _size(coded):
                     coded = shifted
             out.append(coded)
         if joint:
-            segs = list(zip(segments, shifts)) if segments is not None and shifts is not None else [(planes.shape[0], 0)]
+            segs = list(zip(segments, shifts)) if segments is not None and shifts is not None else [(n, 0)]
             apart = _size(out[-1]) + _size(out[-2])
             slack = 16 + apart / 128  # more than an estimate misses by (see _plane_choice)
-            coded = _encode_joint(np.ascontiguousarray(planes[:, w - 1]), np.ascontiguousarray(planes[:, w - 2]),
+            coded = _encode_joint(np.ascontiguousarray(planes[w - 1]), np.ascontiguousarray(planes[w - 2]),
                                   segs, apart + slack)
             if coded is not None and len(coded) >= apart - slack:  # too close to call: write the planes
                 out[-2:] = [_written(part) for part in out[-2:]]
@@ -139,20 +147,19 @@ class ByteSplitCodec(Codec):
                 out[-2:] = [coded]
         return b"".join(_written(part) for part in out)
 
-    def _encode_plane(self, plane: np.ndarray) -> bytes:
-        return self._plane_choice(plane)[1]()
+    def _encode_plane(self, plane: np.ndarray, counts: np.ndarray | None = None) -> bytes:
+        return self._plane_choice(plane, counts)[1]()
 
-    def _plane_choice(self, plane: np.ndarray) -> tuple[float, Callable[[], bytes]]:
+    def _plane_choice(self, plane: np.ndarray, counts: np.ndarray | None = None) -> tuple[float, Callable[[], bytes]]:
         """(size in bytes, exact for raw and constant planes, estimated for ANS ones; a function writing the
-        plane) of the cheapest of raw / constant / ANS / ANS pairs."""
+        plane) of the cheapest of raw / constant / ANS / ANS pairs. ``counts``: the plane's byte counts, if
+        known."""
         n = plane.size
         compiled = ans.compiled_active(n)
         if compiled:
             from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
-
-            counts = kernels_numba.plane_histograms(plane, False)[0]
-        else:
-            counts = np.bincount(plane, minlength=256)
+        if counts is None:
+            counts = kernels_numba.plane_histograms(plane, False)[0] if compiled else np.bincount(plane, minlength=256)
         present = np.flatnonzero(counts)
         if present.size == 1:
             return 2, lambda: bytes([PLANE_CONSTANT, int(present[0])])
@@ -373,7 +380,7 @@ def _pairs(plane: np.ndarray) -> np.ndarray:
     """Byte pairs as symbols ``b[2i] + 256 * b[2i+1]`` (an odd plane is padded with a zero byte)."""
     if plane.size % 2:
         plane = np.concatenate([plane, np.zeros(1, np.uint8)])
-    return plane.view("<u2").astype(np.uint32)
+    return plane.view("<u2")  # (ANS takes uint16 symbols as they are: no wider copy)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -256,6 +256,49 @@ if AVAILABLE:
         if plane.size & 1:
             counts[0] -= 1  # the pad byte is not part of the plane
 
+    @njit(cache=True, nogil=True)
+    def _split_planes4(words: np.ndarray, rotate: bool, p0: np.ndarray, p1: np.ndarray, p2: np.ndarray,
+                       p3: np.ndarray) -> None:
+        # in the words' own unsigned type, without counting: the loop vectorises (counting in it would not)
+        one, top, byte = np.uint32(1), np.uint32(31), np.uint32(255)
+        for i in range(words.size):
+            x = words[i]
+            if rotate:
+                x = (x << one) | (x >> top)
+            p0[i] = x & byte
+            p1[i] = (x >> np.uint32(8)) & byte
+            p2[i] = (x >> np.uint32(16)) & byte
+            p3[i] = x >> np.uint32(24)
+
+    @njit(cache=True, nogil=True)
+    def _split_planes2(words: np.ndarray, rotate: bool, p0: np.ndarray, p1: np.ndarray) -> None:
+        one, top, byte = np.uint16(1), np.uint16(15), np.uint16(255)
+        for i in range(words.size):
+            x = words[i]
+            if rotate:
+                x = (x << one) | (x >> top)
+            p0[i] = x & byte
+            p1[i] = x >> np.uint16(8)
+
+    @njit(cache=True, nogil=True)
+    def _byte_counts4(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, sub: np.ndarray) -> None:
+        # four planes in one pass, two partial histograms per plane (element i counts in copy i & 1; plane k's
+        # at 512 k): a plane of few distinct bytes (exponents) would otherwise wait on the previous
+        # increment of the same counter
+        for i in range(p0.size):
+            c = (i & 1) << 8
+            sub[c + p0[i]] += 1
+            sub[512 + c + p1[i]] += 1
+            sub[1024 + c + p2[i]] += 1
+            sub[1536 + c + p3[i]] += 1
+
+    @njit(cache=True, nogil=True)
+    def _byte_counts2(p0: np.ndarray, p1: np.ndarray, sub: np.ndarray) -> None:
+        for i in range(p0.size):
+            c = (i & 1) << 8
+            sub[c + p0[i]] += 1
+            sub[512 + c + p1[i]] += 1
+
     @njit(cache=True, nogil=True, inline="always")
     def _varint_at(data: np.ndarray, pos: int) -> tuple[int, int]:
         """(value, position after it) of a canonical varint of at most 5 bytes below 2**32 at ``data[pos]``;
@@ -353,7 +396,7 @@ if AVAILABLE:
 else:
     _interleave_planes = _interleave4 = _interleave2 = _joint_planes = _unavailable
     _gather_groups = _dq_reconstruct = _plane_histograms = _unshift_plane = _group_rows = _unavailable
-    _parse_joint_table = _parametric_freqs = _place_class = _unavailable
+    _parse_joint_table = _parametric_freqs = _place_class = _split_planes4 = _split_planes2 = _byte_counts4 = _byte_counts2 = _unavailable
 
 
 def parametric_freqs(radix: int, precision: int, p0: int, theta: int, dtype: Any = np.int64) -> np.ndarray:
@@ -379,6 +422,32 @@ def place_class(values: np.ndarray, classes: np.ndarray, c: int, width: int, out
     if placed < 0:
         raise ValueError("place_class: the class's segments need more values or lie outside the chunk")
     return placed
+
+
+def split_planes(words: np.ndarray, rotate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``bytesplit`` encoder: the byte planes of ``uint16``/``uint32`` words in one pass, with their byte counts.
+
+    Args:
+        words: a 1-D ``uint16`` or ``uint32`` array (the chunk's elements viewed as unsigned words).
+        rotate: apply ``rotl1`` first (rotate each word left by one bit).
+
+    Returns:
+        ``(planes, counts)``: ``planes[k]`` (a C-contiguous ``uint8`` row) is byte ``k`` (little-endian) of
+        every (rotated) word; ``counts[k]`` (``int64[256]``) is ``np.bincount(planes[k], minlength=256)``.
+    """
+    words = np.ascontiguousarray(words).reshape(-1)
+    width = words.dtype.itemsize
+    if words.dtype.kind != "u" or width not in (2, 4):
+        raise ValueError(f"split_planes: needs uint16 or uint32 words, got {words.dtype}")
+    planes = np.empty((width, words.size), dtype=np.uint8)
+    sub = np.zeros(width * 512, dtype=np.int64)
+    if width == 4:
+        _split_planes4(words, bool(rotate), planes[0], planes[1], planes[2], planes[3])
+        _byte_counts4(planes[0], planes[1], planes[2], planes[3], sub)
+    else:
+        _split_planes2(words, bool(rotate), planes[0], planes[1])
+        _byte_counts2(planes[0], planes[1], sub)
+    return planes, sub.reshape(width, 2, 256).sum(axis=1)
 
 
 def plane_histograms(plane: np.ndarray, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -309,6 +309,12 @@ def default_lanes(n: int, ideal_bits: float, *, size_bits: float | None = None,
     return max(1, min(MAX_DEFAULT_LANES, n // MIN_DEFAULT_SYMBOLS_PER_LANE, by_size))
 
 
+def _compiled_ranks(values: np.ndarray, table: FrequencyTable) -> np.ndarray | None:
+    from . import ans_numba  # noqa: PLC0415 - the numba backend is selected, so it is loaded
+
+    return ans_numba.ranks_of(values, table)
+
+
 def encode(symbols: np.ndarray, table: FrequencyTable, *, lanes: int | None = None,
            backend: str = "auto") -> bytes:
     """Encode ``symbols`` (integers, any shape, flattened in C order) into an ANS block.
@@ -337,7 +343,11 @@ def encode(symbols: np.ndarray, table: FrequencyTable, *, lanes: int | None = No
         arr = arr.astype(np.int64)
     values = arr.reshape(-1)
     n = values.size
-    ranks = _np.ranks_of(values, table)
+    # the compiled lookup maps byte and pair symbols in one pass (numpy's takes four); anything it does not
+    # take, a value not in the table included, goes to numpy's, which names the value
+    ranks = _compiled_ranks(values, table) if name == "numba" else None
+    if ranks is None:
+        ranks = _np.ranks_of(values, table)
     if n == 0 or table.num_symbols == 1:
         return np.zeros(1, dtype="<u4").tobytes()
     if lanes is None:

@@ -719,9 +719,23 @@ if AVAILABLE:
             return -1
         return end
 
+    @njit(cache=True, nogil=True)
+    def _ranks_by_lut(values: np.ndarray, lut: np.ndarray, absent: int, ranks: np.ndarray) -> int:
+        """ranks[i] = lut[values[i]] in one pass; returns the first i whose value lies past ``lut`` or maps to
+        ``absent`` (the mark of a value not in the table), else -1."""
+        for i in range(values.size):
+            v = np.int64(values[i])
+            if v >= lut.size:
+                return i
+            r = lut[v]
+            if r == absent:
+                return i
+            ranks[i] = r
+        return -1
+
 else:
     _build_tables = _decode_blocks = _decode_one = _encode_block = encode_capacity_words = _unavailable
-    _step = _lanes_by_groups = _unavailable
+    _step = _lanes_by_groups = _ranks_by_lut = _unavailable
     _parse_varints = _parse_table_body = _build_single8 = _build_single16 = _unavailable
 
 
@@ -813,6 +827,27 @@ def _flat(arrays: list, dtype: Any) -> np.ndarray:
     if not arrays:
         return np.zeros(0, dtype=dtype)
     return np.concatenate([np.asarray(a).reshape(-1) for a in arrays]).astype(dtype, copy=False)
+
+
+def ranks_of(values: np.ndarray, table: Any) -> np.ndarray | None:
+    """``uint16`` ranks (indices in ``table.symbols``) of 1-D ``uint8``/``uint16`` ``values`` in one compiled
+    pass, or None if a value is not in the table or the input does not suit the lookup (the caller then
+    takes ``ans_numpy.ranks_of``, which names the value or does the work)."""
+    if values.dtype not in (np.uint8, np.uint16) or values.ndim != 1 or table.num_symbols >= 0xFFFF:
+        return None
+    top = int(table.symbols[-1])
+    if top >= 1 << 16:  # no uint8/uint16 value reaches the larger symbols: the lookup stops at 2**16
+        top = (1 << 16) - 1
+
+    def build() -> np.ndarray:
+        lut = np.full(top + 1, 0xFFFF, dtype=np.uint16)
+        present = table.symbols[table.symbols <= top]
+        lut[present] = np.arange(present.size, dtype=np.uint16)
+        return lut
+
+    lut = table._derived("rank-lut", build)
+    ranks = np.empty(values.size, dtype=np.uint16)
+    return ranks if _ranks_by_lut(values, lut, 0xFFFF, ranks) < 0 else None
 
 
 def decode_tables_for(table: Any, *, ranks: bool = False, expand: bool = True) -> DecodeTables:
