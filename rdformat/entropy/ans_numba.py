@@ -451,12 +451,11 @@ if AVAILABLE:
         if lanes < 1 or header_end > size:  # checked by _check_block; re-read here, so bounded again
             return 0, 0
         nw = (size - header_end) // 4
-        # The lanes' words shifted by one (wp[i + 1] = word i, wp[0] = 0): a lane at ``pos`` pops wp[pos],
-        # and wp[pos] is inside the array for every pos in 0..nw, so the refill below reads
-        # unconditionally and selects (no unpredictable branch), without ever leaving the array.
-        wp = np.empty(nw + 1, dtype=np.uint32)
-        wp[0] = 0
-        wp[1:] = data[start + header_end:start + size].view(np.uint32)
+        # The lanes' words seen from one word earlier (wp[i + 1] = word i; wp[0] is the header's last word,
+        # never used: a lane pops wp[pos] only while pos is above its first word, pos >= 1), in place in
+        # ``data`` (no copy of the block): wp[pos] is inside the view for every pos in 0..nw, so the refill
+        # below reads unconditionally and selects (no unpredictable branch), without leaving the array.
+        wp = data[start + header_end - 4:start + header_end + 4 * nw].view(np.uint32)
         expanded = slot_base[table] >= 0
         slots = slot_rank[slot_base[table]:slot_base[table] + (np.int64(1) << precision[table])] if expanded \
             else slot_rank[0:0]
