@@ -22,6 +22,31 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 
+def _compile_decode_signatures() -> None:
+    """Decode one small block per signature of the compiled ANS kernel (slot ranks of 8 or 16 bits, values
+    of 8, 16 or 32 bits) before fuzzing: a signature the seeds do not reach would otherwise compile inside a
+    timed input (about 10 s), be reported as a timeout, and, the process being killed, never reach numba's
+    cache, so every restart timed out again (session 15: 38 "timeouts" in 240 s of `ans_decode`)."""
+    import numpy as np  # noqa: PLC0415
+
+    from rdformat.entropy import FrequencyTable, ans  # noqa: PLC0415
+
+    for count, first in ((200, 0), (200, 300), (200, 70000), (300, 0), (300, 70000)):
+        symbols = np.arange(first, first + count)
+        table = FrequencyTable.from_counts(symbols, np.ones(count), precision=12)
+        values = np.repeat(symbols, 3)
+        try:
+            with ans.use_backend("numba"):
+                block = ans.encode(values, table, lanes=2)
+                ans.decode(block, values.size, table)
+                for out_dtype in (np.uint8, np.uint16, np.uint32, np.int64):  # the ans_decode harness's choices
+                    if np.iinfo(out_dtype).max >= values.max():
+                        ans.decode(block, values.size, table, out_dtype=out_dtype)
+        except Exception as exc:  # noqa: BLE001 - numba missing: nothing to compile
+            print(f"warm-up: compiled decoder not usable ({exc!r})", file=sys.stderr)
+            return
+
+
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -54,6 +79,7 @@ def main() -> None:
     # on small inputs (RDFORMAT_NUMBA_MIN_SYMBOLS=0) every harness loads numba and its kernel signatures on
     # first use (over a second from a cold process), which would otherwise be reported as a hang.
     if harness.warmup or os.environ.get("RDFORMAT_NUMBA_MIN_SYMBOLS", "").strip() == "0":
+        _compile_decode_signatures()
         for s in seeds:
             try:
                 harness.one_input(s)
