@@ -310,7 +310,8 @@ def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
             table_bytes = table.to_bytes()
             cost = table.cost_bits(counts[present]) / 8 + len(table_bytes) + lanes_bytes
             # Larger groups decode proportionally faster: take them unless they cost over 1% more.
-            if best is None or cost <= best[0] * (1.01 if k > best[2] else 1.0) * _finer(precision, best[4], groups.size):
+            if best is None or cost <= (best[0] * (1.01 if k > best[2] else 1.0)
+                                        * _finer(precision, best[4].precision, groups.size)):
                 best = (min(cost, best[0]) if best else cost, MODE_TABLE, k, groups, table, table_bytes)
     if radix <= MAX_PARAMETRIC_RADIX:
         # Small chunks: a two-parameter model costs 5 bytes where an explicit table costs hundreds.
@@ -321,7 +322,7 @@ def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
             # FrequencyTable.cost_bits of the candidate's table, without building (and validating) it
             freqs = _parametric_freqs(radix, precision, p0, theta)
             cost = float(np.dot(fcounts, precision - np.log2(freqs.astype(np.float64)))) / 8 + 5 + lanes_bytes
-            if cost < best[0] * _finer(precision, best[4] if chosen is None else chosen[0], z.size):
+            if cost < best[0] * _finer(precision, best[4].precision if chosen is None else chosen[0], z.size):
                 best = (cost, MODE_PARAMETRIC, 1, z, None, struct.pack("<BHH", precision, p0, theta))
                 chosen = (precision, p0, theta)
         if chosen is not None:
@@ -329,12 +330,11 @@ def choose_level_model(elements: np.ndarray, codec_id: str = "sq"):
     return (*best, radix)
 
 
-def _finer(precision: int, best: "FrequencyTable | int | None", symbols: int) -> float:
-    """Cost factor a candidate table of ``precision`` for ``symbols`` symbols must beat the best so far by:
-    ``1 - FINE_TABLE_GAIN`` when it is finer than the best's table (a precision or a table) and has more
-    lookup slots than a quarter of the symbols, else 1."""
-    best_precision = best.precision if isinstance(best, FrequencyTable) else best
-    if best_precision is not None and precision > best_precision and (1 << precision) > symbols // 4:
+def _finer(precision: int, best_precision: int, symbols: int) -> float:
+    """Cost factor a candidate table of ``precision`` for ``symbols`` symbols must beat the best so far (of
+    ``best_precision``) by: ``1 - FINE_TABLE_GAIN`` when it is finer and has more lookup slots than a quarter
+    of the symbols, else 1."""
+    if precision > best_precision and (1 << precision) > symbols // 4:
         return 1.0 - FINE_TABLE_GAIN
     return 1.0
 

@@ -309,12 +309,6 @@ def default_lanes(n: int, ideal_bits: float, *, size_bits: float | None = None,
     return max(1, min(MAX_DEFAULT_LANES, n // MIN_DEFAULT_SYMBOLS_PER_LANE, by_size))
 
 
-def _compiled_ranks(values: np.ndarray, table: FrequencyTable) -> np.ndarray | None:
-    from . import ans_numba  # noqa: PLC0415 - the numba backend is selected, so it is loaded
-
-    return ans_numba.ranks_of(values, table)
-
-
 def encode(symbols: np.ndarray, table: FrequencyTable, *, lanes: int | None = None,
            backend: str = "auto") -> bytes:
     """Encode ``symbols`` (integers, any shape, flattened in C order) into an ANS block.
@@ -345,7 +339,7 @@ def encode(symbols: np.ndarray, table: FrequencyTable, *, lanes: int | None = No
     n = values.size
     # the compiled lookup maps byte and pair symbols in one pass (numpy's takes four); anything it does not
     # take, a value not in the table included, goes to numpy's, which names the value
-    ranks = _compiled_ranks(values, table) if name == "numba" else None
+    ranks = mod.ranks_of(values, table) if name == "numba" else None
     if ranks is None:
         ranks = _np.ranks_of(values, table)
     if n == 0 or table.num_symbols == 1:

@@ -182,3 +182,8 @@ def _job(data: np.ndarray, columns: tuple, tables: kern.DecodeTables, out: np.nd
 def encode(ranks: np.ndarray, freqs: np.ndarray, precision: int, lanes: int) -> tuple[int, int, np.ndarray]:
     """:func:`.ans_numba.encode_block` on ``uint16`` ranks (one compiled signature; ranks are < 2**16)."""
     return kern.encode_block(ranks.astype(np.uint16, copy=False), freqs, precision, lanes)
+
+
+def ranks_of(values: np.ndarray, table: _models.FrequencyTable) -> np.ndarray | None:
+    """:func:`.ans_numba.ranks_of`: the encoder's one-pass symbol -> rank lookup, or None (numpy's then)."""
+    return kern.ranks_of(values, table)
