@@ -448,10 +448,10 @@ def test_dq_reconstruct_matches_numpy() -> None:
 
     rng = np.random.default_rng(4)
     all_levels = np.clip(np.round(rng.laplace(0, 4, size=10_007)), -32767, 32767).astype(np.int32)
-    # whole chains four at a time, then the rest one by one: sizes of 4 whole chains, fewer, and a part
-    for n in (10_007, 1024, 768, 100):
+    # chains of whole octets (three passes) and not; sizes of whole chains, whole octets, a part octet, under one
+    for n in (10_007, 1024, 1027, 768, 100, 7):
         levels = all_levels[:n]
-        for chain in (1, 2, 5, 8, 256, 1024, 20_000):
+        for chain in (1, 2, 5, 8, 16, 24, 256, 1000, 1024, 20_000):
             for dtype in (np.float32, np.float64):
                 for step in (0.013, 1.0, 3.3e-5):
                     want = dq.dq_reconstruct(levels, step, chain, np.dtype(dtype))

@@ -47,6 +47,21 @@ AVAILABLE = njit is not None
 DQ_NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int64)
 
 
+def _octet_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For index ``state << 8 | parities`` (bit j = parity of the j-th of eight levels): the eight
+    quantizer bits (bit j = quantizer of level j) and the state after the eight."""
+    index = np.arange(4 << 8, dtype=np.int64)
+    state = index >> 8
+    quantizers = np.zeros(index.size, dtype=np.int64)
+    for j in range(8):
+        quantizers |= (state >> 1) << j
+        state = DQ_NEXT_STATE[state, (index >> j) & 1]
+    return quantizers.astype(np.uint8), state.astype(np.uint8)
+
+
+DQ_OCTET_QUANTIZERS, DQ_OCTET_NEXT = _octet_tables()
+
+
 def _unavailable(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("numba is not installed: the compiled codec kernels are unavailable")
 
@@ -217,7 +232,7 @@ if AVAILABLE:
 
     @njit(cache=True, nogil=True)
     def _dq_reconstruct(levels: np.ndarray, step: float, chain: int, next_state: np.ndarray,
-                        out: np.ndarray) -> int:
+                        octet_quantizers: np.ndarray, octet_next: np.ndarray, out: np.ndarray) -> int:
         n = levels.size
         if chain < 1 or out.size < n:
             return -1
@@ -226,8 +241,39 @@ if AVAILABLE:
         for s in range(4):
             for parity in range(2):
                 packed |= np.int64(next_state[s, parity]) << (2 * (2 * s + parity))
-        for first in range(0, n, chain):
-            state = 0  # every chain starts in state 0
+        done = 0  # elements reconstructed by the eight-at-a-time passes
+        state = 0  # the state after them (0 if they end where a chain ends)
+        if chain % 8 == 0:
+            # Chains cover whole octets: three passes that each run at memory speed, where one walk of
+            # the state (a dependent shift per element) cost ~2 ns an element. (1) The levels' parities,
+            # eight to a byte (vectorised); (2) per chain, one table step per octet turns its parities
+            # into its eight quantizer bits (in place) and the state after it; (3) the values.
+            octets = n // 8
+            bits = np.empty(octets, dtype=np.uint8)
+            for k in range(octets):
+                b = 0
+                for j in range(8):
+                    b |= (levels[8 * k + j] & 1) << j
+                bits[k] = b
+            per_chain = chain // 8
+            for first in range(0, octets, per_chain):
+                state = 0
+                for k in range(first, min(first + per_chain, octets)):
+                    index = (state << 8) | np.int64(bits[k])
+                    bits[k] = octet_quantizers[index]
+                    state = np.int64(octet_next[index])
+            if octets % per_chain == 0:
+                state = 0  # the leftover elements start a chain
+            for k in range(octets):
+                quantizers = np.int32(bits[k])
+                for j in range(8):
+                    q = levels[8 * k + j]
+                    sign = np.int32(q > 0) - np.int32(q < 0)
+                    out[8 * k + j] = np.float64(2 * q - sign * ((quantizers >> j) & 1)) * step
+            done = 8 * octets
+        for first in range(done, n, chain):
+            if first > done:
+                state = 0  # every chain starts in state 0 (the first one here: where the octets left it)
             for i in range(first, min(first + chain, n)):
                 q = np.int64(levels[i])
                 # k != 0: x = (2k - sgn(k) * quantizer) * S, an exact integer times S (float64, then rounded)
@@ -649,6 +695,7 @@ def dq_reconstruct(levels: np.ndarray, step: float, chain: int, out_dtype: Any =
         raise ValueError(f"dq_reconstruct: out_dtype must be float32 or float64, got {dt}")
     if out is None:
         out = np.empty(levels.size, dtype=dt)
-    if _dq_reconstruct(levels.reshape(-1), float(step), int(chain), DQ_NEXT_STATE, out) != 0:
+    if _dq_reconstruct(levels.reshape(-1), float(step), int(chain), DQ_NEXT_STATE, DQ_OCTET_QUANTIZERS,
+                       DQ_OCTET_NEXT, out) != 0:
         raise ValueError(f"dq_reconstruct: chain {chain} < 1 or output smaller than {levels.size}")
     return out[:levels.size]

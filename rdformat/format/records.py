@@ -735,7 +735,7 @@ class PayloadReader:
 
     def text(self, what: str, limit: int, *, width: int = 2, allow_empty: bool = False) -> str:
         """A length-prefixed UTF-8 string of at most ``limit`` bytes."""
-        n = {1: self.u8, 2: self.u16, 4: self.u32}[width](what)
+        n = self.u8(what) if width == 1 else self.u16(what) if width == 2 else self.u32(what)
         if n > limit:
             raise self.fail(f"{what} is {n} bytes, over the limit of {limit}", LimitExceededError)
         if n == 0 and not allow_empty:
@@ -1180,15 +1180,17 @@ def parse_pack(payload: bytes, base: int, *, compressed: bool = False) -> tuple[
     if count == 0:
         raise r.fail("pack record holds no tensor")
     members: list[PackMember] = []
+    first_member: list[str] = []  # per group, the name of its first member (named in the group's errors)
     prev = b""
     seen: set[str] = set()
     used = 0  # groups are numbered in order of first use
+    varint, u8 = r.varint, r.u8  # bound once: a small model's directory is hundreds of fields
     for _ in range(count):
         r.tensor = None
-        shared = r.varint("shared name prefix length", MAX_NAME_BYTES)
+        shared = varint("shared name prefix length", MAX_NAME_BYTES)
         if shared > len(prev):
             raise r.fail(f"name shares {shared} bytes with the previous name of {len(prev)} bytes")
-        suffix = r.take(r.varint("name suffix length", MAX_NAME_BYTES), "tensor name")
+        suffix = r.take(varint("name suffix length", MAX_NAME_BYTES), "tensor name")
         raw = prev[:shared] + suffix
         if not raw or len(raw) > MAX_NAME_BYTES:
             raise r.fail(f"tensor name of {len(raw)} bytes (1..{MAX_NAME_BYTES} allowed)")
@@ -1201,15 +1203,17 @@ def parse_pack(payload: bytes, base: int, *, compressed: bool = False) -> tuple[
         if name in seen:
             raise r.fail(f"duplicate name {name!r} in the pack record")
         seen.add(name)
-        flags = r.u8("member dtype")
-        rank = r.u8("rank")
+        flags = u8("member dtype")
+        rank = u8("rank")
         if rank > MAX_RANK:
             raise r.fail(f"rank {rank} is over the limit of {MAX_RANK}", LimitExceededError)
-        shape = tuple(r.varint("dimension", MAX_DIM) for _ in range(rank))
-        group = r.varint("group number", count)
+        shape = tuple([varint("dimension", MAX_DIM) for _ in range(rank)])
+        group = varint("group number", count)
         if group > used:
             raise r.fail(f"group {group} used before group {used}")
-        used = max(used, group + 1)
+        if group == used:
+            first_member.append(name)
+            used += 1
         stats = None
         if flags & PACK_HAS_STATS:
             err, sparsity = _STATS.unpack(r.take(_STATS.size, "statistics"))
@@ -1217,20 +1221,21 @@ def parse_pack(payload: bytes, base: int, *, compressed: bool = False) -> tuple[
         members.append(PackMember(name, flags & PACK_DTYPE_MASK, shape,
                                   TENSOR_STRUCTURAL if flags & PACK_STRUCTURAL else 0, group, stats))
     r.tensor = None
-    gcount = r.varint("pack group count", count)
+    gcount = varint("pack group count", count)
     if gcount != used:
         raise r.fail(f"pack record declares {gcount} groups, its members use {used}")
     groups: list[PackGroup] = []
+    config_raw = b""
     for gi in range(gcount):
-        r.tensor = next(m.name for m in members if m.group == gi)
+        r.tensor = first_member[gi]
         codec_id = r.text("codec id", MAX_CODEC_ID_BYTES, width=1, allow_empty=bool(groups))
-        if not codec_id:  # the previous group's codec and configuration (a copy: codecs may not share state)
-            codec_id, config = groups[-1].codec_id, json.loads(json.dumps(groups[-1].codec_config))
+        if not codec_id:  # the previous group's codec and configuration (parsed again: codecs may not share state)
+            codec_id, config = groups[-1].codec_id, json.loads(bytes(config_raw).decode("utf-8"))
         else:
             config_start = r.pos
-            config_raw = r.take(r.varint("codec config length", MAX_PACK_BYTES), "codec config")
+            config_raw = r.take(varint("codec config length", MAX_PACK_BYTES), "codec config")
             config = parse_json_object(config_raw, "codec configuration", base + config_start, r.tensor)
-        size = r.varint("group data length", MAX_PACK_BYTES)
+        size = varint("group data length", MAX_PACK_BYTES)
         if region is not None:
             at = region
             if size > len(payload) - at:
@@ -1252,7 +1257,7 @@ def parse_pack(payload: bytes, base: int, *, compressed: bool = False) -> tuple[
                                    offset=base, record="pack", tensor=m.name)
         g.dtype_code = m.dtype_code
         m.start = g.numel
-        g.numel += m.numel
+        g.numel += math.prod(m.shape)
         g.members.append(i)
     for gi, g in enumerate(groups):
         if g.numel == 0 and len(g.data):
