@@ -110,6 +110,8 @@ def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarr
     The error concerns the first block (in batch order) with a lane that does not end cleanly, and its
     lowest such lane, as the numpy decoder reports it.
     """
+    if len(blocks) == 1:
+        return _decode_single(blocks[0])
     # Per-block bookkeeping on Python ints: batches hold a few to a few hundred blocks, and small numpy
     # calls per batch cost more than decoding a small model's symbols.
     counts = [b.n for b in blocks]
@@ -158,6 +160,25 @@ def decode(blocks: list[Block], width: int | None = None) -> tuple[list[np.ndarr
 
 
 _U32 = np.dtype(np.uint32)
+#: A one-block batch's start, table and output position (writable like the batch path's arrays: a read-only
+#: array is another numba type, another compilation; the kernel never writes it).
+_ZERO = np.zeros(1, dtype=np.int64)
+
+
+def _decode_single(b: Block) -> tuple[list[np.ndarray], LaneError | None]:
+    """:func:`decode` of one block on this thread, without the batch bookkeeping (a small model's class
+    maps and lone chunks decode one block at a time: the bookkeeping cost about as much as the kernel)."""
+    dt = b.odt if b.odt in _KERNEL_DTYPES else _U32
+    out = np.empty(b.n, dtype=dt)
+    tables, _ = _decode_tables([b])
+    data = b.raw.copy()  # writable and contiguous, as the batch's concatenation: the same kernel signature
+    code, _b, lane, offset = kern.decode_blocks(data, _ZERO, np.full(1, data.size, dtype=np.int64),
+                                                np.full(1, b.n, dtype=np.int64), _ZERO, tables, out, _ZERO)
+    if code == kern.OK:
+        return [out if dt == b.odt else out.astype(b.odt)], None
+    if code != kern.ERR_LANE_STATE:  # the block was parsed: anything else is a bug here
+        raise RuntimeError(f"compiled ANS decoder: unexpected status {code} on a parsed block")
+    return [out if dt == b.odt else out.astype(b.odt)], LaneError(0, int(lane), int(offset))
 
 
 def _job(data: np.ndarray, columns: tuple, tables: kern.DecodeTables, out: np.ndarray, run: list[int]):
