@@ -163,7 +163,7 @@ class ByteSplitCodec(Codec):
         present = np.flatnonzero(counts)
         if present.size == 1:
             return 2, lambda: bytes([PLANE_CONSTANT, int(present[0])])
-        raw = (1 + n, lambda: bytes([PLANE_RAW]) + plane.tobytes())
+        raw = (1 + n, lambda: _raw_plane(plane))
         overhead = 64 + 12 * max(1, n // 2048)
         c = counts[present].astype(np.float64)
         entropy_bits = n * np.log2(n) - float((c * np.log2(c)).sum())  # no table codes below it
@@ -208,7 +208,7 @@ class ByteSplitCodec(Codec):
                                lanes=lanes)
             coded = table.to_bytes()
             if len(block) + len(coded) + 9 >= n:
-                return bytes([PLANE_RAW]) + plane.tobytes()
+                return _raw_plane(plane)
             return b"".join([bytes([mode]), coded, len(block).to_bytes(8, "little"), block])
 
         return min(size, n + 1), write  # (raw when the block would not be smaller)
@@ -369,6 +369,15 @@ class ByteSplitCodec(Codec):
 def _size(part) -> float:
     """Bytes of an encoded plane, or the estimate of a plane not written yet (see ``_plane_choice``)."""
     return len(part) if isinstance(part, bytes) else part[0]
+
+
+def _raw_plane(plane: np.ndarray) -> bytes:
+    """A raw plane: its mode byte, then the bytes (one copy: a lossless save of float weights writes most
+    planes raw, and the mode byte prepended to a ``tobytes()`` copy cost a second one)."""
+    return b"".join((_RAW_MODE, np.ascontiguousarray(plane)))
+
+
+_RAW_MODE = bytes([PLANE_RAW])
 
 
 def _written(part) -> bytes:
