@@ -46,7 +46,7 @@ from .models import FrequencyTable
 
 __all__ = [
     "encode", "decode", "decode_many", "available_backends", "set_backend", "use_backend", "default_lanes",
-    "compiled_active", "parallel_map", "decode_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
+    "compiled_active", "decode_threads", "parallel_map", "decode_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
 ]
 
 #: Upper bound of the lane count :func:`default_lanes` picks (``lanes=`` may ask for more).
@@ -242,6 +242,12 @@ def compiled_active(work: int | None = None) -> bool:
         return False
     _numba_warm = True
     return True
+
+
+def decode_threads(work: int | None = None) -> int:
+    """Threads the compiled backend decodes a job of ``work`` elements on (1 when it is not active)."""
+    mod = _numba()[0] if compiled_active(work) else None
+    return mod.threads() if mod is not None else 1
 
 
 def parallel_map(fn: Any, items: list, work: int | None = None) -> list:

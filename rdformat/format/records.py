@@ -474,6 +474,8 @@ class Source:
         #: The whole input when it is in memory (``stream`` reads it): :meth:`read_view` slices it
         #: instead of copying.
         self.memory = memory
+        #: CRCs of record payloads computed ahead on another core (:mod:`.crc_ahead`), or None.
+        self.crc_ahead = None
         self.size: int | None = None
         try:
             if stream.seekable():
@@ -657,9 +659,12 @@ def read_payload(src: Source, head: RecordHead, *, tensor: str | None = None,
     """Read a record's payload and trailing CRC; verify the CRC. ``view``: the payload may be a read-only
     memoryview of an in-memory input (:meth:`Source.read_view`) instead of a copy."""
     read = src.read_view if view else src.read_exact
+    at = src.pos
     payload = read(head.length, what=f"a {head.name} record", record=head.name, tensor=tensor)
     trailer = src.read_exact(RECORD_TRAILER_SIZE, what=f"a {head.name} record CRC", record=head.name, tensor=tensor)
-    if _U32.unpack(trailer)[0] != crc32(payload):
+    # the CRC of exactly these bytes, if computed ahead; else computed here
+    actual = src.crc_ahead.crc(at, len(payload)) if src.crc_ahead is not None else None
+    if _U32.unpack(trailer)[0] != (crc32(payload) if actual is None else actual):
         raise ChecksumError(
             f"{head.name} record payload CRC mismatch (data is corrupt)",
             offset=head.offset, record=head.name, tensor=tensor,
