@@ -556,6 +556,29 @@ def test_whole_files_decode_identically_on_two_threads(kwargs: dict, monkeypatch
             assert got[k].tobytes() == want[k].tobytes(), (threads, k)
 
 
+def test_chunks_encoded_with_the_next_split_ahead_write_the_same_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bytesplit splits the next chunk's planes on the pool while one chunk is coded: the file is the one a
+    single thread and the numpy path write, byte for byte (float32, float16, bfloat16)."""
+    import io
+
+    import ml_dtypes
+
+    tensors = big_model()
+    w = tensors["a"]
+    tensors = {**tensors, "h": w.astype(np.float16), "bf": w.astype(ml_dtypes.bfloat16)}
+
+    def save(backend: str, threads: str) -> bytes:
+        monkeypatch.setenv("RDFORMAT_THREADS", threads)
+        buf = io.BytesIO()
+        with ans.use_backend(backend):
+            rdformat.save(tensors, buf, chunk_bytes=64 << 10)
+        return buf.getvalue()
+
+    want = save("numpy", "1")
+    assert save("numba", "2") == want
+    assert save("numba", "1") == want
+
+
 @pytest.mark.parametrize("method", ["bytesplit", "sq", "dq"])
 def test_corrupt_chunks_raise_the_same_error_on_both_paths(method: str) -> None:
     """Flipped bytes in a chunk payload: the compiled path raises what the numpy path raises (or decodes the same)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -73,6 +73,12 @@ class Codec:
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo) -> bytes:
         """Encode a flat, contiguous little-endian chunk of elements."""
         raise NotImplementedError
+
+    def encode_chunks(self, elements: np.ndarray, chunk_elements: int, dtype: DtypeInfo) -> Iterator[bytes]:
+        """:meth:`encode_chunk` of each run of ``chunk_elements`` elements of a flat tensor, in order (codecs
+        may prepare the next chunk while one is coded)."""
+        for i in range(0, elements.size, chunk_elements):
+            yield self.encode_chunk(elements[i : i + chunk_elements], dtype)
 
     def decode_chunk(self, data: memoryview, count: int, dtype: DtypeInfo, *,
                      max_bytes: int | None = None) -> np.ndarray:

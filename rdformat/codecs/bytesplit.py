@@ -9,7 +9,7 @@ third while mantissa planes stay raw (they are close to uniform and would cost t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -106,13 +106,37 @@ class ByteSplitCodec(Codec):
             words = _rotate(words, 8 * dtype.itemsize, left=True)
         return words
 
-    def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo, *, segments: list[int] | None = None) -> bytes:
+    def encode_chunks(self, elements: np.ndarray, chunk_elements: int, dtype: DtypeInfo) -> Iterator[bytes]:
+        """:meth:`encode_chunk` of each chunk, the next chunk's byte planes split (a compiled pass without the
+        GIL) on the decode pool while this one is coded."""
+        w, n = dtype.itemsize, elements.size
+        if w not in (2, 4) or n <= chunk_elements or not ans.compiled_active(n):
+            yield from super().encode_chunks(elements, chunk_elements, dtype)
+            return
+        from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
+
+        words = np.ascontiguousarray(elements).reshape(-1).view(_UINT[w])
+        rotate = self.transform == "rotl1"
+        starts = range(0, n, chunk_elements)
+        ahead = ans.background(kernels_numba.split_planes, words[:chunk_elements], rotate)
+        for i in starts:
+            split = ahead.result()
+            if i + chunk_elements < n:
+                ahead = ans.background(kernels_numba.split_planes, words[i + chunk_elements : i + 2 * chunk_elements],
+                                       rotate)
+            yield self.encode_chunk(elements[i : i + chunk_elements], dtype, split=split)
+
+    def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo, *, segments: list[int] | None = None,
+                     split: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
         """Encode each byte plane with the cheapest of raw / constant / ANS. ``segments`` (element counts
         summing to the chunk's, e.g. the members of a PACK group) also tries the top plane of a float dtype
-        coded per segment (PLANE_ANS_SHIFTED, format 1.5)."""
+        coded per segment (PLANE_ANS_SHIFTED, format 1.5). ``split``: the chunk's planes and byte counts as
+        ``kernels_numba.split_planes`` gives them, if already made."""
         w = dtype.itemsize
         n = elements.size
-        if w in (2, 4) and ans.compiled_active(n):
+        if split is not None:
+            planes, counts = split
+        elif w in (2, 4) and ans.compiled_active(n):
             from . import kernels_numba  # noqa: PLC0415 - optional accelerator, loaded on first use
 
             # one pass: the planes as contiguous rows and their byte counts

@@ -46,7 +46,7 @@ from .models import FrequencyTable
 
 __all__ = [
     "encode", "decode", "decode_many", "available_backends", "set_backend", "use_backend", "default_lanes",
-    "compiled_active", "decode_threads", "parallel_map", "decode_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
+    "compiled_active", "decode_threads", "background", "parallel_map", "decode_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
 ]
 
 #: Upper bound of the lane count :func:`default_lanes` picks (``lanes=`` may ask for more).
@@ -248,6 +248,24 @@ def decode_threads(work: int | None = None) -> int:
     """Threads the compiled backend decodes a job of ``work`` elements on (1 when it is not active)."""
     mod = _numba()[0] if compiled_active(work) else None
     return mod.threads() if mod is not None else 1
+
+
+def background(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` started on the compiled backend's decode pool when it runs several threads, else run
+    now; returns a ``concurrent.futures.Future`` (``.result()``). For work that spends its time in compiled
+    kernels, which release the GIL: the caller goes on meanwhile (e.g. the next chunk prepared while this
+    one is coded)."""
+    mod = _numba()[0] if compiled_active() else None
+    if mod is not None:
+        return mod.submit(fn, *args)
+    from concurrent.futures import Future  # noqa: PLC0415 - rarely used here
+
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - raised by result(), as from a pool
+        done.set_exception(exc)
+    return done
 
 
 def parallel_map(fn: Any, items: list, work: int | None = None) -> list:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,16 +52,34 @@ def run_parallel(jobs: list) -> list:
     """Call every zero-argument function of ``jobs``, the first on the calling thread and the others on
     the shared pool (all on the calling thread with one thread); their results in order (a job's
     exception is raised when its turn comes)."""
-    global _pool, _pool_width
     width = threads()
     if len(jobs) <= 1 or width <= 1:
         return [job() for job in jobs]
+    pool = _shared_pool(width)
+    futures = [pool.submit(job) for job in jobs[1:]]  # the caller works too instead of waiting
+    return [jobs[0](), *(f.result() for f in futures)]
+
+
+def _shared_pool(width: int) -> ThreadPoolExecutor:
+    global _pool, _pool_width
     with _pool_lock:
         if _pool is None or _pool_width < width:  # a larger RDFORMAT_THREADS gets a larger pool
             _pool, _pool_width = ThreadPoolExecutor(max_workers=width, thread_name_prefix="rdformat-decode"), width
-        pool = _pool
-    futures = [pool.submit(job) for job in jobs[1:]]  # the caller works too instead of waiting
-    return [jobs[0](), *(f.result() for f in futures)]
+        return _pool
+
+
+def submit(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` started on the shared pool (a ``concurrent.futures.Future``); with one thread, run here
+    (the future is done when returned)."""
+    width = threads()
+    if width > 1:
+        return _shared_pool(width).submit(fn, *args)
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller by result(), as the pool does
+        done.set_exception(exc)
+    return done
 
 
 class LaneError(NamedTuple):

@@ -374,8 +374,7 @@ class Writer:
             multiple = chosen.chunk_multiple
             if multiple > 1:  # e.g. dq: trellis chains must not straddle chunks
                 chunk_elements = max(multiple, chunk_elements // multiple * multiple)
-            payloads = (chosen.encode_chunk(flat[i : i + chunk_elements], info)
-                        for i in range(0, numel, chunk_elements))
+            payloads = chosen.encode_chunks(flat, chunk_elements, info)
         else:
             chunk_elements = max(1, chunk_elements)
             payloads = iter(coded)
