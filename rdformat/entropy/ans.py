@@ -46,7 +46,8 @@ from .models import FrequencyTable
 
 __all__ = [
     "encode", "decode", "decode_many", "available_backends", "set_backend", "use_backend", "default_lanes",
-    "compiled_active", "decode_threads", "background", "parallel_map", "decode_map", "CODER_PRECISION", "MAX_DEFAULT_LANES",
+    "compiled_active", "decode_threads", "background", "parallel_map", "decode_map", "CODER_PRECISION",
+    "MAX_DEFAULT_LANES",
 ]
 
 #: Upper bound of the lane count :func:`default_lanes` picks (``lanes=`` may ask for more).
@@ -256,11 +257,11 @@ def background(fn: Any, *args: Any) -> Any:
     kernels, which release the GIL: the caller goes on meanwhile (e.g. the next chunk prepared while this
     one is coded)."""
     mod = _numba()[0] if compiled_active() else None
-    if mod is not None:
+    if mod is not None and mod.threads() > 1:
         return mod.submit(fn, *args)
-    from concurrent.futures import Future  # noqa: PLC0415 - rarely used here
+    from concurrent.futures import Future  # noqa: PLC0415 - not imported by ``import rdformat`` (6 ms)
 
-    done: Future = Future()
+    done = Future()
     try:
         done.set_result(fn(*args))
     except BaseException as exc:  # noqa: BLE001 - raised by result(), as from a pool

@@ -68,18 +68,9 @@ def _shared_pool(width: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def submit(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` started on the shared pool (a ``concurrent.futures.Future``); with one thread, run here
-    (the future is done when returned)."""
-    width = threads()
-    if width > 1:
-        return _shared_pool(width).submit(fn, *args)
-    done: Future = Future()
-    try:
-        done.set_result(fn(*args))
-    except BaseException as exc:  # noqa: BLE001 - handed to the caller by result(), as the pool does
-        done.set_exception(exc)
-    return done
+def submit(fn: Any, *args: Any) -> Future:
+    """``fn(*args)`` started on the shared pool (sized by :func:`threads`)."""
+    return _shared_pool(max(threads(), 1)).submit(fn, *args)
 
 
 class LaneError(NamedTuple):
