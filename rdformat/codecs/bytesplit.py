@@ -117,13 +117,12 @@ class ByteSplitCodec(Codec):
 
         words = np.ascontiguousarray(elements).reshape(-1).view(_UINT[w])
         rotate = self.transform == "rotl1"
-        starts = range(0, n, chunk_elements)
-        ahead = ans.background(kernels_numba.split_planes, words[:chunk_elements], rotate)
-        for i in starts:
-            split = ahead.result()
-            if i + chunk_elements < n:
-                ahead = ans.background(kernels_numba.split_planes, words[i + chunk_elements : i + 2 * chunk_elements],
-                                       rotate)
+        ahead = None  # the split of the chunk coded next (the first chunk splits its own, on this thread)
+        for i in range(0, n, chunk_elements):
+            split = ahead.result() if ahead is not None else None
+            after = i + chunk_elements
+            ahead = (ans.background(kernels_numba.split_planes, words[after : after + chunk_elements], rotate)
+                     if after < n else None)
             yield self.encode_chunk(elements[i : i + chunk_elements], dtype, split=split)
 
     def encode_chunk(self, elements: np.ndarray, dtype: DtypeInfo, *, segments: list[int] | None = None,

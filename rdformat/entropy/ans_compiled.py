@@ -181,13 +181,20 @@ def _decode_single(b: Block) -> tuple[list[np.ndarray], LaneError | None]:
     out = np.empty(b.n, dtype=dt)
     tables, _ = _decode_tables([b])
     data = b.raw.copy()  # writable and contiguous, as the batch's concatenation: the same kernel signature
-    code, _b, lane, offset = kern.decode_blocks(data, _ZERO, np.full(1, data.size, dtype=np.int64),
-                                                np.full(1, b.n, dtype=np.int64), _ZERO, tables, out, _ZERO)
+    status = kern.decode_blocks(data, _ZERO, np.full(1, data.size, dtype=np.int64), np.full(1, b.n, dtype=np.int64),
+                                _ZERO, tables, out, _ZERO)
+    return [out if dt == b.odt else out.astype(b.odt)], _lane_error(status, [0])
+
+
+def _lane_error(status: tuple, run: list[int]) -> LaneError | None:
+    """The :class:`LaneError` of a :func:`.ans_numba.decode_blocks` status on parsed blocks (``run``: their
+    batch positions), or None when they decoded."""
+    code, b, lane, offset = status
     if code == kern.OK:
-        return [out if dt == b.odt else out.astype(b.odt)], None
-    if code != kern.ERR_LANE_STATE:  # the block was parsed: anything else is a bug here
-        raise RuntimeError(f"compiled ANS decoder: unexpected status {code} on a parsed block")
-    return [out if dt == b.odt else out.astype(b.odt)], LaneError(0, int(lane), int(offset))
+        return None
+    if code != kern.ERR_LANE_STATE:  # the blocks were parsed: anything else is a bug here
+        raise RuntimeError(f"compiled ANS decoder: unexpected status {code} on parsed blocks")
+    return LaneError(run[int(b)], int(lane), int(offset))
 
 
 def _job(data: np.ndarray, columns: tuple, tables: kern.DecodeTables, out: np.ndarray, run: list[int]):
@@ -199,12 +206,7 @@ def _job(data: np.ndarray, columns: tuple, tables: kern.DecodeTables, out: np.nd
     args = (data, starts, sizes, counts, table_of, tables, out, out_start)
 
     def job() -> LaneError | None:
-        code, b, lane, offset = kern.decode_blocks(*args)
-        if code == kern.OK:
-            return None
-        if code != kern.ERR_LANE_STATE:  # the blocks were parsed: anything else is a bug here
-            raise RuntimeError(f"compiled ANS decoder: unexpected status {code} on parsed blocks")
-        return LaneError(run[int(b)], int(lane), int(offset))
+        return _lane_error(kern.decode_blocks(*args), run)
 
     return job
 

@@ -1262,7 +1262,7 @@ def parse_pack(payload: bytes, base: int, *, compressed: bool = False) -> tuple[
                                    offset=base, record="pack", tensor=m.name)
         g.dtype_code = m.dtype_code
         m.start = g.numel
-        g.numel += math.prod(m.shape)
+        g.numel += m.numel
         g.members.append(i)
     for gi, g in enumerate(groups):
         if g.numel == 0 and len(g.data):
